@@ -1,0 +1,60 @@
+// Numeric kernels used by the forward pass. Each fast kernel has a naive scalar reference in
+// namespace `ref` beside it, and tests compare the two. Knows no model.
+//
+// Conventions: activations are fp32; weights are a kernels::Matrix in any DType; "rows" of a weight
+// matrix are output features ([out, in] PyTorch layout). Kernels run on the calling thread; callers
+// split work across threads by row range (see thread_pool.h).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/matrix.h"
+
+namespace bhmoe::kernels {
+
+// Instruction sets with a kernel implementation; chosen once at start-up from the CPU.
+enum class Isa : uint8_t { Scalar, Avx2, Avx512, Avx512Bf16 };
+Isa detected_isa();               // the best this CPU supports
+Isa active_isa();                 // what the kernels use now
+void set_active_isa(Isa isa);     // tests and benches; must be <= detected_isa()
+const char* isa_name(Isa isa);
+
+// y[r - row_begin] = dot(W[r, :], x) for r in [row_begin, row_end).   x: [cols]
+void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end);
+
+// Y[t, r - row_begin] = dot(W[r, :], X[t, :]) for t < num_tokens, r in [row_begin, row_end).
+// X: [num_tokens, w.cols] with row stride x_stride; Y row stride y_stride (>= row_end - row_begin).
+// Reads each weight row once for all tokens (prefill and grouped expert batches).
+void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+            int64_t y_stride, int64_t row_begin, int64_t row_end);
+
+// out = x / sqrt(mean(x^2) + eps) * weight, in fp32. weight: [1, n] any dtype. out may alias x.
+void rmsnorm(const float* x, const Matrix& weight, int64_t n, float eps, float* out);
+
+// Row `row` of an embedding matrix to fp32. out: [w.cols]
+void embedding_row(const Matrix& w, int64_t row, float* out);
+
+// In-place numerically stable softmax over n values.
+void softmax(float* x, int64_t n);
+
+// out[i] = silu(gate[i]) * up[i]
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+// y += a * x
+void axpy(float a, const float* x, float* y, int64_t n);
+
+float dot_f32(const float* a, const float* b, int64_t n);
+
+namespace ref {
+void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end);
+void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+            int64_t y_stride, int64_t row_begin, int64_t row_end);
+}  // namespace ref
+
+// Element conversions (round-to-nearest-even for float -> bf16; NaN stays NaN).
+float bf16_to_f32(uint16_t v);
+uint16_t f32_to_bf16(float v);
+float f16_to_f32(uint16_t v);
+uint16_t f32_to_f16(float v);
+
+}  // namespace bhmoe::kernels
