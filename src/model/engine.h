@@ -1,0 +1,109 @@
+// The inference engine's public API: an immutable Model shared by all sequences, and a Session per
+// sequence (KV cache and buffers allocated once) whose router can be any routing-library rule.
+// Only the experts a router selects are computed.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/thread_pool.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+#include "routing/router.h"
+
+namespace bhmoe::model {
+
+// What a router decided for one token in one layer. Pointers are valid only during the callback.
+struct RouterEvent {
+  int layer = 0;
+  int64_t position = 0;     // position of the token in the sequence
+  const float* logits = nullptr;   // [num_experts] raw router logits
+  int num_experts = 0;
+  const int32_t* ids = nullptr;    // [count] selected experts, highest probability first
+  const float* weights = nullptr;  // [count]
+  int count = 0;
+};
+
+// Receives every routing decision. When no observer is set the engine does no extra work.
+class RouterObserver {
+ public:
+  virtual ~RouterObserver() = default;
+  virtual void on_route(const RouterEvent& event) = 0;
+};
+
+struct ModelOptions {
+  std::string weights = "native";  // "native" (as stored: bf16/f16/f32) or "q8" (quantised at load)
+};
+
+// Checkpoint + tokenizer; immutable after load, shared by every Session.
+class Model {
+ public:
+  static std::shared_ptr<const Model> load(const std::filesystem::path& dir,
+                                           const ModelOptions& options = {});
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual const Weights& weights() const = 0;
+  virtual const Tokenizer& tokenizer() const = 0;
+  virtual const std::filesystem::path& dir() const = 0;
+  virtual std::string weights_kind() const = 0;  // "bf16", "f32", "q8", ...
+};
+
+class Session {
+ public:
+  // router == nullptr: the model's native rule (config's top-k, renorm per norm_topk_prob).
+  // The router must outlive the session; its num_experts() must equal the model's.
+  // pool == nullptr: single-threaded. max_tokens bounds the KV cache.
+  Session(std::shared_ptr<const Model> model, const routing::Router* router,
+          kernels::ThreadPool* pool, int64_t max_tokens = 4096);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void set_router(const routing::Router* router);  // nullptr: native
+  void set_observer(RouterObserver* observer);     // nullptr: none
+  void reset();                                    // empties the KV cache
+  int64_t position() const;                        // tokens in the KV cache
+
+  // Runs `tokens` through the model after what is cached (batched prefill). If all_logits is not
+  // null it receives [tokens.size(), V] logits, one row per position; last_logits() always holds the
+  // final position's. Throws bhmoe::Error for ids outside the vocabulary, an empty span or a full cache.
+  void prefill(std::span<const int32_t> tokens, float* all_logits = nullptr);
+  void decode(int32_t token);  // one token; same as prefill of one, on the decode path
+  const float* last_logits() const;  // [V]
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 50;
+  float temperature = 0.0f;  // 0: greedy
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  bool stop_at_eos = true;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // the new tokens only
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  bool stopped_at_eos = false;
+};
+
+// Prefills `prompt` (after whatever the session holds) and generates; on_token (optional) sees each
+// new token as it is produced.
+GenerateResult generate(Session& session, std::span<const int32_t> prompt,
+                        const GenerateOptions& options,
+                        const std::function<void(int32_t)>& on_token = nullptr);
+
+// log p(tokens[i] | tokens[0..i)) for i = 1..T-1 (T-1 values), from one prefill of a reset session.
+std::vector<double> score_tokens(Session& session, std::span<const int32_t> tokens);
+
+}  // namespace bhmoe::model
