@@ -22,8 +22,8 @@ namespace bhmoe::model {
 // What a router decided for one token in one layer. Pointers are valid only during the callback.
 struct RouterEvent {
   int layer = 0;
-  int64_t position = 0;     // position of the token in the sequence
-  const float* logits = nullptr;   // [num_experts] raw router logits
+  int64_t position = 0;           // position of the token in the sequence
+  const float* logits = nullptr;  // [num_experts] raw router logits
   int num_experts = 0;
   const int32_t* ids = nullptr;    // [count] selected experts, highest probability first
   const float* weights = nullptr;  // [count]
@@ -71,11 +71,23 @@ class Session {
   int64_t position() const;                        // tokens in the KV cache
 
   // Runs `tokens` through the model after what is cached (batched prefill). If all_logits is not
-  // null it receives [tokens.size(), V] logits, one row per position; last_logits() always holds the
-  // final position's. Throws bhmoe::Error for ids outside the vocabulary, an empty span or a full cache.
+  // null it receives [tokens.size(), V] logits, one row per position; last_logits() always holds
+  // the final position's. Throws bhmoe::Error for ids outside the vocabulary, an empty span or a
+  // full cache.
   void prefill(std::span<const int32_t> tokens, float* all_logits = nullptr);
-  void decode(int32_t token);  // one token; same as prefill of one, on the decode path
+  void decode(int32_t token);        // one token; same as prefill of one, on the decode path
   const float* last_logits() const;  // [V]
+
+  const Model& model() const;
+  int64_t max_tokens() const;
+  const routing::Router& router() const;  // the router in use (the native one when none was set)
+
+  // Running totals of routing decisions since construction or reset_routing_totals() (kept by the
+  // engine at the cost of one add per token and layer): experts selected per layer, summed over
+  // tokens, and the number of tokens routed (each token is routed once in every layer).
+  const std::vector<int64_t>& selected_experts_per_layer() const;
+  int64_t routed_tokens() const;
+  void reset_routing_totals();
 
  private:
   struct Impl;

@@ -1,0 +1,707 @@
+// The OLMoE forward pass (SPEC.md §1) with a pluggable router.
+//
+// Layout of the work, per chunk of at most kMaxChunk tokens (prefill) or one token (decode):
+//   attention: the q/k/v projections are one parallel loop over the concatenated output rows (each
+//   weight row read once for all tokens), q/k RMSNorm over the whole projection, NeoX RoPE from
+//   tables built once per session, causal attention over an fp32 KV cache allocated once for
+//   max_tokens, then o_proj with the residual add fused in.
+//   MoE: router logits, the router's decision (route_batch), then only the selected experts.
+//   Decode runs all selected experts in two parallel loops (gate/up rows split across threads, then
+//   down rows split across threads, each thread adding w_e * down_e into its own slice of x).
+//   Prefill groups the chunk's tokens by expert and runs each expert once over its tokens (matmul),
+//   so every selected expert's weights are read once per chunk.
+// Every buffer is allocated in the Session constructor; prefill/decode allocate nothing.
+#include "model/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <thread>
+
+#include "kernels/ops.h"
+#include "model/sampler.h"
+#include "util/error.h"
+
+namespace bhmoe::model {
+
+namespace {
+
+using kernels::Matrix;
+
+// Largest prefill chunk: big enough that a chunk is compute-bound on the experts (each expert's
+// weights read once per chunk), small enough that the activation buffers stay a few MB.
+constexpr int64_t kMaxChunk = 256;
+
+std::string lower_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return "f32";
+    case DType::F16:
+      return "f16";
+    case DType::BF16:
+      return "bf16";
+    case DType::Q8:
+      return "q8";
+  }
+  return "unknown";
+}
+
+// An uninitialised float array: large ones (the KV cache) stay non-resident until touched.
+template <typename T>
+std::unique_ptr<T[]> raw_array(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+}
+
+// Owned Q8 copy of one matrix.
+struct Q8Buffer {
+  std::unique_ptr<int8_t[]> values;
+  std::unique_ptr<float[]> scales;
+};
+
+class LoadedModel final : public Model {
+ public:
+  LoadedModel(std::unique_ptr<Checkpoint> checkpoint, std::unique_ptr<Tokenizer> tokenizer,
+              const ModelOptions& options)
+      : checkpoint_(std::move(checkpoint)), tokenizer_(std::move(tokenizer)) {
+    const Weights& stored = checkpoint_->weights();
+    if (options.weights == "native") {
+      kind_ = lower_dtype_name(stored.layers.empty() ? stored.lm_head.dtype
+                                                     : stored.layers[0].experts[0].gate.dtype);
+    } else if (options.weights == "q8") {
+      quantize(stored);
+      kind_ = "q8";
+    } else {
+      fail("--weights ", options.weights, ": expected native or q8");
+    }
+  }
+
+  const ModelConfig& config() const override { return checkpoint_->config(); }
+  const Weights& weights() const override { return q8_ ? q8_weights_ : checkpoint_->weights(); }
+  const Tokenizer& tokenizer() const override { return *tokenizer_; }
+  const std::filesystem::path& dir() const override { return checkpoint_->dir(); }
+  std::string weights_kind() const override { return kind_; }
+
+ private:
+  // Quantises the attention, expert and lm_head matrices once into owned buffers; norms, router and
+  // embedding stay as stored (they are small or read one row at a time).
+  void quantize(const Weights& stored) {
+    q8_weights_ = stored;
+    std::vector<TensorView*> targets;
+    for (auto& layer : q8_weights_.layers) {
+      for (TensorView* m : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
+        targets.push_back(m);
+      }
+      for (auto& expert : layer.experts) {
+        for (TensorView* m : {&expert.gate, &expert.up, &expert.down}) targets.push_back(m);
+      }
+    }
+    targets.push_back(&q8_weights_.lm_head);
+    for (TensorView* m : targets) {
+      if (m->cols % kernels::kQ8Block != 0) {
+        fail("--weights q8: tensor ", m->name, " has ", m->cols, " columns, not a multiple of ",
+             kernels::kQ8Block);
+      }
+    }
+    buffers_.resize(targets.size());
+    for (size_t i = 0; i < targets.size(); ++i) {
+      buffers_[i].values = raw_array<int8_t>(targets[i]->numel());
+      buffers_[i].scales = raw_array<float>(targets[i]->numel() / kernels::kQ8Block);
+    }
+    // Quantising ~7 B parameters is worth all cores; each thread takes whole matrices.
+    const unsigned num_threads = std::max(1u, std::thread::hardware_concurrency());
+    std::vector<std::thread> threads;
+    std::vector<std::exception_ptr> errors(num_threads);
+    for (unsigned t = 0; t < num_threads; ++t) {
+      threads.emplace_back([&, t] {
+        try {
+          for (size_t i = t; i < targets.size(); i += num_threads) {
+            kernels::quantize_q8(*targets[i], buffers_[i].values.get(), buffers_[i].scales.get());
+          }
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    for (auto& error : errors) {
+      if (error) std::rethrow_exception(error);
+    }
+    for (size_t i = 0; i < targets.size(); ++i) {
+      Matrix q = kernels::q8_matrix(buffers_[i].values.get(), buffers_[i].scales.get(),
+                                    targets[i]->rows, targets[i]->cols);
+      static_cast<Matrix&>(*targets[i]) = q;
+    }
+    q8_ = true;
+  }
+
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  bool q8_ = false;
+  Weights q8_weights_;
+  std::vector<Q8Buffer> buffers_;
+  std::string kind_;
+};
+
+}  // namespace
+
+std::shared_ptr<const Model> Model::load(const std::filesystem::path& dir,
+                                         const ModelOptions& options) {
+  auto checkpoint = Checkpoint::open(dir);
+  auto tokenizer_path = dir / "tokenizer.json";
+  if (!std::filesystem::exists(tokenizer_path)) {
+    fail("model directory ", dir.string(), ": no tokenizer.json");
+  }
+  auto tokenizer = Tokenizer::load(tokenizer_path);
+  return std::make_shared<LoadedModel>(std::move(checkpoint), std::move(tokenizer), options);
+}
+
+struct Session::Impl {
+  std::shared_ptr<const Model> model;
+  const ModelConfig& cfg;
+  const Weights& w;
+  std::unique_ptr<routing::Router> native_router;
+  const routing::Router* router = nullptr;
+  kernels::ThreadPool* pool = nullptr;
+  RouterObserver* observer = nullptr;
+
+  int64_t max_tokens;
+  int64_t chunk;  // largest number of tokens run through the layers at once
+  int64_t pos = 0;
+  int D, Dkv, F, N, H, Hkv, hd, V, L;
+  int num_threads;
+  float eps;
+  float attn_scale;
+
+  std::unique_ptr<float[]> rope_cos, rope_sin;  // [max_tokens, hd/2]
+  std::unique_ptr<float[]> k_cache, v_cache;    // [L, max_tokens, Dkv]
+  std::unique_ptr<float[]> x, h, q, attn, tmp;  // [chunk, D]
+  std::unique_ptr<float[]> router_logits;       // [chunk, N]
+  std::unique_ptr<int32_t[]> route_ids;         // [chunk, N] with row stride router->max_count()
+  std::unique_ptr<float[]> route_weights;       // [chunk, N] same
+  std::unique_ptr<int32_t[]> route_counts;      // [chunk]
+  // Prefill expert grouping: tokens of expert e at group_tokens[e * chunk + i], i < group_size[e].
+  std::unique_ptr<int32_t[]> group_tokens;          // [N, chunk]
+  std::unique_ptr<float[]> group_weights;           // [N, chunk]
+  std::unique_ptr<int32_t[]> group_size;            // [N]
+  std::unique_ptr<float[]> expert_x, expert_y;      // [chunk, D]
+  std::unique_ptr<float[]> expert_gate, expert_up;  // [max(chunk, N), F]
+  std::unique_ptr<float[]> scores;                  // [num_threads, max_tokens]
+  std::unique_ptr<float[]> thread_out;              // [num_threads, D]
+  std::unique_ptr<float[]> logits;                  // [V]
+  std::vector<int64_t> selected_per_layer;
+  int64_t routed = 0;
+
+  Impl(std::shared_ptr<const Model> m, kernels::ThreadPool* p, int64_t max_tok)
+      : model(std::move(m)),
+        cfg(model->config()),
+        w(model->weights()),
+        pool(p),
+        max_tokens(max_tok) {
+    if (max_tokens < 1) fail("session: max_tokens ", max_tokens, " must be at least 1");
+    D = cfg.hidden_size;
+    F = cfg.intermediate_size;
+    N = cfg.num_experts;
+    H = cfg.num_heads;
+    Hkv = cfg.num_kv_heads > 0 ? cfg.num_kv_heads : cfg.num_heads;
+    hd = cfg.head_dim > 0 ? cfg.head_dim : D / H;
+    Dkv = Hkv * hd;
+    V = cfg.vocab_size;
+    L = cfg.num_layers;
+    eps = cfg.rms_norm_eps;
+    attn_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    if (hd % 2 != 0) fail("model config: head_dim ", hd, " must be even for RoPE");
+    if (H % Hkv != 0)
+      fail("model config: num_attention_heads not a multiple of num_key_value_heads");
+    if (N > routing::kMaxExperts)
+      fail("model config: num_experts ", N, " exceeds ", routing::kMaxExperts);
+    num_threads = pool ? pool->num_threads() : 1;
+    chunk = std::min(max_tokens, kMaxChunk);
+
+    native_router = routing::make_router(cfg.native_router_spec(), N);
+    router = native_router.get();
+
+    const int half = hd / 2;
+    rope_cos = raw_array<float>(max_tokens * half);
+    rope_sin = raw_array<float>(max_tokens * half);
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(cfg.rope_theta, -2.0 * i / hd);
+      for (int64_t p = 0; p < max_tokens; ++p) {
+        const double angle = static_cast<double>(p) * inv_freq;
+        rope_cos[p * half + i] = static_cast<float>(std::cos(angle));
+        rope_sin[p * half + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    k_cache = raw_array<float>(int64_t{L} * max_tokens * Dkv);
+    v_cache = raw_array<float>(int64_t{L} * max_tokens * Dkv);
+    for (auto* buf : {&x, &h, &q, &attn, &tmp, &expert_x, &expert_y})
+      *buf = raw_array<float>(chunk * D);
+    router_logits = raw_array<float>(chunk * N);
+    route_ids = raw_array<int32_t>(chunk * N);
+    route_weights = raw_array<float>(chunk * N);
+    route_counts = raw_array<int32_t>(chunk);
+    group_tokens = raw_array<int32_t>(int64_t{N} * chunk);
+    group_weights = raw_array<float>(int64_t{N} * chunk);
+    group_size = raw_array<int32_t>(N);
+    expert_gate = raw_array<float>(std::max<int64_t>(chunk, N) * F);
+    expert_up = raw_array<float>(std::max<int64_t>(chunk, N) * F);
+    scores = raw_array<float>(num_threads * max_tokens);
+    thread_out = raw_array<float>(int64_t{num_threads} * D);
+    logits = raw_array<float>(V);
+    std::fill_n(logits.get(), V, 0.0f);
+    selected_per_layer.assign(L, 0);
+  }
+
+  // Runs fn(thread, begin, end) over a static split of [0, n). The lambdas passed here capture at
+  // most two pointers, so std::function stores them inline: no allocation per call.
+  template <typename Fn>
+  void parallel(int64_t n, const Fn& fn) {
+    static_assert(sizeof(Fn) <= 16, "capture at most two words so std::function does not allocate");
+    if (n <= 0) return;
+    if (pool && num_threads > 1) {
+      pool->parallel_for(n, fn);
+    } else {
+      fn(0, 0, n);
+    }
+  }
+
+  // Y[t, r] = W[r, :] . X[t, :] over rows [begin, end); one token uses matvec.
+  static void project(const Matrix& m, const float* x, int64_t x_stride, int64_t tokens, float* y,
+                      int64_t y_stride, int64_t begin, int64_t end) {
+    if (tokens == 1) {
+      kernels::matvec(m, x, y + begin, begin, end);
+    } else {
+      kernels::matmul(m, x, x_stride, tokens, y + begin, y_stride, begin, end);
+    }
+  }
+
+  void check_tokens(std::span<const int32_t> tokens) const {
+    if (tokens.empty()) fail("empty token sequence: at least one token id is needed");
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (tokens[i] < 0 || tokens[i] >= V) {
+        fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ", V, ")");
+      }
+    }
+    if (pos + static_cast<int64_t>(tokens.size()) > max_tokens) {
+      fail("sequence too long: ", pos, " cached + ", tokens.size(),
+           " new tokens exceed the session's ", max_tokens, "-token KV cache");
+    }
+  }
+
+  void attention_block(int layer, const int32_t* /*ids*/, int64_t T) {
+    const LayerWeights& lw = w.layers[layer];
+    float* kc = k_cache.get() + (int64_t{layer} * max_tokens + pos) * Dkv;
+    float* vc = v_cache.get() + (int64_t{layer} * max_tokens + pos) * Dkv;
+    for (int64_t t = 0; t < T; ++t) {
+      kernels::rmsnorm(x.get() + t * D, lw.input_norm, D, eps, h.get() + t * D);
+    }
+    // q | k | v as one row space so both threads share the three projections evenly.
+    struct Qkv {
+      Impl* self;
+      const LayerWeights* lw;
+      float* kc;
+      float* vc;
+      int64_t T;
+    } qkv{this, &lw, kc, vc, T};
+    parallel(D + 2 * Dkv, [&qkv](int, int64_t begin, int64_t end) {
+      Impl& s = *qkv.self;
+      const int64_t segments[3] = {s.D, s.Dkv, s.Dkv};
+      const Matrix* mats[3] = {&qkv.lw->q_proj, &qkv.lw->k_proj, &qkv.lw->v_proj};
+      float* outs[3] = {s.q.get(), qkv.kc, qkv.vc};
+      const int64_t strides[3] = {s.D, s.Dkv, s.Dkv};
+      int64_t base = 0;
+      for (int i = 0; i < 3; ++i) {
+        const int64_t lo = std::max(begin, base), hi = std::min(end, base + segments[i]);
+        if (lo < hi) {
+          project(*mats[i], s.h.get(), s.D, qkv.T, outs[i], strides[i], lo - base, hi - base);
+        }
+        base += segments[i];
+      }
+    });
+    // q/k norms over the whole projection, optional clip, then RoPE per head.
+    const int half = hd / 2;
+    for (int64_t t = 0; t < T; ++t) {
+      float* qt = q.get() + t * D;
+      float* kt = kc + t * Dkv;
+      float* vt = vc + t * Dkv;
+      kernels::rmsnorm(qt, lw.q_norm, D, eps, qt);
+      kernels::rmsnorm(kt, lw.k_norm, Dkv, eps, kt);
+      if (cfg.clip_qkv) {
+        const float c = *cfg.clip_qkv;
+        for (int i = 0; i < D; ++i) qt[i] = std::clamp(qt[i], -c, c);
+        for (int i = 0; i < Dkv; ++i) {
+          kt[i] = std::clamp(kt[i], -c, c);
+          vt[i] = std::clamp(vt[i], -c, c);
+        }
+      }
+      const float* cos = rope_cos.get() + (pos + t) * half;
+      const float* sin = rope_sin.get() + (pos + t) * half;
+      auto rope = [&](float* v, int heads) {
+        for (int head = 0; head < heads; ++head) {
+          float* a = v + head * hd;
+          float* b = a + half;
+          for (int i = 0; i < half; ++i) {
+            const float x1 = a[i], x2 = b[i];
+            a[i] = x1 * cos[i] - x2 * sin[i];
+            b[i] = x2 * cos[i] + x1 * sin[i];
+          }
+        }
+      };
+      rope(qt, H);
+      rope(kt, Hkv);
+    }
+    // Causal attention, one (token, head) pair per work item.
+    struct Att {
+      Impl* self;
+      int layer;
+      int64_t T;
+    } att{this, layer, T};
+    parallel(T * H, [&att](int thread, int64_t begin, int64_t end) {
+      Impl& s = *att.self;
+      const float* keys = s.k_cache.get() + int64_t{att.layer} * s.max_tokens * s.Dkv;
+      const float* values = s.v_cache.get() + int64_t{att.layer} * s.max_tokens * s.Dkv;
+      float* sc = s.scores.get() + int64_t{thread} * s.max_tokens;
+      const int group = s.H / s.Hkv;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t t = item / s.H;
+        const int head = static_cast<int>(item % s.H);
+        const int kv_off = (head / group) * s.hd;
+        const float* qh = s.q.get() + t * s.D + head * s.hd;
+        const int64_t n = s.pos + t + 1;
+        for (int64_t j = 0; j < n; ++j) {
+          sc[j] = kernels::dot_f32(qh, keys + j * s.Dkv + kv_off, s.hd) * s.attn_scale;
+        }
+        kernels::softmax(sc, n);
+        float* out = s.attn.get() + t * s.D + head * s.hd;
+        std::fill_n(out, s.hd, 0.0f);
+        for (int64_t j = 0; j < n; ++j)
+          kernels::axpy(sc[j], values + j * s.Dkv + kv_off, out, s.hd);
+      }
+    });
+    // o_proj; each thread adds its output columns into the residual.
+    parallel(D, [&att](int, int64_t begin, int64_t end) {
+      Impl& s = *att.self;
+      const Matrix& o = s.w.layers[att.layer].o_proj;
+      project(o, s.attn.get(), s.D, att.T, s.tmp.get(), s.D, begin, end);
+      for (int64_t t = 0; t < att.T; ++t) {
+        float* xt = s.x.get() + t * s.D;
+        const float* yt = s.tmp.get() + t * s.D;
+        for (int64_t i = begin; i < end; ++i) xt[i] += yt[i];
+      }
+    });
+  }
+
+  void route_block(int layer, int64_t T) {
+    const LayerWeights& lw = w.layers[layer];
+    for (int64_t t = 0; t < T; ++t) {
+      kernels::rmsnorm(x.get() + t * D, lw.post_norm, D, eps, h.get() + t * D);
+    }
+    struct Ctx {
+      Impl* self;
+      const LayerWeights* lw;
+      int64_t T;
+    } ctx{this, &lw, T};
+    parallel(N, [&ctx](int, int64_t begin, int64_t end) {
+      Impl& s = *ctx.self;
+      project(ctx.lw->router, s.h.get(), s.D, ctx.T, s.router_logits.get(), s.N, begin, end);
+    });
+    const int stride = router->max_count();
+    if (T == 1) {
+      route_counts[0] =
+          router->route(router_logits.get(), layer, route_ids.get(), route_weights.get());
+    } else {
+      router->route_batch(router_logits.get(), T, layer, route_ids.get(), route_weights.get(),
+                          route_counts.get());
+    }
+    int64_t selected = 0;
+    for (int64_t t = 0; t < T; ++t) selected += route_counts[t];
+    selected_per_layer[layer] += selected;
+    if (observer) {
+      for (int64_t t = 0; t < T; ++t) {
+        RouterEvent event;
+        event.layer = layer;
+        event.position = pos + t;
+        event.logits = router_logits.get() + t * N;
+        event.num_experts = N;
+        event.ids = route_ids.get() + t * stride;
+        event.weights = route_weights.get() + t * stride;
+        event.count = route_counts[t];
+        observer->on_route(event);
+      }
+    }
+  }
+
+  // One token: every selected expert in two parallel loops.
+  void moe_decode(int layer) {
+    struct Ctx {
+      Impl* self;
+      int layer;
+    } ctx{this, layer};
+    parallel(F, [&ctx](int, int64_t begin, int64_t end) {
+      Impl& s = *ctx.self;
+      const auto& experts = s.w.layers[ctx.layer].experts;
+      const int count = s.route_counts[0];
+      for (int j = 0; j < count; ++j) {
+        const ExpertWeights& e = experts[s.route_ids[j]];
+        float* g = s.expert_gate.get() + int64_t{j} * s.F;
+        float* u = s.expert_up.get() + int64_t{j} * s.F;
+        kernels::matvec(e.gate, s.h.get(), g + begin, begin, end);
+        kernels::matvec(e.up, s.h.get(), u + begin, begin, end);
+        kernels::swiglu(g + begin, u + begin, g + begin, end - begin);
+      }
+    });
+    parallel(D, [&ctx](int thread, int64_t begin, int64_t end) {
+      Impl& s = *ctx.self;
+      const auto& experts = s.w.layers[ctx.layer].experts;
+      const int count = s.route_counts[0];
+      float* out = s.thread_out.get() + int64_t{thread} * s.D;
+      for (int j = 0; j < count; ++j) {
+        const ExpertWeights& e = experts[s.route_ids[j]];
+        kernels::matvec(e.down, s.expert_gate.get() + int64_t{j} * s.F, out, begin, end);
+        kernels::axpy(s.route_weights[j], out, s.x.get() + begin, end - begin);
+      }
+    });
+  }
+
+  // T tokens: grouped by expert, each expert's weights read once for all of its tokens.
+  void moe_prefill(int layer, int64_t T) {
+    const int stride = router->max_count();
+    std::fill_n(group_size.get(), N, 0);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int j = 0; j < route_counts[t]; ++j) {
+        const int e = route_ids[t * stride + j];
+        const int slot = group_size[e]++;
+        group_tokens[int64_t{e} * chunk + slot] = static_cast<int32_t>(t);
+        group_weights[int64_t{e} * chunk + slot] = route_weights[t * stride + j];
+      }
+    }
+    struct Ctx {
+      Impl* self;
+      const ExpertWeights* expert;
+      int e;
+      int n;
+    } ctx{this, nullptr, 0, 0};
+    for (int e = 0; e < N; ++e) {
+      const int n = group_size[e];
+      if (n == 0) continue;
+      ctx.expert = &w.layers[layer].experts[e];
+      ctx.e = e;
+      ctx.n = n;
+      for (int i = 0; i < n; ++i) {
+        std::memcpy(expert_x.get() + int64_t{i} * D,
+                    h.get() + int64_t{group_tokens[int64_t{e} * chunk + i]} * D, sizeof(float) * D);
+      }
+      parallel(F, [&ctx](int, int64_t begin, int64_t end) {
+        Impl& s = *ctx.self;
+        project(ctx.expert->gate, s.expert_x.get(), s.D, ctx.n, s.expert_gate.get(), s.F, begin,
+                end);
+        project(ctx.expert->up, s.expert_x.get(), s.D, ctx.n, s.expert_up.get(), s.F, begin, end);
+        for (int i = 0; i < ctx.n; ++i) {
+          float* g = s.expert_gate.get() + int64_t{i} * s.F + begin;
+          kernels::swiglu(g, s.expert_up.get() + int64_t{i} * s.F + begin, g, end - begin);
+        }
+      });
+      parallel(D, [&ctx](int, int64_t begin, int64_t end) {
+        Impl& s = *ctx.self;
+        project(ctx.expert->down, s.expert_gate.get(), s.F, ctx.n, s.expert_y.get(), s.D, begin,
+                end);
+        const int32_t* tokens = s.group_tokens.get() + int64_t{ctx.e} * s.chunk;
+        const float* weights = s.group_weights.get() + int64_t{ctx.e} * s.chunk;
+        for (int i = 0; i < ctx.n; ++i) {
+          kernels::axpy(weights[i], s.expert_y.get() + int64_t{i} * s.D + begin,
+                        s.x.get() + int64_t{tokens[i]} * s.D + begin, end - begin);
+        }
+      });
+    }
+  }
+
+  // Runs T <= chunk tokens at positions pos.. through the model; fills `out_logits` ([T, V]) when
+  // given, else only the last position's logits.
+  void forward(const int32_t* ids, int64_t T, float* out_logits, bool need_logits) {
+    for (int64_t t = 0; t < T; ++t) kernels::embedding_row(w.embed, ids[t], x.get() + t * D);
+    for (int layer = 0; layer < L; ++layer) {
+      attention_block(layer, ids, T);
+      route_block(layer, T);
+      if (T == 1) {
+        moe_decode(layer);
+      } else {
+        moe_prefill(layer, T);
+      }
+    }
+    routed += T;
+    if (!need_logits) {
+      pos += T;
+      return;
+    }
+    const int64_t first = out_logits ? 0 : T - 1;
+    for (int64_t t = first; t < T; ++t) {
+      kernels::rmsnorm(x.get() + t * D, w.final_norm, D, eps, h.get() + t * D);
+    }
+    struct Ctx {
+      Impl* self;
+      float* out;
+      int64_t first;
+      int64_t T;
+    } ctx{this, out_logits ? out_logits : logits.get(), first, T};
+    parallel(V, [&ctx](int, int64_t begin, int64_t end) {
+      Impl& s = *ctx.self;
+      project(s.w.lm_head, s.h.get() + ctx.first * s.D, s.D, ctx.T - ctx.first, ctx.out, s.V, begin,
+              end);
+    });
+    if (out_logits) std::memcpy(logits.get(), out_logits + (T - 1) * V, sizeof(float) * V);
+    pos += T;
+  }
+};
+
+Session::Session(std::shared_ptr<const Model> model, const routing::Router* router,
+                 kernels::ThreadPool* pool, int64_t max_tokens)
+    : impl_(std::make_unique<Impl>(std::move(model), pool, max_tokens)) {
+  set_router(router);
+}
+
+Session::~Session() = default;
+
+void Session::set_router(const routing::Router* router) {
+  if (router == nullptr) {
+    impl_->router = impl_->native_router.get();
+    return;
+  }
+  if (router->num_experts() != impl_->N) {
+    fail("router ", router->spec(), " was built for ", router->num_experts(),
+         " experts but the model has ", impl_->N);
+  }
+  if (router->max_count() < 1 || router->max_count() > impl_->N) {
+    fail("router ", router->spec(), ": max_count ", router->max_count(), " outside [1, ", impl_->N,
+         "]");
+  }
+  impl_->router = router;
+}
+
+void Session::set_observer(RouterObserver* observer) {
+  impl_->observer = observer;
+}
+
+void Session::reset() {
+  impl_->pos = 0;
+}
+
+int64_t Session::position() const {
+  return impl_->pos;
+}
+
+const Model& Session::model() const {
+  return *impl_->model;
+}
+
+int64_t Session::max_tokens() const {
+  return impl_->max_tokens;
+}
+
+const routing::Router& Session::router() const {
+  return *impl_->router;
+}
+
+void Session::prefill(std::span<const int32_t> tokens, float* all_logits) {
+  impl_->check_tokens(tokens);
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  for (int64_t done = 0; done < total;) {
+    const int64_t n = std::min(impl_->chunk, total - done);
+    impl_->forward(tokens.data() + done, n,
+                   all_logits ? all_logits + done * int64_t{impl_->V} : nullptr,
+                   all_logits != nullptr || done + n == total);
+    done += n;
+  }
+}
+
+void Session::decode(int32_t token) {
+  impl_->check_tokens(std::span<const int32_t>(&token, 1));
+  impl_->forward(&token, 1, nullptr, true);
+}
+
+const float* Session::last_logits() const {
+  return impl_->logits.get();
+}
+
+const std::vector<int64_t>& Session::selected_experts_per_layer() const {
+  return impl_->selected_per_layer;
+}
+
+int64_t Session::routed_tokens() const {
+  return impl_->routed;
+}
+
+void Session::reset_routing_totals() {
+  std::fill(impl_->selected_per_layer.begin(), impl_->selected_per_layer.end(), 0);
+  impl_->routed = 0;
+}
+
+GenerateResult generate(Session& session, std::span<const int32_t> prompt,
+                        const GenerateOptions& options,
+                        const std::function<void(int32_t)>& on_token) {
+  using Clock = std::chrono::steady_clock;
+  if (options.max_new_tokens < 0) {
+    fail("--max-new-tokens ", options.max_new_tokens, ": must be >= 0");
+  }
+  const Model& model = session.model();
+  const int32_t vocab_limit =
+      std::min<int32_t>(model.config().vocab_size, model.tokenizer().vocab_size());
+  Sampler sampler(vocab_limit, options.temperature, options.top_p, options.seed);
+  const std::optional<int> eos = model.config().eos_token_id;
+  if (session.position() + static_cast<int64_t>(prompt.size()) + options.max_new_tokens >
+      session.max_tokens() + 1) {
+    fail("prompt (", prompt.size(), " tokens) + --max-new-tokens ", options.max_new_tokens,
+         " exceed the session's ", session.max_tokens(), "-token KV cache");
+  }
+
+  GenerateResult result;
+  result.tokens.reserve(static_cast<size_t>(options.max_new_tokens));
+  const auto start = Clock::now();
+  session.prefill(prompt);
+  const auto prefilled = Clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(prefilled - start).count();
+  for (int i = 0; i < options.max_new_tokens; ++i) {
+    const int32_t token = sampler.sample(session.last_logits());
+    result.tokens.push_back(token);
+    if (on_token) on_token(token);
+    if (options.stop_at_eos && eos && token == *eos) {
+      result.stopped_at_eos = true;
+      break;
+    }
+    // The last token's successor is never needed, so it is not run through the model.
+    if (i + 1 < options.max_new_tokens) session.decode(token);
+  }
+  result.decode_seconds = std::chrono::duration<double>(Clock::now() - prefilled).count();
+  return result;
+}
+
+std::vector<double> score_tokens(Session& session, std::span<const int32_t> tokens) {
+  if (tokens.empty()) fail("score: empty token sequence");
+  session.reset();
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const int V = session.model().config().vocab_size;
+  // Prefill runs in pieces so the [piece, V] logits buffer stays small; the KV cache carries the
+  // context between pieces, so this equals one prefill of the whole sequence.
+  const int64_t piece = std::min<int64_t>(T, kMaxChunk);
+  std::vector<float> logits(static_cast<size_t>(piece * V));
+  std::vector<double> logprobs;
+  logprobs.reserve(static_cast<size_t>(T - 1));
+  for (int64_t done = 0; done < T;) {
+    const int64_t n = std::min(piece, T - done);
+    session.prefill(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(n)),
+                    logits.data());
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t target = done + t + 1;
+      if (target >= T) break;
+      const float* row = logits.data() + t * V;
+      double max_logit = row[0];
+      for (int i = 1; i < V; ++i) max_logit = std::max<double>(max_logit, row[i]);
+      double sum = 0;
+      for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i]) - max_logit);
+      logprobs.push_back(static_cast<double>(row[tokens[target]]) - max_logit - std::log(sum));
+    }
+    done += n;
+  }
+  return logprobs;
+}
+
+}  // namespace bhmoe::model
