@@ -29,14 +29,14 @@ class Router {
   // The largest count route() can return: the row width of the batch buffers.
   virtual int max_count() const = 0;
 
-  // Routes one token of `layer`. `logits` holds N raw router logits. Writes the selected expert ids,
-  // highest probability first (ties: lower id first), to ids[0..count) and their weights to
+  // Routes one token of `layer`. `logits` holds N raw router logits. Writes the selected expert
+  // ids, highest probability first (ties: lower id first), to ids[0..count) and their weights to
   // weights[0..count); returns count, in [1, max_count()]. Thread-safe, allocation-free.
   // Throws bhmoe::Error on a non-finite logit or a layer the calibration does not cover.
   virtual int route(const float* logits, int layer, int32_t* ids, float* weights) const = 0;
 
-  // Routes T tokens: logits [T, N] row-major; ids and weights [T, max_count()] row-major, slots past
-  // counts[t] set to -1 and 0; counts [T]. All buffers are the caller's; nothing is allocated.
+  // Routes T tokens: logits [T, N] row-major; ids and weights [T, max_count()] row-major, slots
+  // past counts[t] set to -1 and 0; counts [T]. All buffers are the caller's; nothing is allocated.
   virtual void route_batch(const float* logits, int64_t num_tokens, int layer, int32_t* ids,
                            float* weights, int32_t* counts) const;
 
@@ -46,8 +46,8 @@ class Router {
 };
 
 // Parses and validates `spec` (see spec.h) and builds the router for N = num_experts.
-// `calibration` is required by rules that use it (bh with pvalues=calibrated) and ignored otherwise.
-// Throws bhmoe::Error naming the key and the reason for any invalid spec.
+// `calibration` is required by rules that use it (bh with pvalues=calibrated) and ignored
+// otherwise. Throws bhmoe::Error naming the key and the reason for any invalid spec.
 std::unique_ptr<Router> make_router(std::string_view spec, int num_experts,
                                     std::shared_ptr<const Calibration> calibration = nullptr);
 

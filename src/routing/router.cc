@@ -1,0 +1,285 @@
+#include "routing/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "routing/bh.h"
+#include "routing/calibration.h"
+#include "routing/kernels.h"
+#include "routing/spec.h"
+#include "util/error.h"
+
+namespace bhmoe::routing {
+
+void Router::route_batch(const float* logits, int64_t num_tokens, int layer, int32_t* ids,
+                         float* weights, int32_t* counts) const {
+  const int n = num_experts();
+  const int stride = max_count();
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    int32_t* row_ids = ids + t * stride;
+    float* row_weights = weights + t * stride;
+    int count;
+    try {
+      count = route(logits + t * n, layer, row_ids, row_weights);
+    } catch (const Error& e) {
+      fail("token ", t, ": ", e.what());
+    }
+    counts[t] = count;
+    for (int j = count; j < stride; ++j) {
+      row_ids[j] = -1;
+      row_weights[j] = 0.0f;
+    }
+  }
+}
+
+namespace {
+
+[[noreturn]] void non_finite_error(const float* logits, int n, int layer) {
+  int i = detail::first_non_finite(logits, n);
+  fail("layer ", layer, ": router logit of expert ", i, " is ", logits[i < 0 ? 0 : i],
+       " (logits must be finite)");
+}
+
+// Fills weights for ids[0..count) from the softmax numerators e and their sum.
+inline void write_weights(const float* e, float sum, const int32_t* ids, int count, bool renorm,
+                          float* weights) {
+  const float inv_sum = 1.0f / sum;
+  float selected = 0.0f;
+  for (int j = 0; j < count; ++j) {
+    weights[j] = e[ids[j]] * inv_sum;
+    selected += weights[j];
+  }
+  if (renorm && selected > 0.0f) {
+    const float inv = 1.0f / selected;
+    for (int j = 0; j < count; ++j) weights[j] *= inv;
+  }
+}
+
+class TopKRouter final : public Router {
+ public:
+  TopKRouter(const RouterSpec& spec, int n)
+      : spec_(spec), n_(n), temperature_(static_cast<float>(spec.temperature)) {}
+
+  std::string spec() const override { return canonical_spec(spec_); }
+  int num_experts() const override { return n_; }
+  int max_count() const override { return spec_.k; }
+
+  int route(const float* logits, int layer, int32_t* ids, float* weights) const override {
+    bool finite;
+    const float mx = detail::max_logit(logits, n_, &finite);
+    if (!finite) non_finite_error(logits, n_, layer);
+    float e[kMaxExperts];
+    const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
+    detail::select_top(logits, nullptr, n_, spec_.k, ids);
+    write_weights(e, sum, ids, spec_.k, spec_.renorm, weights);
+    return spec_.k;
+  }
+
+ private:
+  RouterSpec spec_;
+  int n_;
+  float temperature_;
+};
+
+class TopPRouter final : public Router {
+ public:
+  TopPRouter(const RouterSpec& spec, int n)
+      : spec_(spec),
+        n_(n),
+        temperature_(static_cast<float>(spec.temperature)),
+        mass_(static_cast<float>(spec.p)) {}
+
+  std::string spec() const override { return canonical_spec(spec_); }
+  int num_experts() const override { return n_; }
+  int max_count() const override { return spec_.max_k; }
+
+  int route(const float* logits, int layer, int32_t* ids, float* weights) const override {
+    bool finite;
+    const float mx = detail::max_logit(logits, n_, &finite);
+    if (!finite) non_finite_error(logits, n_, layer);
+    float e[kMaxExperts];
+    const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
+    detail::select_top(logits, nullptr, n_, spec_.max_k, ids);
+    // The smallest prefix (by probability) whose cumulative probability reaches p, within
+    // [min_k, max_k].
+    const float inv_sum = 1.0f / sum;
+    float cumulative = 0.0f;
+    int count = spec_.max_k;
+    for (int j = 0; j < spec_.max_k; ++j) {
+      cumulative += e[ids[j]] * inv_sum;
+      if (cumulative >= mass_) {
+        count = j + 1;
+        break;
+      }
+    }
+    count = std::max(count, spec_.min_k);
+    write_weights(e, sum, ids, count, spec_.renorm, weights);
+    return count;
+  }
+
+ private:
+  RouterSpec spec_;
+  int n_;
+  float temperature_;
+  float mass_;
+};
+
+class BHRouter final : public Router {
+ public:
+  BHRouter(const RouterSpec& spec, int n, std::shared_ptr<const Calibration> calibration)
+      : spec_(spec),
+        n_(n),
+        temperature_(static_cast<float>(spec.temperature)),
+        calibration_(std::move(calibration)),
+        crit_(static_cast<size_t>(n)) {
+    bh_critical_values(spec.alpha, n, crit_.data());
+    if (spec.pvalues == PValueKind::kCalibrated) {
+      for (int layer : calibration_->layers()) {
+        if (layer < 0) continue;
+        if (static_cast<size_t>(layer) >= cutoffs_.size()) cutoffs_.resize(layer + 1);
+        cutoffs_[layer] = bh_logit_cutoffs(calibration_->grid(layer), crit_.data(), n);
+      }
+    }
+  }
+
+  std::string spec() const override { return canonical_spec(spec_); }
+  int num_experts() const override { return n_; }
+  int max_count() const override { return spec_.max_k; }
+  bool uses_calibration() const override { return spec_.pvalues == PValueKind::kCalibrated; }
+
+  int route(const float* logits, int layer, int32_t* ids, float* weights) const override {
+    if (spec_.pvalues == PValueKind::kOneMinusProb)
+      return route_one_minus_prob(logits, layer, ids, weights);
+    return route_calibrated(logits, layer_cutoffs(layer), layer, ids, weights);
+  }
+
+  void route_batch(const float* logits, int64_t num_tokens, int layer, int32_t* ids, float* weights,
+                   int32_t* counts) const override {
+    if (spec_.pvalues == PValueKind::kOneMinusProb) {
+      Router::route_batch(logits, num_tokens, layer, ids, weights, counts);
+      return;
+    }
+    const float* cut = layer_cutoffs(layer);
+    const int stride = spec_.max_k;
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      int32_t* row_ids = ids + t * stride;
+      float* row_weights = weights + t * stride;
+      int count;
+      try {
+        count = route_calibrated(logits + t * n_, cut, layer, row_ids, row_weights);
+      } catch (const Error& e) {
+        fail("token ", t, ": ", e.what());
+      }
+      counts[t] = count;
+      for (int j = count; j < stride; ++j) {
+        row_ids[j] = -1;
+        row_weights[j] = 0.0f;
+      }
+    }
+  }
+
+ private:
+  const float* layer_cutoffs(int layer) const {
+    if (layer < 0 || static_cast<size_t>(layer) >= cutoffs_.size() || cutoffs_[layer].empty()) {
+      calibration_->grid(layer);  // throws the error naming the layers it has
+      fail("calibration has no layer ", layer);
+    }
+    return cutoffs_[layer].data();
+  }
+
+  int route_calibrated(const float* logits, const float* cut, int layer, int32_t* ids,
+                       float* weights) const {
+    bool finite;
+    const float mx = detail::max_logit(logits, n_, &finite);
+    if (!finite) non_finite_error(logits, n_, layer);
+    float e[kMaxExperts];
+    const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
+
+    // Only experts at or above the loosest cutoff (k = N) can pass at any k; they are the m largest
+    // logits. Expert i passes at every k >= t_i, the first k whose cutoff it reaches.
+    int32_t candidates[kMaxExperts];
+    const int m = detail::collect_at_least(logits, n_, cut[n_ - 1], candidates);
+    int kstar = 0;
+    if (m > 0) {
+      int32_t passing_at[kMaxExperts + 1];  // passing_at[k] = #{candidates with t_i == k}, k <= m
+      std::memset(passing_at, 0, sizeof(int32_t) * static_cast<size_t>(m + 1));
+      for (int j = 0; j < m; ++j) {
+        const float v = logits[candidates[j]];
+        // First index in the non-increasing cut[0..n) with cut[idx] <= v (exists: cut[n-1] <= v).
+        int lo = 0;
+        int len = n_;
+        while (len > 1) {
+          const int half = len / 2;
+          lo = cut[lo + half] <= v ? lo : lo + half;
+          len -= half;
+        }
+        lo += cut[lo] <= v ? 0 : 1;
+        const int t = lo + 1;
+        if (t <= m) ++passing_at[t];
+      }
+      int passing = 0;
+      for (int k = 1; k <= m; ++k) {
+        passing += passing_at[k];
+        if (passing >= k) kstar = k;
+      }
+    }
+    const int count = std::clamp(kstar, spec_.min_k, spec_.max_k);
+    if (count <= m) {
+      detail::select_top(logits, candidates, m, count, ids);
+    } else {
+      detail::select_top(logits, nullptr, n_, count, ids);
+    }
+    write_weights(e, sum, ids, count, spec_.renorm, weights);
+    return count;
+  }
+
+  // p_i = 1 - softmax(r)_i (temperature 1: temperature does not touch p-values). Degenerate; kept
+  // to reproduce the original's first version.
+  int route_one_minus_prob(const float* logits, int layer, int32_t* ids, float* weights) const {
+    bool finite;
+    const float mx = detail::max_logit(logits, n_, &finite);
+    if (!finite) non_finite_error(logits, n_, layer);
+    float e[kMaxExperts];
+    float p[kMaxExperts];
+    const float sum1 = detail::softmax_numerators(logits, n_, mx, 1.0f, e);
+    for (int i = 0; i < n_; ++i) p[i] = 1.0f - e[i] / sum1;
+    const int kstar = bh_step_up_count(p, n_, crit_.data());
+    const int count = std::clamp(kstar, spec_.min_k, spec_.max_k);
+    detail::select_top(logits, nullptr, n_, count, ids);
+    const float sum =
+        temperature_ == 1.0f ? sum1 : detail::softmax_numerators(logits, n_, mx, temperature_, e);
+    write_weights(e, sum, ids, count, spec_.renorm, weights);
+    return count;
+  }
+
+  RouterSpec spec_;
+  int n_;
+  float temperature_;
+  std::shared_ptr<const Calibration> calibration_;
+  std::vector<float> crit_;
+  std::vector<std::vector<float>> cutoffs_;  // by layer id; empty when the calibration lacks it
+};
+
+}  // namespace
+
+std::unique_ptr<Router> make_router(std::string_view spec_text, int num_experts,
+                                    std::shared_ptr<const Calibration> calibration) {
+  RouterSpec spec = resolve_router_spec(parse_router_spec(spec_text), num_experts);
+  switch (spec.rule) {
+    case RuleKind::kTopK:
+      return std::make_unique<TopKRouter>(spec, num_experts);
+    case RuleKind::kTopP:
+      return std::make_unique<TopPRouter>(spec, num_experts);
+    case RuleKind::kBH:
+      if (spec.pvalues == PValueKind::kCalibrated && !calibration) {
+        fail("router spec \"", canonical_spec(spec),
+             "\": pvalues=calibrated needs a calibration (--calibration FILE.json)");
+      }
+      return std::make_unique<BHRouter>(spec, num_experts, std::move(calibration));
+  }
+  fail("router spec \"", spec_text, "\": unknown rule");
+}
+
+}  // namespace bhmoe::routing

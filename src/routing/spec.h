@@ -1,0 +1,59 @@
+// Router spec strings: parse, validate and print back canonically (SPEC.md §2).
+//
+//   topk:k=8[,renorm=false][,temperature=1]
+//   bh:alpha=0.05,max_k=16[,min_k=1][,temperature=1][,renorm=false][,pvalues=calibrated|one-minus-prob]
+//   topp:p=0.7[,max_k=16][,min_k=1][,temperature=1][,renorm=false]
+//
+// Keys may come in any order; each at most once. Required: topk k; bh alpha and max_k; topp p.
+// Booleans are true/false (also 1/0). Every error names the key and says why.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace bhmoe::routing {
+
+enum class RuleKind { kTopK, kBH, kTopP };
+
+// How BH turns logits into p-values. kOneMinusProb (p = 1 - softmax(r)_i) is the original project's
+// first version, kept only to reproduce it: it is degenerate (with N = 64 the best expert's p is
+// about 0.85 >> alpha/N, so it always selects exactly min_k experts).
+enum class PValueKind { kCalibrated, kOneMinusProb };
+
+struct RouterSpec {
+  RuleKind rule = RuleKind::kTopK;
+  int k = 8;            // topk: number of experts
+  double alpha = 0.05;  // bh: false discovery rate, in (0, 1)
+  double p = 0.7;       // topp: probability mass to reach, in (0, 1]
+  int min_k = 1;        // bh, topp
+  int max_k = 16;       // bh, topp (topp: when not given, min(16, N) at make_router)
+  bool max_k_given = false;
+  double temperature = 1.0;  // softmax(r / temperature) for the weights (and top-p's mass); > 0
+  bool renorm = false;       // rescale the selected weights to sum to 1
+  PValueKind pvalues = PValueKind::kCalibrated;
+
+  bool uses_calibration() const {
+    return rule == RuleKind::kBH && pvalues == PValueKind::kCalibrated;
+  }
+};
+
+// Parses and checks everything that does not depend on N (syntax, unknown/duplicate/missing keys,
+// ranges such as alpha in (0,1), temperature > 0, min_k >= 1, max_k >= min_k).
+// Throws bhmoe::Error: `router spec "<text>": key "<key>": <why>`.
+RouterSpec parse_router_spec(std::string_view text);
+
+// The checks that need N (k <= N, max_k <= N, min_k <= N; N in [1, kMaxExperts]) and the resolution
+// of N-dependent defaults (topp's max_k). Throws bhmoe::Error naming the key.
+RouterSpec resolve_router_spec(RouterSpec spec, int num_experts);
+
+// Every parameter spelled out in a fixed order, numbers in their shortest round-trip form, e.g.
+// "topk:k=8,renorm=false,temperature=1",
+// "bh:alpha=0.05,max_k=16,min_k=1,temperature=1,renorm=false,pvalues=calibrated",
+// "topp:p=0.7,max_k=16,min_k=1,temperature=1,renorm=false".
+// parse_router_spec(canonical_spec(s)) == s (up to max_k_given).
+std::string canonical_spec(const RouterSpec& spec);
+
+// Shortest decimal form that reads back to the same double ("0.05", "1", "1e-05").
+std::string format_number(double value);
+
+}  // namespace bhmoe::routing
