@@ -1,0 +1,241 @@
+#include "util/npy.h"
+
+#include <bit>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+
+#include "util/error.h"
+#include "util/file.h"
+
+namespace bhmoe {
+
+int64_t NpyArray::size() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {  // subnormal: value = mantissa * 2^-24
+      float value = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+      return sign ? -value : value;
+    }
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+float bfloat16_to_float(uint16_t bits) {
+  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
+}
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+// The value text of `key` in the header dict (up to the next top-level comma or closing brace).
+std::string_view dict_value(std::string_view dict, std::string_view key, std::string_view source) {
+  std::string quoted1 = cat("'", key, "'");
+  std::string quoted2 = cat("\"", key, "\"");
+  size_t at = dict.find(quoted1);
+  size_t len = quoted1.size();
+  if (at == std::string_view::npos) {
+    at = dict.find(quoted2);
+    len = quoted2.size();
+  }
+  if (at == std::string_view::npos) fail(source, ": npy header has no '", key, "' entry");
+  size_t colon = dict.find(':', at + len);
+  if (colon == std::string_view::npos) fail(source, ": npy header entry '", key, "' has no value");
+  size_t end = colon + 1;
+  int depth = 0;
+  while (end < dict.size()) {
+    char c = dict[end];
+    if (c == '(' || c == '[') ++depth;
+    if (c == ')' || c == ']') --depth;
+    if (depth == 0 && (c == ',' || c == '}')) break;
+    if (depth < 0) break;
+    ++end;
+  }
+  return trim(dict.substr(colon + 1, end - colon - 1));
+}
+
+enum class Dtype { kF32, kF16, kU16 };
+
+}  // namespace
+
+NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) {
+  static constexpr char kMagic[] = "\x93NUMPY";
+  if (bytes.size() < 10 || bytes.substr(0, 6) != std::string_view(kMagic, 6)) {
+    fail(source, ": not a .npy file (missing the \\x93NUMPY magic)");
+  }
+  const int major = static_cast<unsigned char>(bytes[6]);
+  size_t header_len;
+  size_t offset;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(bytes[8]) |
+                 (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
+    offset = 10;
+  } else if (major == 2 || major == 3) {
+    if (bytes.size() < 12) fail(source, ": truncated .npy header");
+    header_len = 0;
+    for (int i = 0; i < 4; ++i)
+      header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+    offset = 12;
+  } else {
+    fail(source, ": unsupported .npy format version ", major, ".",
+         static_cast<int>(static_cast<unsigned char>(bytes[7])),
+         " (1.0, 2.0 and 3.0 are supported)");
+  }
+  if (bytes.size() < offset + header_len) {
+    fail(source, ": truncated .npy header (needs ", header_len, " bytes, file has ",
+         bytes.size() - offset, ")");
+  }
+  std::string_view dict = trim(bytes.substr(offset, header_len));
+  if (dict.empty() || dict.front() != '{') fail(source, ": malformed .npy header: ", dict);
+
+  std::string_view descr = dict_value(dict, "descr", source);
+  if (descr.size() >= 2 && (descr.front() == '\'' || descr.front() == '"')) {
+    descr = descr.substr(1, descr.size() - 2);
+  }
+  Dtype dtype;
+  if (descr == "<f4" || descr == "=f4") {
+    dtype = Dtype::kF32;
+  } else if (descr == "<f2" || descr == "=f2") {
+    dtype = Dtype::kF16;
+  } else if (descr == "<u2" || descr == "=u2") {
+    dtype = Dtype::kU16;
+  } else {
+    fail(source, ": unsupported .npy dtype '", descr,
+         "' (supported: little-endian float32 <f4, float16 <f2, bfloat16 bits as uint16 <u2)");
+  }
+  std::string_view order = dict_value(dict, "fortran_order", source);
+  if (order == "True") {
+    fail(source,
+         ": .npy array is in Fortran order; only C order is supported "
+         "(save it with numpy.ascontiguousarray)");
+  }
+  if (order != "False") fail(source, ": npy header 'fortran_order' is '", order, "'");
+
+  std::string_view shape_text = dict_value(dict, "shape", source);
+  if (shape_text.size() < 2 || shape_text.front() != '(' || shape_text.back() != ')') {
+    fail(source, ": npy header 'shape' is not a tuple: ", shape_text);
+  }
+  NpyArray array;
+  std::string_view inner = shape_text.substr(1, shape_text.size() - 2);
+  while (!trim(inner).empty()) {
+    size_t comma = inner.find(',');
+    std::string_view item = trim(inner.substr(0, comma));
+    inner = comma == std::string_view::npos ? std::string_view() : inner.substr(comma + 1);
+    if (item.empty()) continue;
+    int64_t dim = 0;
+    for (char c : item) {
+      if (c == 'L') continue;  // Python 2 longs
+      if (!std::isdigit(static_cast<unsigned char>(c)))
+        fail(source, ": npy shape entry '", item, "' is not a number");
+      dim = dim * 10 + (c - '0');
+      if (dim > (int64_t{1} << 40)) fail(source, ": npy shape entry '", item, "' is too large");
+    }
+    array.shape.push_back(dim);
+  }
+  const int64_t count = array.size();
+  const size_t item_size = dtype == Dtype::kF32 ? 4 : 2;
+  const size_t data_offset = offset + header_len;
+  const size_t need = static_cast<size_t>(count) * item_size;
+  if (bytes.size() - data_offset < need) {
+    fail(source, ": truncated .npy data: shape needs ", need, " bytes, file has ",
+         bytes.size() - data_offset);
+  }
+  if (bytes.size() - data_offset > need) {
+    fail(source, ": .npy file has ", bytes.size() - data_offset - need,
+         " bytes after the data its shape describes");
+  }
+  array.data.resize(static_cast<size_t>(count));
+  const char* data = bytes.data() + data_offset;
+  static_assert(std::endian::native == std::endian::little,
+                "npy reading assumes a little-endian host");
+  if (dtype == Dtype::kF32) {
+    std::memcpy(array.data.data(), data, need);
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      uint16_t v;
+      std::memcpy(&v, data + 2 * i, 2);
+      array.data[i] = dtype == Dtype::kF16       ? half_to_float(v)
+                      : u16 == NpyU16::kBFloat16 ? bfloat16_to_float(v)
+                                                 : static_cast<float>(v);
+    }
+  }
+  return array;
+}
+
+NpyArray read_npy(const std::filesystem::path& path, NpyU16 u16) {
+  std::string bytes = read_file(path);
+  return parse_npy(bytes, path.string(), u16);
+}
+
+std::string npy_bytes(const NpyArray& array) {
+  for (int64_t d : array.shape) {
+    if (d < 0) fail("write_npy: negative dimension ", d);
+  }
+  if (array.size() != static_cast<int64_t>(array.data.size())) {
+    fail("write_npy: shape holds ", array.size(), " values but data has ", array.data.size());
+  }
+  std::string shape = "(";
+  for (size_t i = 0; i < array.shape.size(); ++i) {
+    shape += std::to_string(array.shape[i]);
+    shape += array.shape.size() == 1 ? "," : (i + 1 < array.shape.size() ? ", " : "");
+  }
+  shape += ")";
+  std::string dict = cat("{'descr': '<f4', 'fortran_order': False, 'shape': ", shape, ", }");
+  // Pad with spaces so the data starts on a 64-byte boundary; the header ends with a newline.
+  size_t prefix = 10;
+  size_t total = prefix + dict.size() + 1;
+  bool v2 = false;
+  if (((total + 63) / 64) * 64 - prefix > 65535) {
+    v2 = true;
+    prefix = 12;
+    total = prefix + dict.size() + 1;
+  }
+  const size_t padded = (total + 63) / 64 * 64;
+  dict.append(padded - total, ' ');
+  dict.push_back('\n');
+  std::string out("\x93NUMPY", 6);
+  out.push_back(static_cast<char>(v2 ? 2 : 1));
+  out.push_back(0);
+  const size_t header_len = dict.size();
+  if (v2) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((header_len >> (8 * i)) & 0xff));
+  } else {
+    out.push_back(static_cast<char>(header_len & 0xff));
+    out.push_back(static_cast<char>((header_len >> 8) & 0xff));
+  }
+  out += dict;
+  out.append(reinterpret_cast<const char*>(array.data.data()), array.data.size() * sizeof(float));
+  return out;
+}
+
+void write_npy(const std::filesystem::path& path, const NpyArray& array) {
+  std::string bytes;
+  try {
+    bytes = npy_bytes(array);
+  } catch (const Error& e) {
+    fail(path.string(), ": ", e.what());
+  }
+  write_file_atomic(path, bytes);
+}
+
+}  // namespace bhmoe
