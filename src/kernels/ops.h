@@ -14,9 +14,9 @@ namespace bhmoe::kernels {
 
 // Instruction sets with a kernel implementation; chosen once at start-up from the CPU.
 enum class Isa : uint8_t { Scalar, Avx2, Avx512, Avx512Bf16 };
-Isa detected_isa();               // the best this CPU supports
-Isa active_isa();                 // what the kernels use now
-void set_active_isa(Isa isa);     // tests and benches; must be <= detected_isa()
+Isa detected_isa();            // the best this CPU supports
+Isa active_isa();              // what the kernels use now
+void set_active_isa(Isa isa);  // tests and benches; must be <= detected_isa()
 const char* isa_name(Isa isa);
 
 // y[r - row_begin] = dot(W[r, :], x) for r in [row_begin, row_end).   x: [cols]
@@ -45,7 +45,34 @@ void axpy(float a, const float* x, float* y, int64_t n);
 
 float dot_f32(const float* a, const float* b, int64_t n);
 
+// Precision of the matrix kernels (a contract the golden tolerances rely on):
+// - F32, F16 weights: exact fp32 products, fp32 accumulation (summation order differs from ref).
+// - BF16 weights: matvec (and matmul with one token) converts weights to fp32 exactly and
+// accumulates
+//   in fp32. matmul with >= 2 tokens on Isa::Avx512Bf16 rounds the activations to bf16 (RNE) and
+//   uses vdpbf16ps (fp32 accumulation), as llama.cpp does: each product then carries a relative
+//   error up to 2^-9, i.e. |error| <= 2^-8 * sum_i |w_i x_i| per output — fine for bf16 models
+//   (their weights carry that much already), ~3x faster where prefill and grouped experts are
+//   compute-bound. matmul_exact keeps fp32 activations everywhere, for callers that need it.
+// - Q8 weights: matvec on Isa::Avx512Bf16 (the VNNI level) quantises x per kQ8Block block to int8
+//   (symmetric absmax, like llama.cpp's Q8_0 x Q8_0) and uses vpdpbusd: adds |error| <=
+//   sum_i |w_i| * absmax(x in i's block) / 254. Other levels and matmul dequantise weights exactly
+//   and keep fp32 activations (matmul on Avx512Bf16 rounds activations to bf16 as for BF16
+//   weights).
+void matmul_exact(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+                  int64_t y_stride, int64_t row_begin, int64_t row_end);
+
+// Symmetric absmax quantisation of src (F32, F16 or BF16, cols % kQ8Block == 0) to Q8:
+// values [rows, cols] int8 in [-127, 127], scales [rows, cols / kQ8Block] with
+// value * scale ~= src (|error| <= scale / 2 = absmax(block) / 254). An all-zero block has scale 0.
+// Throws bhmoe::Error if cols is not a multiple of kQ8Block or the dtype is Q8.
+void quantize_q8(const Matrix& src, int8_t* values, float* scales);
+// A Matrix view over quantize_q8 output.
+Matrix q8_matrix(const int8_t* values, const float* scales, int64_t rows, int64_t cols);
+
 namespace ref {
+// Naive scalar references: weights converted element by element to fp32, x exact, double
+// accumulation.
 void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end);
 void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
             int64_t y_stride, int64_t row_begin, int64_t row_end);

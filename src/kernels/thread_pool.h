@@ -20,7 +20,16 @@ class ThreadPool {
 
   // Calls fn(thread_index, begin, end) on every thread over a static split of [0, n) into
   // num_threads() contiguous ranges (a thread whose range is empty is not called); returns when all
-  // are done. The calling thread takes part. Not reentrant.
+  // are done. The calling thread takes part (as thread_index 0). Not reentrant.
+  //
+  // Contract: the ranges are [n*i/T, n*(i+1)/T) for thread i of T, so they cover [0, n) exactly
+  // once and each thread gets the same range for the same n. Everything fn wrote is visible to the
+  // caller on return. An exception thrown by fn never escapes a worker thread: it is caught there,
+  // the loop still waits for every thread to finish its range, then the first exception caught is
+  // rethrown on the calling thread. Calling parallel_for/run_on_all from inside fn, or from two
+  // threads at once, throws bhmoe::Error instead of deadlocking. Dispatch costs ~1 us while workers
+  // spin (they spin ~200 us after each loop, then sleep on a condition variable until the next
+  // one).
   void parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn);
 
   // Calls fn(thread_index) once on every thread and waits.

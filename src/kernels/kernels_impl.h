@@ -1,0 +1,62 @@
+// Internal: per-ISA kernel entry points behind the dispatch in ops.cc. Each is compiled with a
+// function-level target attribute, so it may only be called when the CPU supports that level.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/matrix.h"
+
+namespace bhmoe::kernels::detail {
+
+// What a matmul may do with BF16 (and Q8) weights on Avx512Bf16: round activations to bf16.
+enum class Activations : uint8_t { Exact, RoundToBf16 };
+
+namespace scalar {
+void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end);
+void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+            int64_t y_stride, int64_t row_begin, int64_t row_end);
+float sum_squares(const float* x, int64_t n);
+void scale_by_weight(const float* x, float scale, const Matrix& weight, int64_t n, float* out);
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+void axpy(float a, const float* x, float* y, int64_t n);
+float dot_f32(const float* a, const float* b, int64_t n);
+float max_f32(const float* x, int64_t n);
+float exp_shift_sum(float* x, float shift, int64_t n);  // x = exp(x - shift), returns the sum
+void scale_f32(float* x, float s, int64_t n);
+}  // namespace scalar
+
+namespace avx2 {
+void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end);
+void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+            int64_t y_stride, int64_t row_begin, int64_t row_end);
+float sum_squares(const float* x, int64_t n);
+void scale_by_weight(const float* x, float scale, const Matrix& weight, int64_t n, float* out);
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+void axpy(float a, const float* x, float* y, int64_t n);
+float dot_f32(const float* a, const float* b, int64_t n);
+float max_f32(const float* x, int64_t n);
+float exp_shift_sum(float* x, float shift, int64_t n);
+void scale_f32(float* x, float s, int64_t n);
+}  // namespace avx2
+
+namespace avx512 {
+// bf16: whether the AVX512-BF16/VNNI instructions may be used (Isa::Avx512Bf16).
+void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end,
+            bool bf16);
+void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+            int64_t y_stride, int64_t row_begin, int64_t row_end, bool bf16,
+            Activations activations);
+float sum_squares(const float* x, int64_t n);
+void scale_by_weight(const float* x, float scale, const Matrix& weight, int64_t n, float* out);
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+void axpy(float a, const float* x, float* y, int64_t n);
+float dot_f32(const float* a, const float* b, int64_t n);
+float max_f32(const float* x, int64_t n);
+float exp_shift_sum(float* x, float shift, int64_t n);
+void scale_f32(float* x, float s, int64_t n);
+}  // namespace avx512
+
+// Element loads in fp32 (scalar), shared by the references and the scalar tails.
+float load_weight(const Matrix& w, int64_t row, int64_t col);
+
+}  // namespace bhmoe::kernels::detail

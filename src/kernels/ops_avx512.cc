@@ -1,0 +1,528 @@
+// The Avx512 and Avx512Bf16 levels: AVX-512F/BW/VL/DQ with FMA (16 fp32 lanes), plus vdpbf16ps
+// (AVX512-BF16) and vpdpbusd (AVX512-VNNI) where the CPU has them. Every function carries its
+// target attribute, so the file builds for baseline x86-64 and runs only after the dispatcher
+// checked the CPU. GCC 12 warns inside its own AVX-512 reduction/conversion intrinsics (their
+// _mm*_undefined_*() placeholders); the warnings are false positives.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/kernels_impl.h"
+
+#define BHMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define BHMOE_AVX512BF16                                                                     \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,avx2,fma," \
+                        "f16c")))
+
+namespace bhmoe::kernels::detail::avx512 {
+namespace {
+
+constexpr int kLanes = 16;
+
+// Per-thread scratch that grows to the largest size seen and is then reused: no allocation per call
+// once a sequence has run a first token.
+template <typename T>
+T* scratch(std::vector<T>& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// Lanes [0, remaining) of 16 (none if remaining <= 0).
+BHMOE_AVX512 inline __mmask16 tail_mask16(int64_t remaining) {
+  if (remaining <= 0) return 0;
+  return remaining >= 16 ? __mmask16(0xffff) : __mmask16((1u << remaining) - 1);
+}
+
+// 16 weights of one row from column k, in fp32 (exact for every dtype; Q8 scaled by its block).
+// Masked lanes read nothing and are zero.
+template <DType D>
+BHMOE_AVX512 inline __m512 load16(const void* row, const float* row_scales, int64_t k,
+                                  __mmask16 mask) {
+  if constexpr (D == DType::F32) {
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(row) + k);
+  } else if constexpr (D == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + k));
+  } else if constexpr (D == DType::BF16) {
+    __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + k);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    __m128i q = _mm_maskz_loadu_epi8(mask, static_cast<const int8_t*>(row) + k);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)),
+                         _mm512_set1_ps(row_scales[k / kQ8Block]));
+  }
+}
+
+template <DType D>
+BHMOE_AVX512 inline __m512 load16(const void* row, const float* row_scales, int64_t k) {
+  if constexpr (D == DType::F32) {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + k);
+  } else if constexpr (D == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k)));
+  } else if constexpr (D == DType::BF16) {
+    __m256i h =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + k));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    __m128i q =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(row) + k));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)),
+                         _mm512_set1_ps(row_scales[k / kQ8Block]));
+  }
+}
+
+struct RowPointers {
+  const void* data;
+  const float* scales;
+};
+
+template <DType D>
+BHMOE_AVX512 inline RowPointers row_pointers(const Matrix& w, int64_t r) {
+  RowPointers p;
+  p.data = static_cast<const uint8_t*>(w.data) + r * w.cols * static_cast<int64_t>(dtype_size(D));
+  p.scales = D == DType::Q8 ? w.scales + r * (w.cols / kQ8Block) : nullptr;
+  return p;
+}
+
+// ---- fp32-accumulate path (exact products) -------------------------------------------------
+
+// Y[t, i] = dot(W[r0 + i], X[t]) for i < R, t < T: each weight vector loaded (and converted) once
+// is used for T tokens.
+template <DType D, int R, int T>
+BHMOE_AVX512 void tile_f32(const Matrix& w, int64_t r0, const float* x, int64_t x_stride, float* y,
+                           int64_t y_stride) {
+  const int64_t cols = w.cols;
+  const int64_t vec_end = cols & ~int64_t{kLanes - 1};
+  RowPointers rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = row_pointers<D>(w, r0 + i);
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < vec_end; k += kLanes) {
+    __m512 wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = load16<D>(rows[i].data, rows[i].scales, k);
+    for (int t = 0; t < T; ++t) {
+      __m512 xv = _mm512_loadu_ps(x + t * x_stride + k);
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+  if (vec_end < cols) {
+    const __mmask16 mask = tail_mask16(cols - vec_end);
+    __m512 wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = load16<D>(rows[i].data, rows[i].scales, vec_end, mask);
+    for (int t = 0; t < T; ++t) {
+      __m512 xv = _mm512_maskz_loadu_ps(mask, x + t * x_stride + vec_end);
+      for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) y[t * y_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+constexpr int kRows = 4;
+constexpr int kTokens = 6;
+
+template <DType D, int R>
+BHMOE_AVX512 void row_group_f32(const Matrix& w, int64_t r0, const float* x, int64_t x_stride,
+                                int64_t num_tokens, float* y, int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + kTokens <= num_tokens; t += kTokens) {
+    tile_f32<D, R, kTokens>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+  }
+  const float* xt = x + t * x_stride;
+  float* yt = y + t * y_stride;
+  switch (num_tokens - t) {
+    case 1:
+      return tile_f32<D, R, 1>(w, r0, xt, x_stride, yt, y_stride);
+    case 2:
+      return tile_f32<D, R, 2>(w, r0, xt, x_stride, yt, y_stride);
+    case 3:
+      return tile_f32<D, R, 3>(w, r0, xt, x_stride, yt, y_stride);
+    case 4:
+      return tile_f32<D, R, 4>(w, r0, xt, x_stride, yt, y_stride);
+    case 5:
+      return tile_f32<D, R, 5>(w, r0, xt, x_stride, yt, y_stride);
+    default:
+      return;
+  }
+}
+
+template <DType D>
+BHMOE_AVX512 void matmul_f32(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens,
+                             float* y, int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  int64_t r = row_begin;
+  for (; r + kRows <= row_end; r += kRows) {
+    row_group_f32<D, kRows>(w, r, x, x_stride, num_tokens, y + (r - row_begin), y_stride);
+  }
+  for (; r < row_end; ++r) {
+    row_group_f32<D, 1>(w, r, x, x_stride, num_tokens, y + (r - row_begin), y_stride);
+  }
+}
+
+BHMOE_AVX512 void matmul_exact(const Matrix& w, const float* x, int64_t x_stride,
+                               int64_t num_tokens, float* y, int64_t y_stride, int64_t row_begin,
+                               int64_t row_end) {
+  switch (w.dtype) {
+    case DType::F32:
+      return matmul_f32<DType::F32>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+    case DType::F16:
+      return matmul_f32<DType::F16>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+    case DType::BF16:
+      return matmul_f32<DType::BF16>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+    case DType::Q8:
+      return matmul_f32<DType::Q8>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+  }
+}
+
+// ---- vdpbf16ps path (BF16 weights, activations rounded to bf16) ------------------------------
+
+constexpr int kBf16Step = 32;  // bf16 elements per zmm
+
+thread_local std::vector<uint16_t> t_x_bf16;
+
+// X rounded to bf16 (RNE), each token padded with zeros to a multiple of 32 columns.
+BHMOE_AVX512BF16 const uint16_t* activations_to_bf16(const float* x, int64_t x_stride,
+                                                     int64_t num_tokens, int64_t cols,
+                                                     int64_t padded) {
+  uint16_t* out = scratch(t_x_bf16, static_cast<size_t>(num_tokens * padded));
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const float* xt = x + t * x_stride;
+    uint16_t* ot = out + t * padded;
+    for (int64_t k = 0; k < padded; k += kBf16Step) {
+      __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(cols - k), xt + k);
+      __m512 hi = _mm512_maskz_loadu_ps(tail_mask16(cols - k - 16), xt + k + 16);
+      _mm512_storeu_si512(ot + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+  return out;
+}
+
+template <int R, int T>
+BHMOE_AVX512BF16 void tile_bf16(const Matrix& w, int64_t r0, const uint16_t* xb, int64_t padded,
+                                float* y, int64_t y_stride) {
+  const int64_t cols = w.cols;
+  const int64_t full_end = cols & ~int64_t{kBf16Step - 1};
+  const uint16_t* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = static_cast<const uint16_t*>(w.data) + (r0 + i) * cols;
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < full_end; k += kBf16Step) {
+    __m512i wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = _mm512_loadu_si512(rows[i] + k);
+    for (int t = 0; t < T; ++t) {
+      __m512i xv = _mm512_loadu_si512(xb + t * padded + k);
+      for (int i = 0; i < R; ++i) {
+        acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv[i], (__m512bh)xv);
+      }
+    }
+  }
+  if (full_end < cols) {
+    const __mmask32 mask = (__mmask32)((uint64_t{1} << (cols - full_end)) - 1);
+    __m512i wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = _mm512_maskz_loadu_epi16(mask, rows[i] + full_end);
+    for (int t = 0; t < T; ++t) {
+      __m512i xv = _mm512_loadu_si512(xb + t * padded + full_end);
+      for (int i = 0; i < R; ++i) {
+        acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv[i], (__m512bh)xv);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int t = 0; t < T; ++t) y[t * y_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+template <int R>
+BHMOE_AVX512BF16 void row_group_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
+                                     int64_t padded, int64_t num_tokens, float* y,
+                                     int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + kTokens <= num_tokens; t += kTokens) {
+    tile_bf16<R, kTokens>(w, r0, xb + t * padded, padded, y + t * y_stride, y_stride);
+  }
+  const uint16_t* xt = xb + t * padded;
+  float* yt = y + t * y_stride;
+  switch (num_tokens - t) {
+    case 1:
+      return tile_bf16<R, 1>(w, r0, xt, padded, yt, y_stride);
+    case 2:
+      return tile_bf16<R, 2>(w, r0, xt, padded, yt, y_stride);
+    case 3:
+      return tile_bf16<R, 3>(w, r0, xt, padded, yt, y_stride);
+    case 4:
+      return tile_bf16<R, 4>(w, r0, xt, padded, yt, y_stride);
+    case 5:
+      return tile_bf16<R, 5>(w, r0, xt, padded, yt, y_stride);
+    default:
+      return;
+  }
+}
+
+// Tokens per pass over the weight rows: X for a chunk (48 x 2048 bf16 = 192 KiB) stays in L2
+// while each row group (in L1) meets all its tokens.
+constexpr int64_t kTokenChunk = 8 * kTokens;
+
+BHMOE_AVX512BF16 void matmul_bf16(const Matrix& w, const float* x, int64_t x_stride,
+                                  int64_t num_tokens, float* y, int64_t y_stride, int64_t row_begin,
+                                  int64_t row_end) {
+  const int64_t padded = (w.cols + kBf16Step - 1) / kBf16Step * kBf16Step;
+  const uint16_t* xb = activations_to_bf16(x, x_stride, num_tokens, w.cols, padded);
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenChunk) {
+    const int64_t chunk = std::min(kTokenChunk, num_tokens - t0);
+    const uint16_t* xc = xb + t0 * padded;
+    float* yc = y + t0 * y_stride;
+    int64_t r = row_begin;
+    for (; r + kRows <= row_end; r += kRows) {
+      row_group_bf16<kRows>(w, r, xc, padded, chunk, yc + (r - row_begin), y_stride);
+    }
+    for (; r < row_end; ++r)
+      row_group_bf16<1>(w, r, xc, padded, chunk, yc + (r - row_begin), y_stride);
+  }
+}
+
+// ---- Q8 matvec with vpdpbusd (activations quantised per block) -------------------------------
+
+thread_local std::vector<uint8_t> t_xq_abs;   // |q(x)| per element, zero padded to 64
+thread_local std::vector<uint64_t> t_xq_neg;  // per 64 elements: bit set where q(x) < 0
+thread_local std::vector<float> t_xq_scales;  // per 64 elements: 16 lane scales (8 per block)
+
+constexpr int64_t kQ8Chunk = 64;
+
+BHMOE_AVX512BF16 void quantize_activations(const float* x, int64_t cols, uint8_t* abs_q,
+                                           uint64_t* negative, float* lane_scales) {
+  const int64_t chunks = (cols + kQ8Chunk - 1) / kQ8Chunk;
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint64_t neg = 0;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t k = c * kQ8Chunk + half * kQ8Block;
+      __m512 a = _mm512_maskz_loadu_ps(tail_mask16(cols - k), x + k);
+      __m512 b = _mm512_maskz_loadu_ps(tail_mask16(cols - k - 16), x + k + 16);
+      float absmax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+      float scale = absmax / 127.0f;
+      __m512 inverse = _mm512_set1_ps(scale > 0.0f ? 127.0f / absmax : 0.0f);
+      __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));
+      __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(abs_q + k),
+                       _mm512_cvtepi32_epi8(_mm512_abs_epi32(qa)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(abs_q + k + 16),
+                       _mm512_cvtepi32_epi8(_mm512_abs_epi32(qb)));
+      uint64_t bits = static_cast<uint64_t>(_mm512_cmplt_epi32_mask(qa, _mm512_setzero_si512())) |
+                      static_cast<uint64_t>(_mm512_cmplt_epi32_mask(qb, _mm512_setzero_si512()))
+                          << 16;
+      neg |= bits << (half * 32);
+      for (int l = 0; l < 8; ++l) lane_scales[c * 16 + half * 8 + l] = scale;
+    }
+    negative[c] = neg;
+  }
+}
+
+// One row's dot with the quantised x: per 64 columns, vpdpbusd(|q(x)|, sign(q(x)) * w) gives 16
+// int32 lanes, lanes 0-7 from the first 32-column block and 8-15 from the second, scaled in fp32.
+template <int R>
+BHMOE_AVX512BF16 void q8_rows_vnni(const Matrix& w, int64_t r0, const uint8_t* abs_q,
+                                   const uint64_t* negative, const float* lane_scales, float* y) {
+  const int64_t cols = w.cols;
+  const int64_t blocks = cols / kQ8Block;
+  const int64_t chunks = (cols + kQ8Chunk - 1) / kQ8Chunk;
+  const int8_t* rows[R];
+  const float* scales[R];
+  for (int i = 0; i < R; ++i) {
+    rows[i] = static_cast<const int8_t*>(w.data) + (r0 + i) * cols;
+    scales[i] = w.scales + (r0 + i) * blocks;
+  }
+  __m512 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  const int64_t full_chunks = cols / kQ8Chunk;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t k = c * kQ8Chunk;
+    const __m512i xa = _mm512_loadu_si512(abs_q + k);
+    const __mmask64 neg = negative[c];
+    const __m512 xs = _mm512_loadu_ps(lane_scales + c * 16);
+    const bool full = c < full_chunks;
+    for (int i = 0; i < R; ++i) {
+      __m512i wq = full ? _mm512_loadu_si512(rows[i] + k)
+                        : _mm512_maskz_loadu_epi8(__mmask64(0xffffffffu), rows[i] + k);
+      __m512i signed_w = _mm512_mask_sub_epi8(wq, neg, zero, wq);
+      __m512i dot = _mm512_dpbusd_epi32(zero, xa, signed_w);
+      const float s0 = scales[i][2 * c];
+      const float s1 = full ? scales[i][2 * c + 1] : 0.0f;
+      __m512 ws = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, xs), acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) y[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+BHMOE_AVX512BF16 void matvec_q8_vnni(const Matrix& w, const float* x, float* y, int64_t row_begin,
+                                     int64_t row_end) {
+  const int64_t chunks = (w.cols + kQ8Chunk - 1) / kQ8Chunk;
+  uint8_t* abs_q = scratch(t_xq_abs, static_cast<size_t>(chunks * kQ8Chunk));
+  uint64_t* negative = scratch(t_xq_neg, static_cast<size_t>(chunks));
+  float* lane_scales = scratch(t_xq_scales, static_cast<size_t>(chunks * 16));
+  quantize_activations(x, w.cols, abs_q, negative, lane_scales);
+  int64_t r = row_begin;
+  for (; r + kRows <= row_end; r += kRows) {
+    q8_rows_vnni<kRows>(w, r, abs_q, negative, lane_scales, y + (r - row_begin));
+  }
+  for (; r < row_end; ++r) q8_rows_vnni<1>(w, r, abs_q, negative, lane_scales, y + (r - row_begin));
+}
+
+// exp(x) within ~2 ulp; overflow gives inf (vscalefps); below -87.3 gives 0 (the true value is
+// under 2^-126, so exp(-inf) = 0 exactly, as in the AVX2 level). NaN stays NaN.
+BHMOE_AVX512 inline __m512 exp16(__m512 x) {
+  const __m512 low = _mm512_set1_ps(-87.3365478515625f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, low, _CMP_NLT_UQ);
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+  x = _mm512_max_ps(low, x);
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+}  // namespace
+
+BHMOE_AVX512 void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin,
+                         int64_t row_end, bool bf16) {
+  if (bf16 && w.dtype == DType::Q8) return matvec_q8_vnni(w, x, y, row_begin, row_end);
+  matmul_exact(w, x, w.cols, 1, y, row_end - row_begin, row_begin, row_end);
+}
+
+BHMOE_AVX512 void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens,
+                         float* y, int64_t y_stride, int64_t row_begin, int64_t row_end, bool bf16,
+                         Activations activations) {
+  if (num_tokens == 1) {
+    // One token is memory-bound: the exact path costs nothing extra.
+    if (bf16 && w.dtype == DType::Q8 && activations == Activations::RoundToBf16) {
+      return matvec_q8_vnni(w, x, y, row_begin, row_end);
+    }
+    return matmul_exact(w, x, x_stride, 1, y, y_stride, row_begin, row_end);
+  }
+  if (bf16 && activations == Activations::RoundToBf16 && w.dtype == DType::BF16) {
+    return matmul_bf16(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+  }
+  matmul_exact(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+}
+
+BHMOE_AVX512 float sum_squares(const float* x, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+    acc0 = _mm512_fmadd_ps(a, a, acc0);
+    acc1 = _mm512_fmadd_ps(b, b, acc1);
+  }
+  for (; i < n; i += kLanes) {
+    __m512 a = _mm512_maskz_loadu_ps(tail_mask16(n - i), x + i);
+    acc0 = _mm512_fmadd_ps(a, a, acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+namespace {
+template <DType D>
+BHMOE_AVX512 void scale_by_weight_typed(const float* x, float scale, const Matrix& weight,
+                                        int64_t n, float* out) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask16(n - i);
+    __m512 wv = load16<D>(weight.data, weight.scales, i, mask);
+    __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_mul_ps(_mm512_mul_ps(xv, s), wv));
+  }
+}
+}  // namespace
+
+BHMOE_AVX512 void scale_by_weight(const float* x, float scale, const Matrix& weight, int64_t n,
+                                  float* out) {
+  switch (weight.dtype) {
+    case DType::F32:
+      return scale_by_weight_typed<DType::F32>(x, scale, weight, n, out);
+    case DType::F16:
+      return scale_by_weight_typed<DType::F16>(x, scale, weight, n, out);
+    case DType::BF16:
+      return scale_by_weight_typed<DType::BF16>(x, scale, weight, n, out);
+    case DType::Q8:
+      return scale_by_weight_typed<DType::Q8>(x, scale, weight, n, out);
+  }
+}
+
+BHMOE_AVX512 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask16(n - i);
+    __m512 g = _mm512_maskz_loadu_ps(mask, gate + i);
+    __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(mask, up + i)));
+  }
+}
+
+BHMOE_AVX512 void axpy(float a, const float* x, float* y, int64_t n) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask16(n - i);
+    __m512 r =
+        _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, x + i), _mm512_maskz_loadu_ps(mask, y + i));
+    _mm512_mask_storeu_ps(y + i, mask, r);
+  }
+}
+
+BHMOE_AVX512 float dot_f32(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask16(n - i);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i),
+                           acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+BHMOE_AVX512 float max_f32(const float* x, int64_t n) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    m = _mm512_mask_max_ps(m, tail_mask16(n - i), m,
+                           _mm512_maskz_loadu_ps(tail_mask16(n - i), x + i));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+BHMOE_AVX512 float exp_shift_sum(float* x, float shift, int64_t n) {
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask16(n - i);
+    __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + i), s));
+    _mm512_mask_storeu_ps(x + i, mask, e);
+    acc = _mm512_mask_add_ps(acc, mask, acc, e);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+BHMOE_AVX512 void scale_f32(float* x, float s, int64_t n) {
+  const __m512 sv = _mm512_set1_ps(s);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = tail_mask16(n - i);
+    _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), sv));
+  }
+}
+
+}  // namespace bhmoe::kernels::detail::avx512
