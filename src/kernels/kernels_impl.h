@@ -54,6 +54,9 @@ float dot_f32(const float* a, const float* b, int64_t n);
 float max_f32(const float* x, int64_t n);
 float exp_shift_sum(float* x, float shift, int64_t n);
 void scale_f32(float* x, float s, int64_t n);
+// quantize_q8 for F32/F16/BF16 sources, bit-identical to the scalar version; false (output
+// unspecified) if src holds a non-finite value.
+bool quantize_q8(const Matrix& src, int8_t* values, float* scales);
 }  // namespace avx512
 
 // Element loads in fp32 (scalar), shared by the references and the scalar tails.

@@ -348,11 +348,8 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Q8.
 
-void quantize_q8(const Matrix& src, int8_t* values, float* scales) {
-  if (src.dtype == DType::Q8) fail("quantize_q8: the source matrix is already Q8");
-  if (src.cols % kQ8Block != 0) {
-    fail("quantize_q8: ", src.cols, " columns is not a multiple of the block size ", kQ8Block);
-  }
+namespace {
+void quantize_rows_scalar(const Matrix& src, int8_t* values, float* scales) {
   const int64_t blocks = src.cols / kQ8Block;
   float block[kQ8Block];
   for (int64_t r = 0; r < src.rows; ++r) {
@@ -376,6 +373,18 @@ void quantize_q8(const Matrix& src, int8_t* values, float* scales) {
       scales[r * blocks + b] = scale;
     }
   }
+}
+}  // namespace
+
+void quantize_q8(const Matrix& src, int8_t* values, float* scales) {
+  if (src.dtype == DType::Q8) fail("quantize_q8: the source matrix is already Q8");
+  if (src.cols % kQ8Block != 0) {
+    fail("quantize_q8: ", src.cols, " columns is not a multiple of the block size ", kQ8Block);
+  }
+  // The vector path gives bit-identical results; it declines (returns false) on a non-finite
+  // value, and the scalar path then reports where.
+  if (isa() >= Isa::Avx512 && detail::avx512::quantize_q8(src, values, scales)) return;
+  quantize_rows_scalar(src, values, scales);
 }
 
 Matrix q8_matrix(const int8_t* values, const float* scales, int64_t rows, int64_t cols) {

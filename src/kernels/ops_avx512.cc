@@ -14,9 +14,10 @@
 #include "kernels/kernels_impl.h"
 
 #define BHMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define BHMOE_AVX512BF16                                                                     \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,avx2,fma," \
-                        "f16c")))
+#define BHMOE_AVX512BF16                                                          \
+  __attribute__((                                                                 \
+      target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,avx2,fma," \
+             "f16c")))
 
 namespace bhmoe::kernels::detail::avx512 {
 namespace {
@@ -75,6 +76,33 @@ BHMOE_AVX512 inline __m512 load16(const void* row, const float* row_scales, int6
   }
 }
 
+// The horizontal sums of four vectors, as one 4-lane vector (a transposing reduction: ~13 shuffles
+// and adds for four sums, against ~8 per sum for _mm512_reduce_add_ps).
+BHMOE_AVX512 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
+  __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  // Per 128-bit lane: [sum a, sum b, sum c, sum d] of that lane.
+  __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+  // Sum the four 128-bit lanes.
+  abcd = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, 0x4e));
+  abcd = _mm512_add_ps(abcd, _mm512_shuffle_f32x4(abcd, abcd, 0xb1));
+  return _mm512_castps512_ps128(abcd);
+}
+
+// Stores the R x T accumulator sums to y[t * y_stride + i].
+template <int R, int T>
+BHMOE_AVX512 inline void store_sums(__m512 (&acc)[R][T], float* y, int64_t y_stride) {
+  if constexpr (R == 4) {
+    for (int t = 0; t < T; ++t) {
+      _mm_storeu_ps(y + t * y_stride, reduce4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+    }
+  } else {
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) y[t * y_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+  }
+}
+
 struct RowPointers {
   const void* data;
   const float* scales;
@@ -119,8 +147,7 @@ BHMOE_AVX512 void tile_f32(const Matrix& w, int64_t r0, const float* x, int64_t 
       for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) y[t * y_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+  store_sums<R, T>(acc, y, y_stride);
 }
 
 constexpr int kRows = 4;
@@ -232,8 +259,7 @@ BHMOE_AVX512BF16 void tile_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int t = 0; t < T; ++t) y[t * y_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+  store_sums<R, T>(acc, y, y_stride);
 }
 
 template <int R>
@@ -523,6 +549,51 @@ BHMOE_AVX512 void scale_f32(float* x, float s, int64_t n) {
     const __mmask16 mask = tail_mask16(n - i);
     _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), sv));
   }
+}
+
+namespace {
+template <DType D>
+BHMOE_AVX512 bool quantize_q8_typed(const Matrix& src, int8_t* values, float* scales) {
+  const int64_t blocks = src.cols / kQ8Block;
+  // Classes: QNaN, +inf, -inf, SNaN.
+  constexpr int kNonFinite = 0x01 | 0x08 | 0x10 | 0x80;
+  for (int64_t r = 0; r < src.rows; ++r) {
+    const RowPointers row = row_pointers<D>(src, r);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k = b * kQ8Block;
+      __m512 lo = load16<D>(row.data, nullptr, k), hi = load16<D>(row.data, nullptr, k + 16);
+      if (_mm512_fpclass_ps_mask(lo, kNonFinite) | _mm512_fpclass_ps_mask(hi, kNonFinite)) {
+        return false;
+      }
+      const float absmax =
+          _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+      const float scale = absmax / 127.0f;
+      const __m512 inverse = _mm512_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+      // Round to nearest even (the default MXCSR mode, as nearbyint), saturate to int8.
+      __m128i qlo = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inverse)));
+      __m128i qhi = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inverse)));
+      int8_t* out = values + r * src.cols + k;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), qlo);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), qhi);
+      scales[r * blocks + b] = scale;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+BHMOE_AVX512 bool quantize_q8(const Matrix& src, int8_t* values, float* scales) {
+  switch (src.dtype) {
+    case DType::F32:
+      return quantize_q8_typed<DType::F32>(src, values, scales);
+    case DType::F16:
+      return quantize_q8_typed<DType::F16>(src, values, scales);
+    case DType::BF16:
+      return quantize_q8_typed<DType::BF16>(src, values, scales);
+    case DType::Q8:
+      break;
+  }
+  return false;
 }
 
 }  // namespace bhmoe::kernels::detail::avx512

@@ -176,6 +176,27 @@ TEST(Q8, QuantiseErrorIsWithinHalfAStep) {
   }
 }
 
+TEST(Q8, VectorQuantisationIsBitIdenticalToScalar) {
+  std::mt19937 rng(18);
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+    OwnedMatrix src = random_matrix(dtype, 9, 160, rng, 3.0f);
+    std::vector<int8_t> expected_values(9 * 160);
+    std::vector<float> expected_scales(9 * 5);
+    {
+      ScopedIsa scoped(Isa::Scalar);
+      quantize_q8(src.view, expected_values.data(), expected_scales.data());
+    }
+    for (Isa isa : available_isas()) {
+      ScopedIsa scoped(isa);
+      std::vector<int8_t> values(9 * 160);
+      std::vector<float> scales(9 * 5);
+      quantize_q8(src.view, values.data(), scales.data());
+      EXPECT_EQ(values, expected_values) << isa_name(isa) << " " << dtype_name(dtype);
+      EXPECT_EQ(scales, expected_scales) << isa_name(isa) << " " << dtype_name(dtype);
+    }
+  }
+}
+
 TEST(Q8, ZeroBlockAndBadInput) {
   std::vector<float> zeros(64, 0.0f);
   zeros[40] = -2.0f;
@@ -191,8 +212,20 @@ TEST(Q8, ZeroBlockAndBadInput) {
   EXPECT_THROW(quantize_q8(odd, values.data(), scales.data()), Error);
   Matrix already = q8_matrix(values.data(), scales.data(), 1, 64);
   EXPECT_THROW(quantize_q8(already, values.data(), scales.data()), Error);
-  zeros[5] = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_THROW(quantize_q8(src, values.data(), scales.data()), Error);
+  for (Isa isa : available_isas()) {
+    ScopedIsa scoped(isa);
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), INFINITY, -INFINITY}) {
+      std::vector<float> data = zeros;
+      data[37] = bad;
+      Matrix m{data.data(), DType::F32, 1, 64, nullptr};
+      try {
+        quantize_q8(m, values.data(), scales.data());
+        ADD_FAILURE() << "no error for " << bad;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("column 37"), std::string::npos) << e.what();
+      }
+    }
+  }
 }
 
 TEST(Isa, LevelsAndNames) {
