@@ -1,0 +1,232 @@
+// bhmoe bench model: prefill and decode speed of a checkpoint, decode time as a function of a
+// forced k, the machine's read bandwidth and the decode bound it implies, and peak memory. One JSON
+// line.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+
+#include "cli/command.h"
+#include "cli/engine_common.h"
+#include "kernels/bandwidth.h"
+#include "kernels/ops.h"
+#include "model/sampler.h"
+#include "util/file.h"
+
+namespace bhmoe::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  EngineOptions engine;
+  int decode_tokens = 32;
+  int k_decode_tokens = 16;
+  int repeats = 2;
+  int64_t bandwidth_mib = 512;
+  std::string record;
+};
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// kB fields of /proc/self/status (VmRSS, VmHWM); 0 where unavailable.
+double status_mib(const std::string& key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stod(line.substr(key.size() + 1)) / 1024.0;
+  }
+  return 0.0;
+}
+
+double matrix_bytes(const kernels::Matrix& m) {
+  double bytes = static_cast<double>(m.numel()) * kernels::dtype_size(m.dtype);
+  if (m.dtype == kernels::DType::Q8) bytes += m.numel() / kernels::kQ8Block * 4.0;
+  return bytes;
+}
+
+// Weight bytes read per decoded token when every layer runs `k` experts: attention, router,
+// norms, the embedding row, lm_head, and k experts per layer.
+double active_bytes_per_token(const model::Weights& w, double k) {
+  double bytes = matrix_bytes(w.lm_head) + matrix_bytes(w.final_norm);
+  bytes += w.embed.cols * static_cast<double>(kernels::dtype_size(w.embed.dtype));
+  for (const auto& layer : w.layers) {
+    for (const auto* m :
+         {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
+          &layer.q_norm, &layer.k_norm, &layer.post_norm, &layer.router}) {
+      bytes += matrix_bytes(*m);
+    }
+    const auto& e = layer.experts[0];
+    bytes += k * (matrix_bytes(e.gate) + matrix_bytes(e.up) + matrix_bytes(e.down));
+  }
+  return bytes;
+}
+
+double total_weight_bytes(const model::Weights& w) {
+  double bytes = matrix_bytes(w.embed) + matrix_bytes(w.lm_head) + matrix_bytes(w.final_norm);
+  if (w.lm_head.data == w.embed.data) bytes -= matrix_bytes(w.lm_head);
+  for (const auto& layer : w.layers) {
+    for (const auto* m :
+         {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
+          &layer.q_norm, &layer.k_norm, &layer.post_norm, &layer.router}) {
+      bytes += matrix_bytes(*m);
+    }
+    for (const auto& e : layer.experts)
+      bytes += matrix_bytes(e.gate) + matrix_bytes(e.up) + matrix_bytes(e.down);
+  }
+  return bytes;
+}
+
+std::vector<int32_t> bench_prompt(int64_t n, int32_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return ids;
+}
+
+// Best-of-`repeats` tokens/s of a fresh prefill of `prompt`.
+double prefill_tokens_per_s(model::Session& session, const std::vector<int32_t>& prompt,
+                            int repeats) {
+  double best = 0;
+  for (int r = 0; r < repeats; ++r) {
+    session.reset();
+    const auto start = Clock::now();
+    session.prefill(prompt);
+    best = std::max(best, prompt.size() / seconds_since(start));
+  }
+  return best;
+}
+
+// Mean seconds per decode step over `steps` greedy steps after a short context; routing totals of
+// the decode steps only are left in the session.
+double decode_seconds_per_token(model::Session& session, const std::vector<int32_t>& context,
+                                int steps, int32_t vocab_limit) {
+  session.reset();
+  session.prefill(context);
+  int32_t token = model::argmax(session.last_logits(), vocab_limit);
+  for (int i = 0; i < 2; ++i) {  // warm-up: caches and the pool's workers
+    session.decode(token);
+    token = model::argmax(session.last_logits(), vocab_limit);
+  }
+  session.reset_routing_totals();
+  const auto start = Clock::now();
+  for (int i = 0; i < steps; ++i) {
+    session.decode(token);
+    token = model::argmax(session.last_logits(), vocab_limit);
+  }
+  return seconds_since(start) / steps;
+}
+
+CommandRegistration reg{
+    "bench model",
+    "Prefill/decode speed, decode ms per token by k, bandwidth bound (one JSON line)",
+    [](CLI::App& app) {
+      auto o = std::make_shared<BenchOptions>();
+      add_engine_options(app, o->engine);
+      app.add_option("--decode-tokens", o->decode_tokens,
+                     "Decode steps timed for decode_tokens_per_s")
+          ->check(CLI::Range(1, 100000));
+      app.add_option("--k-decode-tokens", o->k_decode_tokens, "Decode steps timed per forced k")
+          ->check(CLI::Range(1, 100000));
+      app.add_option("--repeats", o->repeats, "Prefill runs (best is reported)")
+          ->check(CLI::Range(1, 100));
+      app.add_option("--bandwidth-mib", o->bandwidth_mib,
+                     "Buffer for the read-bandwidth probe (0: skip)")
+          ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+      app.add_option("--record", o->record,
+                     "Also append the JSON line to this file (e.g. bench/model.jsonl)");
+      return [o]() {
+        nlohmann::json out;
+        out["bench"] = "model";
+        // Bandwidth first, so its buffer is gone before the weights are loaded.
+        std::unique_ptr<kernels::ThreadPool> probe_pool =
+            std::make_unique<kernels::ThreadPool>(o->engine.threads);
+        const double bandwidth = o->bandwidth_mib > 0
+                                     ? kernels::measure_read_bandwidth_gbs(
+                                           *probe_pool, static_cast<size_t>(o->bandwidth_mib) << 20)
+                                     : 0.0;
+        probe_pool.reset();
+
+        const auto load_start = Clock::now();
+        Engine engine = open_engine(o->engine);
+        out["load_seconds"] = seconds_since(load_start);
+        const model::Model& m = *engine.model;
+        const model::ModelConfig& config = m.config();
+        const int32_t vocab_limit =
+            std::min<int32_t>(config.vocab_size, m.tokenizer().vocab_size());
+        const int64_t max_tokens = 256 + o->decode_tokens + o->k_decode_tokens + 8;
+        model::Session session(engine.model, engine.router.get(), engine.pool.get(), max_tokens);
+
+        out["model"] = m.dir().string();
+        out["weights"] = m.weights_kind();
+        out["threads"] = engine.pool->num_threads();
+        out["isa"] = kernels::isa_name(kernels::active_isa());
+        out["router"] = engine.router_spec();
+        out["layers"] = config.num_layers;
+        out["experts"] = config.num_experts;
+
+        const auto prompt64 = bench_prompt(64, vocab_limit, 64);
+        const auto prompt256 = bench_prompt(256, vocab_limit, 256);
+        prefill_tokens_per_s(session, prompt64, 1);  // warm-up: pages of the mmapped weights
+        out["prefill_tokens_per_s_64"] = prefill_tokens_per_s(session, prompt64, o->repeats);
+        out["prefill_tokens_per_s_256"] = prefill_tokens_per_s(session, prompt256, o->repeats);
+
+        const auto context = bench_prompt(16, vocab_limit, 16);
+        const double decode_s =
+            decode_seconds_per_token(session, context, o->decode_tokens, vocab_limit);
+        out["decode_tokens_per_s"] = 1.0 / decode_s;
+        out["decode_ms_per_token"] = decode_s * 1e3;
+        const nlohmann::json routed = routing_summary(session);
+        const double mean_k = routed["mean_experts"].get<double>();
+        out["decode_mean_experts"] = mean_k;
+
+        nlohmann::json by_k = nlohmann::json::object();
+        for (int k : {1, 2, 4, 8, 16}) {
+          if (k > config.num_experts) continue;
+          auto router = routing::make_router("topk:k=" + std::to_string(k), config.num_experts);
+          session.set_router(router.get());
+          by_k[std::to_string(k)] =
+              decode_seconds_per_token(session, context, o->k_decode_tokens, vocab_limit) * 1e3;
+        }
+        session.set_router(engine.router.get());
+        out["decode_ms_per_token_by_k"] = by_k;
+
+        // The router under test against a fixed top-round(k-bar) when its count adapts.
+        const routing::Router& router = session.router();
+        if (router.spec().rfind("topk:", 0) != 0) {
+          const int fixed_k =
+              std::clamp(static_cast<int>(std::lround(mean_k)), 1, config.num_experts);
+          auto fixed =
+              routing::make_router("topk:k=" + std::to_string(fixed_k), config.num_experts);
+          session.set_router(fixed.get());
+          const double fixed_s =
+              decode_seconds_per_token(session, context, o->decode_tokens, vocab_limit);
+          session.set_router(engine.router.get());
+          out["adaptive_mean_k"] = mean_k;
+          out["fixed_k"] = fixed_k;
+          out["fixed_k_decode_ms_per_token"] = fixed_s * 1e3;
+          out["adaptive_over_fixed_time"] = decode_s / fixed_s;
+        }
+
+        const double active = active_bytes_per_token(m.weights(), mean_k);
+        out["read_bandwidth_gbs"] = bandwidth;
+        out["active_bytes_per_token"] = active;
+        out["decode_bound_tokens_per_s"] = bandwidth > 0 ? bandwidth * 1e9 / active : 0.0;
+        out["decode_fraction_of_bound"] =
+            bandwidth > 0 ? (1.0 / decode_s) / (bandwidth * 1e9 / active) : 0.0;
+        out["weight_mib"] = total_weight_bytes(m.weights()) / (1024.0 * 1024.0);
+        out["peak_rss_mib"] = status_mib("VmHWM");
+        out["rss_mib"] = status_mib("VmRSS");
+        const std::string line = out.dump();
+        std::cout << line << "\n";
+        if (!o->record.empty()) append_file_durable(o->record, line + "\n");
+        return 0;
+      };
+    }};
+
+}  // namespace
+}  // namespace bhmoe::cli

@@ -1,0 +1,42 @@
+// bhmoe logits: float32 [T, V] logits at every position of --ids, from one prefill, as .npy.
+#include <iostream>
+
+#include "cli/command.h"
+#include "cli/engine_common.h"
+#include "util/npy.h"
+
+namespace bhmoe::cli {
+namespace {
+
+struct LogitsOptions {
+  EngineOptions engine;
+  std::string ids;
+  std::string out;
+};
+
+CommandRegistration reg{
+    "logits", "Logits at every position of a token-id sequence (one prefill) to a .npy file",
+    [](CLI::App& app) {
+      auto o = std::make_shared<LogitsOptions>();
+      add_engine_options(app, o->engine);
+      app.add_option("--ids", o->ids, "Token ids, e.g. \"1 2 3\"")->required();
+      app.add_option("--out", o->out, "Output .npy (float32 [T, V])")->required();
+      return [o]() {
+        const std::vector<int32_t> ids = parse_ids(o->ids);
+        Engine engine = open_engine(o->engine);
+        const int V = engine.model->config().vocab_size;
+        model::Session session(engine.model, engine.router.get(), engine.pool.get(),
+                               static_cast<int64_t>(ids.size()));
+        NpyArray array;
+        array.shape = {static_cast<int64_t>(ids.size()), V};
+        array.data.resize(ids.size() * static_cast<size_t>(V));
+        session.prefill(ids, array.data.data());
+        write_npy(o->out, array);
+        std::cerr << "wrote " << o->out << ": [" << ids.size() << ", " << V
+                  << "] float32 logits, router " << engine.router_spec() << "\n";
+        return 0;
+      };
+    }};
+
+}  // namespace
+}  // namespace bhmoe::cli

@@ -1,0 +1,233 @@
+// The engine subcommands (logits, generate, score, calibrate, bench model) run as a user runs them,
+// on the tiny-f32 golden checkpoint.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <cmath>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "util/npy.h"
+
+namespace bhmoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kGolden = fs::path(BHMOE_SHARED_DIR) / "golden" / "tiny-f32";
+
+struct Run {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+fs::path scratch_dir() {
+  fs::path dir = fs::path(::testing::TempDir()) /
+                 ("engine_cli_" +
+                  std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+  fs::create_directories(dir);
+  return dir;
+}
+
+Run bhmoe(const std::string& args) {
+  const fs::path dir = scratch_dir();
+  const fs::path out = dir / "stdout", err = dir / "stderr";
+  const std::string cmd = std::string("'") + BHMOE_BINARY + "' " + args + " >'" + out.string() +
+                          "' 2>'" + err.string() + "'";
+  Run run;
+  const int raw = std::system(cmd.c_str());
+  run.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  run.out = slurp(out);
+  run.err = slurp(err);
+  return run;
+}
+
+std::string model_arg() {
+  return "--model '" + kGolden.string() + "' --threads 2";
+}
+
+double max_abs_diff(const NpyArray& a, const NpyArray& b) {
+  EXPECT_EQ(a.shape, b.shape);
+  double worst = 0;
+  for (size_t i = 0; i < std::min(a.data.size(), b.data.size()); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<double>(a.data[i]) - b.data[i]));
+  }
+  return worst;
+}
+
+void expect_user_error(const Run& run, const std::string& fragment) {
+  EXPECT_EQ(run.status, 1) << run.err;
+  EXPECT_NE(run.err.find("bhmoe: error:"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find(fragment), std::string::npos) << run.err;
+}
+
+TEST(EngineCli, LogitsReproduceTheGoldenFiles) {
+  const fs::path dir = scratch_dir();
+  const std::string ids = "1 306 465 278 659 310 283 338";  // cases.json case 0
+  struct Case {
+    std::string router_args;
+    std::string golden;
+  };
+  const std::vector<Case> cases = {
+      {"", "topk_0.npy"},
+      {"--router topk:k=4", "topk4_0.npy"},
+      {"--router bh:alpha=0.05,max_k=4,min_k=1 --calibration '" +
+           (kGolden / "calibration.json").string() + "'",
+       "bh_a005_k4_0.npy"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.golden);
+    const fs::path out = dir / ("logits_" + c.golden);
+    const Run run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' " + c.router_args +
+                          " --out '" + out.string() + "'");
+    ASSERT_EQ(run.status, 0) << run.err;
+    const NpyArray got = read_npy(out);
+    ASSERT_EQ(got.shape, (std::vector<int64_t>{8, 1024}));
+    EXPECT_LE(max_abs_diff(got, read_npy(kGolden / c.golden)), 1e-4);
+  }
+}
+
+TEST(EngineCli, GenerateJsonReportsSpeedAndExperts) {
+  const Run run =
+      bhmoe("generate " + model_arg() + " --prompt 'Hello world' --max-new-tokens 5 --json");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const auto j = nlohmann::json::parse(run.out);
+  for (const char* key :
+       {"tokens", "tokens_per_s", "mean_experts", "per_layer_mean_experts", "text"}) {
+    EXPECT_TRUE(j.contains(key)) << key << " missing in " << run.out;
+  }
+  EXPECT_LE(j["tokens"].get<int>(), 5);
+  EXPECT_GE(j["tokens"].get<int>(), 1);
+  EXPECT_DOUBLE_EQ(j["mean_experts"].get<double>(), 2.0);  // native top-2
+  EXPECT_EQ(j["per_layer_mean_experts"].size(), 2u);
+
+  // A forced k shows in the counts; greedy decoding is deterministic.
+  const Run k1 = bhmoe("generate " + model_arg() +
+                       " --prompt 'Hello world' --max-new-tokens 5 --router topk:k=1 --json");
+  ASSERT_EQ(k1.status, 0) << k1.err;
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(k1.out)["mean_experts"].get<double>(), 1.0);
+  const Run again =
+      bhmoe("generate " + model_arg() + " --prompt 'Hello world' --max-new-tokens 5 --json");
+  EXPECT_EQ(nlohmann::json::parse(again.out)["token_ids"], j["token_ids"]);
+}
+
+TEST(EngineCli, GenerateStreamsTextAndSummarisesOnStderr) {
+  const Run run =
+      bhmoe("generate " + model_arg() +
+            " --prompt 'The cat' --max-new-tokens 4 --temperature 0.9 --top-p 0.9 --seed 5");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_FALSE(run.out.empty());
+  EXPECT_NE(run.err.find("tokens/s"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("mean experts per token"), std::string::npos) << run.err;
+  const Run same =
+      bhmoe("generate " + model_arg() +
+            " --prompt 'The cat' --max-new-tokens 4 --temperature 0.9 --top-p 0.9 --seed 5");
+  EXPECT_EQ(same.out, run.out);
+}
+
+TEST(EngineCli, ScoreReportsNllAndPerplexity) {
+  const fs::path text = scratch_dir() / "text.txt";
+  std::ofstream(text)
+      << "The quick brown fox jumps over the lazy dog. It was the best of times, it "
+         "was the worst of times.";
+  const Run run =
+      bhmoe("score " + model_arg() + " --text-file '" + text.string() + "' --max-length 8 --json");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const auto j = nlohmann::json::parse(run.out);
+  for (const char* key :
+       {"tokens", "nll", "perplexity", "tokens_per_s", "mean_experts", "per_layer_mean_experts"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_GT(j["nll"].get<double>(), 0.0);
+  EXPECT_NEAR(j["perplexity"].get<double>(), std::exp(j["nll"].get<double>()),
+              1e-6 * j["perplexity"].get<double>());
+  EXPECT_GT(j["windows"].get<int>(), 1);
+  // Random weights over a 1024-token vocabulary: close to uniform, far from a trained model.
+  EXPECT_GT(j["perplexity"].get<double>(), 50.0);
+  const Run text_run = bhmoe("score " + model_arg() + " --text-file '" + text.string() + "'");
+  ASSERT_EQ(text_run.status, 0) << text_run.err;
+  EXPECT_NE(text_run.out.find("protocol:"), std::string::npos);
+  EXPECT_NE(text_run.out.find("perplexity:"), std::string::npos);
+}
+
+TEST(EngineCli, CalibrateWritesACalibrationBhCanUse) {
+  const fs::path dir = scratch_dir();
+  const fs::path text = dir / "text.txt", calib = dir / "calib.json";
+  std::ofstream(text)
+      << "Calibration needs some text. Router logits of every layer are pooled, and a "
+         "per-layer cumulative distribution is fitted to them.";
+  for (const char* method : {"ecdf", "kde"}) {
+    SCOPED_TRACE(method);
+    const Run run =
+        bhmoe("calibrate " + model_arg() + " --text-file '" + text.string() + "' --out '" +
+              calib.string() + "' --method " + method + " --grid-points 200");
+    ASSERT_EQ(run.status, 0) << run.err;
+    const auto j = nlohmann::json::parse(slurp(calib));
+    EXPECT_EQ(j["format"], "bh-calibration-grid/1");
+    ASSERT_EQ(j["layers"].size(), 2u);
+    const Run gen =
+        bhmoe("generate " + model_arg() + " --prompt 'Hi there' --max-new-tokens 3 --json " +
+              "--router bh:alpha=0.2,max_k=8,min_k=1 --calibration '" + calib.string() + "'");
+    ASSERT_EQ(gen.status, 0) << gen.err;
+    const double mean = nlohmann::json::parse(gen.out)["mean_experts"].get<double>();
+    EXPECT_GE(mean, 1.0);
+    EXPECT_LE(mean, 8.0);
+  }
+}
+
+TEST(EngineCli, BenchModelPrintsOneJsonLine) {
+  const Run run = bhmoe("bench model " + model_arg() +
+                        " --bandwidth-mib 8 --decode-tokens 3 --k-decode-tokens 2 --repeats 1 "
+                        "--router bh:alpha=0.2,max_k=8,min_k=1 --calibration '" +
+                        (kGolden / "calibration.json").string() + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const auto j = nlohmann::json::parse(run.out);
+  for (const char* key :
+       {"prefill_tokens_per_s_64", "prefill_tokens_per_s_256", "decode_tokens_per_s",
+        "decode_ms_per_token_by_k", "threads", "weights", "read_bandwidth_gbs",
+        "decode_bound_tokens_per_s", "adaptive_mean_k", "fixed_k_decode_ms_per_token"}) {
+    EXPECT_TRUE(j.contains(key)) << key << " missing in " << run.out;
+  }
+  EXPECT_EQ(j["threads"], 2);
+  EXPECT_EQ(j["weights"], "f32");
+  for (const char* k : {"1", "2", "4", "8"})
+    EXPECT_GT(j["decode_ms_per_token_by_k"][k].get<double>(), 0.0);
+  EXPECT_GT(j["prefill_tokens_per_s_64"].get<double>(), 0.0);
+}
+
+TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
+  const fs::path out = scratch_dir() / "x.npy";
+  expect_user_error(bhmoe("logits " + model_arg() + " --ids '1 x 3' --out '" + out.string() + "'"),
+                    "'x'");
+  expect_user_error(bhmoe("logits " + model_arg() + " --ids '1 5000' --out '" + out.string() + "'"),
+                    "outside the vocabulary");
+  EXPECT_FALSE(fs::exists(out));
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt ''"), "empty prompt");
+  expect_user_error(bhmoe("generate --model /nonexistent/model --prompt hi"), "/nonexistent/model");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --router bogus:k=1"), "bogus");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --router bh:alpha=0.05"),
+                    "calibration");
+  expect_user_error(bhmoe("score " + model_arg() + " --text-file /nonexistent/text.txt"),
+                    "/nonexistent/text.txt");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --top-p 2 --temperature 1"),
+                    "top-p");
+  // Command-line syntax errors (CLI11) also exit non-zero.
+  EXPECT_NE(bhmoe("logits " + model_arg() + " --ids 1").status, 0);
+}
+
+}  // namespace
+}  // namespace bhmoe

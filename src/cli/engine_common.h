@@ -1,0 +1,157 @@
+// Shared plumbing of the engine subcommands (logits, generate, score, calibrate, bench model):
+// the --model/--router/--calibration/--threads/--weights options, building the router, parsing id
+// lists, routing summaries and streaming decoded text.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/thread_pool.h"
+#include "model/engine.h"
+#include "routing/calibration.h"
+#include "routing/router.h"
+#include "util/error.h"
+
+namespace bhmoe::cli {
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string router_spec;  // empty: the model's native rule
+  std::string calibration;  // optional bh-calibration-grid/1 file
+  std::string weights = "native";
+  int threads = 0;  // 0: all cores
+};
+
+inline void add_engine_options(CLI::App& app, EngineOptions& o, bool with_router = true) {
+  app.add_option("--model", o.model_dir,
+                 "Checkpoint directory (config.json, safetensors, tokenizer.json)")
+      ->required();
+  if (with_router) {
+    app.add_option("--router", o.router_spec,
+                   "Routing rule in every layer, e.g. topk:k=4 or bh:alpha=0.05,max_k=16 (default: "
+                   "the model's native top-k)");
+    app.add_option("--calibration", o.calibration,
+                   "Calibration file (bh-calibration-grid/1) for bh");
+  }
+  app.add_option("--threads", o.threads, "Worker threads (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--weights", o.weights, "native (as stored) or q8 (8-bit, quantised at load)")
+      ->check(CLI::IsMember({"native", "q8"}));
+}
+
+struct Engine {
+  std::shared_ptr<const model::Model> model;
+  std::shared_ptr<const routing::Calibration> calibration;
+  std::unique_ptr<routing::Router> router;  // null: native
+  std::unique_ptr<kernels::ThreadPool> pool;
+
+  std::string router_spec() const {
+    return router ? router->spec() : model->config().native_router_spec();
+  }
+};
+
+// Builds `spec` for the model, checking that a calibration-driven rule has every layer covered.
+inline std::unique_ptr<routing::Router> make_model_router(
+    const model::ModelConfig& config, const std::string& spec,
+    const std::shared_ptr<const routing::Calibration>& calibration,
+    const std::string& calibration_path) {
+  auto router = routing::make_router(spec, config.num_experts, calibration);
+  if (router->uses_calibration()) {
+    if (!calibration) fail("--router ", spec, " needs --calibration");
+    for (int layer = 0; layer < config.num_layers; ++layer) {
+      if (!calibration->has_layer(layer)) {
+        fail("--calibration ", calibration_path, ": no layer ", layer, " (the model has ",
+             config.num_layers, " layers)");
+      }
+    }
+  }
+  return router;
+}
+
+inline Engine open_engine(const EngineOptions& o) {
+  Engine engine;
+  engine.model = model::Model::load(o.model_dir, {.weights = o.weights});
+  if (!o.calibration.empty()) {
+    engine.calibration =
+        std::make_shared<routing::Calibration>(routing::Calibration::load(o.calibration));
+  }
+  if (!o.router_spec.empty()) {
+    engine.router =
+        make_model_router(engine.model->config(), o.router_spec, engine.calibration, o.calibration);
+  }
+  engine.pool = std::make_unique<kernels::ThreadPool>(o.threads);
+  return engine;
+}
+
+// "1 2 3" or "1,2,3" or "[1, 2, 3]".
+inline std::vector<int32_t> parse_ids(std::string_view text) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  auto is_sep = [](char c) {
+    return c == ' ' || c == ',' || c == '\t' || c == '\n' || c == '[' || c == ']';
+  };
+  while (i < text.size()) {
+    if (is_sep(text[i])) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < text.size() && !is_sep(text[j])) ++j;
+    const std::string_view word = text.substr(i, j - i);
+    int64_t value = 0;
+    auto [end, ec] = std::from_chars(word.data(), word.data() + word.size(), value);
+    if (ec != std::errc() || end != word.data() + word.size() || value < INT32_MIN ||
+        value > INT32_MAX) {
+      fail("--ids: '", word, "' is not an integer token id");
+    }
+    ids.push_back(static_cast<int32_t>(value));
+    i = j;
+  }
+  if (ids.empty()) fail("--ids: no token ids given");
+  return ids;
+}
+
+// Mean experts per routed token, overall and per layer, from the session's running totals.
+inline nlohmann::json routing_summary(const model::Session& session) {
+  const auto& per_layer = session.selected_experts_per_layer();
+  const double tokens = static_cast<double>(session.routed_tokens());
+  std::vector<double> means;
+  double total = 0;
+  for (int64_t s : per_layer) {
+    means.push_back(tokens > 0 ? s / tokens : 0.0);
+    total += static_cast<double>(s);
+  }
+  nlohmann::json out;
+  out["mean_experts"] =
+      tokens > 0 && !per_layer.empty() ? total / (tokens * per_layer.size()) : 0.0;
+  out["per_layer_mean_experts"] = means;
+  return out;
+}
+
+// Length of the longest prefix of `text` that does not end inside a UTF-8 sequence, so streamed
+// output never splits a character.
+inline size_t complete_utf8_prefix(std::string_view text) {
+  size_t n = text.size();
+  size_t back = 0;
+  while (back < 4 && back < n && (static_cast<unsigned char>(text[n - 1 - back]) & 0xC0) == 0x80)
+    ++back;
+  if (back < n) {
+    const unsigned char lead = static_cast<unsigned char>(text[n - 1 - back]);
+    size_t need = lead < 0x80         ? 1
+                  : (lead >> 5) == 6  ? 2
+                  : (lead >> 4) == 14 ? 3
+                  : (lead >> 3) == 30 ? 4
+                                      : 1;
+    if (back + 1 < need) return n - back - 1;
+  }
+  return n;
+}
+
+}  // namespace bhmoe::cli
