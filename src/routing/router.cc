@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "routing/bh.h"
@@ -139,7 +140,10 @@ class BHRouter final : public Router {
       for (int layer : calibration_->layers()) {
         if (layer < 0) continue;
         if (static_cast<size_t>(layer) >= cutoffs_.size()) cutoffs_.resize(layer + 1);
-        cutoffs_[layer] = bh_logit_cutoffs(calibration_->grid(layer), crit_.data(), n);
+        // Padded with -inf to a multiple of 8 entries: step_up_count reads whole vectors.
+        std::vector<float> cut = bh_logit_cutoffs(calibration_->grid(layer), crit_.data(), n);
+        cut.resize((cut.size() + 7) / 8 * 8, -std::numeric_limits<float>::infinity());
+        cutoffs_[layer] = std::move(cut);
       }
     }
   }
@@ -198,36 +202,16 @@ class BHRouter final : public Router {
     const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
 
     // Only experts at or above the loosest cutoff (k = N) can pass at any k; they are the m largest
-    // logits. Expert i passes at every k >= t_i, the first k whose cutoff it reaches.
+    // logits, and k* <= m.
     int32_t candidates[kMaxExperts];
-    const int m = detail::collect_at_least(logits, n_, cut[n_ - 1], candidates);
-    int kstar = 0;
-    if (m > 0) {
-      int32_t passing_at[kMaxExperts + 1];  // passing_at[k] = #{candidates with t_i == k}, k <= m
-      std::memset(passing_at, 0, sizeof(int32_t) * static_cast<size_t>(m + 1));
-      for (int j = 0; j < m; ++j) {
-        const float v = logits[candidates[j]];
-        // First index in the non-increasing cut[0..n) with cut[idx] <= v (exists: cut[n-1] <= v).
-        int lo = 0;
-        int len = n_;
-        while (len > 1) {
-          const int half = len / 2;
-          lo = cut[lo + half] <= v ? lo : lo + half;
-          len -= half;
-        }
-        lo += cut[lo] <= v ? 0 : 1;
-        const int t = lo + 1;
-        if (t <= m) ++passing_at[t];
-      }
-      int passing = 0;
-      for (int k = 1; k <= m; ++k) {
-        passing += passing_at[k];
-        if (passing >= k) kstar = k;
-      }
-    }
+    float candidate_logits[kMaxExperts + 8];
+    const int m = detail::collect_at_least(logits, n_, cut[n_ - 1], candidates, candidate_logits);
+    const int kstar = detail::step_up_count(candidate_logits, m, cut);
     const int count = std::clamp(kstar, spec_.min_k, spec_.max_k);
     if (count <= m) {
-      detail::select_top(logits, candidates, m, count, ids);
+      int32_t ordered[kMaxExperts];
+      detail::rank_order(candidate_logits, candidates, m, ordered);
+      std::memcpy(ids, ordered, sizeof(int32_t) * static_cast<size_t>(count));
     } else {
       detail::select_top(logits, nullptr, n_, count, ids);
     }
