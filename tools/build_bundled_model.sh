@@ -7,8 +7,9 @@
 # Needs Debian's python3-torch and python3-numpy for /usr/bin/python3 (a development tool: neither
 # is needed to build, test or run bhmoe). Single-threaded and deterministic for a given seed unless
 # --max-minutes cuts training short. About 50 minutes on one busy core.
-# When the engine is built (BHMOE_BINARY or build/bhmoe exists), calibration.json is then remade by
-# `bhmoe calibrate` from calibration.txt; otherwise the Python ECDF calibration of export.py stays.
+# When the engine is built (BHMOE_BINARY or build/bhmoe exists), calibration.json is made by
+# `bhmoe calibrate` from calibration.txt (and the model card's BH figures use it); otherwise
+# export.py fits the same kind of ECDF in Python.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,14 +41,18 @@ mkdir -p "$work" "$out"
 "$python" "$here/train_tokenizer.py" --corpus "$work/corpus" --vocab-size 2048 --out "$work/tokenizer.json"
 "$python" "$here/train_moe.py" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" \
   --work "$work/train" --seed "$seed" --steps "$steps" --max-minutes "$max_minutes"
-"$python" "$here/export.py" --work "$work/train" --corpus "$work/corpus" \
-  --tokenizer "$work/tokenizer.json" --out "$out"
-
+export_args=(--work "$work/train" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out")
 bhmoe=${BHMOE_BINARY:-$root/build/bhmoe}
 if [ -x "$bhmoe" ]; then
-  "$bhmoe" calibrate --model "$out" --text-file "$out/calibration.txt" --out "$out/calibration.json"
+  # The shipped calibration is the engine's own: ECDF of the raw router logits of all of
+  # calibration.txt, in windows of the trained context (256 tokens).
+  "$python" "$here/export.py" "${export_args[@]}" --weights-only
+  "$bhmoe" calibrate --model "$out" --text-file "$out/calibration.txt" --out "$work/calibration.json" \
+    --method ecdf --max-length 256 --max-tokens 1000000
+  "$python" "$here/export.py" "${export_args[@]}" --calibration "$work/calibration.json"
   echo "build_bundled_model: calibration.json made by $bhmoe calibrate"
 else
-  echo "build_bundled_model: no bhmoe binary at $bhmoe: calibration.json is export.py's ECDF"
+  "$python" "$here/export.py" "${export_args[@]}"
+  echo "build_bundled_model: no bhmoe binary at $bhmoe: calibration.json is export.py's Python ECDF"
 fi
 du -sh "$out"

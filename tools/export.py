@@ -196,6 +196,11 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reference-tokens", type=int, default=40)
+    ap.add_argument("--weights-only", action="store_true",
+                    help="write config, weights, tokenizer and texts only (for `bhmoe calibrate`), then stop")
+    ap.add_argument("--calibration", default=None,
+                    help="use this bh-calibration-grid/1 file (e.g. from `bhmoe calibrate`) for the BH "
+                         "figures and ship it, instead of fitting the Python ECDF")
     ap.add_argument("--quick", action="store_true",
                     help="development check only: evaluate on a few hundred tokens per domain")
     args = ap.parse_args()
@@ -248,29 +253,45 @@ def main():
                              "files": {d: "heldout/%s.txt" % d for d in DOMAINS},
                              "ids": dom_ids}, separators=(",", ":")) + "\n")
 
+    if args.weights_only:
+        print("export: wrote weights, config, tokenizer and texts to %s" % out)
+        return
+
     # --- calibration: ECDF of raw router logits per layer on calibration.txt, native routing
     calib_ids = tok.encode(calib_text)
     if args.quick:
         calib_ids = calib_ids[:3000]
-    _, routes, _ = run_windows(model, calib_ids)
+    if args.calibration:
+        with open(args.calibration) as f:
+            calib_doc = json.load(f)
+        assert calib_doc["format"] == "bh-calibration-grid/1", args.calibration
+        by_layer = {l["layer"]: l for l in calib_doc["layers"]}
+        grids = [(np.array(by_layer[li]["x"], dtype=np.float64), np.array(by_layer[li]["cdf"], dtype=np.float64))
+                 for li in range(cfg.num_layers)]
+        calibration_source = "`%s` (%s)" % (os.path.basename(args.calibration), calib_doc.get("description", ""))
+        if os.path.abspath(args.calibration) != os.path.abspath(os.path.join(out, "calibration.json")):
+            shutil.copyfile(args.calibration, os.path.join(out, "calibration.json"))
+        routes = []
+    else:
+        _, routes, _ = run_windows(model, calib_ids)
     layers_json = []
-    grids = []
+    if not args.calibration:
+        grids = []
     for li, rl in enumerate(routes):
         vals = torch.cat([lg for lg, _ in rl]).numpy().reshape(-1)
         xs, cdf = ecdf_grid(vals)
         grids.append((xs, cdf))
-        layers_json.append({"layer": li, "x": [float("%.7g" % v) for v in xs],
-                            "cdf": [float("%.9g" % c) for c in cdf]})
-    # Re-derive from the rounded numbers so Python BH uses exactly what the file says.
-    grids = [(np.array(l["x"]), np.array(l["cdf"])) for l in layers_json]
-    calib_doc = {"format": "bh-calibration-grid/1", "model": os.path.basename(os.path.normpath(out)),
+        layers_json.append({"layer": li, "x": [float(v) for v in xs], "cdf": [float(c) for c in cdf]})
+    if not args.calibration:
+        calib_doc = {"format": "bh-calibration-grid/1", "model": os.path.basename(os.path.normpath(out)),
                  "description": "Empirical CDF of raw router logits per layer, pooled over all %d experts "
                                 "and %d tokens of calibration.txt under native top-%d routing (tools/export.py)."
                                 % (cfg.num_experts, len(calib_ids), cfg.top_k),
-                 "layers": layers_json}
-    write_atomic(os.path.join(out, "calibration.json"), json.dumps(calib_doc) + "\n")
+                     "layers": layers_json}
+        write_atomic(os.path.join(out, "calibration.json"), json.dumps(calib_doc) + "\n")
+        calibration_source = "the Python ECDF of tools/export.py (%s)" % calib_doc["description"]
 
-    metrics = {"domains": {}, "routing": {}, "bh": {}, "topk": {}}
+    metrics = {"domains": {}, "routing": {}, "bh": {}, "topk": {}, "calibration_source": calibration_source}
 
     # --- unigram baseline from the train stream (add-one smoothing)
     train_ids = np.load(os.path.join(args.work, "train_ids.npy"))
@@ -524,9 +545,9 @@ def model_card(cfg, info, m, eos_id, out):
         L.append("| %d | %d | %.2f | %.1f | %.3f |" % (u["layer"], u["experts_used"], u["cv"], u["max_over_min"], u["max_share"]))
     L.append("\nTop-k perplexity (all held-out text): " + ", ".join(
         "k=%s: %.2f" % (k, v["ppl"]) for k, v in m["topk"].items()) + ".\n")
-    L.append("Benjamini-Hochberg routing (SPEC.md section 2: p = 1 - F_L(logit) with the per-layer ECDF "
+    L.append("Benjamini-Hochberg routing (SPEC.md section 2: p = 1 - F_L(logit) with the per-layer CDF "
              "grid of `calibration.json`, max_k 16, min_k 1, no renormalisation), run as the model's "
-             "router in every layer:\n")
+             "router in every layer. Calibration: %s.\n" % m["calibration_source"])
     L.append("| alpha | mean experts | std | % at min_k | % at max_k | per layer | perplexity | " +
              " | ".join(DOMAINS) + " |")
     L.append("|---|---|---|---|---|---|---|" + "---|" * len(DOMAINS))
