@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 const fs::path kGolden = fs::path(BHMOE_SHARED_DIR) / "golden" / "tiny-f32";
 
-struct Run {
+struct CliRun {
   int status = -1;
   std::string out;
   std::string err;
@@ -43,12 +43,12 @@ fs::path scratch_dir() {
   return dir;
 }
 
-Run bhmoe(const std::string& args) {
+CliRun bhmoe(const std::string& args) {
   const fs::path dir = scratch_dir();
   const fs::path out = dir / "stdout", err = dir / "stderr";
   const std::string cmd = std::string("'") + BHMOE_BINARY + "' " + args + " >'" + out.string() +
                           "' 2>'" + err.string() + "'";
-  Run run;
+  CliRun run;
   const int raw = std::system(cmd.c_str());
   run.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   run.out = slurp(out);
@@ -69,7 +69,7 @@ double max_abs_diff(const NpyArray& a, const NpyArray& b) {
   return worst;
 }
 
-void expect_user_error(const Run& run, const std::string& fragment) {
+void expect_user_error(const CliRun& run, const std::string& fragment) {
   EXPECT_EQ(run.status, 1) << run.err;
   EXPECT_NE(run.err.find("bhmoe: error:"), std::string::npos) << run.err;
   EXPECT_NE(run.err.find(fragment), std::string::npos) << run.err;
@@ -92,7 +92,7 @@ TEST(EngineCli, LogitsReproduceTheGoldenFiles) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c.golden);
     const fs::path out = dir / ("logits_" + c.golden);
-    const Run run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' " + c.router_args +
+    const CliRun run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' " + c.router_args +
                           " --out '" + out.string() + "'");
     ASSERT_EQ(run.status, 0) << run.err;
     const NpyArray got = read_npy(out);
@@ -102,7 +102,7 @@ TEST(EngineCli, LogitsReproduceTheGoldenFiles) {
 }
 
 TEST(EngineCli, GenerateJsonReportsSpeedAndExperts) {
-  const Run run =
+  const CliRun run =
       bhmoe("generate " + model_arg() + " --prompt 'Hello world' --max-new-tokens 5 --json");
   ASSERT_EQ(run.status, 0) << run.err;
   const auto j = nlohmann::json::parse(run.out);
@@ -116,24 +116,24 @@ TEST(EngineCli, GenerateJsonReportsSpeedAndExperts) {
   EXPECT_EQ(j["per_layer_mean_experts"].size(), 2u);
 
   // A forced k shows in the counts; greedy decoding is deterministic.
-  const Run k1 = bhmoe("generate " + model_arg() +
+  const CliRun k1 = bhmoe("generate " + model_arg() +
                        " --prompt 'Hello world' --max-new-tokens 5 --router topk:k=1 --json");
   ASSERT_EQ(k1.status, 0) << k1.err;
   EXPECT_DOUBLE_EQ(nlohmann::json::parse(k1.out)["mean_experts"].get<double>(), 1.0);
-  const Run again =
+  const CliRun again =
       bhmoe("generate " + model_arg() + " --prompt 'Hello world' --max-new-tokens 5 --json");
   EXPECT_EQ(nlohmann::json::parse(again.out)["token_ids"], j["token_ids"]);
 }
 
 TEST(EngineCli, GenerateStreamsTextAndSummarisesOnStderr) {
-  const Run run =
+  const CliRun run =
       bhmoe("generate " + model_arg() +
             " --prompt 'The cat' --max-new-tokens 4 --temperature 0.9 --top-p 0.9 --seed 5");
   ASSERT_EQ(run.status, 0) << run.err;
   EXPECT_FALSE(run.out.empty());
   EXPECT_NE(run.err.find("tokens/s"), std::string::npos) << run.err;
   EXPECT_NE(run.err.find("mean experts per token"), std::string::npos) << run.err;
-  const Run same =
+  const CliRun same =
       bhmoe("generate " + model_arg() +
             " --prompt 'The cat' --max-new-tokens 4 --temperature 0.9 --top-p 0.9 --seed 5");
   EXPECT_EQ(same.out, run.out);
@@ -144,7 +144,7 @@ TEST(EngineCli, ScoreReportsNllAndPerplexity) {
   std::ofstream(text)
       << "The quick brown fox jumps over the lazy dog. It was the best of times, it "
          "was the worst of times.";
-  const Run run =
+  const CliRun run =
       bhmoe("score " + model_arg() + " --text-file '" + text.string() + "' --max-length 8 --json");
   ASSERT_EQ(run.status, 0) << run.err;
   const auto j = nlohmann::json::parse(run.out);
@@ -158,7 +158,7 @@ TEST(EngineCli, ScoreReportsNllAndPerplexity) {
   EXPECT_GT(j["windows"].get<int>(), 1);
   // Random weights over a 1024-token vocabulary: close to uniform, far from a trained model.
   EXPECT_GT(j["perplexity"].get<double>(), 50.0);
-  const Run text_run = bhmoe("score " + model_arg() + " --text-file '" + text.string() + "'");
+  const CliRun text_run = bhmoe("score " + model_arg() + " --text-file '" + text.string() + "'");
   ASSERT_EQ(text_run.status, 0) << text_run.err;
   EXPECT_NE(text_run.out.find("protocol:"), std::string::npos);
   EXPECT_NE(text_run.out.find("perplexity:"), std::string::npos);
@@ -172,14 +172,14 @@ TEST(EngineCli, CalibrateWritesACalibrationBhCanUse) {
          "per-layer cumulative distribution is fitted to them.";
   for (const char* method : {"ecdf", "kde"}) {
     SCOPED_TRACE(method);
-    const Run run =
+    const CliRun run =
         bhmoe("calibrate " + model_arg() + " --text-file '" + text.string() + "' --out '" +
               calib.string() + "' --method " + method + " --grid-points 200");
     ASSERT_EQ(run.status, 0) << run.err;
     const auto j = nlohmann::json::parse(slurp(calib));
     EXPECT_EQ(j["format"], "bh-calibration-grid/1");
     ASSERT_EQ(j["layers"].size(), 2u);
-    const Run gen =
+    const CliRun gen =
         bhmoe("generate " + model_arg() + " --prompt 'Hi there' --max-new-tokens 3 --json " +
               "--router bh:alpha=0.2,max_k=8,min_k=1 --calibration '" + calib.string() + "'");
     ASSERT_EQ(gen.status, 0) << gen.err;
@@ -190,7 +190,7 @@ TEST(EngineCli, CalibrateWritesACalibrationBhCanUse) {
 }
 
 TEST(EngineCli, BenchModelPrintsOneJsonLine) {
-  const Run run = bhmoe("bench model " + model_arg() +
+  const CliRun run = bhmoe("bench model " + model_arg() +
                         " --bandwidth-mib 8 --decode-tokens 3 --k-decode-tokens 2 --repeats 1 "
                         "--router bh:alpha=0.2,max_k=8,min_k=1 --calibration '" +
                         (kGolden / "calibration.json").string() + "'");
