@@ -5,12 +5,25 @@
 
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "model/config.h"
 #include "model/weights.h"
 
 namespace bhmoe::model {
+
+struct WeightFileInfo {
+  std::filesystem::path path;
+  size_t bytes = 0;                 // file size
+  size_t tensors = 0;               // tensors the file holds
+  std::vector<std::string> dtypes;  // distinct dtypes of those tensors, e.g. {"BF16"}
+};
+
+// How the experts' weights are stored: one tensor per expert and projection (the hub layout), the
+// fused gate_up_proj / down_proj of transformers 5.x, or different layers differently ("mixed").
+enum class ExpertLayout { PerExpert, Fused, Mixed };
+const char* expert_layout_name(ExpertLayout layout);  // "per-expert", "fused", "mixed"
 
 class Checkpoint {
  public:
@@ -22,6 +35,10 @@ class Checkpoint {
   virtual const Weights& weights() const = 0;
   virtual const std::filesystem::path& dir() const = 0;
   virtual size_t mapped_bytes() const = 0;  // total size of the mmapped weight files
+
+  // What was loaded, for `bhmoe inspect` and messages.
+  virtual const std::vector<WeightFileInfo>& weight_files() const = 0;
+  virtual ExpertLayout expert_layout() const = 0;
 };
 
 }  // namespace bhmoe::model

@@ -1,6 +1,7 @@
 // OLMoE model configuration, read from a Hugging Face config.json (SPEC.md §1).
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -11,16 +12,16 @@ namespace bhmoe::model {
 
 struct ModelConfig {
   std::string model_type = "olmoe";
-  int hidden_size = 0;            // D
-  int intermediate_size = 0;      // F, per expert
-  int num_layers = 0;             // num_hidden_layers
-  int num_heads = 0;              // num_attention_heads
-  int num_kv_heads = 0;           // num_key_value_heads (== num_heads for OLMoE)
-  int head_dim = 0;               // D / num_heads
-  int num_experts = 0;            // N
-  int num_experts_per_tok = 0;    // native top-k
-  bool norm_topk_prob = false;    // native renormalisation of the top-k weights
-  int vocab_size = 0;             // V (embedding rows; may exceed the tokenizer's size)
+  int hidden_size = 0;          // D
+  int intermediate_size = 0;    // F, per expert
+  int num_layers = 0;           // num_hidden_layers
+  int num_heads = 0;            // num_attention_heads
+  int num_kv_heads = 0;         // num_key_value_heads (== num_heads for OLMoE)
+  int head_dim = 0;             // D / num_heads
+  int num_experts = 0;          // N
+  int num_experts_per_tok = 0;  // native top-k
+  bool norm_topk_prob = false;  // native renormalisation of the top-k weights
+  int vocab_size = 0;           // V (embedding rows; may exceed the tokenizer's size)
   double rope_theta = 10000.0;
   float rms_norm_eps = 1e-5f;
   std::optional<float> clip_qkv;  // clamp q, k, v to [-c, c] after the q/k norms
@@ -29,18 +30,31 @@ struct ModelConfig {
   std::optional<int> eos_token_id;
   std::optional<int> bos_token_id;
   std::optional<int> pad_token_id;
-  std::string torch_dtype;        // informational
+  std::string torch_dtype;  // informational
 
   // The native router's spec for routing::make_router, e.g. "topk:k=8,renorm=false".
   std::string native_router_spec() const;
 };
 
 // Parses and validates: missing, mistyped, non-positive or contradictory keys (hidden_size not a
-// multiple of num_attention_heads, num_experts_per_tok > num_experts, ...) are errors naming the key
-// and `source` (the file path, for messages).
+// multiple of num_attention_heads, num_experts_per_tok > num_experts, ...) are errors naming the
+// key and `source` (the file path, for messages).
 ModelConfig parse_config(const nlohmann::json& json, const std::string& source);
 ModelConfig load_config(const std::filesystem::path& config_json);
 
+// Hugging Face style config.json contents; parse_config(to_json(c)) reproduces c.
 nlohmann::json to_json(const ModelConfig& config);
+
+// Parameter counts implied by a config (what a checkpoint matching it holds).
+struct ParameterCounts {
+  int64_t total = 0;       // every stored parameter (lm_head counted once when tied)
+  int64_t active = 0;      // used per token at the native top-k: total minus the unselected experts
+  int64_t embedding = 0;   // embed_tokens
+  int64_t lm_head = 0;     // 0 when tied to the embedding
+  int64_t dense = 0;       // attention, norms and routers of all layers, plus the final norm
+  int64_t experts = 0;     // all experts of all layers
+  int64_t per_expert = 0;  // one expert's gate, up and down
+};
+ParameterCounts count_parameters(const ModelConfig& config);
 
 }  // namespace bhmoe::model

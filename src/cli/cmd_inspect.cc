@@ -1,0 +1,124 @@
+// bhmoe inspect: what a checkpoint directory holds (config, parameter counts, dtypes, files,
+// layout).
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <set>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "util/error.h"
+
+namespace {
+
+using namespace bhmoe;
+namespace fs = std::filesystem;
+
+std::string with_units(double count) {
+  char text[32];
+  if (count >= 1e9) {
+    std::snprintf(text, sizeof text, "%.2f B", count / 1e9);
+  } else if (count >= 1e6) {
+    std::snprintf(text, sizeof text, "%.2f M", count / 1e6);
+  } else if (count >= 1e3) {
+    std::snprintf(text, sizeof text, "%.2f K", count / 1e3);
+  } else {
+    std::snprintf(text, sizeof text, "%.0f", count);
+  }
+  return text;
+}
+
+int inspect(const std::string& dir, bool as_json) {
+  auto checkpoint = model::Checkpoint::open(dir);
+  const model::ModelConfig& c = checkpoint->config();
+  const model::ParameterCounts p = model::count_parameters(c);
+  std::set<std::string> dtypes;
+  for (const auto& f : checkpoint->weight_files()) dtypes.insert(f.dtypes.begin(), f.dtypes.end());
+  fs::path tokenizer = fs::path(dir) / "tokenizer.json";
+  const bool has_tokenizer = fs::exists(tokenizer);
+  const char* layout = model::expert_layout_name(checkpoint->expert_layout());
+
+  if (as_json) {
+    nlohmann::json out;
+    out["model"] = dir;
+    out["config"] = model::to_json(c);
+    out["native_router"] = c.native_router_spec();
+    out["parameters"] = {{"total", p.total},          {"active", p.active},
+                         {"embedding", p.embedding},  {"lm_head", p.lm_head},
+                         {"dense", p.dense},          {"experts", p.experts},
+                         {"per_expert", p.per_expert}};
+    out["dtypes"] = dtypes;
+    out["expert_layout"] = layout;
+    out["weight_bytes"] = checkpoint->mapped_bytes();
+    out["files"] = nlohmann::json::array();
+    for (const auto& f : checkpoint->weight_files()) {
+      out["files"].push_back({{"name", f.path.filename().string()},
+                              {"bytes", f.bytes},
+                              {"tensors", f.tensors},
+                              {"dtypes", f.dtypes}});
+    }
+    out["tokenizer"] = has_tokenizer ? nlohmann::json{{"name", "tokenizer.json"},
+                                                      {"bytes", fs::file_size(tokenizer)}}
+                                     : nlohmann::json(nullptr);
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+
+  std::printf("model        %s\n", dir.c_str());
+  std::printf("type         %s, %d layers, hidden %d, %d heads (%d kv, head_dim %d)\n",
+              c.model_type.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
+              c.head_dim);
+  std::printf("experts      %d per layer, intermediate %d, native %s\n", c.num_experts,
+              c.intermediate_size, c.native_router_spec().c_str());
+  std::printf("vocab        %d, tied embeddings %s, eos %s, pad %s, bos %s\n", c.vocab_size,
+              c.tie_word_embeddings ? "yes" : "no",
+              c.eos_token_id ? std::to_string(*c.eos_token_id).c_str() : "none",
+              c.pad_token_id ? std::to_string(*c.pad_token_id).c_str() : "none",
+              c.bos_token_id ? std::to_string(*c.bos_token_id).c_str() : "none");
+  std::printf("attention    rope_theta %g, rms_norm_eps %g, clip_qkv %s, max positions %d\n",
+              c.rope_theta, c.rms_norm_eps,
+              c.clip_qkv ? std::to_string(*c.clip_qkv).c_str() : "none", c.max_position_embeddings);
+  std::printf("parameters   total %lld (%s), active per token %lld (%s) at top-%d\n",
+              static_cast<long long>(p.total), with_units(p.total).c_str(),
+              static_cast<long long>(p.active), with_units(p.active).c_str(),
+              c.num_experts_per_tok);
+  std::printf(
+      "             embedding %s, lm_head %s, attention+norms+routers %s, experts %s (%s each)\n",
+      with_units(p.embedding).c_str(), with_units(p.lm_head).c_str(), with_units(p.dense).c_str(),
+      with_units(p.experts).c_str(), with_units(p.per_expert).c_str());
+  std::string dtype_list;
+  for (const auto& d : dtypes) dtype_list += (dtype_list.empty() ? "" : ", ") + d;
+  std::printf("dtypes       %s\n", dtype_list.c_str());
+  std::printf("experts as   %s tensors\n", layout);
+  std::printf("weights      %zu file(s), %.3f GB\n", checkpoint->weight_files().size(),
+              checkpoint->mapped_bytes() / 1e9);
+  for (const auto& f : checkpoint->weight_files()) {
+    std::string file_dtypes;
+    for (const auto& d : f.dtypes) file_dtypes += (file_dtypes.empty() ? "" : ",") + d;
+    std::printf("  %-40s %15zu bytes  %5zu tensors  %s\n", f.path.filename().c_str(), f.bytes,
+                f.tensors, file_dtypes.c_str());
+  }
+  if (has_tokenizer) {
+    std::printf("tokenizer    tokenizer.json, %ju bytes\n",
+                static_cast<uintmax_t>(fs::file_size(tokenizer)));
+  } else {
+    std::printf("tokenizer    none (no tokenizer.json)\n");
+  }
+  return 0;
+}
+
+cli::CommandRegistration inspect_command{
+    "inspect", "Show a checkpoint's config, parameter counts, dtypes, files and expert layout",
+    [](CLI::App& app) {
+      auto dir = std::make_shared<std::string>();
+      auto as_json = std::make_shared<bool>(false);
+      app.add_option("--model", *dir, "Checkpoint directory")->required();
+      app.add_flag("--json", *as_json, "Print one JSON object");
+      return [dir, as_json]() { return inspect(*dir, *as_json); };
+    }};
+
+}  // namespace

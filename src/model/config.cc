@@ -1,0 +1,280 @@
+#include "model/config.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include "util/error.h"
+#include "util/file.h"
+
+namespace bhmoe::model {
+namespace {
+
+using nlohmann::json;
+
+// Upper bound on any size key: keeps every product of sizes far from int64 overflow.
+constexpr int64_t kMaxDimension = int64_t{1} << 24;
+
+// A float as the shortest decimal that reads back to it (1e-05, not 9.999999747378752e-06).
+double shortest(float value) {
+  char buffer[32];
+  auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
+  return std::strtod(std::string(buffer, end).c_str(), nullptr);
+}
+
+std::string show(const json& value) {
+  std::string text = value.dump();
+  if (text.size() > 60) text = text.substr(0, 57) + "...";
+  return text;
+}
+
+const char* type_name(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::number_float:
+      return "a non-integer number";
+    default:
+      return "a number";
+  }
+}
+
+class Reader {
+ public:
+  Reader(const json& root, const std::string& source) : root_(root), source_(source) {}
+
+  const json* find(const char* key) const {
+    auto it = root_.find(key);
+    return it == root_.end() ? nullptr : &*it;
+  }
+
+  [[noreturn]] void bad(const char* key, const std::string& why) const {
+    fail(source_, ": key '", key, "' ", why);
+  }
+
+  int64_t integer(const json& value, const char* key) const {
+    if (value.is_number_integer()) return value.get<int64_t>();
+    if (value.is_number_float()) {
+      double d = value.get<double>();
+      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15)
+        return static_cast<int64_t>(d);
+    }
+    bad(key, cat("must be an integer, got ", type_name(value), " ", show(value)));
+  }
+
+  int positive_int(const char* key) const {
+    const json* value = find(key);
+    if (!value) bad(key, "is missing");
+    int64_t n = integer(*value, key);
+    if (n <= 0) bad(key, cat("must be positive, got ", n));
+    if (n > kMaxDimension)
+      bad(key, cat("is implausibly large: ", n, " (limit ", kMaxDimension, ")"));
+    return static_cast<int>(n);
+  }
+
+  std::optional<int> optional_positive_int(const char* key) const {
+    const json* value = find(key);
+    if (!value || value->is_null()) return std::nullopt;
+    return positive_int(key);
+  }
+
+  std::optional<int> token_id(const char* key) const {
+    const json* value = find(key);
+    if (!value || value->is_null()) return std::nullopt;
+    if (value->is_array())
+      bad(key, cat("lists of token ids are not supported, got ", show(*value)));
+    int64_t id = integer(*value, key);
+    if (id < 0 || id > std::numeric_limits<int>::max())
+      bad(key, cat("must be a token id >= 0, got ", id));
+    return static_cast<int>(id);
+  }
+
+  bool boolean(const char* key, bool fallback) const {
+    const json* value = find(key);
+    if (!value || value->is_null()) return fallback;
+    if (!value->is_boolean())
+      bad(key, cat("must be true or false, got ", type_name(*value), " ", show(*value)));
+    return value->get<bool>();
+  }
+
+  double positive_number(const char* key, double fallback) const {
+    const json* value = find(key);
+    if (!value || value->is_null()) return fallback;
+    if (!value->is_number())
+      bad(key, cat("must be a number, got ", type_name(*value), " ", show(*value)));
+    double d = value->get<double>();
+    if (!std::isfinite(d) || d <= 0) bad(key, cat("must be a positive number, got ", show(*value)));
+    return d;
+  }
+
+  std::optional<double> optional_positive_number(const char* key) const {
+    const json* value = find(key);
+    if (!value || value->is_null()) return std::nullopt;
+    return positive_number(key, 0);
+  }
+
+  std::string string(const char* key, const std::string& fallback) const {
+    const json* value = find(key);
+    if (!value || value->is_null()) return fallback;
+    if (!value->is_string())
+      bad(key, cat("must be a string, got ", type_name(*value), " ", show(*value)));
+    return value->get<std::string>();
+  }
+
+ private:
+  const json& root_;
+  const std::string& source_;
+};
+
+}  // namespace
+
+std::string ModelConfig::native_router_spec() const {
+  return cat("topk:k=", num_experts_per_tok, ",renorm=", norm_topk_prob ? "true" : "false");
+}
+
+ModelConfig parse_config(const nlohmann::json& root, const std::string& source) {
+  if (!root.is_object()) fail(source, ": expected a JSON object, got ", type_name(root));
+  Reader r(root, source);
+  ModelConfig c;
+
+  const json* model_type = r.find("model_type");
+  if (!model_type) r.bad("model_type", "is missing (expected \"olmoe\")");
+  c.model_type = r.string("model_type", "");
+  if (c.model_type != "olmoe") {
+    r.bad("model_type", cat("is \"", c.model_type, "\"; only \"olmoe\" is supported"));
+  }
+
+  c.hidden_size = r.positive_int("hidden_size");
+  c.intermediate_size = r.positive_int("intermediate_size");
+  c.num_layers = r.positive_int("num_hidden_layers");
+  c.num_heads = r.positive_int("num_attention_heads");
+  c.num_kv_heads = r.optional_positive_int("num_key_value_heads").value_or(c.num_heads);
+  c.num_experts = r.positive_int("num_experts");
+  c.num_experts_per_tok = r.positive_int("num_experts_per_tok");
+  c.vocab_size = r.positive_int("vocab_size");
+  c.norm_topk_prob = r.boolean("norm_topk_prob", false);
+  c.rope_theta = r.positive_number("rope_theta", 10000.0);
+  c.rms_norm_eps = static_cast<float>(r.positive_number("rms_norm_eps", 1e-5));
+  if (auto clip = r.optional_positive_number("clip_qkv")) c.clip_qkv = static_cast<float>(*clip);
+  c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
+  c.max_position_embeddings = r.optional_positive_int("max_position_embeddings").value_or(4096);
+  c.eos_token_id = r.token_id("eos_token_id");
+  c.bos_token_id = r.token_id("bos_token_id");
+  c.pad_token_id = r.token_id("pad_token_id");
+  c.torch_dtype = r.string("torch_dtype", "");
+
+  if (c.hidden_size % c.num_heads != 0) {
+    fail(source, ": hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ",
+         c.num_heads);
+  }
+  c.head_dim = c.hidden_size / c.num_heads;
+  if (const json* head_dim = r.find("head_dim"); head_dim && !head_dim->is_null()) {
+    int64_t declared = r.integer(*head_dim, "head_dim");
+    if (declared != c.head_dim) {
+      fail(source, ": head_dim ", declared,
+           " contradicts hidden_size / num_attention_heads = ", c.hidden_size, " / ", c.num_heads,
+           " = ", c.head_dim);
+    }
+  }
+  if (c.head_dim % 2 != 0)
+    fail(source, ": head_dim ", c.head_dim, " must be even for rotary embeddings");
+  if (c.num_kv_heads > c.num_heads || c.num_heads % c.num_kv_heads != 0) {
+    fail(source, ": num_attention_heads ", c.num_heads,
+         " is not a multiple of num_key_value_heads ", c.num_kv_heads);
+  }
+  if (c.num_experts_per_tok > c.num_experts) {
+    fail(source, ": num_experts_per_tok ", c.num_experts_per_tok, " exceeds num_experts ",
+         c.num_experts);
+  }
+  for (auto [key, id] :
+       {std::pair{"eos_token_id", c.eos_token_id}, std::pair{"bos_token_id", c.bos_token_id},
+        std::pair{"pad_token_id", c.pad_token_id}}) {
+    if (id && *id >= c.vocab_size)
+      fail(source, ": ", key, " ", *id, " is outside vocab_size ", c.vocab_size);
+  }
+
+  // Keys whose other values would change the computation in ways this engine does not implement.
+  if (const json* scaling = r.find("rope_scaling"); scaling && !scaling->is_null()) {
+    r.bad("rope_scaling", cat("is ", show(*scaling), "; only null (no RoPE scaling) is supported"));
+  }
+  if (std::string act = r.string("hidden_act", "silu"); act != "silu") {
+    r.bad("hidden_act", cat("is \"", act, "\"; only \"silu\" is supported"));
+  }
+  if (r.boolean("attention_bias", false))
+    r.bad("attention_bias", "is true; attention biases are not supported");
+  return c;
+}
+
+ModelConfig load_config(const std::filesystem::path& config_json) {
+  std::string text = read_file(config_json);
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail(config_json.string(), ": not valid JSON: ", e.what());
+  }
+  return parse_config(root, config_json.string());
+}
+
+nlohmann::json to_json(const ModelConfig& c) {
+  auto optional_id = [](const std::optional<int>& id) { return id ? json(*id) : json(nullptr); };
+  json j = json::object();
+  j["architectures"] = json::array({"OlmoeForCausalLM"});
+  j["model_type"] = c.model_type;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["num_experts"] = c.num_experts;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j["norm_topk_prob"] = c.norm_topk_prob;
+  j["vocab_size"] = c.vocab_size;
+  j["rope_theta"] = c.rope_theta;
+  j["rope_scaling"] = nullptr;
+  j["rms_norm_eps"] = shortest(c.rms_norm_eps);
+  j["clip_qkv"] = c.clip_qkv ? json(shortest(*c.clip_qkv)) : json(nullptr);
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["hidden_act"] = "silu";
+  j["attention_bias"] = false;
+  j["attention_dropout"] = 0.0;
+  j["pad_token_id"] = optional_id(c.pad_token_id);
+  j["bos_token_id"] = optional_id(c.bos_token_id);
+  j["eos_token_id"] = optional_id(c.eos_token_id);
+  j["router_aux_loss_coef"] = 0.01;
+  j["output_router_logits"] = false;
+  j["initializer_range"] = 0.02;
+  if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
+  return j;
+}
+
+ParameterCounts count_parameters(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size, v = c.vocab_size;
+  const int64_t d_kv = int64_t{c.num_kv_heads} * c.head_dim;
+  ParameterCounts p;
+  p.embedding = v * d;
+  p.lm_head = c.tie_word_embeddings ? 0 : v * d;
+  p.per_expert = 3 * f * d;
+  const int64_t attention = 2 * d * d + 2 * d_kv * d;
+  const int64_t norms = 3 * d + d_kv;  // input, post-attention, q and k norms
+  const int64_t router = int64_t{c.num_experts} * d;
+  const int64_t dense_per_layer = attention + norms + router;
+  p.dense = c.num_layers * dense_per_layer + d /* final norm */;
+  p.experts = int64_t{c.num_layers} * c.num_experts * p.per_expert;
+  p.total = p.embedding + p.lm_head + p.dense + p.experts;
+  p.active = p.embedding + p.lm_head + p.dense +
+             int64_t{c.num_layers} * c.num_experts_per_tok * p.per_expert;
+  return p;
+}
+
+}  // namespace bhmoe::model

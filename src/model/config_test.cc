@@ -1,0 +1,273 @@
+#include "model/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "util/error.h"
+#include "util/file.h"
+
+namespace bhmoe::model {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+const fs::path kShared = BHMOE_SHARED_DIR;
+
+json olmoe_json() {
+  return json::parse(read_file(kShared / "olmoe" / "config.json"));
+}
+
+std::string error_of(const json& j) {
+  try {
+    parse_config(j, "dir/config.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Config, PublishedOlmoe) {
+  ModelConfig c = load_config(kShared / "olmoe" / "config.json");
+  EXPECT_EQ(c.model_type, "olmoe");
+  EXPECT_EQ(c.hidden_size, 2048);
+  EXPECT_EQ(c.intermediate_size, 1024);
+  EXPECT_EQ(c.num_layers, 16);
+  EXPECT_EQ(c.num_heads, 16);
+  EXPECT_EQ(c.num_kv_heads, 16);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.num_experts, 64);
+  EXPECT_EQ(c.num_experts_per_tok, 8);
+  EXPECT_FALSE(c.norm_topk_prob);
+  EXPECT_EQ(c.vocab_size, 50304);
+  EXPECT_EQ(c.rope_theta, 10000.0);
+  EXPECT_FLOAT_EQ(c.rms_norm_eps, 1e-5f);
+  EXPECT_FALSE(c.clip_qkv.has_value());
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_EQ(c.eos_token_id, 50279);
+  EXPECT_EQ(c.pad_token_id, 1);
+  EXPECT_FALSE(c.bos_token_id.has_value());
+  EXPECT_EQ(c.torch_dtype, "bfloat16");
+  EXPECT_EQ(c.native_router_spec(), "topk:k=8,renorm=false");
+}
+
+TEST(Config, GoldenTiny) {
+  for (const char* name : {"tiny-f32", "tiny-bf16"}) {
+    ModelConfig c = load_config(kShared / "golden" / name / "config.json");
+    EXPECT_EQ(c.hidden_size, 64) << name;
+    EXPECT_EQ(c.head_dim, 16) << name;
+    EXPECT_EQ(c.num_experts, 8) << name;
+    EXPECT_EQ(c.native_router_spec(), "topk:k=2,renorm=false") << name;
+    EXPECT_EQ(c.eos_token_id, 0) << name;
+  }
+}
+
+TEST(Config, NativeRouterSpecFollowsRenorm) {
+  json j = olmoe_json();
+  j["norm_topk_prob"] = true;
+  j["num_experts_per_tok"] = 4;
+  EXPECT_EQ(parse_config(j, "x").native_router_spec(), "topk:k=4,renorm=true");
+}
+
+TEST(Config, ToJsonRoundTrip) {
+  json j = olmoe_json();
+  j["clip_qkv"] = 8.0;
+  j["tie_word_embeddings"] = true;
+  j["norm_topk_prob"] = true;
+  j["bos_token_id"] = 50278;
+  j["rms_norm_eps"] = 1e-6;
+  ModelConfig c = parse_config(j, "x");
+  json out = to_json(c);
+  EXPECT_EQ(out["rms_norm_eps"].get<double>(),
+            1e-6);  // shortest decimal of the float, not 9.99e-07
+  ModelConfig back = parse_config(out, "round trip");
+  EXPECT_EQ(to_json(back), out);
+  EXPECT_EQ(back.clip_qkv, 8.0f);
+  EXPECT_TRUE(back.tie_word_embeddings);
+  EXPECT_TRUE(back.norm_topk_prob);
+  EXPECT_EQ(back.bos_token_id, 50278);
+  EXPECT_EQ(back.hidden_size, 2048);
+  EXPECT_EQ(back.rms_norm_eps, c.rms_norm_eps);
+  // Published keys survive with their published values.
+  json published = olmoe_json();
+  json written = to_json(load_config(kShared / "olmoe" / "config.json"));
+  for (auto& [key, value] : published.items()) {
+    ASSERT_TRUE(written.contains(key)) << key;
+    EXPECT_EQ(written[key], value) << key;
+  }
+}
+
+TEST(Config, DefaultsForOptionalKeys) {
+  json j = olmoe_json();
+  for (const char* key :
+       {"num_key_value_heads", "norm_topk_prob", "rope_theta", "rms_norm_eps", "clip_qkv",
+        "tie_word_embeddings", "max_position_embeddings", "eos_token_id", "pad_token_id",
+        "rope_scaling", "hidden_act", "torch_dtype"}) {
+    j.erase(key);
+  }
+  ModelConfig c = parse_config(j, "x");
+  EXPECT_EQ(c.num_kv_heads, 16);
+  EXPECT_EQ(c.rope_theta, 10000.0);
+  EXPECT_FALSE(c.eos_token_id.has_value());
+}
+
+TEST(Config, MissingKey) {
+  json j = olmoe_json();
+  j.erase("num_experts");
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("dir/config.json"), HasSubstr("'num_experts'"),
+                                 HasSubstr("missing")));
+}
+
+TEST(Config, MissingModelType) {
+  json j = olmoe_json();
+  j.erase("model_type");
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'model_type'"), HasSubstr("missing")));
+}
+
+TEST(Config, MistypedKey) {
+  json j = olmoe_json();
+  j["hidden_size"] = "2048";
+  EXPECT_THAT(error_of(j),
+              AllOf(HasSubstr("'hidden_size'"), HasSubstr("integer"), HasSubstr("a string")));
+}
+
+TEST(Config, FractionalSize) {
+  json j = olmoe_json();
+  j["intermediate_size"] = 1024.5;
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'intermediate_size'"), HasSubstr("integer")));
+}
+
+TEST(Config, MistypedBoolean) {
+  json j = olmoe_json();
+  j["norm_topk_prob"] = "false";
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'norm_topk_prob'"), HasSubstr("true or false")));
+}
+
+TEST(Config, NonPositiveSize) {
+  for (const char* key :
+       {"hidden_size", "num_hidden_layers", "num_experts", "vocab_size", "num_experts_per_tok"}) {
+    json j = olmoe_json();
+    j[key] = 0;
+    EXPECT_THAT(error_of(j), AllOf(HasSubstr(cat("'", key, "'")), HasSubstr("positive"))) << key;
+    j[key] = -3;
+    EXPECT_THAT(error_of(j), AllOf(HasSubstr(cat("'", key, "'")), HasSubstr("-3"))) << key;
+  }
+}
+
+TEST(Config, ImplausiblyLargeSize) {
+  json j = olmoe_json();
+  j["vocab_size"] = int64_t{1} << 40;
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'vocab_size'"), HasSubstr("implausibly large")));
+}
+
+TEST(Config, HiddenNotDivisibleByHeads) {
+  json j = olmoe_json();
+  j["num_attention_heads"] = 15;
+  j["num_key_value_heads"] = 15;
+  EXPECT_THAT(error_of(j),
+              AllOf(HasSubstr("hidden_size 2048"), HasSubstr("not divisible"), HasSubstr("15")));
+}
+
+TEST(Config, ContradictoryHeadDim) {
+  json j = olmoe_json();
+  j["head_dim"] = 64;
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("head_dim 64"), HasSubstr("contradicts")));
+}
+
+TEST(Config, KvHeadsNotDividingHeads) {
+  json j = olmoe_json();
+  j["num_key_value_heads"] = 3;
+  EXPECT_THAT(error_of(j), HasSubstr("num_key_value_heads 3"));
+}
+
+TEST(Config, TopKExceedsExperts) {
+  json j = olmoe_json();
+  j["num_experts_per_tok"] = 65;
+  EXPECT_THAT(error_of(j),
+              AllOf(HasSubstr("num_experts_per_tok 65"), HasSubstr("exceeds num_experts 64")));
+}
+
+TEST(Config, UnsupportedModelType) {
+  json j = olmoe_json();
+  j["model_type"] = "mixtral";
+  EXPECT_THAT(error_of(j),
+              AllOf(HasSubstr("'model_type'"), HasSubstr("mixtral"), HasSubstr("olmoe")));
+}
+
+TEST(Config, RopeScalingUnsupported) {
+  json j = olmoe_json();
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  EXPECT_THAT(error_of(j),
+              AllOf(HasSubstr("'rope_scaling'"), HasSubstr("linear"), HasSubstr("only null")));
+}
+
+TEST(Config, UnknownHiddenAct) {
+  json j = olmoe_json();
+  j["hidden_act"] = "gelu";
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'hidden_act'"), HasSubstr("gelu")));
+}
+
+TEST(Config, AttentionBiasUnsupported) {
+  json j = olmoe_json();
+  j["attention_bias"] = true;
+  EXPECT_THAT(error_of(j), HasSubstr("'attention_bias'"));
+}
+
+TEST(Config, TokenIdOutsideVocab) {
+  json j = olmoe_json();
+  j["eos_token_id"] = 50304;
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("eos_token_id 50304"), HasSubstr("vocab_size 50304")));
+}
+
+TEST(Config, NonPositiveEpsAndClip) {
+  json j = olmoe_json();
+  j["rms_norm_eps"] = 0;
+  EXPECT_THAT(error_of(j), HasSubstr("'rms_norm_eps'"));
+  j = olmoe_json();
+  j["clip_qkv"] = -1.0;
+  EXPECT_THAT(error_of(j), HasSubstr("'clip_qkv'"));
+}
+
+TEST(Config, NotAnObject) {
+  EXPECT_THAT(error_of(json::array({1, 2})), HasSubstr("JSON object"));
+}
+
+TEST(Config, MalformedFile) {
+  fs::path dir = fs::temp_directory_path() / cat("bhmoe-config-test-", ::getpid());
+  fs::create_directories(dir);
+  write_file_atomic(dir / "config.json", "{\"hidden_size\": 64,,}");
+  try {
+    load_config(dir / "config.json");
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(),
+                AllOf(HasSubstr((dir / "config.json").string()), HasSubstr("not valid JSON")));
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Config, MissingFile) {
+  try {
+    load_config("/nonexistent/config.json");
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/config.json"));
+  }
+}
+
+TEST(Config, ParameterCountsOfOlmoe) {
+  ParameterCounts p = count_parameters(load_config(kShared / "olmoe" / "config.json"));
+  // 6.92 B total, 1.28 B active at top-8 (the published figures: "7B total, 1B active").
+  EXPECT_EQ(p.total, 6919161856);
+  EXPECT_EQ(p.active, 1282017280);
+  EXPECT_EQ(p.embedding, 50304LL * 2048);
+  EXPECT_EQ(p.per_expert, 3LL * 1024 * 2048);
+  EXPECT_EQ(p.total, p.embedding + p.lm_head + p.dense + p.experts);
+}
+
+}  // namespace
+}  // namespace bhmoe::model
