@@ -9,10 +9,12 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
 #include "kernels/bandwidth.h"
+#include "kernels/kernels_impl.h"
 #include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
@@ -237,6 +239,11 @@ int main(int argc, char** argv) {
     ThreadPool pool(threads);
     std::printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", threads,
                 measure_read_bandwidth_gbs(pool, size_t{1} << 30));
+  }
+  if (const char* prefetch = std::getenv("BHMOE_PREFETCH")) {
+    detail::avx512::g_matvec_prefetch_bytes = std::atoll(prefetch);
+    std::printf("matvec prefetch distance: %lld bytes\n",
+                static_cast<long long>(detail::avx512::g_matvec_prefetch_bytes));
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
