@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct Run {
+struct CliResult {
   int status = -1;
   std::string out, err;
 };
@@ -41,11 +41,11 @@ class CheckpointCli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  Run run(const std::string& args) {
+  CliResult run(const std::string& args) {
     std::string command = std::string("'") + BHMOE_BINARY + "' " + args + " >'" +
                           (dir_ / "out").string() + "' 2>'" + (dir_ / "err").string() + "'";
     int raw = std::system(command.c_str());
-    Run r;
+    CliResult r;
     r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     r.out = slurp(dir_ / "out");
     r.err = slurp(dir_ / "err");
@@ -57,21 +57,21 @@ class CheckpointCli : public ::testing::Test {
 };
 
 TEST_F(CheckpointCli, MakeTinyThenInspect) {
-  Run made = run("make-model " + path("m") + " --preset tiny --seed 5");
+  CliResult made = run("make-model " + path("m") + " --preset tiny --seed 5");
   ASSERT_EQ(made.status, 0) << made.err;
   EXPECT_THAT(made.out, AllOf(HasSubstr("preset tiny"), HasSubstr("263744 parameters")));
   EXPECT_TRUE(fs::exists(dir_ / "m" / "config.json"));
   EXPECT_TRUE(fs::exists(dir_ / "m" / "model.safetensors"));
   EXPECT_TRUE(fs::exists(dir_ / "m" / "tokenizer.json"));
 
-  Run shown = run("inspect --model " + path("m"));
+  CliResult shown = run("inspect --model " + path("m"));
   ASSERT_EQ(shown.status, 0) << shown.err;
   EXPECT_THAT(shown.out,
               AllOf(HasSubstr("2 layers, hidden 64"), HasSubstr("total 263744"),
                     HasSubstr("active per token 190016"), HasSubstr("topk:k=2,renorm=false"),
                     HasSubstr("BF16"), HasSubstr("per-expert"), HasSubstr("model.safetensors")));
 
-  Run json_run = run("inspect --model " + path("m") + " --json");
+  CliResult json_run = run("inspect --model " + path("m") + " --json");
   ASSERT_EQ(json_run.status, 0) << json_run.err;
   nlohmann::json j = nlohmann::json::parse(json_run.out);
   EXPECT_EQ(j["parameters"]["total"], 263744);
@@ -86,11 +86,11 @@ TEST_F(CheckpointCli, MakeTinyThenInspect) {
 }
 
 TEST_F(CheckpointCli, MakeFusedShardedF32) {
-  Run made = run("make-model " + path("m") +
-                 " --preset tiny --dtype f32 --fused --layers 3 --max-shard-bytes 300000");
+  CliResult made = run("make-model " + path("m") +
+                       " --preset tiny --dtype f32 --fused --layers 3 --max-shard-bytes 300000");
   ASSERT_EQ(made.status, 0) << made.err;
   EXPECT_TRUE(fs::exists(dir_ / "m" / "model.safetensors.index.json"));
-  Run j = run("inspect --json --model " + path("m"));
+  CliResult j = run("inspect --json --model " + path("m"));
   ASSERT_EQ(j.status, 0) << j.err;
   auto info = nlohmann::json::parse(j.out);
   EXPECT_EQ(info["expert_layout"], "fused");
@@ -100,14 +100,14 @@ TEST_F(CheckpointCli, MakeFusedShardedF32) {
 }
 
 TEST_F(CheckpointCli, InspectGolden) {
-  Run shown = run(std::string("inspect --model '") + BHMOE_SHARED_DIR + "/golden/tiny-f32'");
+  CliResult shown = run(std::string("inspect --model '") + BHMOE_SHARED_DIR + "/golden/tiny-f32'");
   ASSERT_EQ(shown.status, 0) << shown.err;
   EXPECT_THAT(shown.out,
               AllOf(HasSubstr("F32"), HasSubstr("eos 0, pad 1"), HasSubstr("1062992 bytes")));
 }
 
 TEST_F(CheckpointCli, InspectMissingDirectory) {
-  Run r = run("inspect --model " + path("absent"));
+  CliResult r = run("inspect --model " + path("absent"));
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err,
               AllOf(HasSubstr("bhmoe: error:"), HasSubstr("absent"), HasSubstr("not a directory")));
@@ -116,7 +116,7 @@ TEST_F(CheckpointCli, InspectMissingDirectory) {
 
 TEST_F(CheckpointCli, InspectDirectoryWithoutConfig) {
   fs::create_directories(dir_ / "empty");
-  Run r = run("inspect --model " + path("empty"));
+  CliResult r = run("inspect --model " + path("empty"));
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err, AllOf(HasSubstr("bhmoe: error:"), HasSubstr("no config.json")));
 }
@@ -124,7 +124,7 @@ TEST_F(CheckpointCli, InspectDirectoryWithoutConfig) {
 TEST_F(CheckpointCli, InspectCorruptWeights) {
   ASSERT_EQ(run("make-model " + path("m")).status, 0);
   fs::resize_file(dir_ / "m" / "model.safetensors", 4);
-  Run r = run("inspect --model " + path("m"));
+  CliResult r = run("inspect --model " + path("m"));
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err, AllOf(HasSubstr("model.safetensors"), HasSubstr("truncated")));
 }
@@ -132,20 +132,20 @@ TEST_F(CheckpointCli, InspectCorruptWeights) {
 TEST_F(CheckpointCli, MakeModelRefusesNonEmptyDirectory) {
   ASSERT_EQ(run("make-model " + path("m")).status, 0);
   std::string before = slurp(dir_ / "m" / "model.safetensors");
-  Run r = run("make-model " + path("m") + " --seed 9");
+  CliResult r = run("make-model " + path("m") + " --seed 9");
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err, AllOf(HasSubstr("bhmoe: error:"), HasSubstr("not an empty directory")));
   EXPECT_EQ(slurp(dir_ / "m" / "model.safetensors"), before);
 }
 
 TEST_F(CheckpointCli, MakeModelBadOptions) {
-  Run preset = run("make-model " + path("m") + " --preset huge");
+  CliResult preset = run("make-model " + path("m") + " --preset huge");
   EXPECT_NE(preset.status, 0);
   EXPECT_THAT(preset.err, HasSubstr("huge"));
-  Run dtype = run("make-model " + path("m") + " --dtype int8");
+  CliResult dtype = run("make-model " + path("m") + " --dtype int8");
   EXPECT_NE(dtype.status, 0);
   EXPECT_THAT(dtype.err, HasSubstr("int8"));
-  Run tokenizer = run("make-model " + path("m") + " --tokenizer " + path("none.json"));
+  CliResult tokenizer = run("make-model " + path("m") + " --tokenizer " + path("none.json"));
   EXPECT_EQ(tokenizer.status, 1);
   EXPECT_THAT(tokenizer.err, HasSubstr("none.json"));
   EXPECT_FALSE(fs::exists(dir_ / "m"));
