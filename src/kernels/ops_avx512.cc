@@ -378,6 +378,47 @@ BHMOE_AVX512BF16 void matmul_bf16(const Matrix& w, const float* x, int64_t x_str
   }
 }
 
+// Q8 weights over several tokens: each group of rows is dequantised to bf16 once per token chunk
+// (w * scale rounded to bf16, relative error <= 2^-9) into L1-resident scratch and fed to the
+// vdpbf16ps tiles: twice the throughput of converting to fp32 for every FMA.
+thread_local std::vector<uint16_t> t_w_bf16;
+
+BHMOE_AVX512BF16 void dequantize_rows_bf16(const Matrix& w, int64_t r0, int64_t num_rows,
+                                           uint16_t* out) {
+  const int64_t cols = w.cols;
+  for (int64_t i = 0; i < num_rows; ++i) {
+    const RowPointers row = row_pointers<DType::Q8>(w, r0 + i);
+    for (int64_t k = 0; k < cols; k += kLanes) {
+      const __mmask16 mask = tail_mask16(cols - k);
+      __m512 v = load16<DType::Q8>(row.data, row.scales, k, mask);
+      _mm256_mask_storeu_epi16(out + i * cols + k, mask, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+  }
+}
+
+BHMOE_AVX512BF16 void matmul_q8_bf16(const Matrix& w, const float* x, int64_t x_stride,
+                                     int64_t num_tokens, float* y, int64_t y_stride,
+                                     int64_t row_begin, int64_t row_end) {
+  const int64_t padded = (w.cols + kBf16Step - 1) / kBf16Step * kBf16Step;
+  const uint16_t* xb = activations_to_bf16(x, x_stride, num_tokens, w.cols, padded);
+  uint16_t* rows_bf16 = scratch(t_w_bf16, static_cast<size_t>(kRows * w.cols));
+  const Matrix block{rows_bf16, DType::BF16, kRows, w.cols, nullptr};
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenChunk) {
+    const int64_t chunk = std::min(kTokenChunk, num_tokens - t0);
+    const uint16_t* xc = xb + t0 * padded;
+    float* yc = y + t0 * y_stride;
+    int64_t r = row_begin;
+    for (; r + kRows <= row_end; r += kRows) {
+      dequantize_rows_bf16(w, r, kRows, rows_bf16);
+      row_group_bf16<kRows>(block, 0, xc, padded, chunk, yc + (r - row_begin), y_stride);
+    }
+    for (; r < row_end; ++r) {
+      dequantize_rows_bf16(w, r, 1, rows_bf16);
+      row_group_bf16<1>(block, 0, xc, padded, chunk, yc + (r - row_begin), y_stride);
+    }
+  }
+}
+
 // ---- Q8 matvec with vpdpbusd (activations quantised per block) -------------------------------
 
 thread_local std::vector<uint8_t> t_xq_abs;   // |q(x)| per element, zero padded to 64
@@ -512,6 +553,9 @@ BHMOE_AVX512 void matmul(const Matrix& w, const float* x, int64_t x_stride, int6
   }
   if (bf16 && activations == Activations::RoundToBf16 && w.dtype == DType::BF16) {
     return matmul_bf16(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+  }
+  if (bf16 && activations == Activations::RoundToBf16 && w.dtype == DType::Q8) {
+    return matmul_q8_bf16(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
   }
   matmul_exact(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
 }
