@@ -1,0 +1,37 @@
+// bhmoe report: rebuild the analysis, CSVs, plots and REPORT.md from results.jsonl alone.
+#include <cstdio>
+#include <memory>
+
+#include "cli/command.h"
+#include "experiments/report.h"
+#include "experiments/results.h"
+#include "util/error.h"
+
+namespace bhmoe::cli {
+namespace {
+
+CommandRegistration reg{
+    "report", "Rebuild CSVs, analysis_summary.json, plots and REPORT.md from DIR/results.jsonl",
+    [](CLI::App& app) {
+      auto out = std::make_shared<std::filesystem::path>();
+      app.add_option("--out", *out, "The run's output folder (holding results.jsonl)")->required();
+      return [out]() {
+        std::filesystem::path results = *out / "results.jsonl";
+        if (!std::filesystem::is_regular_file(results))
+          fail("report: ", results.string(), " does not exist");
+        experiments::LoadedResults loaded = experiments::load_results(results);
+        if (loaded.torn_tail) {
+          std::fprintf(stderr, "bhmoe report: ignored an incomplete last line in %s\n",
+                       results.string().c_str());
+        }
+        if (loaded.rows.empty()) fail("report: ", results.string(), " holds no results");
+        size_t rows = loaded.rows.size();
+        experiments::OutputSummary s = experiments::write_outputs(*out, std::move(loaded.rows));
+        std::printf("bhmoe report: %zu rows, %zu plots; wrote %s\n", rows, s.plots.size(),
+                    (*out / "REPORT.md").string().c_str());
+        return 0;
+      };
+    }};
+
+}  // namespace
+}  // namespace bhmoe::cli

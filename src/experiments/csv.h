@@ -1,0 +1,27 @@
+// CSV outputs (RFC 4180 quoting: a field holding a comma, quote, CR or LF is quoted, quotes
+// doubled).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "experiments/analysis.h"
+#include "experiments/results.h"
+
+namespace bhmoe::experiments {
+
+std::string csv_field(std::string_view text);
+// Shortest round-trip decimal; empty for NaN/inf (undefined).
+std::string csv_number(double value);
+
+// The columns of bh_routing_results.csv: the original's (SPEC.md §3) first, then ours.
+const std::vector<std::string>& results_csv_columns();
+
+// bh_routing_results.csv: a header and one row per result row, in the given order.
+std::string results_csv(const std::vector<ResultRow>& rows);
+
+// max_k_comparison.csv: max_k,baseline_experts,bh_mean_experts,reduction_pct
+std::string max_k_csv(const Analysis& analysis);
+
+}  // namespace bhmoe::experiments

@@ -1,0 +1,504 @@
+#include "experiments/report.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <sstream>
+
+#include "experiments/csv.h"
+#include "util/error.h"
+#include "util/file.h"
+
+namespace bhmoe::experiments {
+namespace {
+
+using nlohmann::json;
+
+std::string fixed(double v, int digits = 2) {
+  if (std::isnan(v)) return "—";
+  if (std::isinf(v)) return v > 0 ? "∞" : "−∞";
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.*f", digits, v);
+  return buffer;
+}
+
+std::string p_value_text(double p) {
+  if (std::isnan(p)) return "—";
+  if (p < 1e-4) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.1e", p);
+    return buffer;
+  }
+  return fixed(p, 4);
+}
+
+// Markdown table cell: pipes and newlines would break the table.
+std::string cell(std::string text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '|') {
+      out += "\\|";
+    } else if (c == '\n' || c == '\r') {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string code(const std::string& text) {
+  std::string out(1, '`');
+  out += cell(text);
+  out += '`';
+  return out;
+}
+
+std::string duration(double seconds) {
+  if (!std::isfinite(seconds)) return "—";
+  char buffer[64];
+  if (seconds < 60) {
+    std::snprintf(buffer, sizeof buffer, "%.1f s", seconds);
+  } else if (seconds < 3600) {
+    std::snprintf(buffer, sizeof buffer, "%d min %02d s", static_cast<int>(seconds) / 60,
+                  static_cast<int>(seconds) % 60);
+  } else {
+    std::snprintf(buffer, sizeof buffer, "%.2f h", seconds / 3600);
+  }
+  return buffer;
+}
+
+std::string json_text(const json& j, const char* key) {
+  if (!j.is_object() || !j.contains(key) || j[key].is_null()) return "—";
+  if (j[key].is_string()) return j[key].get<std::string>();
+  return j[key].dump();
+}
+
+const ConfigSummary* find_config(const Analysis& a, const std::string& name) {
+  for (const ConfigSummary& s : a.configs) {
+    if (s.config_name == name) return &s;
+  }
+  return nullptr;
+}
+
+void setup_section(std::ostringstream& md, const Analysis& a) {
+  md << "## Setup\n\n";
+  for (const json& model : a.models) {
+    bool synthetic = model.value("synthetic", false);
+    bool small = model.value("small", false);
+    if (synthetic || small) {
+      md << "> **Note: this model is " << (synthetic ? "synthetic" : "small") << "** ("
+         << json_text(model, "name") << ", " << json_text(model, "params_text") << " parameters). "
+         << json_text(model, "provenance")
+         << " The numbers below show the method and the machinery working on it; they are not "
+            "OLMoE-1B-7B's behaviour and say nothing about a full-size model's quality.\n\n";
+    }
+  }
+  md << "| | |\n|---|---|\n";
+  for (const json& model : a.models) {
+    md << "| Model | " << code(json_text(model, "name")) << " at " << code(json_text(model, "dir"))
+       << " |\n"
+       << "| Model fingerprint | " << code(json_text(model, "fingerprint")) << " |\n"
+       << "| Architecture | " << json_text(model, "num_layers") << " layers, "
+       << json_text(model, "num_experts") << " experts, native top-" << json_text(model, "top_k")
+       << ", " << json_text(model, "params_text") << " parameters, weights "
+       << json_text(model, "weights") << " |\n";
+  }
+  if (a.calibrations.empty()) {
+    md << "| Calibration | none needed (no calibrated BH config ran) |\n";
+  }
+  for (const json& c : a.calibrations) {
+    md << "| Calibration | " << json_text(c, "source") << ": " << code(json_text(c, "path"))
+       << " (fingerprint " << code(json_text(c, "fingerprint")) << ", " << json_text(c, "method")
+       << ")" << (c.contains("text") ? " from text " + code(json_text(c, "text")) : std::string())
+       << " |\n";
+  }
+  for (const json& s : a.settings) md << "| Settings | " << code(s.dump()) << " |\n";
+  for (const json& r : a.runs) {
+    md << "| Commit | " << code(json_text(r, "commit")) << " (bhmoe "
+       << json_text(r, "bhmoe_version") << ") |\n"
+       << "| Machine | " << cell(json_text(r, "host")) << "; " << cell(json_text(r, "cpu")) << "; "
+       << json_text(r, "hardware_threads") << " hardware threads, " << json_text(r, "threads")
+       << " used |\n";
+  }
+  md << "| Run time | " << duration(a.total_wall_time_sec)
+     << " of experiment time (sum over rows); "
+     << "first row " << (a.first_timestamp.empty() ? "—" : a.first_timestamp) << ", last row "
+     << (a.last_timestamp.empty() ? "—" : a.last_timestamp) << " |\n\n";
+  if (!a.clamped_configs.empty()) {
+    md << "Configs whose max_k exceeded the model's expert count were **clamped to N** (the router "
+          "spec column shows what ran): ";
+    for (size_t i = 0; i < a.clamped_configs.size(); ++i)
+      md << (i ? ", " : "") << code(a.clamped_configs[i]);
+    md << ".\n\n";
+  }
+}
+
+}  // namespace
+
+std::string utc_now() {
+  std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& rows,
+                            const ReportContext& context) {
+  std::ostringstream md;
+  md << "# Benjamini–Hochberg expert routing: experiment report\n\n";
+  md << "Generated " << context.generated_at << " by `bhmoe report` from `results.jsonl`.\n\n";
+  md << "**Counts:** " << a.total_rows << " experiments (" << a.ok_rows << " ok, " << a.error_rows
+     << " failed): " << a.generate_rows << " generation runs over " << a.configs.size()
+     << " configs × " << a.prompts.size() << " prompts in " << a.categories.size() << " categories";
+  if (a.score_rows)
+    md << ", " << a.score_rows << " text-scoring runs over " << a.score_configs.size()
+       << " configs";
+  md << "; experiments: ";
+  for (size_t i = 0; i < a.experiments.size(); ++i) md << (i ? ", " : "") << code(a.experiments[i]);
+  md << ".\n\n";
+
+  setup_section(md, a);
+
+  const ConfigSummary* base = a.baseline.empty() ? nullptr : find_config(a, a.baseline);
+
+  md << "## Executive summary\n\n";
+  if (a.configs.empty()) {
+    md << "No generation experiments in these results.\n\n";
+  } else if (!base) {
+    md << "No `" << kBaselineConfig << "` rows, so no reductions are computed.\n\n";
+  } else {
+    md << "Every config was applied in every layer of the model, and every count below was "
+          "measured "
+          "from the routing decisions the engine made (prompt and generated tokens, all layers), "
+          "not "
+          "copied from the config. Baseline `"
+       << a.baseline << "` used " << fixed(base->mean_experts) << " experts per token.\n\n";
+    md << "| BH config | router | mean experts | reduction vs " << a.baseline
+       << " | KL to native (nats) | prompt NLL | continuation NLL (native) "
+          "|\n|---|---|---|---|---|---|---|\n";
+    for (const ConfigSummary& s : a.configs) {
+      if (s.rule != "bh") continue;
+      md << "| " << code(s.config_name) << " | " << code(s.router) << " | " << fixed(s.mean_experts)
+         << " | " << fixed(s.reduction_pct, 1) << "% | " << fixed(s.kl_to_native, 4) << " | "
+         << fixed(s.prompt_nll, 3) << " | " << fixed(s.continuation_nll_native, 3) << " |\n";
+    }
+    md << "\nFor reference, `" << a.baseline << "`: prompt NLL " << fixed(base->prompt_nll, 3)
+       << ", continuation NLL (native) " << fixed(base->continuation_nll_native, 3) << ".\n\n";
+  }
+
+  md << "## Summary by config\n\n";
+  if (!a.configs.empty()) {
+    md << "Mean experts per token over the config's prompts (sd across prompts; mean per-token "
+          "sd), "
+          "share of routing decisions at the ceiling (max_k) and at the floor (min_k), utilisation "
+          "CV, "
+          "and time per experiment (prefill + greedy decode).\n\n";
+    md << "| config | rule | max_k | rows | mean experts | sd (prompts) | sd (tokens) | min | max "
+          "| % at "
+          "ceiling | % at floor | weight entropy | util. CV | max/min | inference s | prefill s | "
+          "decode s | tokens/s |\n";
+    md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for (const ConfigSummary& s : a.configs) {
+      md << "| " << code(s.config_name) << " | " << s.rule << " | " << s.max_k
+         << (s.clamped ? " (clamped from " + std::to_string(s.max_k_requested) + ")"
+                       : std::string())
+         << " | " << s.rows - s.errors
+         << (s.errors ? " (+" + std::to_string(s.errors) + " failed)" : std::string()) << " | "
+         << fixed(s.mean_experts) << " | " << fixed(s.sd_experts_across_prompts) << " | "
+         << fixed(s.mean_within_sd) << " | " << fixed(s.min_experts, 0) << " | "
+         << fixed(s.max_experts, 0) << " | " << fixed(s.pct_at_ceiling, 1) << " | "
+         << fixed(s.pct_at_floor, 1) << " | " << fixed(s.weight_entropy, 3) << " | "
+         << fixed(s.utilization_cv, 3) << " | " << fixed(s.utilization_max_min_ratio, 1) << " | "
+         << fixed(s.mean_inference_time, 3) << " | " << fixed(s.mean_prefill_time, 3) << " | "
+         << fixed(s.mean_decode_time, 3) << " | " << fixed(s.mean_tokens_per_sec, 1) << " |\n";
+    }
+    md << "\n";
+  } else {
+    md << "No generation experiments.\n\n";
+  }
+
+  md << "## Quality\n\n";
+  md << "Quality is measured, not assumed. `prompt NLL`: mean negative log-likelihood (nats/token) "
+        "of "
+        "each prompt's tokens under the config. `KL to native`: mean KL(native ‖ config) of the "
+        "next-token distributions over the prompt positions, native = the model's own top-k "
+        "routing. "
+        "`continuation NLL (native)`: the config's greedy continuation scored by the native model "
+        "(how plausible the generated text is to the unmodified model).\n\n";
+  if (!a.configs.empty()) {
+    md << "| config | mean experts | prompt NLL | prompt perplexity | KL to native | continuation "
+          "NLL "
+          "(native) |\n|---|---|---|---|---|---|\n";
+    for (const ConfigSummary& s : a.configs) {
+      md << "| " << code(s.config_name) << " | " << fixed(s.mean_experts) << " | "
+         << fixed(s.prompt_nll, 3) << " | " << fixed(std::exp(s.prompt_nll), 2) << " | "
+         << fixed(s.kl_to_native, 4) << " | " << fixed(s.continuation_nll_native, 3) << " |\n";
+    }
+    md << "\n";
+  }
+  if (!a.pareto.empty()) {
+    md << "### Held-out text: perplexity at matched expert use (pareto)\n\n";
+    std::string protocol;
+    for (const ResultRow& r : rows) {
+      if (r.kind == "score_text" && r.ok() && !r.protocol.empty()) {
+        protocol = r.protocol;
+        break;
+      }
+    }
+    if (!protocol.empty()) md << "Protocol: " << protocol << "\n\n";
+    md << "| config | rule | router | mean experts | perplexity | tokens "
+          "|\n|---|---|---|---|---|---|\n";
+    for (const ParetoPoint& p : a.pareto) {
+      md << "| " << code(p.config_name) << " | " << p.rule << " | " << code(p.router) << " | "
+         << fixed(p.mean_experts) << " | " << fixed(p.perplexity, 3) << " | " << p.tokens << " |\n";
+    }
+    md << "\n";
+  }
+
+  md << "## Statistical tests: paired t-tests vs "
+     << (a.baseline.empty() ? kBaselineConfig : a.baseline) << "\n\n";
+  if (a.ttests.empty()) {
+    md << "Not computed (needs `" << kBaselineConfig
+       << "` and other configs on the same prompts).\n\n";
+  } else {
+    md << "Two-sided paired t-tests over the prompts (pairs = the same prompt under the config and "
+          "the "
+          "baseline); p from Student's t (Boost.Math); Cohen's d for paired samples d = mean(diff) "
+          "/ "
+          "sd(diff). A zero-variance difference gives t = ±∞, p = 0 (constant shift) or t = 0, p = "
+          "1 "
+          "(identical).\n\n";
+    md << "| config | metric | n | mean (config) | mean (baseline) | mean diff | t | df | p | "
+          "Cohen's d "
+          "|\n|---|---|---|---|---|---|---|---|---|---|\n";
+    for (const TTestResult& t : a.ttests) {
+      md << "| " << code(t.config_name) << " | " << t.metric << " | " << t.test.n << " | "
+         << fixed(t.mean_config, 3) << " | " << fixed(t.mean_baseline, 3) << " | "
+         << fixed(t.test.mean_diff, 3) << " | " << fixed(t.test.t, 2) << " | "
+         << fixed(t.test.df, 0) << " | " << p_value_text(t.test.p_value) << " | "
+         << fixed(t.test.cohens_d, 2) << " |\n";
+    }
+    md << "\n";
+  }
+
+  md << "## By prompt category\n\n";
+  if (a.by_category.empty()) {
+    md << "No generation experiments.\n\n";
+  } else {
+    md << "Mean experts per token (mean over the category's prompts).\n\n| config |";
+    for (const std::string& c : a.categories) md << " " << cell(c) << " |";
+    md << "\n|---|";
+    for (size_t i = 0; i < a.categories.size(); ++i) md << "---|";
+    md << "\n";
+    for (const ConfigSummary& s : a.configs) {
+      md << "| " << code(s.config_name) << " |";
+      for (const std::string& c : a.categories) {
+        double v = kNaN;
+        for (const CategorySummary& cs : a.by_category) {
+          if (cs.category == c && cs.config_name == s.config_name) v = cs.mean_experts;
+        }
+        md << " " << fixed(v) << " |";
+      }
+      md << "\n";
+    }
+    md << "\n";
+  }
+
+  md << "## max_k analysis\n\n";
+  if (a.max_k.empty()) {
+    md << "No BH configs in these results.\n\n";
+  } else {
+    md << "`baseline_experts`: measured mean of top-k with k = max_k; `bh_mean_experts`: mean over "
+          "every "
+          "BH config with that max_k (all alphas); `reduction_pct` = (baseline − BH) / baseline × "
+          "100 "
+          "(also in `max_k_comparison.csv`).\n\n";
+    md << "| max_k | baseline_experts | bh_mean_experts | reduction_pct | BH median | BH q1–q3 |\n"
+          "|---|---|---|---|---|---|\n";
+    for (const MaxKRow& m : a.max_k) {
+      md << "| " << m.max_k << " | " << fixed(m.baseline_experts) << " | "
+         << fixed(m.bh_mean_experts) << " | " << fixed(m.reduction_pct, 1) << " | "
+         << fixed(m.bh_box.median, 1) << " | " << fixed(m.bh_box.q1, 1) << "–"
+         << fixed(m.bh_box.q3, 1) << " |\n";
+    }
+    md << "\n";
+    if (!a.max_k_alpha.empty()) {
+      std::vector<int> ks;
+      std::vector<double> alphas;
+      for (const MaxKAlphaCell& c : a.max_k_alpha) {
+        if (std::find(ks.begin(), ks.end(), c.max_k) == ks.end()) ks.push_back(c.max_k);
+        if (std::find(alphas.begin(), alphas.end(), c.alpha) == alphas.end())
+          alphas.push_back(c.alpha);
+      }
+      std::sort(ks.begin(), ks.end());
+      std::sort(alphas.begin(), alphas.end());
+      md << "BH mean experts per token, alpha × max_k:\n\n| alpha |";
+      for (int k : ks) md << " max_k " << k << " |";
+      md << "\n|---|";
+      for (size_t i = 0; i < ks.size(); ++i) md << "---|";
+      md << "\n";
+      for (double alpha : alphas) {
+        md << "| " << fixed(alpha, 3) << " |";
+        for (int k : ks) {
+          double v = kNaN;
+          for (const MaxKAlphaCell& c : a.max_k_alpha) {
+            if (c.max_k == k && c.alpha == alpha) v = c.mean_experts;
+          }
+          md << " " << fixed(v) << " |";
+        }
+        md << "\n";
+      }
+      md << "\n";
+    }
+  }
+
+  md << "## Per-layer expert use\n\n";
+  if (a.configs.empty() || a.num_layers == 0) {
+    md << "No generation experiments.\n\n";
+  } else {
+    md << "Mean experts per token in each layer (rows: configs; columns: layers).\n\n| config |";
+    for (int l = 0; l < a.num_layers; ++l) md << " L" << l << " |";
+    md << "\n|---|";
+    for (int l = 0; l < a.num_layers; ++l) md << "---|";
+    md << "\n";
+    for (const ConfigSummary& s : a.configs) {
+      md << "| " << code(s.config_name) << " |";
+      for (int l = 0; l < a.num_layers; ++l) {
+        md << " "
+           << fixed(l < static_cast<int>(s.per_layer_mean_experts.size())
+                        ? s.per_layer_mean_experts[l]
+                        : kNaN,
+                    1)
+           << " |";
+      }
+      md << "\n";
+    }
+    md << "\nSee `plots/layer_heatmap.png`.\n\n";
+  }
+
+  md << "## Plots\n\n";
+  if (!context.plot_error.empty()) {
+    md << "**The plots could not be made:** " << context.plot_error << "\n\n";
+  }
+  if (context.plots.empty() && context.plot_error.empty()) md << "No data to plot.\n\n";
+  for (const PlotFile& p : context.plots) {
+    md << "### " << p.title << "\n\n![" << p.title << "](plots/" << p.name << ".png)\n\n"
+       << p.caption << " ([SVG](plots/" << p.name << ".svg), [gnuplot script](plots/" << p.name
+       << ".gp))\n\n";
+  }
+
+  md << "## Conclusions\n\n";
+  if (base) {
+    const ConfigSummary* fewest = nullptr;
+    const ConfigSummary* closest = nullptr;
+    for (const ConfigSummary& s : a.configs) {
+      if (s.rule != "bh" || !std::isfinite(s.mean_experts)) continue;
+      if (!fewest || s.mean_experts < fewest->mean_experts) fewest = &s;
+      if (std::isfinite(s.kl_to_native) && (!closest || s.kl_to_native < closest->kl_to_native))
+        closest = &s;
+    }
+    if (fewest) {
+      md << "- The BH config with the fewest experts, `" << fewest->config_name << "`, used "
+         << fixed(fewest->mean_experts) << " experts per token (" << fixed(fewest->reduction_pct, 1)
+         << "% vs `" << a.baseline << "`) at a KL to native of " << fixed(fewest->kl_to_native, 4)
+         << " nats and a prompt NLL of " << fixed(fewest->prompt_nll, 3) << " (baseline "
+         << fixed(base->prompt_nll, 3) << ").\n";
+    }
+    if (closest && closest != fewest) {
+      md << "- The BH config closest to native, `" << closest->config_name << "`, used "
+         << fixed(closest->mean_experts) << " experts per token ("
+         << fixed(closest->reduction_pct, 1) << "% vs `" << a.baseline << "`) at a KL of "
+         << fixed(closest->kl_to_native, 4) << " nats.\n";
+    }
+    int significant = 0, tested = 0;
+    for (const TTestResult& t : a.ttests) {
+      if (t.metric != "avg_experts_per_token" || !t.test.defined) continue;
+      ++tested;
+      if (t.test.p_value < 0.05) ++significant;
+    }
+    if (tested) {
+      md << "- " << significant << " of " << tested
+         << " configs differ from the baseline in mean experts per token at p < 0.05 (paired over "
+            "prompts, uncorrected for multiple comparisons).\n";
+    }
+    for (const MaxKRow& m : a.max_k) {
+      if (std::isfinite(m.reduction_pct)) {
+        md << "- max_k " << m.max_k << ": BH averages " << fixed(m.bh_mean_experts)
+           << " experts against top-k's " << fixed(m.baseline_experts) << " ("
+           << fixed(m.reduction_pct, 1) << "% fewer).\n";
+      }
+    }
+  }
+  if (!a.pareto.empty()) {
+    md << "- On held-out text, compare the rules at matched mean experts in the pareto table/plot: "
+          "a "
+          "rule is better where its curve lies below the others.\n";
+  }
+  if (!a.models.empty() &&
+      (a.models.front().value("synthetic", false) || a.models.front().value("small", false))) {
+    md << "- These results come from a "
+       << (a.models.front().value("synthetic", false) ? "synthetic" : "small")
+       << " model: treat them as a test of the pipeline, not as evidence about OLMoE.\n";
+  }
+  if (a.error_rows) md << "- " << a.error_rows << " experiments failed; see Errors below.\n";
+  md << "\n";
+
+  if (!a.errors.empty()) {
+    md << "## Errors\n\n| experiment | error |\n|---|---|\n";
+    for (const auto& [key, message] : a.errors)
+      md << "| " << code(key) << " | " << cell(message) << " |\n";
+    md << "\n";
+  }
+
+  md << "## Appendix: configs\n\n| config | rule | router spec (canonical, as run) | config "
+        "|\n|---|---|---|---|\n";
+  auto appendix = [&](const std::vector<ConfigSummary>& list) {
+    for (const ConfigSummary& s : list) {
+      json config;
+      for (const ResultRow& r : rows) {
+        if (r.config_name == s.config_name) {
+          config = r.config;
+          break;
+        }
+      }
+      md << "| " << code(s.config_name) << " | " << s.rule << " | " << code(s.router) << " | "
+         << code(config.dump()) << " |\n";
+    }
+  };
+  appendix(a.configs);
+  appendix(a.score_configs);
+  md << "\nFiles: `results.jsonl` (one JSON object per experiment), `bh_routing_results.csv`, "
+        "`max_k_comparison.csv`, `analysis_summary.json`, `run.log`, `plots/`.\n";
+  return md.str();
+}
+
+OutputSummary write_outputs(const std::filesystem::path& out_dir, std::vector<ResultRow> rows) {
+  rows = dedupe_and_sort(std::move(rows));
+  OutputSummary summary;
+  summary.analysis = analyze(rows);
+  std::filesystem::create_directories(out_dir);
+  write_file_atomic(out_dir / "bh_routing_results.csv", results_csv(rows));
+  write_file_atomic(out_dir / "max_k_comparison.csv", max_k_csv(summary.analysis));
+  write_file_atomic(
+      out_dir / "analysis_summary.json",
+      analysis_to_json(summary.analysis).dump(2, ' ', false, json::error_handler_t::replace) +
+          "\n");
+  ReportContext context;
+  context.generated_at = utc_now();
+  try {
+    context.plots = render_plots(summary.analysis, rows, out_dir / "plots");
+  } catch (const Error& e) {
+    context.plot_error = e.what();
+  }
+  summary.plots = context.plots;
+  write_file_atomic(out_dir / "REPORT.md", report_markdown(summary.analysis, rows, context));
+  if (!context.plot_error.empty()) fail(context.plot_error);
+  return summary;
+}
+
+}  // namespace bhmoe::experiments
