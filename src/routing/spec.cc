@@ -120,7 +120,8 @@ RouterSpec parse_router_spec(std::string_view text) {
     std::string_view key = trim(item.substr(0, eq));
     std::string_view value = trim(item.substr(eq + 1));
     if (!allowed(key)) {
-      key_error(text, key, cat("unknown key for ", rule_name, ": (allowed: ", allowed_list(), ")"));
+      key_error(text, key,
+                cat("unknown key for rule ", rule_name, " (allowed: ", allowed_list(), ")"));
     }
     if (!seen.insert(std::string(key)).second) key_error(text, key, "given more than once");
     if (key == "k") {
@@ -150,10 +151,14 @@ RouterSpec parse_router_spec(std::string_view text) {
   }
 
   auto require = [&](std::string_view key) {
-    if (!seen.count(key)) key_error(text, key, cat("required for ", rule_name, ": but missing"));
+    if (!seen.count(key)) key_error(text, key, cat("missing; rule ", rule_name, " requires it"));
   };
   if (!(spec.temperature > 0.0)) {
     key_error(text, "temperature", cat(format_number(spec.temperature), " must be > 0"));
+  }
+  if (spec.temperature < 1e-30 || spec.temperature > 1e30) {
+    key_error(text, "temperature",
+              cat(format_number(spec.temperature), " is outside [1e-30, 1e30] (float32 range)"));
   }
   switch (spec.rule) {
     case RuleKind::kTopK:
