@@ -245,6 +245,11 @@ int main(int argc, char** argv) {
     std::printf("matvec prefetch distance: %lld bytes\n",
                 static_cast<long long>(detail::avx512::g_matvec_prefetch_bytes));
   }
+  if (const char* block = std::getenv("BHMOE_COL_BLOCK")) {
+    detail::avx512::g_bf16_col_block = std::atoll(block);
+    std::printf("bf16 matmul column block: %lld\n",
+                static_cast<long long>(detail::avx512::g_bf16_col_block));
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

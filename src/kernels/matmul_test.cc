@@ -162,6 +162,28 @@ TEST(MatmulBf16Activations, RoundedOnlyWhereDocumented) {
   EXPECT_GT(rounded_vs_exact, 1e-3) << "test data should make bf16 rounding visible";
 }
 
+// The column-blocked variant of the vdpbf16ps matmul (a tuning knob, off by default) accumulates
+// partial sums across blocks; it must give the same results.
+TEST(Matmul, ColumnBlockedBf16MatchesWholeRows) {
+  if (detected_isa() != Isa::Avx512Bf16) GTEST_SKIP() << "CPU has no AVX512-BF16";
+  ScopedIsa scoped(Isa::Avx512Bf16);
+  std::mt19937 rng(21);
+  for (DType dtype : {DType::BF16, DType::Q8}) {
+    const int64_t rows = 9, cols = 224, tokens = 13;
+    OwnedMatrix w = random_matrix(dtype, rows, cols, rng);
+    std::vector<float> x = random_vector(tokens * cols, rng);
+    std::vector<float> whole(tokens * rows), blocked(tokens * rows);
+    matmul(w.view, x.data(), cols, tokens, whole.data(), rows, 0, rows);
+    const int64_t saved = detail::avx512::g_bf16_col_block;
+    detail::avx512::g_bf16_col_block = 64;
+    matmul(w.view, x.data(), cols, tokens, blocked.data(), rows, 0, rows);
+    detail::avx512::g_bf16_col_block = saved;
+    for (size_t i = 0; i < whole.size(); ++i) {
+      EXPECT_NEAR(blocked[i], whole[i], 1e-5 * (1 + std::fabs(whole[i]))) << dtype_name(dtype) << i;
+    }
+  }
+}
+
 TEST(Matmul, LargeShapesAgreeAcrossLevels) {
   // One realistic expert shape, so the main (unrolled, chunked) loops run many iterations.
   std::mt19937 rng(5);

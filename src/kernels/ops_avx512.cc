@@ -21,6 +21,7 @@
 
 namespace bhmoe::kernels::detail::avx512 {
 
+int64_t g_bf16_col_block = 0;         // 512 and 1024 measured slower than whole rows
 int64_t g_matvec_prefetch_bytes = 0;  // no measurable gain over the hardware prefetchers
 
 namespace {
@@ -94,15 +95,23 @@ BHMOE_AVX512 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
 }
 
 // Stores the R x T accumulator sums to y[t * y_stride + i].
+// Stores (or with accumulate, adds) the R x T accumulator sums to y[t * y_stride + i].
 template <int R, int T>
-BHMOE_AVX512 inline void store_sums(__m512 (&acc)[R][T], float* y, int64_t y_stride) {
+BHMOE_AVX512 inline void store_sums(__m512 (&acc)[R][T], float* y, int64_t y_stride,
+                                    bool accumulate = false) {
   if constexpr (R == 4) {
     for (int t = 0; t < T; ++t) {
-      _mm_storeu_ps(y + t * y_stride, reduce4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]));
+      __m128 sums = reduce4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+      if (accumulate) sums = _mm_add_ps(sums, _mm_loadu_ps(y + t * y_stride));
+      _mm_storeu_ps(y + t * y_stride, sums);
     }
   } else {
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * y_stride + i] = _mm512_reduce_add_ps(acc[i][t]);
+    for (int i = 0; i < R; ++i) {
+      for (int t = 0; t < T; ++t) {
+        const float sum = _mm512_reduce_add_ps(acc[i][t]);
+        y[t * y_stride + i] = accumulate ? y[t * y_stride + i] + sum : sum;
+      }
+    }
   }
 }
 
@@ -296,17 +305,19 @@ BHMOE_AVX512BF16 const uint16_t* activations_to_bf16(const float* x, int64_t x_s
   return out;
 }
 
+// Y[t, i] (+)= the dot over columns [k0, k1) of W[r0 + i] and X[t] for i < R, t < T.
 template <int R, int T>
 BHMOE_AVX512BF16 void tile_bf16(const Matrix& w, int64_t r0, const uint16_t* xb, int64_t padded,
-                                float* y, int64_t y_stride) {
+                                float* y, int64_t y_stride, int64_t k0, int64_t k1,
+                                bool accumulate) {
   const int64_t cols = w.cols;
-  const int64_t full_end = cols & ~int64_t{kBf16Step - 1};
+  const int64_t full_end = std::min(k1, cols & ~int64_t{kBf16Step - 1});
   const uint16_t* rows[R];
   for (int i = 0; i < R; ++i) rows[i] = static_cast<const uint16_t*>(w.data) + (r0 + i) * cols;
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < full_end; k += kBf16Step) {
+  for (int64_t k = k0; k < full_end; k += kBf16Step) {
     __m512i wv[R];
     for (int i = 0; i < R; ++i) wv[i] = _mm512_loadu_si512(rows[i] + k);
     for (int t = 0; t < T; ++t) {
@@ -316,7 +327,7 @@ BHMOE_AVX512BF16 void tile_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
       }
     }
   }
-  if (full_end < cols) {
+  if (full_end < std::min(k1, cols)) {
     const __mmask32 mask = (__mmask32)((uint64_t{1} << (cols - full_end)) - 1);
     __m512i wv[R];
     for (int i = 0; i < R; ++i) wv[i] = _mm512_maskz_loadu_epi16(mask, rows[i] + full_end);
@@ -327,30 +338,31 @@ BHMOE_AVX512BF16 void tile_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
       }
     }
   }
-  store_sums<R, T>(acc, y, y_stride);
+  store_sums<R, T>(acc, y, y_stride, accumulate);
 }
 
 template <int R>
 BHMOE_AVX512BF16 void row_group_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
-                                     int64_t padded, int64_t num_tokens, float* y,
-                                     int64_t y_stride) {
+                                     int64_t padded, int64_t num_tokens, float* y, int64_t y_stride,
+                                     int64_t k0, int64_t k1) {
+  const bool acc = k0 > 0;
   int64_t t = 0;
   for (; t + kTokens <= num_tokens; t += kTokens) {
-    tile_bf16<R, kTokens>(w, r0, xb + t * padded, padded, y + t * y_stride, y_stride);
+    tile_bf16<R, kTokens>(w, r0, xb + t * padded, padded, y + t * y_stride, y_stride, k0, k1, acc);
   }
   const uint16_t* xt = xb + t * padded;
   float* yt = y + t * y_stride;
   switch (num_tokens - t) {
     case 1:
-      return tile_bf16<R, 1>(w, r0, xt, padded, yt, y_stride);
+      return tile_bf16<R, 1>(w, r0, xt, padded, yt, y_stride, k0, k1, acc);
     case 2:
-      return tile_bf16<R, 2>(w, r0, xt, padded, yt, y_stride);
+      return tile_bf16<R, 2>(w, r0, xt, padded, yt, y_stride, k0, k1, acc);
     case 3:
-      return tile_bf16<R, 3>(w, r0, xt, padded, yt, y_stride);
+      return tile_bf16<R, 3>(w, r0, xt, padded, yt, y_stride, k0, k1, acc);
     case 4:
-      return tile_bf16<R, 4>(w, r0, xt, padded, yt, y_stride);
+      return tile_bf16<R, 4>(w, r0, xt, padded, yt, y_stride, k0, k1, acc);
     case 5:
-      return tile_bf16<R, 5>(w, r0, xt, padded, yt, y_stride);
+      return tile_bf16<R, 5>(w, r0, xt, padded, yt, y_stride, k0, k1, acc);
     default:
       return;
   }
@@ -369,12 +381,17 @@ BHMOE_AVX512BF16 void matmul_bf16(const Matrix& w, const float* x, int64_t x_str
     const int64_t chunk = std::min(kTokenChunk, num_tokens - t0);
     const uint16_t* xc = xb + t0 * padded;
     float* yc = y + t0 * y_stride;
-    int64_t r = row_begin;
-    for (; r + kRows <= row_end; r += kRows) {
-      row_group_bf16<kRows>(w, r, xc, padded, chunk, yc + (r - row_begin), y_stride);
+    const int64_t col_block = g_bf16_col_block > 0 ? g_bf16_col_block : w.cols;
+    for (int64_t k0 = 0; k0 < w.cols; k0 += col_block) {
+      const int64_t k1 = std::min(w.cols, k0 + col_block);
+      int64_t r = row_begin;
+      for (; r + kRows <= row_end; r += kRows) {
+        row_group_bf16<kRows>(w, r, xc, padded, chunk, yc + (r - row_begin), y_stride, k0, k1);
+      }
+      for (; r < row_end; ++r) {
+        row_group_bf16<1>(w, r, xc, padded, chunk, yc + (r - row_begin), y_stride, k0, k1);
+      }
     }
-    for (; r < row_end; ++r)
-      row_group_bf16<1>(w, r, xc, padded, chunk, yc + (r - row_begin), y_stride);
   }
 }
 
@@ -408,13 +425,20 @@ BHMOE_AVX512BF16 void matmul_q8_bf16(const Matrix& w, const float* x, int64_t x_
     const uint16_t* xc = xb + t0 * padded;
     float* yc = y + t0 * y_stride;
     int64_t r = row_begin;
+    const int64_t col_block = g_bf16_col_block > 0 ? g_bf16_col_block : w.cols;
     for (; r + kRows <= row_end; r += kRows) {
       dequantize_rows_bf16(w, r, kRows, rows_bf16);
-      row_group_bf16<kRows>(block, 0, xc, padded, chunk, yc + (r - row_begin), y_stride);
+      for (int64_t k0 = 0; k0 < w.cols; k0 += col_block) {
+        row_group_bf16<kRows>(block, 0, xc, padded, chunk, yc + (r - row_begin), y_stride, k0,
+                              std::min(w.cols, k0 + col_block));
+      }
     }
     for (; r < row_end; ++r) {
       dequantize_rows_bf16(w, r, 1, rows_bf16);
-      row_group_bf16<1>(block, 0, xc, padded, chunk, yc + (r - row_begin), y_stride);
+      for (int64_t k0 = 0; k0 < w.cols; k0 += col_block) {
+        row_group_bf16<1>(block, 0, xc, padded, chunk, yc + (r - row_begin), y_stride, k0,
+                          std::min(w.cols, k0 + col_block));
+      }
     }
   }
 }
