@@ -46,19 +46,22 @@ void axpy(float a, const float* x, float* y, int64_t n);
 float dot_f32(const float* a, const float* b, int64_t n);
 
 // Precision of the matrix kernels (a contract the golden tolerances rely on):
-// - F32, F16 weights: exact fp32 products, fp32 accumulation (summation order differs from ref).
-// - BF16 weights: matvec (and matmul with one token) converts weights to fp32 exactly and
-// accumulates
-//   in fp32. matmul with >= 2 tokens on Isa::Avx512Bf16 rounds the activations to bf16 (RNE) and
-//   uses vdpbf16ps (fp32 accumulation), as llama.cpp does: each product then carries a relative
-//   error up to 2^-9, i.e. |error| <= 2^-8 * sum_i |w_i x_i| per output — fine for bf16 models
-//   (their weights carry that much already), ~3x faster where prefill and grouped experts are
-//   compute-bound. matmul_exact keeps fp32 activations everywhere, for callers that need it.
-// - Q8 weights: matvec on Isa::Avx512Bf16 (the VNNI level) quantises x per kQ8Block block to int8
-//   (symmetric absmax, like llama.cpp's Q8_0 x Q8_0) and uses vpdpbusd: adds |error| <=
-//   sum_i |w_i| * absmax(x in i's block) / 254. Other levels and matmul dequantise weights exactly
-//   and keep fp32 activations (matmul on Avx512Bf16 rounds activations to bf16 as for BF16
-//   weights).
+// - F32, F16 weights: exact fp32 products, fp32 accumulation at every level (summation order
+//   differs from ref, so results differ by fp32 rounding: ~1e-7 relative to sum_i |w_i x_i|).
+// - BF16 weights: matvec (and matmul with one token) converts weights to fp32 exactly (a shift)
+//   and accumulates in fp32: decode is memory-bound, so exactness costs nothing. matmul with >= 2
+//   tokens on Isa::Avx512Bf16 rounds the activations to bf16 (RNE) and uses vdpbf16ps with fp32
+//   accumulation, as llama.cpp does: each product then carries a relative error up to 2^-8, so
+//   |error| <= 2^-8 * sum_i |w_i x_i| per output (typically far less, errors are random) — well
+//   inside the 6e-2 of the bf16 goldens, and ~2x the fp32-FMA throughput where prefill and grouped
+//   experts are compute-bound. matmul_exact keeps fp32 activations (for f32-exact comparisons).
+// - Q8 weights: matvec on Isa::Avx512Bf16 (which implies AVX512-VNNI) quantises x per kQ8Block
+//   block to int8 (symmetric absmax, like llama.cpp's Q8_0 x Q8_0) and uses vpdpbusd: adds
+//   |error| <= sum_i |w_i| * absmax(x in i's block) / 254. Measured ~1.8x faster than dequantising
+//   to fp32 (kernels_bench, BM_MatvecQ8 isa:3 vs isa:2), so decode stays memory-bound. matmul with
+//   >= 2 tokens on Avx512Bf16 dequantises row groups to bf16 (w * scale rounded, 2^-9 relative)
+//   and uses vdpbf16ps with bf16 activations (|error| <= 2^-7 * sum_i |w_i x_i|). Other levels,
+//   and matmul_exact, dequantise to fp32 exactly and keep fp32 activations.
 void matmul_exact(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
                   int64_t y_stride, int64_t row_begin, int64_t row_end);
 
