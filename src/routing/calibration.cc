@@ -137,8 +137,19 @@ Calibration Calibration::parse(std::string_view json_text, std::string_view sour
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const nlohmann::json::parse_error& e) {
+    // Python's json module writes NaN and Infinity literals, which JSON does not allow.
+    const size_t at = e.byte > 0 ? e.byte - 1 : 0;
+    const std::string_view near = json_text.substr(std::min(at, json_text.size()), 9);
+    if (near.starts_with("NaN") || near.starts_with("Infinity") || near.starts_with("-Infinity")) {
+      fail("calibration ", source, ": non-finite number (",
+           near.substr(0, near.find_first_of(",] ")), ") at byte ", e.byte,
+           "; every x and cdf value must be finite");
+    }
     fail("calibration ", source, ": not valid JSON (", e.what(), ")");
+  } catch (const nlohmann::json::exception& e) {
+    // Out-of-range numbers such as 1e999 overflow to infinity.
+    fail("calibration ", source, ": a number is not finite or not representable (", e.what(), ")");
   }
   const std::string where = cat("calibration ", source);
   if (!doc.is_object()) fail(where, ": the top level is not a JSON object");

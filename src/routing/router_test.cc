@@ -306,22 +306,26 @@ TEST(BH, CountIsNonDecreasingInAlphaAndMaxK) {
   auto logits = normal_logits(tokens * n, 10, 0.8f, 1.2f);
   const double alphas[] = {0.001, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8};
   const int max_ks[] = {1, 4, 8, 16, 32, 64};
+  std::vector<std::vector<std::unique_ptr<Router>>> routers;  // [alpha][max_k]
+  for (double alpha : alphas) {
+    routers.emplace_back();
+    for (int max_k : max_ks) {
+      routers.back().push_back(
+          make_router(cat("bh:alpha=", alpha, ",max_k=", max_k), n, calibration));
+    }
+  }
   for (int t = 0; t < tokens; ++t) {
     const float* r = logits.data() + t * n;
-    int previous_alpha = 0;
-    for (double alpha : alphas) {
-      int count = static_cast<int>(
-          route_one(*make_router(cat("bh:alpha=", alpha, ",max_k=64"), n, calibration), r)
-              .ids.size());
-      EXPECT_GE(count, previous_alpha) << "alpha " << alpha << " token " << t;
-      previous_alpha = count;
+    std::vector<int> previous_alpha(std::size(max_ks), 0);
+    for (size_t a = 0; a < std::size(alphas); ++a) {
       int previous_k = 0;
-      for (int max_k : max_ks) {
-        auto router = make_router(cat("bh:alpha=", alpha, ",max_k=", max_k), n, calibration);
-        int c = static_cast<int>(route_one(*router, r).ids.size());
-        EXPECT_GE(c, previous_k);
-        EXPECT_LE(c, max_k);
+      for (size_t k = 0; k < std::size(max_ks); ++k) {
+        const int c = static_cast<int>(route_one(*routers[a][k], r).ids.size());
+        EXPECT_GE(c, previous_k) << "max_k " << max_ks[k] << " token " << t;
+        EXPECT_GE(c, previous_alpha[k]) << "alpha " << alphas[a] << " token " << t;
+        EXPECT_LE(c, max_ks[k]);
         previous_k = c;
+        previous_alpha[k] = c;
       }
     }
   }
