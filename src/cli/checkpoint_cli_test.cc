@@ -99,6 +99,19 @@ TEST_F(CheckpointCli, MakeFusedShardedF32) {
   EXPECT_GT(info["files"].size(), 1u);
 }
 
+// The fused layout holds the per-expert layout's values, so the engine computes identical logits.
+TEST_F(CheckpointCli, FusedAndPerExpertGiveIdenticalLogits) {
+  ASSERT_EQ(run("make-model " + path("a") + " --seed 11").status, 0);
+  ASSERT_EQ(run("make-model " + path("b") + " --seed 11 --fused").status, 0);
+  CliResult a = run("logits --model " + path("a") + " --ids '1 2 3 300' --out " + path("a.npy"));
+  ASSERT_EQ(a.status, 0) << a.err;
+  CliResult b = run("logits --model " + path("b") + " --ids '1 2 3 300' --out " + path("b.npy"));
+  ASSERT_EQ(b.status, 0) << b.err;
+  std::string la = slurp(dir_ / "a.npy"), lb = slurp(dir_ / "b.npy");
+  EXPECT_GT(la.size(), 4u * 1024 * 4);
+  EXPECT_EQ(la, lb);
+}
+
 TEST_F(CheckpointCli, InspectGolden) {
   CliResult shown = run(std::string("inspect --model '") + BHMOE_SHARED_DIR + "/golden/tiny-f32'");
   ASSERT_EQ(shown.status, 0) << shown.err;

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "model/checkpoint.h"
+#include "model/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -293,6 +294,22 @@ TEST_F(MakeModelTest, ByteLevelTokenizerJson) {
   EXPECT_EQ(t["added_tokens"][0]["content"], "<|endoftext|>");
   EXPECT_EQ(t["added_tokens"][0]["id"], 256);
   EXPECT_EQ(t["added_tokens"][0]["special"], true);
+}
+
+TEST_F(MakeModelTest, ByteLevelTokenizerLoadsAndRoundTrips) {
+  make_model(dir_ / "m", {});
+  auto tokenizer = Tokenizer::load(dir_ / "m" / "tokenizer.json");
+  EXPECT_EQ(tokenizer->vocab_size(), 257);
+  const std::string text = "Hello, w\xC3\xB6rld!\n  tabs\tand <|endoftext|>";
+  std::vector<int32_t> ids = tokenizer->encode(text);
+  // One id per byte, except the special token, which is matched whole.
+  std::vector<int32_t> expected;
+  const std::string before = "Hello, w\xC3\xB6rld!\n  tabs\tand ";
+  for (unsigned char ch : before) expected.push_back(ch);
+  expected.push_back(kByteTokenizerEos);
+  EXPECT_EQ(ids, expected);
+  EXPECT_EQ(tokenizer->decode(ids), text);
+  EXPECT_EQ(tokenizer->token_to_id("<|endoftext|>"), kByteTokenizerEos);
 }
 
 }  // namespace
