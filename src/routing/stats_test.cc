@@ -141,10 +141,12 @@ TEST(Stats, MultiKOnTheOriginalTestInput) {
       Calibration::load(dir / "calibration/olmoe-1b-7b-0924.kde.json"));
   NpyArray x = read_npy(dir / "routing-cases/boosted_seed42.logits.npy");
   const std::vector<int> max_ks = {8, 16, 32, 64};
-  auto rows = multi_k_table("bh:alpha=0.05,max_k=8", max_ks, x.data.data(), x.dim(0), 64, 0, calibration);
+  auto rows =
+      multi_k_table("bh:alpha=0.05,max_k=8", max_ks, x.data.data(), x.dim(0), 64, 0, calibration);
   EXPECT_NEAR(rows[0].stats.mean_experts, 7.02, 1e-9);
   EXPECT_DOUBLE_EQ(rows[0].stats.pct_at_ceiling, 56.0);
-  auto strict = multi_k_table("bh:alpha=0.01,max_k=8", max_ks, x.data.data(), x.dim(0), 64, 0, calibration);
+  auto strict =
+      multi_k_table("bh:alpha=0.01,max_k=8", max_ks, x.data.data(), x.dim(0), 64, 0, calibration);
   EXPECT_NEAR(strict[0].stats.mean_experts, 4.20, 1e-9);
 }
 
