@@ -122,7 +122,13 @@ bhmoe::cli::CommandRegistration tokenize_command{
         auto t0 = Clock::now();
         auto tokenizer = model::Tokenizer::load(tokenizer_path(options->source));
         auto t1 = Clock::now();
-        std::vector<int32_t> ids = tokenizer->encode(input);
+        std::vector<int32_t> ids;
+        try {
+          ids = tokenizer->encode(input);
+        } catch (const Error& e) {
+          if (file->count() == 0) throw;
+          fail(options->text_file, ": ", e.what());
+        }
         auto t2 = Clock::now();
         write_stdout(ids_to_json(ids));
         if (options->stats) {
