@@ -93,7 +93,7 @@ TEST(EngineCli, LogitsReproduceTheGoldenFiles) {
     SCOPED_TRACE(c.golden);
     const fs::path out = dir / ("logits_" + c.golden);
     const CliRun run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' " + c.router_args +
-                          " --out '" + out.string() + "'");
+                             " --out '" + out.string() + "'");
     ASSERT_EQ(run.status, 0) << run.err;
     const NpyArray got = read_npy(out);
     ASSERT_EQ(got.shape, (std::vector<int64_t>{8, 1024}));
@@ -117,7 +117,7 @@ TEST(EngineCli, GenerateJsonReportsSpeedAndExperts) {
 
   // A forced k shows in the counts; greedy decoding is deterministic.
   const CliRun k1 = bhmoe("generate " + model_arg() +
-                       " --prompt 'Hello world' --max-new-tokens 5 --router topk:k=1 --json");
+                          " --prompt 'Hello world' --max-new-tokens 5 --router topk:k=1 --json");
   ASSERT_EQ(k1.status, 0) << k1.err;
   EXPECT_DOUBLE_EQ(nlohmann::json::parse(k1.out)["mean_experts"].get<double>(), 1.0);
   const CliRun again =
@@ -191,9 +191,9 @@ TEST(EngineCli, CalibrateWritesACalibrationBhCanUse) {
 
 TEST(EngineCli, BenchModelPrintsOneJsonLine) {
   const CliRun run = bhmoe("bench model " + model_arg() +
-                        " --bandwidth-mib 8 --decode-tokens 3 --k-decode-tokens 2 --repeats 1 "
-                        "--router bh:alpha=0.2,max_k=8,min_k=1 --calibration '" +
-                        (kGolden / "calibration.json").string() + "'");
+                           " --bandwidth-mib 8 --decode-tokens 3 --k-decode-tokens 2 --repeats 1 "
+                           "--router bh:alpha=0.2,max_k=8,min_k=1 --calibration '" +
+                           (kGolden / "calibration.json").string() + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   const auto j = nlohmann::json::parse(run.out);
   for (const char* key :
@@ -219,8 +219,9 @@ TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
   expect_user_error(bhmoe("generate " + model_arg() + " --prompt ''"), "empty prompt");
   expect_user_error(bhmoe("generate --model /nonexistent/model --prompt hi"), "/nonexistent/model");
   expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --router bogus:k=1"), "bogus");
-  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --router bh:alpha=0.05"),
-                    "calibration");
+  expect_user_error(
+      bhmoe("generate " + model_arg() + " --prompt hi --router bh:alpha=0.05,max_k=4"),
+      "calibration");
   expect_user_error(bhmoe("score " + model_arg() + " --text-file /nonexistent/text.txt"),
                     "/nonexistent/text.txt");
   expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --top-p 2 --temperature 1"),
