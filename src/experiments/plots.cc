@@ -140,12 +140,12 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set ylabel " << gp_string(ylabel) << "\n"
     << "set style fill solid 0.8 border -1\nset boxwidth 0.7\n"
-    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key top left\n"
+    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key outside top center horizontal\n"
     << "set xrange [-0.6:" << (static_cast<double>(configs.size()) - 0.4) << "]\n"
     << "set yrange [0:" << number(max_finite(tops) * 1.12) << "]\n"
     << "plot " << gp_string(p.file.name + ".dat")
     << " using 1:3:(0.7):5:xtic(2) with boxes lc rgb variable notitle";
-  if (error) s << ", \"\" using 1:3:4 with yerrorbars lc rgb \"black\" pt -1 notitle";
+  if (error) s << ", \"\" using 1:3:4 with yerrorbars lc rgb \"black\" ps 0 notitle";
   std::vector<ConfigSummary> present;
   for (const ConfigSummary* c : configs) present.push_back(*c);
   s << rule_legend(rules_of(present)) << "\n";
@@ -177,7 +177,8 @@ PlotScript max_k_bar(const Analysis& a) {
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"mean experts per token (measured)\"\n"
-    << "set style fill solid 0.85 border -1\nset boxwidth 0.38\nset grid ytics\nset key top left\n"
+    << "set style fill solid 0.85 border -1\nset boxwidth 0.38\nset grid ytics\nset key outside "
+       "top center horizontal\n"
     << "set xrange [-0.6:" << (static_cast<double>(a.max_k.size()) - 0.4) << "]\n"
     << "set yrange [0:" << number(max_finite(tops) * 1.15) << "]\n"
     << "plot " << gp_string(p.file.name + ".dat")
@@ -209,7 +210,8 @@ PlotScript max_k_box(const Analysis& a) {
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"experts per routing decision\"\n"
-    << "set style fill solid 0.5 border -1\nset boxwidth 0.5\nset grid ytics\nset key top left\n"
+    << "set style fill solid 0.5 border -1\nset boxwidth 0.5\nset grid ytics\nset key outside top "
+       "center horizontal\n"
     << "set xrange [-0.6:" << (static_cast<double>(a.max_k.size()) - 0.4) << "]\n"
     << "set yrange [0:" << number(max_finite(tops) * 1.1) << "]\n"
     << "plot " << gp_string(p.file.name + ".dat")
@@ -302,12 +304,20 @@ PlotScript max_k_saturation(const Analysis& a) {
     xt += (i ? ", " : "") + gp_string(std::to_string(a.max_k[i].max_k)) + " " +
           std::to_string(a.max_k[i].max_k);
   }
+  double min_k = a.max_k.front().max_k, max_k = a.max_k.back().max_k;
+  double top = 1;
+  for (const MaxKRow& m : a.max_k) {
+    if (std::isfinite(m.bh_mean_experts)) top = std::max(top, m.bh_mean_experts);
+    if (std::isfinite(m.baseline_experts)) top = std::max(top, m.baseline_experts);
+  }
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"mean experts per token (measured)\"\n"
     << "set logscale x 2\n"
     << xt << ")\n"
-    << "set grid\nset key top left\nset yrange [0:*]\n"
+    << "set xrange [" << number(min_k / 1.25) << ":" << number(max_k * 1.25) << "]\n"
+    << "set grid\nset key outside top center horizontal\n"
+    << "set yrange [0:" << number(top * 1.1) << "]\n"
     << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
@@ -332,7 +342,7 @@ PlotScript inference_time(const Analysis& a) {
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set ylabel \"seconds per experiment\"\n"
     << "set style fill solid 0.8 border -1\nset boxwidth 0.7\n"
-    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key top left\n"
+    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key outside top center horizontal\n"
     << "set xrange [-0.6:" << (static_cast<double>(configs.size()) - 0.4) << "]\n"
     << "set yrange [0:" << number(max_finite(tops) * 1.12) << "]\n"
     << "plot " << gp_string(p.file.name + ".dat")
@@ -378,7 +388,8 @@ PlotScript experts_by_category(const Analysis& a) {
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set ylabel \"experts per routing decision\"\n"
     << "set style fill solid 0.6 border -1\nset boxwidth " << number(width * 0.85) << "\n"
-    << xtics_list(labels) << "set xtics rotate by -45 nomirror\nset grid ytics\nset key top left\n"
+    << xtics_list(labels)
+    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key outside top center horizontal\n"
     << "set xrange [-0.6:" << (static_cast<double>(configs.size()) - 0.4) << "]\n"
     << "set yrange [0:" << number(top * 1.1) << "]\n"
     << "plot " << plot.str() << "\n";
@@ -413,7 +424,7 @@ PlotScript experts_vs_latency(const Analysis& a, const std::vector<ResultRow>& r
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"mean experts per token\"\nset ylabel \"inference time (s)\"\n"
-    << "set grid\nset key top left\nset xrange [0:*]\nset yrange [0:*]\n"
+    << "set grid\nset key outside top center horizontal\nset xrange [0:*]\nset yrange [0:*]\n"
     << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
@@ -491,7 +502,7 @@ PlotScript pareto(const Analysis& a) {
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"mean experts per token (measured)\"\nset ylabel \"perplexity (log scale)\"\n"
-    << "set logscale y\nset grid\nset key top right\nset xrange [0:*]\n"
+    << "set logscale y\nset grid\nset key outside top center horizontal\nset xrange [0:*]\n"
     << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;

@@ -293,8 +293,10 @@ ResolvedCalibration fit_and_cache(const std::shared_ptr<const model::Model>& mod
   }
   auto calibration = std::make_shared<routing::Calibration>(routing::Calibration::load(cache));
   r.calibration = calibration;
+  // The cache's file name only: shards and resumed runs of one definition share the identity
+  // whatever folder they write to.
   r.identity = {{"source", std::move(source)},
-                {"path", fs::absolute(cache).lexically_normal().string()},
+                {"path", cache.filename().string() + " (in the output folder)"},
                 {"text", fs::absolute(text_path).lexically_normal().string()},
                 {"method", method_name},
                 {"fingerprint", fnv1a_hex(read_file(cache))},

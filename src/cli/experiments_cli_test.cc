@@ -1,0 +1,435 @@
+// bhmoe run / merge / report end to end, on a small random OLMoE-shaped model with 64 experts and
+// native top-8 (written here, so the seed grid's topk_16/32/64 are meaningful without clamping).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void spit(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+struct Result {
+  int status = -1;
+  std::string out, err;
+};
+
+Result run_bhmoe(const std::string& args, const fs::path& scratch) {
+  fs::path out = scratch / "stdout.txt", err = scratch / "stderr.txt";
+  std::string command =
+      std::string(BHMOE_BINARY) + " " + args + " >" + out.string() + " 2>" + err.string();
+  int status = std::system(command.c_str());
+  Result r;
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// A random-weight OLMoE checkpoint: D 32, 2 layers, 2 heads, 64 experts, top-8, F 16, V 1024 (the
+// golden tiny model's 1024-id cut of the OLMoE tokenizer). Router weights are large enough that the
+// router logits spread, so BH's count varies token to token.
+void write_model(const fs::path& dir) {
+  const int D = 32, L = 2, N = 64, F = 16, V = 1024;
+  fs::create_directories(dir);
+  json config = {{"architectures", {"OlmoeForCausalLM"}},
+                 {"model_type", "olmoe"},
+                 {"hidden_size", D},
+                 {"intermediate_size", F},
+                 {"num_hidden_layers", L},
+                 {"num_attention_heads", 2},
+                 {"num_key_value_heads", 2},
+                 {"num_experts", N},
+                 {"num_experts_per_tok", 8},
+                 {"norm_topk_prob", false},
+                 {"vocab_size", V},
+                 {"rope_theta", 10000.0},
+                 {"rms_norm_eps", 1e-5},
+                 {"clip_qkv", nullptr},
+                 {"tie_word_embeddings", false},
+                 {"max_position_embeddings", 4096},
+                 {"pad_token_id", 1},
+                 {"bos_token_id", nullptr},
+                 {"eos_token_id", 0},
+                 {"torch_dtype", "float32"}};
+  spit(dir / "config.json", config.dump(2));
+  fs::copy_file(fs::path(BHMOE_SHARED_DIR) / "golden/tiny-f32/tokenizer.json",
+                dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    float scale;  // 0: all ones (norm weights)
+  };
+  std::vector<Tensor> tensors = {{"model.embed_tokens.weight", {V, D}, 1.0f}};
+  for (int l = 0; l < L; ++l) {
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    tensors.push_back({p + "input_layernorm.weight", {D}, 0});
+    for (const char* w : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+      tensors.push_back({p + "self_attn." + w + ".weight", {D, D}, 0.3f});
+    }
+    tensors.push_back({p + "self_attn.q_norm.weight", {D}, 0});
+    tensors.push_back({p + "self_attn.k_norm.weight", {D}, 0});
+    tensors.push_back({p + "post_attention_layernorm.weight", {D}, 0});
+    tensors.push_back({p + "mlp.gate.weight", {N, D}, 1.0f});
+    for (int e = 0; e < N; ++e) {
+      std::string q = p + "mlp.experts." + std::to_string(e) + ".";
+      tensors.push_back({q + "gate_proj.weight", {F, D}, 0.4f});
+      tensors.push_back({q + "up_proj.weight", {F, D}, 0.4f});
+      tensors.push_back({q + "down_proj.weight", {D, F}, 0.4f});
+    }
+  }
+  tensors.push_back({"model.norm.weight", {D}, 0});
+  tensors.push_back({"lm_head.weight", {V, D}, 0.5f});
+
+  json header = json::object();
+  std::string data;
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (const Tensor& t : tensors) {
+    int64_t count = 1;
+    for (int64_t s : t.shape) count *= s;
+    size_t begin = data.size();
+    for (int64_t i = 0; i < count; ++i) {
+      float v = 1.0f;
+      if (t.scale != 0) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        v = t.scale * (static_cast<float>(state >> 40) / static_cast<float>(1 << 24) * 2.0f - 1.0f);
+      }
+      data.append(reinterpret_cast<const char*>(&v), sizeof v);
+    }
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {begin, data.size()}}};
+  }
+  std::string h = header.dump();
+  while (h.size() % 8) h += ' ';
+  uint64_t n = h.size();
+  std::string file(reinterpret_cast<const char*>(&n), 8);
+  spit(dir / "model.safetensors", file + h + data);
+}
+
+const char* kCalibrationText =
+    "The history of science is the study of the development of science and scientific knowledge. "
+    "Science is a body of empirical, theoretical, and practical knowledge about the natural world. "
+    "Once upon a time, there was a small village by the sea, and the people there fished every "
+    "day. "
+    "In computer science, a hash table is a data structure that maps keys to values. "
+    "The mitochondria is an organelle found in the cells of most eukaryotic organisms. "
+    "If you have 12 oranges and eat 4, you have 8 left. Let me explain the reasoning step by step.";
+
+std::vector<json> read_rows(const fs::path& results) {
+  std::vector<json> rows;
+  std::istringstream in(slurp(results));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) rows.push_back(json::parse(line));
+  }
+  return rows;
+}
+
+// Rows by key without the fields that legitimately differ between runs (timing, provenance of the
+// process).
+std::map<std::string, json> comparable(const std::vector<json>& rows) {
+  std::map<std::string, json> out;
+  for (json row : rows) {
+    for (const char* k : {"inference_time_sec", "prefill_time_sec", "decode_time_sec",
+                          "tokens_per_sec", "wall_time_sec", "timestamp", "run"}) {
+      row.erase(k);
+    }
+    out[row["key"].get<std::string>()] = row;
+  }
+  return out;
+}
+
+bool is_png(const fs::path& path) {
+  std::string data = slurp(path);
+  return data.size() > 100 && data.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0;
+}
+
+class ExperimentsCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("bhmoe_experiments_cli_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    write_model(root_ / "model64");
+    spit(root_ / "calibration.txt", kCalibrationText);
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  static fs::path model() { return root_ / "model64"; }
+  static fs::path scratch(const std::string& name) {
+    fs::path dir = root_ / name;
+    fs::create_directories(dir);
+    return dir;
+  }
+  // A small experiment for the resume/shard tests: 4 configs × 3 prompts + 2 configs × 1 text.
+  static fs::path small_experiment() {
+    fs::path file = root_ / "small.json";
+    if (!fs::exists(file)) {
+      spit(root_ / "held.txt", kCalibrationText);
+      json e = {{"name", "small"},
+                {"routers",
+                 {"topk:k=8",
+                  "topk:k=2",
+                  {{"name", "bh_a005"}, {"spec", "bh:alpha=0.05,max_k=16"}},
+                  "topp:p=0.5,max_k=16"}},
+                {"prompts",
+                 {{{"text", "The cat sat on the"}, {"category", "simple"}},
+                  {{"text", "In Python, a decorator is a function that"}, {"category", "code"}},
+                  "Once upon a time"}},
+                {"texts", {"held.txt"}},
+                {"score_routers", {"topk:k=8", "bh:alpha=0.1,max_k=16"}},
+                {"generation", {{"max_new_tokens", 4}}},
+                {"calibration", {{"text", "calibration.txt"}}}};
+      spit(file, e.dump(2));
+    }
+    return file;
+  }
+  static fs::path root_;
+};
+fs::path ExperimentsCli::root_;
+
+TEST_F(ExperimentsCli, SeedExperimentMeasuresEveryConfigForReal) {
+  fs::path out = scratch("seed");
+  Result r = run_bhmoe("run --model " + model().string() + " --out " + out.string() +
+                           " --max-new-tokens 3 --threads 1 --calibration-text " +
+                           (root_ / "calibration.txt").string(),
+                       scratch("seed_io"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<json> rows = read_rows(out / "results.jsonl");
+  ASSERT_EQ(rows.size(), 192u);
+  std::map<std::string, std::vector<json>> by_config;
+  for (const json& row : rows) {
+    ASSERT_EQ(row["status"], "ok") << row.dump();
+    by_config[row["config_name"]].push_back(row);
+  }
+  ASSERT_EQ(by_config.size(), 16u);
+  for (auto [name, k] :
+       {std::pair{"topk_8", 8}, {"topk_16", 16}, {"topk_32", 32}, {"topk_64", 64}}) {
+    for (const json& row : by_config[name]) {
+      EXPECT_DOUBLE_EQ(row["avg_experts_per_token"].get<double>(), k) << name;
+      EXPECT_DOUBLE_EQ(row["std_experts_per_token"].get<double>(), 0) << name;
+      EXPECT_EQ(row["max_k"], k);
+    }
+  }
+  // Native top-8 is topk_8: no divergence from itself.
+  for (const json& row : by_config["topk_8"])
+    EXPECT_NEAR(row["kl_to_native"].get<double>(), 0, 1e-9);
+  for (const json& row : by_config["topk_64"]) EXPECT_GT(row["kl_to_native"].get<double>(), 0);
+  // BH: the count varies from token to token, never exceeds max_k, and more alpha means more
+  // experts.
+  int varying = 0;
+  for (const auto& [name, list] : by_config) {
+    if (name.rfind("bh_", 0) != 0) continue;
+    for (const json& row : list) {
+      EXPECT_LE(row["max_experts"].get<double>(), row["max_k"].get<double>());
+      EXPECT_GE(row["min_experts"].get<double>(), 1);
+      if (row["std_experts_per_token"].get<double>() > 0) ++varying;
+      EXPECT_EQ(row["calibration"]["source"], "fitted from --calibration-text (cached)");
+    }
+  }
+  EXPECT_GT(varying, 40) << "BH counts should vary per token";
+  for (const auto& [name, list] : by_config) {
+    if (name.rfind("bh_", 0) != 0 || name.find("a010") == std::string::npos) continue;
+    double lo = 1e9, hi = 0;
+    for (const json& row : list) {
+      lo = std::min(lo, row["min_experts"].get<double>());
+      hi = std::max(hi, row["max_experts"].get<double>());
+    }
+    EXPECT_LT(lo, hi) << name << " never varied";
+  }
+  nlohmann::json summary = json::parse(slurp(out / "analysis_summary.json"));
+  EXPECT_EQ(summary["counts"]["rows"], 192);
+  double a001 = 0, a010 = 0;
+  for (const json& c : summary["configs"]) {
+    if (c["config_name"] == "bh_k64_a001") a001 = c["mean_experts"];
+    if (c["config_name"] == "bh_k64_a010") a010 = c["mean_experts"];
+  }
+  EXPECT_LT(a001, a010);
+
+  for (const char* plot :
+       {"max_k_comparison_bar", "max_k_distribution_box", "max_k_alpha_heatmap", "max_k_saturation",
+        "avg_experts_comparison", "inference_time_comparison", "expert_utilization_cv",
+        "experts_by_category", "experts_vs_latency", "layer_heatmap", "kl_to_native"}) {
+    EXPECT_TRUE(is_png(out / "plots" / (std::string(plot) + ".png"))) << plot;
+    EXPECT_NE(slurp(out / "plots" / (std::string(plot) + ".svg")).find("<svg"), std::string::npos)
+        << plot;
+  }
+  EXPECT_NE(slurp(out / "plots/max_k_comparison_bar.svg")
+                .find("Mean experts per token by max_k: BH vs top-k"),
+            std::string::npos);
+  std::string report = slurp(out / "REPORT.md");
+  for (const char* section :
+       {"## Setup", "## Executive summary", "## Summary by config", "## Quality",
+        "## Statistical tests", "## By prompt category", "## max_k analysis",
+        "## Per-layer expert use", "## Plots", "## Conclusions", "## Appendix: configs",
+        "this model is synthetic"}) {
+    EXPECT_NE(report.find(section), std::string::npos) << section;
+  }
+  std::string csv = slurp(out / "max_k_comparison.csv");
+  EXPECT_EQ(csv.rfind("max_k,baseline_experts,bh_mean_experts,reduction_pct\n8,8,", 0), 0u) << csv;
+  EXPECT_TRUE(fs::exists(out / "run.log"));
+  EXPECT_TRUE(fs::exists(out / "bh_routing_results.csv"));
+
+  // A re-run finds everything done and runs nothing.
+  Result again = run_bhmoe("run --model " + model().string() + " --out " + out.string() +
+                               " --max-new-tokens 3 --threads 1 --no-report --calibration-text " +
+                               (root_ / "calibration.txt").string(),
+                           scratch("seed_io"));
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_NE(again.out.find("0 run now"), std::string::npos) << again.out;
+  EXPECT_EQ(read_rows(out / "results.jsonl").size(), 192u);
+
+  // `bhmoe report` rebuilds everything from results.jsonl alone.
+  fs::remove_all(out / "plots");
+  fs::remove(out / "REPORT.md");
+  Result rebuilt = run_bhmoe("report --out " + out.string(), scratch("seed_io"));
+  ASSERT_EQ(rebuilt.status, 0) << rebuilt.err;
+  EXPECT_TRUE(is_png(out / "plots/layer_heatmap.png"));
+  EXPECT_NE(slurp(out / "REPORT.md").find("## Conclusions"), std::string::npos);
+}
+
+TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
+  std::string common = " --model " + model().string() + " --experiment " +
+                       small_experiment().string() + " --threads 1 --no-report";
+  fs::path io = scratch("resume_io");
+  fs::path whole = scratch("whole");
+  Result r = run_bhmoe("run" + common + " --out " + whole.string(), io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto reference = comparable(read_rows(whole / "results.jsonl"));
+  ASSERT_EQ(reference.size(), 14u);
+  for (const auto& [key, row] : reference) ASSERT_EQ(row["status"], "ok") << row.dump();
+  for (const auto& [key, row] : reference) {
+    if (row["kind"] == "score_text") {
+      EXPECT_GT(row["perplexity"].get<double>(), 1);
+      EXPECT_GT(row["num_scored_tokens"].get<int>(), 10);
+    }
+  }
+
+  // Interrupted after 5 experiments, with the 6th row torn mid-write; the re-run finishes the rest.
+  fs::path resumed = scratch("resumed");
+  r = run_bhmoe("run" + common + " --out " + resumed.string() + " --limit 6", io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string text = slurp(resumed / "results.jsonl");
+  size_t last_line = text.rfind('\n', text.size() - 2);
+  spit(resumed / "results.jsonl", text.substr(0, last_line + 1 + 40));
+  r = run_bhmoe("run" + common + " --out " + resumed.string(), io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("9 run now"), std::string::npos) << r.out;
+  auto resumed_rows = read_rows(resumed / "results.jsonl");
+  EXPECT_EQ(resumed_rows.size(), 14u);
+  EXPECT_EQ(comparable(resumed_rows), reference);
+
+  // Three shards and a merge.
+  std::string shard_dirs;
+  for (int i = 0; i < 3; ++i) {
+    fs::path dir = scratch("shard" + std::to_string(i));
+    r = run_bhmoe(
+        "run" + common + " --out " + dir.string() + " --shard " + std::to_string(i) + "/3", io);
+    ASSERT_EQ(r.status, 0) << r.err;
+    shard_dirs += " " + dir.string();
+  }
+  fs::path merged = scratch("merged");
+  r = run_bhmoe("merge --out " + merged.string() + shard_dirs, io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(comparable(read_rows(merged / "results.jsonl")), reference);
+  EXPECT_TRUE(is_png(merged / "plots/pareto_perplexity.png"));
+  EXPECT_NE(slurp(merged / "plots/pareto_perplexity.svg")
+                .find("Perplexity against mean experts per token"),
+            std::string::npos);
+  EXPECT_NE(slurp(merged / "REPORT.md").find("pareto"), std::string::npos);
+
+  // A merge of shards from different definitions is refused.
+  fs::path other = scratch("other");
+  r = run_bhmoe("run --model " + model().string() + " --experiment " + small_experiment().string() +
+                    " --threads 1 --no-report --max-new-tokens 2 --shard 0/3 --limit 1 --out " +
+                    other.string(),
+                io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = run_bhmoe("merge --out " + scratch("bad_merge").string() + " " + other.string() + shard_dirs,
+                io);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("different definition"), std::string::npos) << r.err;
+  // ... and so is resuming into a folder of a different definition.
+  r = run_bhmoe("run" + common + " --out " + other.string(), io);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("different definition"), std::string::npos) << r.err;
+}
+
+TEST_F(ExperimentsCli, BadExperimentFilesFailBeforeAnyWork) {
+  fs::path io = scratch("bad_io");
+  struct Case {
+    json experiment;
+    std::string expect;
+  };
+  std::vector<Case> cases = {
+      {{{"routers", {"bh:alpha=0.05,max_k=16,bogus=1"}}, {"prompts", {"hi there"}}}, "bogus"},
+      {{{"routers", {"bh:alpha=1.5,max_k=16"}}, {"prompts", {"hi there"}}}, "alpha"},
+      {{{"routers", {"topk:k=8"}}, {"prompt_files", {"no_such_prompts.txt"}}},
+       "no_such_prompts.txt"},
+      {{{"routers", {"topk:k=8"}}, {"prompts", {"hi"}}, {"temperature", 1}}, "temperature"},
+      {{{"routers", {"topk:k=8"}}, {"texts", {"missing_text.txt"}}}, "missing_text.txt"},
+      {{{"routers", {"topk:k=8", "topk:k=8"}}, {"prompts", {"hi"}}}, "topk_8"},
+      {{{"routers", {"topk:k=8"}}, {"prompts", {"hi"}}, {"generation", {{"max_new_tokens", 0}}}},
+       "max_new_tokens"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    fs::path file = io / ("bad" + std::to_string(i) + ".json");
+    spit(file, cases[i].experiment.dump());
+    fs::path out = io / ("out" + std::to_string(i));
+    Result r = run_bhmoe("run --model " + model().string() + " --out " + out.string() +
+                             " --experiment " + file.string(),
+                         io);
+    EXPECT_EQ(r.status, 1) << i;
+    EXPECT_NE(r.err.find("bhmoe: error:"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(cases[i].expect), std::string::npos) << "case " << i << ": " << r.err;
+    EXPECT_FALSE(fs::exists(out / "results.jsonl")) << "case " << i << " started work";
+  }
+  Result r = run_bhmoe(
+      "run --model " + model().string() + " --out " + (io / "o").string() + " --experiment nope",
+      io);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
+  r = run_bhmoe(
+      "run --model " + model().string() + " --out " + (io / "o").string() + " --shard 3/2", io);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("--shard"), std::string::npos) << r.err;
+  r = run_bhmoe("report --out " + (io / "empty").string(), io);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("results.jsonl"), std::string::npos) << r.err;
+  // BH needs a calibration: this model folder has none and no text was given.
+  spit(io / "bh.json", json({{"routers", {"bh:alpha=0.05,max_k=8"}}, {"prompts", {"hi"}}}).dump());
+  r = run_bhmoe("run --model " + model().string() + " --out " + (io / "o2").string() +
+                    " --experiment " + (io / "bh.json").string(),
+                io);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("calibration"), std::string::npos) << r.err;
+}
+
+}  // namespace
