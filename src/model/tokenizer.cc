@@ -44,9 +44,16 @@ namespace {
 
 using nlohmann::json;
 
-// The GPT-2 pre-tokeniser regex used by ByteLevel when use_regex is true (SPEC §1).
-constexpr const char* kByteLevelPattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+// The GPT-2 pre-tokeniser regex used by ByteLevel when use_regex is true (SPEC §1):
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// spelt with \s as the Unicode White_Space set, which is what \s means in Oniguruma (the engine of
+// Hugging Face tokenizers); PCRE2's own \s with UCP also takes U+180E.
+std::string byte_level_pattern() {
+  const std::string ws =
+      R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+  return R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^)" + ws + R"(\p{L}\p{N}]+|[)" + ws +
+         "]+(?![^" + ws + "])|[" + ws + "]+";
+}
 
 // ---- UTF-8 helpers --------------------------------------------------------------------------
 
@@ -728,7 +735,7 @@ void ByteLevelBpeTokenizer::load_pre_tokenizer(const json& pre, const std::strin
     step.byte_level = true;
     step.add_prefix_space = flag("add_prefix_space", true);
     if (flag("use_regex", true)) {
-      step.regex = compile_regex(kByteLevelPattern, false, error);
+      step.regex = compile_regex(byte_level_pattern(), false, error);
       if (!step.regex) bad(field, "cannot compile the ByteLevel regex: " + error);
     }
   } else if (type == "Split") {

@@ -384,6 +384,49 @@ TEST(Tokenizer, AddPrefixSpaceAndNullNormalizer) {
   EXPECT_EQ(prefixed->decode(prefixed->encode("Cafe\xcc\x81")), " Cafe\xcc\x81");
 }
 
+// The symbol GPT-2's byte-level alphabet gives `byte` (written out here independently).
+std::string byte_symbol(unsigned char byte) {
+  int code_point = byte;
+  if (!((byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) || byte >= 0xAE)) {
+    int extra = 0;
+    for (int b = 0; b < byte; ++b) {
+      if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)) ++extra;
+    }
+    code_point = 256 + extra;
+  }
+  std::string out;
+  if (code_point < 0x80) {
+    out.push_back(static_cast<char>(code_point));
+  } else {
+    out.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
+    out.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+  }
+  return out;
+}
+
+// \s in the ByteLevel regex is Unicode White_Space (as in Oniguruma), which excludes U+180E
+// MONGOLIAN VOWEL SEPARATOR: "\u180E\u180E" is one [^\s\p{L}\p{N}]+ piece, so a merge across the
+// two characters applies. (PCRE2's own \s would split it into two whitespace pieces.)
+TEST(Tokenizer, ByteLevelWhitespaceIsUnicodeWhiteSpace) {
+  TempDir dir;
+  const std::string join = byte_symbol(0x8E) + byte_symbol(0xE1);  // U+180E is E1 A0 8E
+  auto tokenizer = load_modified(dir, kTinyTokenizer, [&](json& root) {
+    root["model"]["vocab"][join] = 1024;
+    root["model"]["merges"].push_back(byte_symbol(0x8E) + " " + byte_symbol(0xE1));
+  });
+  std::vector<int32_t> ids = tokenizer->encode("\u180E\u180Ea");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 1024), 1);
+  EXPECT_EQ(tokenizer->decode(ids), "\u180E\u180Ea");
+  // Real white space (U+2003 EM SPACE): the run before "y" splits as \s+(?!\S) then \s+.
+  auto tiny = Tokenizer::load(kTinyTokenizer);
+  std::vector<int32_t> expected = tiny->encode("\u2003");
+  const size_t one = expected.size();
+  expected.insert(expected.end(), expected.begin(), expected.begin() + one);
+  std::vector<int32_t> y = tiny->encode("y");
+  expected.insert(expected.end(), y.begin(), y.end());
+  EXPECT_EQ(tiny->encode("\u2003\u2003y"), expected);
+}
+
 TEST(Tokenizer, NfkcNormalizer) {
   TempDir dir;
   auto nfkc = load_modified(dir, kTinyTokenizer, [](json& root) {
