@@ -19,6 +19,9 @@
 #include <cstring>
 #include <thread>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "kernels/ops.h"
 #include "model/sampler.h"
 #include "util/error.h"
@@ -128,11 +131,26 @@ class LoadedModel final : public Model {
       if (error) std::rethrow_exception(error);
     }
     for (size_t i = 0; i < targets.size(); ++i) {
+      // A tied lm_head is the embedding, which stays in use.
+      if (targets[i]->data != stored.embed.data) release_pages(*targets[i]);
       Matrix q = kernels::q8_matrix(buffers_[i].values.get(), buffers_[i].scales.get(),
                                     targets[i]->rows, targets[i]->cols);
       static_cast<Matrix&>(*targets[i]) = q;
     }
     q8_ = true;
+  }
+
+  // The stored copy of a quantised matrix is never read again: drop its pages from this process's
+  // resident set (the mapping is read-only and file-backed, so this discards nothing), keeping RSS
+  // near the Q8 size instead of Q8 + the whole checkpoint.
+  static void release_pages(const Matrix& m) {
+    const long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    const auto begin = reinterpret_cast<uintptr_t>(m.data);
+    const auto end = begin + static_cast<uintptr_t>(m.numel()) * kernels::dtype_size(m.dtype);
+    const uintptr_t first = (begin + page - 1) / page * page;
+    const uintptr_t last = end / page * page;
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
   }
 
   std::unique_ptr<Checkpoint> checkpoint_;
