@@ -219,6 +219,10 @@ CommandRegistration reg{
         out["decode_fraction_of_bound"] =
             bandwidth > 0 ? (1.0 / decode_s) / (bandwidth * 1e9 / active) : 0.0;
         out["weight_mib"] = total_weight_bytes(m.weights()) / (1024.0 * 1024.0);
+        // Other processes' load makes every figure above noisy: recorded beside them.
+        double load1 = 0;
+        if (std::ifstream loadavg("/proc/loadavg"); loadavg) loadavg >> load1;
+        out["load_average_1m"] = load1;
         out["peak_rss_mib"] = status_mib("VmHWM");
         out["rss_mib"] = status_mib("VmRSS");
         const std::string line = out.dump();

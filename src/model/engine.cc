@@ -120,6 +120,9 @@ class LoadedModel final : public Model {
         try {
           for (size_t i = t; i < targets.size(); i += num_threads) {
             kernels::quantize_q8(*targets[i], buffers_[i].values.get(), buffers_[i].scales.get());
+            // At once, so the peak stays near Q8 + one matrix per thread. A tied lm_head is the
+            // embedding, which stays in use.
+            if (targets[i]->data != stored.embed.data) release_pages(*targets[i]);
           }
         } catch (...) {
           errors[t] = std::current_exception();
@@ -131,8 +134,6 @@ class LoadedModel final : public Model {
       if (error) std::rethrow_exception(error);
     }
     for (size_t i = 0; i < targets.size(); ++i) {
-      // A tied lm_head is the embedding, which stays in use.
-      if (targets[i]->data != stored.embed.data) release_pages(*targets[i]);
       Matrix q = kernels::q8_matrix(buffers_[i].values.get(), buffers_[i].scales.get(),
                                     targets[i]->rows, targets[i]->cols);
       static_cast<Matrix&>(*targets[i]) = q;
