@@ -122,6 +122,15 @@ TEST_F(SafetensorsTest, HugeHeaderLength) {
   EXPECT_THAT(error_of(raw(~uint64_t{0}, "{}", "")), HasSubstr("past the end"));
 }
 
+TEST_F(SafetensorsTest, HeaderLengthOverLimit) {
+  // A sparse file large enough to hold the claimed header, so only the limit can reject it.
+  const uint64_t claimed = kMaxSafetensorsHeader + 1;
+  fs::path path = raw(claimed, "{}", "");
+  fs::resize_file(path, 8 + claimed);
+  EXPECT_THAT(error_of(path),
+              AllOf(HasSubstr("t.safetensors"), HasSubstr("exceeds"), HasSubstr("limit")));
+}
+
 TEST_F(SafetensorsTest, HeaderNotJson) {
   EXPECT_THAT(error_of(raw("{\"a\": [1, 2", "")),
               AllOf(HasSubstr("t.safetensors"), HasSubstr("not valid JSON")));
