@@ -168,7 +168,9 @@ NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) 
   const char* data = bytes.data() + data_offset;
   static_assert(std::endian::native == std::endian::little,
                 "npy reading assumes a little-endian host");
-  if (dtype == Dtype::kF32) {
+  if (need == 0) {
+    // nothing to copy (an empty array)
+  } else if (dtype == Dtype::kF32) {
     std::memcpy(array.data.data(), data, need);
   } else {
     for (int64_t i = 0; i < count; ++i) {
@@ -224,7 +226,9 @@ std::string npy_bytes(const NpyArray& array) {
     out.push_back(static_cast<char>((header_len >> 8) & 0xff));
   }
   out += dict;
-  out.append(reinterpret_cast<const char*>(array.data.data()), array.data.size() * sizeof(float));
+  if (!array.data.empty()) {
+    out.append(reinterpret_cast<const char*>(array.data.data()), array.data.size() * sizeof(float));
+  }
   return out;
 }
 
