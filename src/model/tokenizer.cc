@@ -1103,6 +1103,10 @@ std::string ByteLevelBpeTokenizer::id_to_token(int32_t id) const {
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& tokenizer_json) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(tokenizer_json, ec)) {
+    fail(tokenizer_json.string(), " is a directory, not a tokenizer.json file");
+  }
   std::string text = read_file(tokenizer_json);
   json root;
   try {

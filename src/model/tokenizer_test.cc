@@ -445,6 +445,9 @@ TEST(TokenizerErrors, EmptyTextGivesNoIds) {
 TEST(TokenizerErrors, MissingFileNamesIt) {
   expect_error([] { Tokenizer::load("/nonexistent/dir/tokenizer.json"); },
                {"/nonexistent/dir/tokenizer.json"});
+  TempDir dir;
+  fs::path folder = dir.write("x", "").parent_path();
+  expect_error([&] { Tokenizer::load(folder); }, {folder.string(), "is a directory"});
 }
 
 TEST(TokenizerErrors, MalformedJsonNamesTheFile) {
