@@ -107,6 +107,9 @@ std::vector<float> bh_logit_cutoffs(const CalibrationGrid& grid, const float* cr
     }
     cut[k] = from_order_key(hi);
   }
+  // Non-increasing by construction when p is non-increasing in the logit; enforced so that the
+  // router's counting argument holds even if float64 interpolation rounding ever broke that.
+  for (int k = 1; k < num_experts; ++k) cut[k] = std::min(cut[k], cut[k - 1]);
   return cut;
 }
 

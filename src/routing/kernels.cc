@@ -77,12 +77,11 @@ __attribute__((always_inline)) inline T exp_nonpositive(T x) {
   T r = xc - nf * 0.693359375f;
   r = r - nf * -2.12194440e-4f;
   T z = r * r;
-  T y = T{} + 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
+  // Cephes' degree-5 polynomial, evaluated in Estrin's form (shorter dependency chains).
+  T a = (T{} + 1.9875691500e-4f) * r + 1.3981999507e-3f;
+  T b = (T{} + 8.3334519073e-3f) * r + 4.1665795894e-2f;
+  T c = (T{} + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+  T y = (a * z + b) * z + c;
   y = y * z + r + 1.0f;
   if constexpr (std::is_same_v<T, float>) {
     I bits = (static_cast<int32_t>(nf) + 127) << 23;

@@ -208,7 +208,50 @@ class BHRouter final : public Router {
     const int m = detail::collect_at_least(logits, n_, cut[n_ - 1], candidates, candidate_logits);
     const int kstar = detail::step_up_count(candidate_logits, m, cut);
     const int count = std::clamp(kstar, spec_.min_k, spec_.max_k);
-    if (count <= m) {
+    int32_t selected[kMaxExperts];
+    float selected_logits[kMaxExperts + 8];
+    int exact = 0;
+    if (count == kstar) {
+      // Exactly k* candidates reach cut[k*-1] (k' = more would pass at k' too, contradicting the
+      // maximality of k*; cut is non-increasing): they are the selection, only their order remains.
+      const float bar = cut[kstar - 1];
+      for (int j = 0; j < m; ++j) {
+        selected[exact] = candidates[j];
+        selected_logits[exact] = candidate_logits[j];
+        exact += candidate_logits[j] >= bar ? 1 : 0;
+      }
+      for (int j = exact; j < (exact + 7) / 8 * 8; ++j) {
+        selected_logits[j] = -std::numeric_limits<float>::infinity();
+      }
+    }
+    if (count == kstar && exact == count) {
+      if (count <= 8) {
+        // Few: insertion sort, moving past strictly smaller logits only (ties keep id order).
+        for (int j = 0; j < count; ++j) {
+          const int32_t id = selected[j];
+          const float v = selected_logits[j];
+          int pos = j;
+          while (pos > 0 && v > logits[ids[pos - 1]]) {
+            ids[pos] = ids[pos - 1];
+            --pos;
+          }
+          ids[pos] = id;
+        }
+      } else {
+        detail::rank_order(selected_logits, selected, count, ids);
+      }
+    } else if (count == 1) {
+      // The largest logit (known): its first occurrence, among the candidates when there are any.
+      int32_t best = -1;
+      if (m > 0) {
+        for (int j = 0; best < 0; ++j) best = candidate_logits[j] == mx ? candidates[j] : -1;
+      } else {
+        for (int i = 0; best < 0; ++i) best = logits[i] == mx ? i : -1;
+      }
+      ids[0] = best;
+    } else if (count <= 8 && count <= m) {
+      detail::select_top(logits, candidates, m, count, ids);
+    } else if (count <= m) {
       int32_t ordered[kMaxExperts];
       detail::rank_order(candidate_logits, candidates, m, ordered);
       std::memcpy(ids, ordered, sizeof(int32_t) * static_cast<size_t>(count));
