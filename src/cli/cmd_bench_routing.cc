@@ -32,6 +32,7 @@ struct BenchOptions {
   int64_t tokens = 4096;
   double seconds = 0.5;
   uint64_t seed = 1234;
+  std::string logits_from = "normal";
 };
 
 std::string json_string(const std::string& s) {
@@ -73,6 +74,23 @@ int run(const BenchOptions& o) {
       calibration = std::make_shared<const Calibration>(fit_calibration(samples, FitMethod::kKde));
       calibration_source = "kde fitted on 64000 random normal logits";
     }
+  }
+  if (o.logits_from == "calibration") {
+    // Draws from the layer's calibrated null distribution (inverse CDF by interpolation): the
+    // pooled distribution of the real model's logits, as the calibration was fitted on them.
+    if (!calibration) fail("--logits-from calibration needs a bh router with a calibration");
+    const CalibrationGrid& g = calibration->grid(o.layer);
+    std::uniform_real_distribution<double> uniform(g.cdf.front(), g.cdf.back());
+    for (float& v : logits) {
+      const double u = uniform(rng);
+      size_t j = std::upper_bound(g.cdf.begin(), g.cdf.end(), u) - g.cdf.begin();
+      j = std::clamp<size_t>(j, 1, g.cdf.size() - 1);
+      const double span = g.cdf[j] - g.cdf[j - 1];
+      const double f = span > 0 ? (u - g.cdf[j - 1]) / span : 0.0;
+      v = static_cast<float>(g.x[j - 1] + f * (g.x[j] - g.x[j - 1]));
+    }
+  } else if (o.logits_from != "normal") {
+    fail("--logits-from \"", o.logits_from, "\" is not normal or calibration");
   }
   auto router = make_router(o.router, n, calibration);
   const int stride = router->max_count();
@@ -119,6 +137,8 @@ int run(const BenchOptions& o) {
   std::cout << "{\"bench\":\"routing\",\"router\":" << json_string(router->spec())
             << ",\"experts\":" << n << ",\"layer\":" << o.layer << ",\"tokens\":" << o.tokens
             << ",\"threads\":1,\"calibration\":" << json_string(calibration_source)
+            << ",\"logits\":"
+            << json_string(o.logits_from == "normal" ? "standard normal" : "calibrated null")
             << ",\"ns_per_token_batch\":" << format_stat(ns_batch)
             << ",\"ns_per_call_single\":" << format_stat(ns_single)
             << ",\"tokens_per_second_batch\":" << format_stat(1e9 / ns_batch)
@@ -142,6 +162,11 @@ CommandRegistration registration{
       app.add_option("--tokens", o->tokens, "batch size")->capture_default_str();
       app.add_option("--seconds", o->seconds, "time budget per measurement")->capture_default_str();
       app.add_option("--seed", o->seed, "random seed of the logits")->capture_default_str();
+      app.add_option(
+             "--logits-from", o->logits_from,
+             "normal: standard normal logits; calibration: drawn from the layer's calibrated "
+             "null distribution")
+          ->capture_default_str();
       return [o] { return run(*o); };
     }};
 

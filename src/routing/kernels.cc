@@ -40,8 +40,9 @@ __attribute__((always_inline)) inline Floats splat(float x) {
 }
 
 BHMOE_MULTIVERSION
-float max_logit(const float* logits, int n, bool* finite) {
-  Floats mx = splat(logits[0]);
+float max_logit(const float* logits, int n, bool* finite, float* floor8) {
+  // Lane l holds the maximum of logits l, l + 8, l + 16, ...: eight disjoint groups when n >= 8.
+  Floats mx = n >= kLanes ? load(logits) : splat(logits[0]);
   Floats probe = {};  // x - x is 0 for finite x and NaN otherwise: a branch-free finiteness test
   int i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -50,11 +51,14 @@ float max_logit(const float* logits, int n, bool* finite) {
     probe += v - v;
   }
   float result = mx[0];
+  float lane_floor = mx[0];
   float probe_sum = 0.0f;
   for (int l = 0; l < kLanes; ++l) {
     result = mx[l] > result ? mx[l] : result;
+    lane_floor = mx[l] < lane_floor ? mx[l] : lane_floor;
     probe_sum += probe[l];
   }
+  if (floor8) *floor8 = lane_floor;
   for (; i < n; ++i) {
     float v = logits[i];
     result = v > result ? v : result;

@@ -5,8 +5,10 @@
 
 namespace bhmoe::routing::detail {
 
-// Largest logit; sets *finite to false if any logit is NaN or infinite.
-float max_logit(const float* logits, int n, bool* finite);
+// Largest logit; sets *finite to false if any logit is NaN or infinite. When n >= 8 and `floor8` is
+// given, *floor8 is a value that at least 8 logits reach (the smallest of eight disjoint groups'
+// maxima): a cheap lower bound for the 8th largest logit.
+float max_logit(const float* logits, int n, bool* finite, float* floor8 = nullptr);
 
 // e[i] = exp((logits[i] - max) / temperature) for all i; returns their float32 sum (>= 1).
 // The exponential is a branch-free polynomial (Cephes expf, within about 2 ulp of std::exp; inputs

@@ -108,6 +108,27 @@ TEST(TopK, SelectsTheKLargestWithSoftmaxWeights) {
   }
 }
 
+TEST(TopK, LargestLogitsAllInOneStrideGroupAndOddSizes) {
+  // The fast path bounds the k-th largest by eight strided groups' maxima; put every winner in one
+  // group, and try sizes that are not multiples of 8.
+  std::vector<float> r(64);
+  for (int i = 0; i < 64; ++i) r[i] = i % 8 == 3 ? 10.0f + i : -static_cast<float>(i);
+  Decision d = route_one(*make_router("topk:k=8", 64), r.data());
+  EXPECT_EQ(d.ids, (std::vector<int32_t>{59, 51, 43, 35, 27, 19, 11, 3}));
+  for (int n : {1, 5, 8, 9, 15, 33, 100}) {
+    auto logits = normal_logits(20 * n, 30 + n);
+    for (int k : {1, std::min(n, 3), std::min(n, 8), std::min(n, 12)}) {
+      auto router = make_router(cat("topk:k=", k), n);
+      for (int t = 0; t < 20; ++t) {
+        const float* x = logits.data() + t * n;
+        auto order = logit_order(x, n);
+        EXPECT_EQ(route_one(*router, x).ids, std::vector<int32_t>(order.begin(), order.begin() + k))
+            << "n " << n << " k " << k;
+      }
+    }
+  }
+}
+
 TEST(TopK, NativeWeightsDoNotSumToOne) {
   const int n = 64;
   auto logits = normal_logits(n, 2);
