@@ -245,6 +245,10 @@ int main(int argc, char** argv) {
     std::printf("matvec prefetch distance: %lld bytes\n",
                 static_cast<long long>(detail::avx512::g_matvec_prefetch_bytes));
   }
+  if (const char* rows = std::getenv("BHMOE_MATVEC_ROWS")) {
+    detail::avx512::g_matvec_rows_at_once = std::atoll(rows);
+    std::printf("matvec rows at once: %s\n", rows);
+  }
   if (const char* block = std::getenv("BHMOE_COL_BLOCK")) {
     detail::avx512::g_bf16_col_block = std::atoll(block);
     std::printf("bf16 matmul column block: %lld\n",

@@ -184,6 +184,33 @@ TEST(Matmul, ColumnBlockedBf16MatchesWholeRows) {
   }
 }
 
+// Every row grouping of the AVX-512 matvec (a tuning knob) gives the reference results.
+TEST(Matvec, EveryRowGroupingMatchesReference) {
+  if (static_cast<int>(detected_isa()) < static_cast<int>(Isa::Avx512)) GTEST_SKIP();
+  std::mt19937 rng(23);
+  const int64_t saved = detail::avx512::g_matvec_rows_at_once;
+  for (Isa isa : {Isa::Avx512, detected_isa()}) {
+    ScopedIsa scoped(isa);
+    for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::Q8}) {
+      const int64_t rows = 11, cols = dtype == DType::Q8 ? 160 : 147;
+      OwnedMatrix w = random_matrix(dtype, rows, cols, rng);
+      std::vector<float> x = random_vector(cols, rng);
+      std::vector<float> expected(rows);
+      ref::matvec(w.view, x.data(), expected.data(), 0, rows);
+      for (int64_t grouping : {1, 2, 4}) {
+        detail::avx512::g_matvec_rows_at_once = grouping;
+        std::vector<float> got(rows);
+        matvec(w.view, x.data(), got.data(), 0, rows);
+        for (int64_t r = 0; r < rows; ++r) {
+          EXPECT_NEAR(got[r], expected[r], allowed_error(w.view, x.data(), r, isa, false, false))
+              << dtype_name(dtype) << " grouping " << grouping << " row " << r;
+        }
+      }
+    }
+  }
+  detail::avx512::g_matvec_rows_at_once = saved;
+}
+
 TEST(Matmul, LargeShapesAgreeAcrossLevels) {
   // One realistic expert shape, so the main (unrolled, chunked) loops run many iterations.
   std::mt19937 rng(5);
