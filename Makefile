@@ -3,6 +3,8 @@ BUILD_DIR    ?= build
 SANITIZE_DIR ?= build-sanitize
 JOBS         ?= $(shell nproc)
 CMAKE_FLAGS  ?=
+MODEL        ?= models/bhmoe-tiny-moe
+RUN_OUT      ?= out/seed
 RUN_ARGS     ?=
 
 .PHONY: all deps build test test-sanitize run bench clean format
@@ -27,8 +29,10 @@ test-sanitize: deps
 	cmake --build $(SANITIZE_DIR) -j $(JOBS)
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure -j $(JOBS) -LE slow
 
+# The main job: the seed experiment (16 routing configs x 12 prompts) on the bundled model, into
+# $(RUN_OUT) (results.jsonl, CSVs, plots/, REPORT.md). A re-run resumes; delete $(RUN_OUT) to start over.
 run: build
-	./$(BUILD_DIR)/bhmoe demo $(RUN_ARGS)
+	./$(BUILD_DIR)/bhmoe run --model $(MODEL) --out $(RUN_OUT) $(RUN_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)
