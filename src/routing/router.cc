@@ -109,24 +109,41 @@ class TopPRouter final : public Router {
 
   int route(const float* logits, int layer, int32_t* ids, float* weights) const override {
     bool finite;
-    const float mx = detail::max_logit(logits, n_, &finite);
+    float floor8;
+    const float mx = detail::max_logit(logits, n_, &finite, &floor8);
     if (!finite) non_finite_error(logits, n_, layer);
     float e[kMaxExperts];
     const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
-    detail::select_top(logits, nullptr, n_, spec_.max_k, ids);
-    // The smallest prefix (by probability) whose cumulative probability reaches p, within
-    // [min_k, max_k].
     const float inv_sum = 1.0f / sum;
-    float cumulative = 0.0f;
-    int count = spec_.max_k;
-    for (int j = 0; j < spec_.max_k; ++j) {
-      cumulative += e[ids[j]] * inv_sum;
-      if (cumulative >= mass_) {
-        count = j + 1;
-        break;
+    // The smallest prefix (by probability) whose cumulative probability reaches p, within
+    // [min_k, max_k]; `ordered` holds the first `known` experts in that order.
+    auto prefix = [&](const int32_t* ordered, int known) {
+      float cumulative = 0.0f;
+      for (int j = 0; j < known; ++j) {
+        cumulative += e[ordered[j]] * inv_sum;
+        if (cumulative >= mass_) return j + 1;
+      }
+      return known + 1;  // not reached within `known`
+    };
+    int count = spec_.max_k + 1;
+    if (n_ >= 8 && spec_.min_k <= 8) {
+      // The logits reaching floor8 (at least 8) are the largest ones: often enough to reach p.
+      int32_t candidates[kMaxExperts];
+      float candidate_logits[kMaxExperts + 8];
+      int32_t ordered[kMaxExperts];
+      const int m = detail::collect_at_least(logits, n_, floor8, candidates, candidate_logits);
+      detail::rank_order(candidate_logits, candidates, m, ordered);
+      const int known = std::min(m, spec_.max_k);
+      const int reached = prefix(ordered, known);
+      if (reached <= known || known == spec_.max_k) {
+        count = std::clamp(reached, spec_.min_k, spec_.max_k);
+        std::memcpy(ids, ordered, sizeof(int32_t) * static_cast<size_t>(count));
       }
     }
-    count = std::max(count, spec_.min_k);
+    if (count > spec_.max_k) {
+      detail::select_top(logits, nullptr, n_, spec_.max_k, ids);
+      count = std::clamp(prefix(ids, spec_.max_k), spec_.min_k, spec_.max_k);
+    }
     write_weights(e, sum, ids, count, spec_.renorm, weights);
     return count;
   }
