@@ -48,7 +48,7 @@ if [ -x "$bhmoe" ]; then
   # calibration.txt, in windows of the trained context (256 tokens).
   "$python" "$here/export.py" "${export_args[@]}" --weights-only
   "$bhmoe" calibrate --model "$out" --text-file "$out/calibration.txt" --out "$work/calibration.json" \
-    --method ecdf --max-length 256 --max-tokens 1000000
+    --method ecdf --max-length 256 --max-tokens 1000000 --threads 1
   "$python" "$here/export.py" "${export_args[@]}" --calibration "$work/calibration.json"
   echo "build_bundled_model: calibration.json made by $bhmoe calibrate"
 else
