@@ -382,6 +382,32 @@ TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
   EXPECT_NE(r.err.find("different definition"), std::string::npos) << r.err;
 }
 
+TEST_F(ExperimentsCli, AFailingExperimentIsRecordedAndTheSuiteContinues) {
+  fs::path io = scratch("failing_io");
+  spit(io / "one.txt", "a");  // one token: nothing to score
+  spit(io / "two.txt", kCalibrationText);
+  spit(io / "e.json", json({{"name", "failing"},
+                            {"texts", {"one.txt", "two.txt"}},
+                            {"score_routers", {"topk:k=2"}}})
+                          .dump());
+  fs::path out = io / "out";
+  Result r = run_bhmoe("run --model " + model().string() + " --threads 1 --out " + out.string() +
+                           " --experiment " + (io / "e.json").string(),
+                       io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("(1 failed)"), std::string::npos) << r.out;
+  std::vector<json> rows = read_rows(out / "results.jsonl");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0]["status"], "error");
+  EXPECT_NE(rows[0]["error"].get<std::string>().find("fewer than 2 tokens"), std::string::npos)
+      << rows[0];
+  EXPECT_EQ(rows[1]["status"], "ok");
+  std::string report = slurp(out / "REPORT.md");
+  EXPECT_NE(report.find("## Errors"), std::string::npos);
+  EXPECT_NE(report.find("fewer than 2 tokens"), std::string::npos);
+  EXPECT_NE(slurp(out / "run.log").find("FAILED"), std::string::npos);
+}
+
 TEST_F(ExperimentsCli, BadExperimentFilesFailBeforeAnyWork) {
   fs::path io = scratch("bad_io");
   struct Case {

@@ -448,6 +448,23 @@ Analysis analyze(const std::vector<ResultRow>& input) {
     p.mean_experts = events > 0 ? experts / events : kNaN;
     a.pareto.push_back(p);
   }
+  std::vector<std::pair<double, double>> topk_curve;
+  for (const ParetoPoint& p : a.pareto) {
+    if (p.rule == "topk" && std::isfinite(p.mean_experts))
+      topk_curve.emplace_back(p.mean_experts, p.perplexity);
+  }
+  std::sort(topk_curve.begin(), topk_curve.end());
+  for (ParetoPoint& p : a.pareto) {
+    if (p.rule == "topk" || !std::isfinite(p.mean_experts)) continue;
+    for (size_t i = 0; i + 1 < topk_curve.size(); ++i) {
+      auto [x0, y0] = topk_curve[i];
+      auto [x1, y1] = topk_curve[i + 1];
+      if (p.mean_experts >= x0 && p.mean_experts <= x1 && x1 > x0) {
+        p.topk_perplexity_at_match = y0 + (y1 - y0) * (p.mean_experts - x0) / (x1 - x0);
+        break;
+      }
+    }
+  }
   return a;
 }
 
@@ -517,7 +534,8 @@ json analysis_to_json(const Analysis& a) {
                            {"perplexity", num(p.perplexity)},
                            {"nll_mean", num(p.nll_mean)},
                            {"tokens", p.tokens},
-                           {"texts", p.texts}});
+                           {"texts", p.texts},
+                           {"topk_perplexity_at_match", num(p.topk_perplexity_at_match)}});
   }
   j["clamped_configs"] = a.clamped_configs;
   j["errors"] = json::array();

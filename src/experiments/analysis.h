@@ -85,6 +85,9 @@ struct ParetoPoint {
   double mean_experts = kNaN, perplexity = kNaN, nll_mean = kNaN;
   int64_t tokens = 0;
   int texts = 0;
+  // Top-k's perplexity at this point's mean experts, interpolated linearly between the two top-k
+  // configs around it (NaN outside top-k's range or for top-k itself): the matched comparison.
+  double topk_perplexity_at_match = kNaN;
 };
 
 struct Analysis {

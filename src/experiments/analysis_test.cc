@@ -251,7 +251,18 @@ TEST(Analysis, ParetoIsTokenWeighted) {
   // nll = (100 (ln 30 + 0.1) + 200 (ln 30 − 0.05)) / 300 = ln 30.
   EXPECT_NEAR(p.perplexity, 30.0, 1e-9);
   EXPECT_DOUBLE_EQ(p.mean_experts, 1);
+  EXPECT_TRUE(std::isnan(p.topk_perplexity_at_match));  // top-k is the reference itself
   EXPECT_TRUE(a.configs.empty());
+  // Matched comparison: top-k's perplexity (30 / k) interpolated at the adaptive point's mean
+  // experts.
+  for (const ParetoPoint& q : a.pareto) {
+    if (q.config_name == "topp_050") {
+      EXPECT_NEAR(q.topk_perplexity_at_match, 30 + (15 - 30) * 0.7, 1e-9);
+    }
+    if (q.config_name == "bh_a005") {
+      EXPECT_NEAR(q.topk_perplexity_at_match, 15 + (10 - 15) * 0.2, 1e-9);
+    }
+  }
 }
 
 TEST(Analysis, SummaryJsonParses) {

@@ -236,6 +236,9 @@ Experiment pareto_experiment(const fs::path& model_dir) {
     std::string spec = std::string("bh:alpha=") + alpha + ",max_k=16";
     e.score_routers.push_back({default_router_name(spec), spec});
   }
+  // Enough tokens per text for stable perplexities while the whole sweep stays a few minutes on a
+  // small model.
+  e.scoring.max_tokens = 2048;
   fs::path folder = model_dir / "heldout";
   if (fs::is_directory(folder)) {
     std::vector<fs::path> files;

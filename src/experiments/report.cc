@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <map>
 #include <sstream>
 
 #include "experiments/csv.h"
@@ -251,11 +252,23 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
       }
     }
     if (!protocol.empty()) md << "Protocol: " << protocol << "\n\n";
-    md << "| config | rule | router | mean experts | perplexity | tokens "
-          "|\n|---|---|---|---|---|---|\n";
+    std::map<std::string, int64_t> text_tokens;
+    for (const ResultRow& r : rows) {
+      if (r.kind == "score_text" && r.ok()) text_tokens[r.text_name] = r.num_scored_tokens;
+    }
+    md << "Texts:";
+    for (const auto& [name, n] : text_tokens)
+      md << " " << code(name) << " (" << n << " tokens scored)";
+    md << ".\n\n`top-k at match`: top-k's perplexity interpolated at the config's mean experts "
+          "(between the two top-k configs around it); below it means the adaptive rule is better "
+          "at "
+          "equal expert use.\n\n";
+    md << "| config | rule | router | mean experts | perplexity | top-k at match | tokens |\n"
+          "|---|---|---|---|---|---|---|\n";
     for (const ParetoPoint& p : a.pareto) {
       md << "| " << code(p.config_name) << " | " << p.rule << " | " << code(p.router) << " | "
-         << fixed(p.mean_experts) << " | " << fixed(p.perplexity, 3) << " | " << p.tokens << " |\n";
+         << fixed(p.mean_experts) << " | " << fixed(p.perplexity, 3) << " | "
+         << fixed(p.topk_perplexity_at_match, 3) << " | " << p.tokens << " |\n";
     }
     md << "\n";
   }
@@ -434,10 +447,22 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
       }
     }
   }
-  if (!a.pareto.empty()) {
-    md << "- On held-out text, compare the rules at matched mean experts in the pareto table/plot: "
-          "a "
-          "rule is better where its curve lies below the others.\n";
+  for (const std::string rule : {"bh", "topp"}) {
+    int matched = 0, better = 0;
+    double sum_pct = 0;
+    for (const ParetoPoint& p : a.pareto) {
+      if (p.rule != rule || !std::isfinite(p.topk_perplexity_at_match)) continue;
+      ++matched;
+      double pct = (p.perplexity - p.topk_perplexity_at_match) / p.topk_perplexity_at_match * 100;
+      sum_pct += pct;
+      if (pct < 0) ++better;
+    }
+    if (matched) {
+      md << "- Held-out text, " << (rule == "bh" ? "BH" : "top-p")
+         << " against top-k at matched mean experts: " << better << " of " << matched
+         << " configs have lower perplexity than interpolated top-k; mean difference "
+         << fixed(sum_pct / matched, 2) << "% (negative = better than top-k).\n";
+    }
   }
   if (!a.models.empty() &&
       (a.models.front().value("synthetic", false) || a.models.front().value("small", false))) {

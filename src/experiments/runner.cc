@@ -533,7 +533,9 @@ class Runner {
     }
     if (ids.size() < 2)
       fail("text '", text.name, "' (", text.path.string(), ") encodes to fewer than 2 tokens");
-    const size_t window = static_cast<size_t>(experiment_.scoring.window);
+    // Never beyond the context the model was built for.
+    const size_t window =
+        static_cast<size_t>(std::min(experiment_.scoring.window, mc.max_position_embeddings));
     routing::RoutingStats stats(mc.num_experts, config.max_k, config.min_k);
     StatsObserver observer(&stats);
     session_.set_router(config.router.get());
@@ -559,12 +561,17 @@ class Runner {
     row.perplexity = std::exp(row.nll_mean);
     row.tokens_per_sec =
         row.inference_time_sec > 0 ? static_cast<double>(ids.size()) / row.inference_time_sec : 0;
+    // Text-independent, so one protocol line describes every row of the experiment.
     row.protocol =
-        cat("token-weighted perplexity over the first ", ids.size(), " tokens of ",
-            text.path.filename().string(), ", in ", windows, " non-overlapping windows of up to ",
-            window,
-            " tokens, each scored from an empty cache (a window's first token is context only); ",
-            scored, " tokens scored; the config routes every layer");
+        cat("token-weighted perplexity (exp of the mean NLL over every scored token of every "
+            "text); each text ",
+            experiment_.scoring.max_tokens > 0
+                ? cat("cut to its first ", experiment_.scoring.max_tokens, " tokens, ")
+                : std::string(),
+            "split into non-overlapping windows of ", window,
+            " tokens, each scored from an empty cache (a window's first token is context only, not "
+            "scored); the config routes every layer");
+    (void)windows;
     fill_stats(stats, row);
   }
 
@@ -742,7 +749,8 @@ RunSummary run_experiments(const RunOptions& o) {
                                        experiment.generation.max_new_tokens);
   }
   if (!experiment.texts.empty())
-    max_tokens = std::max<int64_t>(max_tokens, experiment.scoring.window);
+    max_tokens = std::max<int64_t>(max_tokens,
+                                   std::min(experiment.scoring.window, mc.max_position_embeddings));
   Runner runner(model, pool.get(), experiment, max_tokens);
   runner.max_tokens_ = max_tokens;
 
