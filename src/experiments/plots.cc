@@ -501,8 +501,10 @@ PlotScript pareto(const Analysis& a) {
   p.data = data.str();
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
-    << "set xlabel \"mean experts per token (measured)\"\nset ylabel \"perplexity (log scale)\"\n"
-    << "set logscale y\nset grid\nset key outside top center horizontal\nset xrange [0:*]\n"
+    << "set xlabel \"mean experts per token (measured)\"\nset ylabel \"perplexity (held-out text, "
+       "token-weighted)\"\n"
+    << "set offsets 0, 0, graph 0.05, graph 0.05\nset grid\nset key outside top center "
+       "horizontal\nset xrange [0:*]\n"
     << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
