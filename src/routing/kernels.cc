@@ -70,6 +70,8 @@ float max_logit(const float* logits, int n, bool* finite, float* floor8) {
 
 namespace {
 
+inline Floats reinterpret_vector(Ints bits) { return (Floats)bits; }
+
 // Cephes expf for x <= 0: 2^n * exp(r) with r = x - n ln2 in [-ln2/2, ln2/2]; 0 below -87.33654.
 // T is float or Floats; the same operations in the same order either way.
 template <typename T, typename I>
@@ -93,7 +95,9 @@ __attribute__((always_inline)) inline T exp_nonpositive(T x) {
     return x < lo ? 0.0f : value;
   } else {
     I bits = (__builtin_convertvector(nf, Ints) + 127) << 23;
-    T value = y * std::bit_cast<Floats>(bits);
+    // A cast between same-size GCC vector types reinterprets the bits; std::bit_cast on vector
+    // types trips a false "load of null pointer" in GCC 12's UBSan.
+    T value = y * reinterpret_vector(bits);
     return x < lo ? T{} : value;
   }
 }
