@@ -11,11 +11,17 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-// One AVX2 clone and one baseline clone, picked at load time; the routing layer is compiled with
-// -ffp-contract=off so both round identically.
+// One AVX2 clone and one baseline clone of the eight-lane kernels, picked at load time, and
+// sixteen-lane kernels for AVX-512 (F, VL, BW, DQ) chosen per call by a flag set at load time (the
+// "avx512f" clone alone leaves GCC scalarising the integer mask code). The routing layer is
+// compiled with -ffp-contract=off so all variants round identically, and the sixteen-lane kernels
+// do the same lane-wise operations in the same order as the eight-lane ones.
 #define BHMOE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define BHMOE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq")))
+#define BHMOE_HAVE_AVX512 1
 #else
 #define BHMOE_MULTIVERSION
+#define BHMOE_HAVE_AVX512 0
 #endif
 
 namespace bhmoe::routing::detail {
@@ -26,6 +32,27 @@ namespace bhmoe::routing::detail {
 constexpr int kLanes = 8;
 typedef float Floats __attribute__((vector_size(32)));
 typedef int32_t Ints __attribute__((vector_size(32)));
+
+// Sixteen lanes: one AVX-512 register in that clone, two or four narrower ones elsewhere. Used
+// where a 16-lane step is split back into two 8-lane halves in a fixed order, so results do not
+// depend on the clone.
+typedef float Floats16 __attribute__((vector_size(64)));
+typedef int32_t Ints16 __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline Floats16 load16(const float* p) {
+  Floats16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline void store16(float* p, Floats16 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+__attribute__((always_inline)) inline Floats low_half(Floats16 v) {
+  return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+__attribute__((always_inline)) inline Floats high_half(Floats16 v) {
+  return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+}
 
 __attribute__((always_inline)) inline Floats load(const float* p) {
   Floats v;
@@ -39,26 +66,53 @@ __attribute__((always_inline)) inline Floats splat(float x) {
   return Floats{} + x;
 }
 
-BHMOE_MULTIVERSION
-float max_logit(const float* logits, int n, bool* finite, float* floor8) {
+template <bool kWide>
+__attribute__((always_inline)) inline float max_logit_impl(const float* logits, int n, bool* finite,
+                                                           float* floor8) {
   // Lane l holds the maximum of logits l, l + 8, l + 16, ...: eight disjoint groups when n >= 8.
   Floats mx = n >= kLanes ? load(logits) : splat(logits[0]);
   Floats probe = {};  // x - x is 0 for finite x and NaN otherwise: a branch-free finiteness test
   int i = 0;
+  if (kWide && n >= 2 * kLanes) {
+    // Two groups' worth per step; lane l of either half covers logits = l (mod 8), so folding the
+    // halves keeps the same eight groups. Max is exact, and a sum of zeros stays zero in any order.
+    Floats16 mx16 = load16(logits);
+    Floats16 probe16 = {};
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+      Floats16 v = load16(logits + i);
+      mx16 = v > mx16 ? v : mx16;
+      probe16 += v - v;
+    }
+    const Floats lo = low_half(mx16), hi = high_half(mx16);
+    mx = hi > lo ? hi : lo;
+    probe = low_half(probe16) + high_half(probe16);
+  }
   for (; i + kLanes <= n; i += kLanes) {
     Floats v = load(logits + i);
     mx = v > mx ? v : mx;
     probe += v - v;
   }
-  float result = mx[0];
-  float lane_floor = mx[0];
-  float probe_sum = 0.0f;
-  for (int l = 0; l < kLanes; ++l) {
-    result = mx[l] > result ? mx[l] : result;
-    lane_floor = mx[l] < lane_floor ? mx[l] : lane_floor;
-    probe_sum += probe[l];
+  // Lane reductions by halving (max and min are exact in any order; see probe above).
+  Floats hi = mx, lo = mx;
+  hi = hi > __builtin_shufflevector(hi, hi, 4, 5, 6, 7, 0, 1, 2, 3)
+           ? hi
+           : __builtin_shufflevector(hi, hi, 4, 5, 6, 7, 0, 1, 2, 3);
+  hi = hi > __builtin_shufflevector(hi, hi, 2, 3, 0, 1, 6, 7, 4, 5)
+           ? hi
+           : __builtin_shufflevector(hi, hi, 2, 3, 0, 1, 6, 7, 4, 5);
+  float result = hi[0] > hi[1] ? hi[0] : hi[1];
+  probe += __builtin_shufflevector(probe, probe, 4, 5, 6, 7, 0, 1, 2, 3);
+  probe += __builtin_shufflevector(probe, probe, 2, 3, 0, 1, 6, 7, 4, 5);
+  float probe_sum = probe[0] + probe[1];
+  if (floor8) {
+    lo = lo < __builtin_shufflevector(lo, lo, 4, 5, 6, 7, 0, 1, 2, 3)
+             ? lo
+             : __builtin_shufflevector(lo, lo, 4, 5, 6, 7, 0, 1, 2, 3);
+    lo = lo < __builtin_shufflevector(lo, lo, 2, 3, 0, 1, 6, 7, 4, 5)
+             ? lo
+             : __builtin_shufflevector(lo, lo, 2, 3, 0, 1, 6, 7, 4, 5);
+    *floor8 = lo[0] < lo[1] ? lo[0] : lo[1];
   }
-  if (floor8) *floor8 = lane_floor;
   for (; i < n; ++i) {
     float v = logits[i];
     result = v > result ? v : result;
@@ -70,7 +124,12 @@ float max_logit(const float* logits, int n, bool* finite, float* floor8) {
 
 namespace {
 
-inline Floats reinterpret_vector(Ints bits) { return (Floats)bits; }
+inline Floats reinterpret_vector(Ints bits) {
+  return (Floats)bits;
+}
+inline Floats16 reinterpret_vector(Ints16 bits) {
+  return (Floats16)bits;
+}
 
 // Cephes expf for x <= 0: 2^n * exp(r) with r = x - n ln2 in [-ln2/2, ln2/2]; 0 below -87.33654.
 // T is float or Floats; the same operations in the same order either way.
@@ -94,7 +153,7 @@ __attribute__((always_inline)) inline T exp_nonpositive(T x) {
     T value = y * std::bit_cast<float>(bits);
     return x < lo ? 0.0f : value;
   } else {
-    I bits = (__builtin_convertvector(nf, Ints) + 127) << 23;
+    I bits = (__builtin_convertvector(nf, I) + 127) << 23;
     // A cast between same-size GCC vector types reinterprets the bits; std::bit_cast on vector
     // types trips a false "load of null pointer" in GCC 12's UBSan.
     T value = y * reinterpret_vector(bits);
@@ -104,12 +163,22 @@ __attribute__((always_inline)) inline T exp_nonpositive(T x) {
 
 }  // namespace
 
-BHMOE_MULTIVERSION
-float softmax_numerators(const float* logits, int n, float max, float temperature, float* e) {
+template <bool kWide>
+__attribute__((always_inline)) inline float softmax_impl(const float* logits, int n, float max,
+                                                         float temperature, float* e) {
   Floats acc = {};
   int i = 0;
   const Floats mx = splat(max);
+  // Sixteen exponentials per step, added to the eight-lane accumulator low half first: the same
+  // additions in the same order as the eight-lane loop below.
   if (temperature == 1.0f) {
+    const Floats16 mx16 = Floats16{} + max;
+    for (; kWide && i + 2 * kLanes <= n; i += 2 * kLanes) {
+      Floats16 v = exp_nonpositive<Floats16, Ints16>(load16(logits + i) - mx16);
+      store16(e + i, v);
+      acc += low_half(v);
+      acc += high_half(v);
+    }
     for (; i + kLanes <= n; i += kLanes) {
       Floats v = exp_nonpositive<Floats, Ints>(load(logits + i) - mx);
       store(e + i, v);
@@ -117,6 +186,14 @@ float softmax_numerators(const float* logits, int n, float max, float temperatur
     }
   } else {
     const Floats t = splat(temperature);
+    const Floats16 mx16 = Floats16{} + max;
+    const Floats16 t16 = Floats16{} + temperature;
+    for (; kWide && i + 2 * kLanes <= n; i += 2 * kLanes) {
+      Floats16 v = exp_nonpositive<Floats16, Ints16>((load16(logits + i) - mx16) / t16);
+      store16(e + i, v);
+      acc += low_half(v);
+      acc += high_half(v);
+    }
     for (; i + kLanes <= n; i += kLanes) {
       Floats v = exp_nonpositive<Floats, Ints>((load(logits + i) - mx) / t);
       store(e + i, v);
@@ -161,43 +238,182 @@ int collect_at_least(const float* logits, int n, float cutoff, int32_t* out, flo
     m += logits[i] >= cutoff ? 1 : 0;
   }
   const float pad = -std::numeric_limits<float>::infinity();
-  for (int j = m; j < (m + kLanes - 1) / kLanes * kLanes; ++j) out_logits[j] = pad;
+  for (int j = m; j < (m + 15) / 16 * 16; ++j) out_logits[j] = pad;
   return m;
 }
 
-BHMOE_MULTIVERSION
-int step_up_count(const float* candidate_logits, int m, const float* cut) {
-  // For a block of 8 consecutive k at once: passing(k) = #{j : logit_j >= cut[k-1]}, accumulated
-  // over the candidates, so no per-candidate horizontal sum, histogram or branch is needed.
-  int kstar = 0;
-  for (int k0 = 0; k0 < m; k0 += kLanes) {
-    const Floats c = load(cut + k0);
-    Ints passing = {};
-    for (int j = 0; j < m; ++j) passing -= splat(candidate_logits[j]) >= c;  // true lanes are -1
-    for (int l = 0; l < kLanes; ++l) {
-      const int k = k0 + l + 1;
-      kstar = (k <= m && passing[l] >= k) ? k : kstar;
-    }
+// F/I: Floats/Ints or Floats16/Ints16.
+template <typename F, typename I>
+__attribute__((always_inline)) inline int step_up_impl(const float* candidate_logits, int m,
+                                                       const float* cut) {
+  // For a block of W consecutive k at once: passing(k) = #{j : logit_j >= cut[k-1]}, accumulated
+  // over the candidates, so no per-candidate horizontal sum, histogram or branch is needed; each
+  // lane keeps its largest qualifying k, reduced once at the end.
+  constexpr int W = sizeof(F) / sizeof(float);
+  I lane_k;
+  for (int l = 0; l < W; ++l) lane_k[l] = l + 1;
+  I best = {};
+  for (int k0 = 0; k0 < m; k0 += W) {
+    F c;
+    std::memcpy(&c, cut + k0, sizeof c);
+    I passing = {};
+    for (int j = 0; j < m; ++j) passing -= (F{} + candidate_logits[j]) >= c;  // true lanes are -1
+    const I k = lane_k + k0;
+    // Vector operands throughout: GCC scalarises a comparison with a scalar operand.
+    const I qualifying = k & ((k <= (I{} + m)) & (passing >= k));
+    best = qualifying > best ? qualifying : best;
   }
-  return kstar;
+  Ints b8;
+  if constexpr (W == 16) {
+    b8 = __builtin_shufflevector(best, best, 0, 1, 2, 3, 4, 5, 6, 7);
+    const Ints b8_hi = __builtin_shufflevector(best, best, 8, 9, 10, 11, 12, 13, 14, 15);
+    b8 = b8_hi > b8 ? b8_hi : b8;
+  } else {
+    b8 = best;
+  }
+  const Ints b4 = __builtin_shufflevector(b8, b8, 4, 5, 6, 7, 0, 1, 2, 3);
+  b8 = b4 > b8 ? b4 : b8;
+  const Ints b2 = __builtin_shufflevector(b8, b8, 2, 3, 0, 1, 6, 7, 4, 5);
+  b8 = b2 > b8 ? b2 : b8;
+  return b8[0] > b8[1] ? b8[0] : b8[1];
+}
+
+template <typename F, typename I>
+__attribute__((always_inline)) inline void rank_order_impl(const float* candidate_logits,
+                                                           const int32_t* candidates, int m,
+                                                           int32_t* ordered) {
+  // rank_j = #{i : logit_i > logit_j, or equal with i < j}, W candidates j at a time; the ranks are
+  // a permutation, so scattering by rank sorts (logit descending, ties lower index first).
+  constexpr int W = sizeof(F) / sizeof(float);
+  I lane;
+  for (int l = 0; l < W; ++l) lane[l] = l;
+  for (int j0 = 0; j0 < m; j0 += W) {
+    F cj;
+    std::memcpy(&cj, candidate_logits + j0, sizeof cj);
+    const I jj = lane + j0;
+    I rank = {};
+    for (int i = 0; i < m; ++i) {
+      const F ci = F{} + candidate_logits[i];
+      rank -= (ci > cj) | ((ci == cj) & (jj > (I{} + i)));  // vector operands: see step_up_impl
+    }
+    const int lanes = std::min(W, m - j0);
+    for (int l = 0; l < lanes; ++l) ordered[rank[l]] = candidates[j0 + l];
+  }
 }
 
 BHMOE_MULTIVERSION
-void rank_order(const float* candidate_logits, const int32_t* candidates, int m, int32_t* ordered) {
-  // rank_j = #{i : logit_i > logit_j, or equal with i < j}, eight candidates j at a time; the ranks
-  // are a permutation, so scattering by rank sorts (logit descending, ties lower index first).
-  Ints lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  for (int j0 = 0; j0 < m; j0 += kLanes) {
-    const Floats cj = load(candidate_logits + j0);
-    const Ints jj = lane + j0;
-    Ints rank = {};
-    for (int i = 0; i < m; ++i) {
-      const Floats ci = splat(candidate_logits[i]);
-      rank -= (ci > cj) | ((ci == cj) & (jj > i));
+float max_logit_narrow(const float* logits, int n, bool* finite, float* floor8) {
+  return max_logit_impl<false>(logits, n, finite, floor8);
+}
+BHMOE_MULTIVERSION
+float softmax_narrow(const float* logits, int n, float max, float temperature, float* e) {
+  return softmax_impl<false>(logits, n, max, temperature, e);
+}
+BHMOE_MULTIVERSION
+int step_up_narrow(const float* candidate_logits, int m, const float* cut) {
+  return step_up_impl<Floats, Ints>(candidate_logits, m, cut);
+}
+BHMOE_MULTIVERSION
+void rank_order_narrow(const float* candidate_logits, const int32_t* candidates, int m,
+                       int32_t* ordered) {
+  rank_order_impl<Floats, Ints>(candidate_logits, candidates, m, ordered);
+}
+
+#if BHMOE_HAVE_AVX512
+BHMOE_AVX512 float max_logit_wide(const float* logits, int n, bool* finite, float* floor8) {
+  return max_logit_impl<true>(logits, n, finite, floor8);
+}
+BHMOE_AVX512 float softmax_wide(const float* logits, int n, float max, float temperature,
+                                float* e) {
+  return softmax_impl<true>(logits, n, max, temperature, e);
+}
+// Intrinsics here: GCC 12 scalarises the generic-vector forms of these integer/mask loops under
+// AVX-512. Same predicates as the generic code (ordered comparisons: false for NaN).
+BHMOE_AVX512 int step_up_wide(const float* candidate_logits, int m, const float* cut) {
+  const __m512i lane_k = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i count = _mm512_set1_epi32(m);
+  __m512i best = _mm512_setzero_si512();
+  for (int k0 = 0; k0 < m; k0 += 16) {
+    const __m512 c = _mm512_loadu_ps(cut + k0);
+    __m512i passing = _mm512_setzero_si512();
+    for (int j = 0; j < m; ++j) {
+      const __mmask16 at_least =
+          _mm512_cmp_ps_mask(_mm512_set1_ps(candidate_logits[j]), c, _CMP_GE_OQ);
+      passing = _mm512_mask_add_epi32(passing, at_least, passing, one);
     }
-    const int lanes = std::min(kLanes, m - j0);
-    for (int l = 0; l < lanes; ++l) ordered[rank[l]] = candidates[j0 + l];
+    const __m512i k = _mm512_add_epi32(lane_k, _mm512_set1_epi32(k0));
+    const __mmask16 qualifying =
+        _mm512_cmple_epi32_mask(k, count) & _mm512_cmpge_epi32_mask(passing, k);
+    best = _mm512_mask_max_epi32(best, qualifying, best, k);
   }
+  // (_mm512_reduce_max_epi32 trips a false -Wuninitialized inside GCC 12's header.)
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, best);
+  int kstar = 0;
+  for (int l = 0; l < 16; ++l) kstar = lanes[l] > kstar ? lanes[l] : kstar;
+  return kstar;
+}
+
+BHMOE_AVX512 void rank_order_wide(const float* candidate_logits, const int32_t* candidates, int m,
+                                  int32_t* ordered) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int j0 = 0; j0 < m; j0 += 16) {
+    const __m512 cj = _mm512_loadu_ps(candidate_logits + j0);
+    const __m512i jj = _mm512_add_epi32(lane, _mm512_set1_epi32(j0));
+    __m512i rank = _mm512_setzero_si512();
+    for (int i = 0; i < m; ++i) {
+      const __m512 ci = _mm512_set1_ps(candidate_logits[i]);
+      const __mmask16 before = _mm512_cmp_ps_mask(ci, cj, _CMP_GT_OQ) |
+                               (_mm512_cmp_ps_mask(ci, cj, _CMP_EQ_OQ) &
+                                _mm512_cmpgt_epi32_mask(jj, _mm512_set1_epi32(i)));
+      rank = _mm512_mask_add_epi32(rank, before, rank, one);
+    }
+    alignas(64) int32_t ranks[16];
+    _mm512_store_si512(ranks, rank);
+    const int lanes = std::min(16, m - j0);
+    for (int l = 0; l < lanes; ++l) ordered[ranks[l]] = candidates[j0 + l];
+  }
+}
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+}
+const bool kUseAvx512 = cpu_has_avx512();
+#endif
+
+float max_logit(const float* logits, int n, bool* finite, float* floor8) {
+#if BHMOE_HAVE_AVX512
+  if (kUseAvx512) return max_logit_wide(logits, n, finite, floor8);
+#endif
+  return max_logit_narrow(logits, n, finite, floor8);
+}
+
+float softmax_numerators(const float* logits, int n, float max, float temperature, float* e) {
+#if BHMOE_HAVE_AVX512
+  if (kUseAvx512) return softmax_wide(logits, n, max, temperature, e);
+#endif
+  return softmax_narrow(logits, n, max, temperature, e);
+}
+
+int step_up_count(const float* candidate_logits, int m, const float* cut) {
+#if BHMOE_HAVE_AVX512
+  if (kUseAvx512) return step_up_wide(candidate_logits, m, cut);
+#endif
+  return step_up_narrow(candidate_logits, m, cut);
+}
+
+void rank_order(const float* candidate_logits, const int32_t* candidates, int m, int32_t* ordered) {
+#if BHMOE_HAVE_AVX512
+  if (kUseAvx512) {
+    rank_order_wide(candidate_logits, candidates, m, ordered);
+    return;
+  }
+#endif
+  rank_order_narrow(candidate_logits, candidates, m, ordered);
 }
 
 void select_top(const float* logits, const int32_t* candidates, int n, int count, int32_t* out) {

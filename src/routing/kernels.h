@@ -16,17 +16,18 @@ float max_logit(const float* logits, int n, bool* finite, float* floor8 = nullpt
 float softmax_numerators(const float* logits, int n, float max, float temperature, float* e);
 
 // Indices i in ascending order with logits[i] >= cutoff to out[0..m), their logits to
-// out_logits[0..m) followed by -inf up to the next multiple of 8; returns m. out_logits needs room
-// for n rounded up to a multiple of 8.
+// out_logits[0..m) followed by -inf up to the next multiple of 16; returns m. out_logits needs room
+// for n rounded up to a multiple of 16.
 int collect_at_least(const float* logits, int n, float cutoff, int32_t* out, float* out_logits);
 
 // BH's k* (see bh.h) from the m candidates' logits (as written by collect_at_least with cutoff
 // cut[N-1]) and the non-increasing logit cutoffs `cut`, readable up to m rounded up to a multiple
-// of 8: k* = max{k <= m : #{j : logit_j >= cut[k-1]} >= k}, 0 if none. O(m^2 / 8), branch-free.
+// of 16: k* = max{k <= m : #{j : logit_j >= cut[k-1]} >= k}, 0 if none. O(m^2 / 16), branch-free.
 int step_up_count(const float* candidate_logits, int m, const float* cut);
 
 // ordered[0..m) = candidates sorted by logit descending, equal logits lower index first
-// (candidates ascending on entry; candidate_logits padded as collect_at_least writes them).
+// (candidates ascending on entry; candidate_logits readable, padded with -inf, up to m rounded up
+// to a multiple of 16, as collect_at_least writes them).
 void rank_order(const float* candidate_logits, const int32_t* candidates, int m, int32_t* ordered);
 
 // Writes to out[0..count) the `count` indices with the largest logits among `candidates[0..n)`

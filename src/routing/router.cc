@@ -77,7 +77,7 @@ class TopKRouter final : public Router {
     if (spec_.k <= 8 && n_ >= 8) {
       // At least 8 logits reach floor8, so the k largest are among those that do; rank only them.
       int32_t candidates[kMaxExperts];
-      float candidate_logits[kMaxExperts + 8];
+      float candidate_logits[kMaxExperts + 16];
       int32_t ordered[kMaxExperts];
       const int m = detail::collect_at_least(logits, n_, floor8, candidates, candidate_logits);
       detail::rank_order(candidate_logits, candidates, m, ordered);
@@ -129,7 +129,7 @@ class TopPRouter final : public Router {
     if (n_ >= 8 && spec_.min_k <= 8) {
       // The logits reaching floor8 (at least 8) are the largest ones: often enough to reach p.
       int32_t candidates[kMaxExperts];
-      float candidate_logits[kMaxExperts + 8];
+      float candidate_logits[kMaxExperts + 16];
       int32_t ordered[kMaxExperts];
       const int m = detail::collect_at_least(logits, n_, floor8, candidates, candidate_logits);
       detail::rank_order(candidate_logits, candidates, m, ordered);
@@ -168,9 +168,9 @@ class BHRouter final : public Router {
       for (int layer : calibration_->layers()) {
         if (layer < 0) continue;
         if (static_cast<size_t>(layer) >= cutoffs_.size()) cutoffs_.resize(layer + 1);
-        // Padded with -inf to a multiple of 8 entries: step_up_count reads whole vectors.
+        // Padded with -inf to a multiple of 16 entries: step_up_count reads whole vectors.
         std::vector<float> cut = bh_logit_cutoffs(calibration_->grid(layer), crit_.data(), n);
-        cut.resize((cut.size() + 7) / 8 * 8, -std::numeric_limits<float>::infinity());
+        cut.resize((cut.size() + 15) / 16 * 16, -std::numeric_limits<float>::infinity());
         cutoffs_[layer] = std::move(cut);
       }
     }
@@ -232,12 +232,12 @@ class BHRouter final : public Router {
     // Only experts at or above the loosest cutoff (k = N) can pass at any k; they are the m largest
     // logits, and k* <= m.
     int32_t candidates[kMaxExperts];
-    float candidate_logits[kMaxExperts + 8];
+    float candidate_logits[kMaxExperts + 16];
     const int m = detail::collect_at_least(logits, n_, cut[n_ - 1], candidates, candidate_logits);
     const int kstar = detail::step_up_count(candidate_logits, m, cut);
     const int count = std::clamp(kstar, spec_.min_k, spec_.max_k);
     int32_t selected[kMaxExperts];
-    float selected_logits[kMaxExperts + 8];
+    float selected_logits[kMaxExperts + 16];
     int exact = 0;
     if (count == kstar) {
       // Exactly k* candidates reach cut[k*-1] (k' = more would pass at k' too, contradicting the
@@ -248,7 +248,7 @@ class BHRouter final : public Router {
         selected_logits[exact] = candidate_logits[j];
         exact += candidate_logits[j] >= bar ? 1 : 0;
       }
-      for (int j = exact; j < (exact + 7) / 8 * 8; ++j) {
+      for (int j = exact; j < (exact + 15) / 16 * 16; ++j) {
         selected_logits[j] = -std::numeric_limits<float>::infinity();
       }
     }
