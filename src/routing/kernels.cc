@@ -211,7 +211,8 @@ __attribute__((always_inline)) inline float softmax_impl(const float* logits, in
   return sum;
 }
 
-int collect_at_least(const float* logits, int n, float cutoff, int32_t* out, float* out_logits) {
+static int collect_narrow(const float* logits, int n, float cutoff, int32_t* out,
+                          float* out_logits) {
   int m = 0;
   int i = 0;
 #if defined(__SSE2__)
@@ -300,6 +301,37 @@ __attribute__((always_inline)) inline void rank_order_impl(const float* candidat
     for (int l = 0; l < lanes; ++l) ordered[rank[l]] = candidates[j0 + l];
   }
 }
+
+#if BHMOE_HAVE_AVX512
+// Branch-free: compresses the passing lanes of each 16 logits (same output as collect_narrow).
+BHMOE_AVX512 static int collect_wide(const float* logits, int n, float cutoff, int32_t* out,
+                                     float* out_logits) {
+  const __m512 c = _mm512_set1_ps(cutoff);
+  __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  int m = 0;
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(logits + i);
+    const __mmask16 pass = _mm512_cmp_ps_mask(v, c, _CMP_GE_OQ);
+    // Compress in registers, then a full store (m <= i, so it stays within [0, n)); compressing
+    // straight to memory is many times slower on Intel cores.
+    _mm512_storeu_ps(out_logits + m, _mm512_maskz_compress_ps(pass, v));
+    _mm512_storeu_si512(out + m, _mm512_maskz_compress_epi32(pass, index));
+    m += std::popcount(static_cast<unsigned>(pass));
+    index = _mm512_add_epi32(index, step);
+  }
+  for (; i < n; ++i) {
+    out[m] = i;
+    out_logits[m] = logits[i];
+    m += logits[i] >= cutoff ? 1 : 0;
+  }
+  const int pad = (16 - m % 16) % 16;
+  _mm512_mask_storeu_ps(out_logits + m, static_cast<__mmask16>((1u << pad) - 1),
+                        _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+  return m;
+}
+#endif
 
 BHMOE_MULTIVERSION
 float max_logit_narrow(const float* logits, int n, bool* finite, float* floor8) {
@@ -414,6 +446,13 @@ void rank_order(const float* candidate_logits, const int32_t* candidates, int m,
   }
 #endif
   rank_order_narrow(candidate_logits, candidates, m, ordered);
+}
+
+int collect_at_least(const float* logits, int n, float cutoff, int32_t* out, float* out_logits) {
+#if BHMOE_HAVE_AVX512
+  if (kUseAvx512) return collect_wide(logits, n, cutoff, out, out_logits);
+#endif
+  return collect_narrow(logits, n, cutoff, out, out_logits);
 }
 
 void select_top(const float* logits, const int32_t* candidates, int n, int count, int32_t* out) {
