@@ -342,6 +342,12 @@ float softmax_narrow(const float* logits, int n, float max, float temperature, f
   return softmax_impl<false>(logits, n, max, temperature, e);
 }
 BHMOE_MULTIVERSION
+float max_softmax_narrow(const float* logits, int n, float temperature, float* max, bool* finite,
+                         float* floor8, float* e) {
+  *max = max_logit_impl<false>(logits, n, finite, floor8);
+  return *finite ? softmax_impl<false>(logits, n, *max, temperature, e) : 0.0f;
+}
+BHMOE_MULTIVERSION
 int step_up_narrow(const float* candidate_logits, int m, const float* cut) {
   return step_up_impl<Floats, Ints>(candidate_logits, m, cut);
 }
@@ -361,6 +367,11 @@ BHMOE_AVX512 float softmax_wide(const float* logits, int n, float max, float tem
 }
 // Intrinsics here: GCC 12 scalarises the generic-vector forms of these integer/mask loops under
 // AVX-512. Same predicates as the generic code (ordered comparisons: false for NaN).
+BHMOE_AVX512 float max_softmax_wide(const float* logits, int n, float temperature, float* max,
+                                    bool* finite, float* floor8, float* e) {
+  *max = max_logit_impl<true>(logits, n, finite, floor8);
+  return *finite ? softmax_impl<true>(logits, n, *max, temperature, e) : 0.0f;
+}
 BHMOE_AVX512 int step_up_wide(const float* candidate_logits, int m, const float* cut) {
   const __m512i lane_k = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
   const __m512i one = _mm512_set1_epi32(1);
@@ -429,6 +440,14 @@ float softmax_numerators(const float* logits, int n, float max, float temperatur
   if (kUseAvx512) return softmax_wide(logits, n, max, temperature, e);
 #endif
   return softmax_narrow(logits, n, max, temperature, e);
+}
+
+float max_and_softmax(const float* logits, int n, float temperature, float* max, bool* finite,
+                      float* floor8, float* e) {
+#if BHMOE_HAVE_AVX512
+  if (kUseAvx512) return max_softmax_wide(logits, n, temperature, max, finite, floor8, e);
+#endif
+  return max_softmax_narrow(logits, n, temperature, max, finite, floor8, e);
 }
 
 int step_up_count(const float* candidate_logits, int m, const float* cut) {

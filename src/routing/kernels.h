@@ -15,6 +15,12 @@ float max_logit(const float* logits, int n, bool* finite, float* floor8 = nullpt
 // below -87.3 give 0), vectorised, and computed identically on every CPU (no FMA contraction).
 float softmax_numerators(const float* logits, int n, float max, float temperature, float* e);
 
+// max_logit and then, only when every logit is finite, softmax_numerators with that maximum, in
+// one call: *max, *finite and *floor8 (if given) as max_logit sets them; returns the sum (0 when a
+// logit is not finite, e untouched then).
+float max_and_softmax(const float* logits, int n, float temperature, float* max, bool* finite,
+                      float* floor8, float* e);
+
 // Indices i in ascending order with logits[i] >= cutoff to out[0..m), their logits to
 // out_logits[0..m) followed by -inf up to the next multiple of 16; returns m. out_logits needs room
 // for n rounded up to a multiple of 16.

@@ -70,10 +70,10 @@ class TopKRouter final : public Router {
   int route(const float* logits, int layer, int32_t* ids, float* weights) const override {
     bool finite;
     float floor8;
-    const float mx = detail::max_logit(logits, n_, &finite, &floor8);
-    if (!finite) non_finite_error(logits, n_, layer);
+    float mx;
     float e[kMaxExperts];
-    const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
+    const float sum = detail::max_and_softmax(logits, n_, temperature_, &mx, &finite, &floor8, e);
+    if (!finite) non_finite_error(logits, n_, layer);
     if (spec_.k <= 8 && n_ >= 8) {
       // At least 8 logits reach floor8, so the k largest are among those that do; rank only them.
       int32_t candidates[kMaxExperts];
@@ -110,10 +110,10 @@ class TopPRouter final : public Router {
   int route(const float* logits, int layer, int32_t* ids, float* weights) const override {
     bool finite;
     float floor8;
-    const float mx = detail::max_logit(logits, n_, &finite, &floor8);
-    if (!finite) non_finite_error(logits, n_, layer);
+    float mx;
     float e[kMaxExperts];
-    const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
+    const float sum = detail::max_and_softmax(logits, n_, temperature_, &mx, &finite, &floor8, e);
+    if (!finite) non_finite_error(logits, n_, layer);
     const float inv_sum = 1.0f / sum;
     // The smallest prefix (by probability) whose cumulative probability reaches p, within
     // [min_k, max_k]; `ordered` holds the first `known` experts in that order.
@@ -224,10 +224,10 @@ class BHRouter final : public Router {
   int route_calibrated(const float* logits, const float* cut, int layer, int32_t* ids,
                        float* weights) const {
     bool finite;
-    const float mx = detail::max_logit(logits, n_, &finite);
-    if (!finite) non_finite_error(logits, n_, layer);
+    float mx;
     float e[kMaxExperts];
-    const float sum = detail::softmax_numerators(logits, n_, mx, temperature_, e);
+    const float sum = detail::max_and_softmax(logits, n_, temperature_, &mx, &finite, nullptr, e);
+    if (!finite) non_finite_error(logits, n_, layer);
 
     // Only experts at or above the loosest cutoff (k = N) can pass at any k; they are the m largest
     // logits, and k* <= m.
