@@ -400,22 +400,34 @@ BHMOE_AVX512 int step_up_wide(const float* candidate_logits, int m, const float*
 
 BHMOE_AVX512 void rank_order_wide(const float* candidate_logits, const int32_t* candidates, int m,
                                   int32_t* ordered) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // "i before j" is logit_i > logit_j, or equal with i < j: for i left of the block that is >=, for
+  // i right of it >, and inside it the tie part holds in the lanes right of i (a constant mask).
   const __m512i one = _mm512_set1_epi32(1);
   for (int j0 = 0; j0 < m; j0 += 16) {
     const __m512 cj = _mm512_loadu_ps(candidate_logits + j0);
-    const __m512i jj = _mm512_add_epi32(lane, _mm512_set1_epi32(j0));
+    const int block_end = std::min(j0 + 16, m);
     __m512i rank = _mm512_setzero_si512();
-    for (int i = 0; i < m; ++i) {
+    int i = 0;
+    for (; i < j0; ++i) {
+      const __mmask16 before =
+          _mm512_cmp_ps_mask(_mm512_set1_ps(candidate_logits[i]), cj, _CMP_GE_OQ);
+      rank = _mm512_mask_add_epi32(rank, before, rank, one);
+    }
+    for (; i < block_end; ++i) {
       const __m512 ci = _mm512_set1_ps(candidate_logits[i]);
+      const auto right_of_i = static_cast<__mmask16>(0xfffeu << (i - j0));
       const __mmask16 before = _mm512_cmp_ps_mask(ci, cj, _CMP_GT_OQ) |
-                               (_mm512_cmp_ps_mask(ci, cj, _CMP_EQ_OQ) &
-                                _mm512_cmpgt_epi32_mask(jj, _mm512_set1_epi32(i)));
+                               _mm512_mask_cmp_ps_mask(right_of_i, ci, cj, _CMP_EQ_OQ);
+      rank = _mm512_mask_add_epi32(rank, before, rank, one);
+    }
+    for (; i < m; ++i) {
+      const __mmask16 before =
+          _mm512_cmp_ps_mask(_mm512_set1_ps(candidate_logits[i]), cj, _CMP_GT_OQ);
       rank = _mm512_mask_add_epi32(rank, before, rank, one);
     }
     alignas(64) int32_t ranks[16];
     _mm512_store_si512(ranks, rank);
-    const int lanes = std::min(16, m - j0);
+    const int lanes = block_end - j0;
     for (int l = 0; l < lanes; ++l) ordered[ranks[l]] = candidates[j0 + l];
   }
 }
