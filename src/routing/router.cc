@@ -248,9 +248,6 @@ class BHRouter final : public Router {
         selected_logits[exact] = candidate_logits[j];
         exact += candidate_logits[j] >= bar ? 1 : 0;
       }
-      for (int j = exact; j < (exact + 15) / 16 * 16; ++j) {
-        selected_logits[j] = -std::numeric_limits<float>::infinity();
-      }
     }
     if (count == kstar && exact == count) {
       if (count <= 8) {
@@ -266,6 +263,10 @@ class BHRouter final : public Router {
           ids[pos] = id;
         }
       } else {
+        // rank_order reads whole vectors: -inf padding up to a multiple of 16.
+        for (int j = exact; j < (exact + 15) / 16 * 16; ++j) {
+          selected_logits[j] = -std::numeric_limits<float>::infinity();
+        }
         detail::rank_order(selected_logits, selected, count, ids);
       }
     } else if (count == 1) {
