@@ -403,6 +403,27 @@ TEST(Outputs, WritesEveryFileValidPlotsAndEveryReportSection) {
   fs::remove_all(dir);
 }
 
+TEST(Outputs, RelativeOutputFolderRendersEveryPlot) {
+  // `bhmoe run --out out/seed` (what `make run` does) passes a folder relative to the working
+  // directory; gnuplot runs inside the plots folder, so nothing may be named relative to ours.
+  fs::path base = temp_dir("relative");
+  fs::path previous = fs::current_path();
+  fs::current_path(base);
+  try {
+    OutputSummary summary = write_outputs(fs::path("out") / "seed", synthetic_seed_rows());
+    fs::current_path(previous);
+    ASSERT_FALSE(summary.plots.empty());
+    for (const PlotFile& plot : summary.plots) {
+      EXPECT_TRUE(is_png(base / "out" / "seed" / "plots" / (plot.name + ".png"))) << plot.name;
+    }
+  } catch (...) {
+    fs::current_path(previous);
+    fs::remove_all(base);
+    throw;
+  }
+  fs::remove_all(base);
+}
+
 TEST(Outputs, MissingGnuplotFailsClearlyAfterWritingTables) {
   fs::path dir = temp_dir("nognuplot");
   ::setenv("BHMOE_GNUPLOT", "/nonexistent/gnuplot", 1);

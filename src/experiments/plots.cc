@@ -595,8 +595,10 @@ std::vector<PlotFile> render_plots(const Analysis& analysis, const std::vector<R
     std::filesystem::remove(dir / (name + ".png"));
     std::filesystem::remove(dir / (name + ".svg"));
     int status = 0;
+    // gnuplot runs inside `dir` (the scripts name their outputs relative to it), so the log is
+    // named relative to it too: `dir` itself may be relative to our working directory.
     run_command("cd " + shell_quote(dir.string()) + " && " + shell_quote(gnuplot) + " " +
-                    shell_quote(name + ".gp") + " >" + shell_quote(log.string()) + " 2>&1",
+                    shell_quote(name + ".gp") + " >" + shell_quote(name + ".log") + " 2>&1",
                 status);
     std::string messages = std::filesystem::exists(log) ? read_file(log) : "";
     bool rendered = std::filesystem::exists(dir / (name + ".png")) &&
