@@ -237,8 +237,9 @@ int main(int argc, char** argv) {
   std::printf("detected ISA: %s\n", isa_name(detected_isa()));
   for (int threads : {1, 2}) {
     ThreadPool pool(threads);
-    std::printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", threads,
-                measure_read_bandwidth_gbs(pool, size_t{1} << 30));
+    std::printf("memory read bandwidth, %d thread(s): %.1f GB/s (huge pages), %.1f GB/s (4 KiB)\n",
+                threads, measure_read_bandwidth_gbs(pool, size_t{1} << 30, PageSize::Huge),
+                measure_read_bandwidth_gbs(pool, size_t{1} << 30, PageSize::Small));
   }
   if (const char* prefetch = std::getenv("BHMOE_PREFETCH")) {
     detail::avx512::g_matvec_prefetch_bytes = std::atoll(prefetch);

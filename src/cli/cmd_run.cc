@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "cli/command.h"
+#include "cli/engine_common.h"
 #include "experiments/runner.h"
 
 namespace bhmoe::cli {
@@ -39,8 +40,8 @@ CommandRegistration reg{
           "I/N: run only grid items whose index % N == I (0-based), e.g. a Slurm array task");
       app.add_option("--threads", o->threads, "Worker threads (0: all cores)")
           ->check(CLI::NonNegativeNumber);
-      app.add_option("--weights", o->weights, "native (as stored) or q8 (8-bit, quantised at load)")
-          ->check(CLI::IsMember({"native", "q8"}));
+      app.add_option("--weights", o->weights, kWeightsHelp)
+          ->check(CLI::IsMember({"native", "bf16", "q8"}));
       app.add_option("--limit", o->limit,
                      "Stop after running this many experiments (resume later)");
       app.add_flag(

@@ -21,6 +21,11 @@
 
 namespace bhmoe::cli {
 
+// --weights: how the engine holds the weights.
+inline constexpr const char* kWeightsHelp =
+    "native (zero-copy mmap as stored), bf16 (a bf16 copy in huge pages: faster decode, load-time "
+    "copy) or q8 (8-bit, quantised at load, in huge pages)";
+
 struct EngineOptions {
   std::string model_dir;
   std::string router_spec;  // empty: the model's native rule
@@ -42,8 +47,8 @@ inline void add_engine_options(CLI::App& app, EngineOptions& o, bool with_router
   }
   app.add_option("--threads", o.threads, "Worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--weights", o.weights, "native (as stored) or q8 (8-bit, quantised at load)")
-      ->check(CLI::IsMember({"native", "q8"}));
+  app.add_option("--weights", o.weights, kWeightsHelp)
+      ->check(CLI::IsMember({"native", "bf16", "q8"}));
 }
 
 struct Engine {

@@ -6,8 +6,11 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +20,7 @@
 
 #include "kernels/ops.h"
 #include "util/error.h"
+#include "util/memory.h"
 
 namespace bhmoe::kernels {
 namespace {
@@ -57,19 +61,19 @@ uint64_t read_scalar(const uint8_t* p, size_t bytes) {
   return x;
 }
 
-struct FreeDeleter {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-
 }  // namespace
 
-double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes) {
+double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes, PageSize page_size) {
   constexpr size_t kAlign = 4096;
   bytes = std::max<size_t>(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
-  std::unique_ptr<uint8_t, FreeDeleter> buffer(
-      static_cast<uint8_t*>(std::aligned_alloc(kAlign, bytes)));
-  if (!buffer) fail("measure_read_bandwidth_gbs: cannot allocate ", bytes, " bytes");
-  uint8_t* data = buffer.get();
+  HugePageBuffer buffer(bytes, "read-bandwidth probe");
+  if (page_size == PageSize::Small) {
+    // Undo the advice (the system default may still be THP "always"): 4 KiB pages only.
+    if (::madvise(buffer.data(), bytes, MADV_NOHUGEPAGE) != 0) {
+      fail("read-bandwidth probe: madvise(MADV_NOHUGEPAGE) failed: ", std::strerror(errno));
+    }
+  }
+  uint8_t* data = buffer.data();
   const int64_t pages = static_cast<int64_t>(bytes / kAlign);
   // First touch by the thread that later reads each part (NUMA placement), non-zero contents.
   pool.parallel_for(pages, [&](int, int64_t begin, int64_t end) {

@@ -7,8 +7,10 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include "kernels/ops.h"
+#include "util/error.h"
 
 namespace bhmoe::kernels {
 namespace {
@@ -155,6 +157,31 @@ TEST(F16, RandomValuesMatchTheF16cInstruction) {
     if (std::isnan(f)) continue;
     ASSERT_EQ(f32_to_f16(f), hardware_f32_to_f16(f)) << std::hex << bits;
   }
+}
+
+TEST(ConvertToBf16, EachStoredDtype) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const int64_t rows = 3, cols = 37;
+  std::vector<float> f32(rows * cols);
+  for (auto& v : f32) v = normal(rng);
+  std::vector<uint16_t> bf16(f32.size()), f16(f32.size()), out(f32.size());
+  for (size_t i = 0; i < f32.size(); ++i) {
+    bf16[i] = f32_to_bf16(f32[i]);
+    f16[i] = f32_to_f16(f32[i]);
+  }
+  convert_to_bf16(Matrix{f32.data(), DType::F32, rows, cols, nullptr}, out.data());
+  EXPECT_EQ(out, bf16);
+  out.assign(out.size(), 0);
+  convert_to_bf16(Matrix{bf16.data(), DType::BF16, rows, cols, nullptr}, out.data());
+  EXPECT_EQ(out, bf16);
+  convert_to_bf16(Matrix{f16.data(), DType::F16, rows, cols, nullptr}, out.data());
+  for (size_t i = 0; i < f32.size(); ++i) {
+    ASSERT_EQ(out[i], f32_to_bf16(f16_to_f32(f16[i]))) << i;
+  }
+  std::vector<int8_t> q(rows * cols);
+  std::vector<float> scales(rows * 2);
+  EXPECT_THROW(convert_to_bf16(q8_matrix(q.data(), scales.data(), rows, 32), out.data()), Error);
 }
 
 }  // namespace

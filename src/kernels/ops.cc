@@ -387,6 +387,28 @@ void quantize_q8(const Matrix& src, int8_t* values, float* scales) {
   quantize_rows_scalar(src, values, scales);
 }
 
+void convert_to_bf16(const Matrix& src, uint16_t* out) {
+  const size_t n = static_cast<size_t>(src.numel());
+  switch (src.dtype) {
+    case DType::BF16:
+      std::memcpy(out, src.data, n * sizeof(uint16_t));
+      return;
+    case DType::F32: {
+      const auto* in = static_cast<const float*>(src.data);
+      for (size_t i = 0; i < n; ++i) out[i] = f32_to_bf16(in[i]);
+      return;
+    }
+    case DType::F16: {
+      const auto* in = static_cast<const uint16_t*>(src.data);
+      for (size_t i = 0; i < n; ++i) out[i] = f32_to_bf16(f16_to_f32(in[i]));
+      return;
+    }
+    case DType::Q8:
+      break;
+  }
+  fail("convert_to_bf16: the source matrix is Q8 (convert from the stored weights instead)");
+}
+
 Matrix q8_matrix(const int8_t* values, const float* scales, int64_t rows, int64_t cols) {
   Matrix m;
   m.data = values;

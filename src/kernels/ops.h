@@ -70,6 +70,9 @@ void matmul_exact(const Matrix& w, const float* x, int64_t x_stride, int64_t num
 // value * scale ~= src (|error| <= scale / 2 = absmax(block) / 254). An all-zero block has scale 0.
 // Throws bhmoe::Error if cols is not a multiple of kQ8Block or the dtype is Q8.
 void quantize_q8(const Matrix& src, int8_t* values, float* scales);
+// src (F32, F16 or BF16) as bf16 [rows, cols] in out: a copy for BF16, round-to-nearest-even for
+// the others. Throws bhmoe::Error for Q8.
+void convert_to_bf16(const Matrix& src, uint16_t* out);
 // A Matrix view over quantize_q8 output.
 Matrix q8_matrix(const int8_t* values, const float* scales, int64_t rows, int64_t cols);
 

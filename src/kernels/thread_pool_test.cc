@@ -144,9 +144,11 @@ TEST(ThreadPool, ConstructAndDestroyRepeatedly) {
 
 TEST(Bandwidth, MeasuresAPlausibleFigure) {
   ThreadPool pool(2);
-  double gbs = measure_read_bandwidth_gbs(pool, 16 << 20);
-  EXPECT_GT(gbs, 0.1);
-  EXPECT_LT(gbs, 100000.0);
+  for (PageSize pages : {PageSize::Huge, PageSize::Small}) {
+    double gbs = measure_read_bandwidth_gbs(pool, 16 << 20, pages);
+    EXPECT_GT(gbs, 0.1);
+    EXPECT_LT(gbs, 100000.0);
+  }
 }
 
 }  // namespace

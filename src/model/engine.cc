@@ -25,6 +25,7 @@
 #include "kernels/ops.h"
 #include "model/sampler.h"
 #include "util/error.h"
+#include "util/memory.h"
 
 namespace bhmoe::model {
 
@@ -56,12 +57,6 @@ std::unique_ptr<T[]> raw_array(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
-// Owned Q8 copy of one matrix.
-struct Q8Buffer {
-  std::unique_ptr<int8_t[]> values;
-  std::unique_ptr<float[]> scales;
-};
-
 class LoadedModel final : public Model {
  public:
   LoadedModel(std::unique_ptr<Checkpoint> checkpoint, std::unique_ptr<Tokenizer> tokenizer,
@@ -72,26 +67,34 @@ class LoadedModel final : public Model {
       kind_ = lower_dtype_name(stored.layers.empty() ? stored.lm_head.dtype
                                                      : stored.layers[0].experts[0].gate.dtype);
     } else if (options.weights == "q8") {
-      quantize(stored);
+      materialize(stored, DType::Q8);
       kind_ = "q8";
+    } else if (options.weights == "bf16") {
+      materialize(stored, DType::BF16);
+      kind_ = "bf16-copy";
     } else {
-      fail("--weights ", options.weights, ": expected native or q8");
+      fail("--weights ", options.weights, ": expected native, bf16 or q8");
     }
   }
 
   const ModelConfig& config() const override { return checkpoint_->config(); }
-  const Weights& weights() const override { return q8_ ? q8_weights_ : checkpoint_->weights(); }
+  const Weights& weights() const override {
+    return owned_ ? owned_weights_ : checkpoint_->weights();
+  }
   const Tokenizer& tokenizer() const override { return *tokenizer_; }
   const std::filesystem::path& dir() const override { return checkpoint_->dir(); }
   std::string weights_kind() const override { return kind_; }
 
  private:
-  // Quantises the attention, expert and lm_head matrices once into owned buffers; norms, router and
-  // embedding stay as stored (they are small or read one row at a time).
-  void quantize(const Weights& stored) {
-    q8_weights_ = stored;
+  // Converts the attention, expert and lm_head matrices once into an owned huge-page arena, as Q8
+  // (quantised) or BF16 (copied, or rounded from f32/f16); norms, router and embedding stay as
+  // stored (they are small or read one row at a time). The arena is what decode streams at the
+  // memory bandwidth: huge pages spare it the TLB misses of the 4 KiB-paged file mapping.
+  void materialize(const Weights& stored, DType dtype) {
+    const char* what = dtype == DType::Q8 ? "--weights q8" : "--weights bf16";
+    owned_weights_ = stored;
     std::vector<TensorView*> targets;
-    for (auto& layer : q8_weights_.layers) {
+    for (auto& layer : owned_weights_.layers) {
       for (TensorView* m : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
         targets.push_back(m);
       }
@@ -99,19 +102,44 @@ class LoadedModel final : public Model {
         for (TensorView* m : {&expert.gate, &expert.up, &expert.down}) targets.push_back(m);
       }
     }
-    targets.push_back(&q8_weights_.lm_head);
-    for (TensorView* m : targets) {
-      if (m->cols % kernels::kQ8Block != 0) {
-        fail("--weights q8: tensor ", m->name, " has ", m->cols, " columns, not a multiple of ",
-             kernels::kQ8Block);
+    targets.push_back(&owned_weights_.lm_head);
+    if (dtype == DType::Q8) {
+      for (TensorView* m : targets) {
+        if (m->cols % kernels::kQ8Block != 0) {
+          fail(what, ": tensor ", m->name, " has ", m->cols, " columns, not a multiple of ",
+               kernels::kQ8Block);
+        }
       }
     }
-    buffers_.resize(targets.size());
+    // Values then (Q8) scales of each matrix, each 64-byte aligned.
+    const auto aligned = [](size_t n) { return (n + 63) / 64 * 64; };
+    const auto value_bytes = [&](const TensorView* m) {
+      return aligned(static_cast<size_t>(m->numel()) * kernels::dtype_size(dtype));
+    };
+    const auto scale_bytes = [&](const TensorView* m) {
+      return dtype == DType::Q8
+                 ? aligned(static_cast<size_t>(m->numel() / kernels::kQ8Block) * sizeof(float))
+                 : size_t{0};
+    };
+    size_t total = 0;
+    for (const TensorView* m : targets) total += value_bytes(m) + scale_bytes(m);
+    arena_ = HugePageBuffer(total, dtype == DType::Q8 ? "--weights q8: quantised weights"
+                                                      : "--weights bf16: weight copy");
+    std::vector<Matrix> converted(targets.size());
+    size_t offset = 0;
     for (size_t i = 0; i < targets.size(); ++i) {
-      buffers_[i].values = raw_array<int8_t>(targets[i]->numel());
-      buffers_[i].scales = raw_array<float>(targets[i]->numel() / kernels::kQ8Block);
+      uint8_t* values = arena_.data() + offset;
+      offset += value_bytes(targets[i]);
+      if (dtype == DType::Q8) {
+        auto* scales = reinterpret_cast<float*>(arena_.data() + offset);
+        offset += scale_bytes(targets[i]);
+        converted[i] = kernels::q8_matrix(reinterpret_cast<int8_t*>(values), scales,
+                                          targets[i]->rows, targets[i]->cols);
+      } else {
+        converted[i] = Matrix{values, DType::BF16, targets[i]->rows, targets[i]->cols, nullptr};
+      }
     }
-    // Quantising ~7 B parameters is worth all cores; each thread takes whole matrices.
+    // Converting ~7 B parameters is worth all cores; each thread takes whole matrices.
     const unsigned num_threads = std::max(1u, std::thread::hardware_concurrency());
     std::vector<std::thread> threads;
     std::vector<std::exception_ptr> errors(num_threads);
@@ -119,10 +147,17 @@ class LoadedModel final : public Model {
       threads.emplace_back([&, t] {
         try {
           for (size_t i = t; i < targets.size(); i += num_threads) {
-            kernels::quantize_q8(*targets[i], buffers_[i].values.get(), buffers_[i].scales.get());
-            // At once, so the peak stays near Q8 + one matrix per thread. A tied lm_head is the
-            // embedding, which stays in use.
-            if (targets[i]->data != stored.embed.data) release_pages(*targets[i]);
+            const Matrix& src = *targets[i];
+            if (dtype == DType::Q8) {
+              kernels::quantize_q8(src, static_cast<int8_t*>(const_cast<void*>(converted[i].data)),
+                                   const_cast<float*>(converted[i].scales));
+            } else {
+              kernels::convert_to_bf16(
+                  src, static_cast<uint16_t*>(const_cast<void*>(converted[i].data)));
+            }
+            // At once, so the peak stays near the copy + one matrix per thread. A tied lm_head is
+            // the embedding, which stays in use.
+            if (src.data != stored.embed.data) release_pages(src);
           }
         } catch (...) {
           errors[t] = std::current_exception();
@@ -133,17 +168,13 @@ class LoadedModel final : public Model {
     for (auto& error : errors) {
       if (error) std::rethrow_exception(error);
     }
-    for (size_t i = 0; i < targets.size(); ++i) {
-      Matrix q = kernels::q8_matrix(buffers_[i].values.get(), buffers_[i].scales.get(),
-                                    targets[i]->rows, targets[i]->cols);
-      static_cast<Matrix&>(*targets[i]) = q;
-    }
-    q8_ = true;
+    for (size_t i = 0; i < targets.size(); ++i) static_cast<Matrix&>(*targets[i]) = converted[i];
+    owned_ = true;
   }
 
-  // The stored copy of a quantised matrix is never read again: drop its pages from this process's
+  // The stored copy of a converted matrix is never read again: drop its pages from this process's
   // resident set (the mapping is read-only and file-backed, so this discards nothing), keeping RSS
-  // near the Q8 size instead of Q8 + the whole checkpoint.
+  // near the copy's size instead of the copy + the whole checkpoint.
   static void release_pages(const Matrix& m) {
     const long page = sysconf(_SC_PAGESIZE);
     if (page <= 0) return;
@@ -156,9 +187,9 @@ class LoadedModel final : public Model {
 
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  bool q8_ = false;
-  Weights q8_weights_;
-  std::vector<Q8Buffer> buffers_;
+  bool owned_ = false;  // weights() is owned_weights_, whose big matrices live in arena_
+  Weights owned_weights_;
+  HugePageBuffer arena_;
   std::string kind_;
 };
 

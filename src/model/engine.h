@@ -38,7 +38,10 @@ class RouterObserver {
 };
 
 struct ModelOptions {
-  std::string weights = "native";  // "native" (as stored: bf16/f16/f32) or "q8" (quantised at load)
+  // "native": the stored matrices, zero-copy from the mmapped file (bf16/f16/f32); "bf16": a bf16
+  // copy (rounded from f32/f16) in huge pages; "q8": quantised at load, in huge pages. The copies
+  // cover attention, experts and lm_head; the rest stays mapped.
+  std::string weights = "native";
 };
 
 // Checkpoint + tokenizer; immutable after load, shared by every Session.

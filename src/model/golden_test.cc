@@ -137,6 +137,57 @@ TEST(GoldenQ8, QuantisedWeightsStayCloseToNative) {
   EXPECT_LT(worst, 0.05 * spread) << "max |q8 - native| " << worst << " vs max |logit| " << spread;
 }
 
+// The bf16 option on a bf16 checkpoint is a copy into huge pages: the same bits through the same
+// kernels, so the logits are identical to the zero-copy mapping's, for every case.
+TEST(GoldenBf16Copy, IdenticalToTheMappedWeights) {
+  const fs::path dir = golden_dir("tiny-bf16");
+  auto mapped = Model::load(dir);
+  auto copy = Model::load(dir, {.weights = "bf16"});
+  EXPECT_EQ(mapped->weights_kind(), "bf16");
+  EXPECT_EQ(copy->weights_kind(), "bf16-copy");
+  const auto& mapped_gate = mapped->weights().layers[0].experts[0].gate;
+  const auto& copy_gate = copy->weights().layers[0].experts[0].gate;
+  EXPECT_EQ(copy_gate.dtype, kernels::DType::BF16);
+  EXPECT_NE(copy_gate.data, mapped_gate.data);  // really a copy
+  kernels::ThreadPool pool(2);
+  const nlohmann::json cases = read_json(dir / "cases.json");
+  const int V = mapped->config().vocab_size;
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const std::vector<int32_t> ids = cases[c]["ids"].get<std::vector<int32_t>>();
+    std::vector<float> a(ids.size() * V), b(ids.size() * V);
+    Session sa(mapped, nullptr, &pool, 64), sb(copy, nullptr, &pool, 64);
+    sa.prefill(ids, a.data());
+    sb.prefill(ids, b.data());
+    EXPECT_EQ(a, b) << "case " << c;
+    sa.decode(ids[0]);
+    sb.decode(ids[0]);
+    for (int v = 0; v < V; ++v) ASSERT_EQ(sa.last_logits()[v], sb.last_logits()[v]) << v;
+  }
+}
+
+// From an f32 checkpoint the copy rounds to bf16: close to the f32 logits, but not equal.
+TEST(GoldenBf16Copy, RoundsF32WeightsToBf16) {
+  const fs::path dir = golden_dir("tiny-f32");
+  auto native = Model::load(dir);
+  auto copy = Model::load(dir, {.weights = "bf16"});
+  EXPECT_EQ(copy->weights().layers[0].q_proj.dtype, kernels::DType::BF16);
+  EXPECT_EQ(copy->weights().lm_head.dtype, kernels::DType::BF16);
+  const nlohmann::json cases = read_json(dir / "cases.json");
+  const std::vector<int32_t> ids = cases[2]["ids"].get<std::vector<int32_t>>();
+  const int V = native->config().vocab_size;
+  std::vector<float> a(ids.size() * V), b(ids.size() * V);
+  auto all_experts = routing::make_router("topk:k=8", native->config().num_experts);
+  Session sa(native, all_experts.get(), nullptr, 64), sb(copy, all_experts.get(), nullptr, 64);
+  sa.prefill(ids, a.data());
+  sb.prefill(ids, b.data());
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+  }
+  EXPECT_GT(worst, 0.0);
+  EXPECT_LT(worst, 6e-2);  // the bf16 goldens' tolerance
+}
+
 TEST(GoldenQ8, UnknownWeightsOptionIsAnError) {
   EXPECT_THROW(Model::load(golden_dir("tiny-f32"), {.weights = "q4"}), Error);
 }
