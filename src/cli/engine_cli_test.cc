@@ -199,9 +199,17 @@ TEST(EngineCli, BenchModelPrintsOneJsonLine) {
   for (const char* key :
        {"prefill_tokens_per_s_64", "prefill_tokens_per_s_256", "decode_tokens_per_s",
         "decode_ms_per_token_by_k", "threads", "weights", "read_bandwidth_gbs",
-        "decode_bound_tokens_per_s", "adaptive_mean_k", "fixed_k_decode_ms_per_token"}) {
+        "decode_bound_tokens_per_s", "read_bandwidth_4k_pages_gbs", "adaptive_mean_k",
+        "adaptive_decode_ms_per_token", "fixed_at_mean_k_decode_ms_per_token",
+        "adaptive_over_fixed_time", "decode_ms_fixed", "decode_ms_per_expert",
+        "decode_ms_fit_max_relative_error", "anon_huge_pages_mib"}) {
     EXPECT_TRUE(j.contains(key)) << key << " missing in " << run.out;
   }
+  // The fixed-k comparison brackets the adaptive mean count.
+  const double mean_k = j["adaptive_mean_k"].get<double>();
+  EXPECT_LE(j["fixed_k_low"].get<int>(), mean_k);
+  EXPECT_GE(j["fixed_k_high"].get<int>(), std::min(mean_k, 64.0));
+  EXPECT_GT(j["adaptive_over_fixed_time"].get<double>(), 0.0);
   EXPECT_EQ(j["threads"], 2);
   EXPECT_EQ(j["weights"], "f32");
   for (const char* k : {"1", "2", "4", "8"})
