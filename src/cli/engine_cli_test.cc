@@ -215,6 +215,25 @@ TEST(EngineCli, BenchModelPrintsOneJsonLine) {
   for (const char* k : {"1", "2", "4", "8"})
     EXPECT_GT(j["decode_ms_per_token_by_k"][k].get<double>(), 0.0);
   EXPECT_GT(j["prefill_tokens_per_s_64"].get<double>(), 0.0);
+
+  // --record appends the same line, and bench/summarize.py turns the record into the README's
+  // table (one row per weights and router, medians).
+  const fs::path record = scratch_dir() / "model.jsonl";
+  fs::remove(record);
+  for (int i = 0; i < 2; ++i) {
+    const CliRun again = bhmoe("bench model " + model_arg() +
+                               " --bandwidth-mib 8 --decode-tokens 2 --k-decode-tokens 1 "
+                               "--repeats 1 --weights q8 --record '" +
+                               record.string() + "'");
+    ASSERT_EQ(again.status, 0) << again.err;
+  }
+  const fs::path table = scratch_dir() / "table.md";
+  const std::string summarize = std::string("python3 '") + BHMOE_SOURCE_DIR +
+                                "/bench/summarize.py' '" + record.string() + "' >'" +
+                                table.string() + "'";
+  ASSERT_EQ(std::system(summarize.c_str()), 0);
+  const std::string md = slurp(table);
+  EXPECT_NE(md.find("| q8 | topk:k=2,renorm=false | 2 |"), std::string::npos) << md;
 }
 
 TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
