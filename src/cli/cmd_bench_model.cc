@@ -261,8 +261,8 @@ CommandRegistration reg{
         }
 
         const double active = active_bytes_per_token(m.weights(), mean_k);
-        // The bound is the machine's: huge pages, as the bf16/q8 copies have. The zero-copy mapping
-        // has 4 KiB pages and cannot reach it on a VM (read_bandwidth_4k_pages_gbs shows why).
+        // The bound uses the huge-page figure (the machine's best); the zero-copy mapping has 4 KiB
+        // pages, whose figure is recorded beside it.
         out["read_bandwidth_gbs"] = bandwidth;
         out["read_bandwidth_4k_pages_gbs"] = bandwidth_small_pages;
         out["active_bytes_per_token"] = active;

@@ -23,7 +23,7 @@ namespace bhmoe::cli {
 
 // --weights: how the engine holds the weights.
 inline constexpr const char* kWeightsHelp =
-    "native (zero-copy mmap as stored), bf16 (a bf16 copy in huge pages: faster decode, load-time "
+    "native (zero-copy mmap as stored), bf16 (a bf16 copy in huge pages: faster prefill, load-time "
     "copy) or q8 (8-bit, quantised at load, in huge pages)";
 
 struct EngineOptions {

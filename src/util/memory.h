@@ -10,10 +10,10 @@ namespace bhmoe {
 // An owning, zero-initialised, read-write anonymous mapping whose start is aligned to 2 MiB and
 // which is advised for transparent huge pages (madvise MADV_HUGEPAGE). Streaming reads over
 // gigabytes of weights miss the TLB on every 4 KiB page; on a VM each miss is a two-level page
-// walk, and huge pages measured ~10% more read bandwidth with 2 threads on this project's machine
-// (`bhmoe bench model` prints both). Where the kernel refuses the advice, the memory is still
-// usable with ordinary pages (huge_pages_advised() says which). Pages are allocated on first touch.
-// Movable, not copyable; unmaps on destruction.
+// walk (measured on this project's VM: +14% prefill for the bf16 weight copy; `bhmoe bench model`
+// prints the read bandwidth of both page sizes). Where the kernel refuses the advice, the memory is
+// still usable with ordinary pages (huge_pages_advised() says which). Pages are allocated on first
+// touch. Movable, not copyable; unmaps on destruction.
 class HugePageBuffer {
  public:
   static constexpr size_t kHugePage = size_t{2} << 20;
