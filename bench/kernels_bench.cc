@@ -250,6 +250,10 @@ int main(int argc, char** argv) {
     detail::avx512::g_matvec_rows_at_once = std::atoll(rows);
     std::printf("matvec rows at once: %s\n", rows);
   }
+  if (const char* ahead = std::getenv("BHMOE_MATMUL_PREFETCH")) {
+    detail::avx512::g_matmul_prefetch_next = std::atoll(ahead);
+    std::printf("matmul prefetch: %s row groups ahead\n", ahead);
+  }
   if (const char* block = std::getenv("BHMOE_COL_BLOCK")) {
     detail::avx512::g_bf16_col_block = std::atoll(block);
     std::printf("bf16 matmul column block: %lld\n",

@@ -43,6 +43,7 @@ namespace avx512 {
 // How far ahead (bytes) matvec prefetches in each weight row; 0 disables. A tuning knob for
 // benchmarks, not an interface.
 extern int64_t g_matvec_prefetch_bytes;
+extern int64_t g_matmul_prefetch_next;
 // Rows matvec streams at once (1, 2 or 4; 1 = one sequential stream). Tuning knob.
 extern int64_t g_matvec_rows_at_once;
 // Columns per pass of the vdpbf16ps matmul (a multiple of 32; 0 = whole rows). Tuning knob.

@@ -211,6 +211,32 @@ TEST(Matvec, EveryRowGroupingMatchesReference) {
   detail::avx512::g_matvec_rows_at_once = saved;
 }
 
+// The next-row-group prefetch (a tuning knob) only moves data into the cache: results are the same
+// bits at every distance, including past the thread's row range.
+TEST(Matmul, PrefetchDistanceDoesNotChangeResults) {
+  if (detected_isa() != Isa::Avx512Bf16) GTEST_SKIP();
+  std::mt19937 rng(29);
+  const int64_t saved = detail::avx512::g_matmul_prefetch_next;
+  for (DType dtype : {DType::BF16, DType::Q8}) {
+    const int64_t rows = 37, cols = 320, tokens = 9;
+    OwnedMatrix w = random_matrix(dtype, rows, cols, rng);
+    std::vector<float> x = random_vector(tokens * cols, rng);
+    std::vector<float> first;
+    for (int64_t distance : {0, 1, 2, 9}) {
+      detail::avx512::g_matmul_prefetch_next = distance;
+      std::vector<float> y(tokens * rows);
+      matmul(w.view, x.data(), cols, tokens, y.data(), rows, 0, 20);
+      matmul(w.view, x.data(), cols, tokens, y.data() + 20, rows, 20, rows);
+      if (first.empty()) {
+        first = y;
+      } else {
+        EXPECT_EQ(y, first) << dtype_name(dtype) << " distance " << distance;
+      }
+    }
+  }
+  detail::avx512::g_matmul_prefetch_next = saved;
+}
+
 TEST(Matmul, LargeShapesAgreeAcrossLevels) {
   // One realistic expert shape, so the main (unrolled, chunked) loops run many iterations.
   std::mt19937 rng(5);
