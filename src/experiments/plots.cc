@@ -98,6 +98,16 @@ double max_finite(const std::vector<double>& values) {
   return m > 0 ? m : 1;
 }
 
+// Axes of a chart with one slot per category at x = 0, 1, ..., categories - 1 and bars from 0 to
+// y_top: horizontal grid lines, the legend above the plot.
+std::string category_axes(size_t categories, double y_top) {
+  std::ostringstream s;
+  s << "set grid ytics\nset key outside top center horizontal\n"
+    << "set xrange [-0.6:" << (static_cast<double>(categories) - 0.4) << "]\n"
+    << "set yrange [0:" << number(y_top) << "]\n";
+  return s.str();
+}
+
 std::vector<std::string> rules_of(const std::vector<ConfigSummary>& configs) {
   std::vector<std::string> rules;
   for (const ConfigSummary& s : configs) {
@@ -140,10 +150,9 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set ylabel " << gp_string(ylabel) << "\n"
     << "set style fill solid 0.8 border -1\nset boxwidth 0.7\n"
-    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key outside top center horizontal\n"
-    << "set xrange [-0.6:" << (static_cast<double>(configs.size()) - 0.4) << "]\n"
-    << "set yrange [0:" << number(max_finite(tops) * 1.12) << "]\n"
-    << "plot " << gp_string(p.file.name + ".dat")
+    << "set xtics rotate by -45 nomirror\n"
+    << category_axes(configs.size(), max_finite(tops) * 1.12) << "plot "
+    << gp_string(p.file.name + ".dat")
     << " using 1:3:(0.7):5:xtic(2) with boxes lc rgb variable notitle";
   if (error) s << ", \"\" using 1:3:4 with yerrorbars lc rgb \"black\" ps 0 notitle";
   std::vector<ConfigSummary> present;
@@ -177,11 +186,9 @@ PlotScript max_k_bar(const Analysis& a) {
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"mean experts per token (measured)\"\n"
-    << "set style fill solid 0.85 border -1\nset boxwidth 0.38\nset grid ytics\nset key outside "
-       "top center horizontal\n"
-    << "set xrange [-0.6:" << (static_cast<double>(a.max_k.size()) - 0.4) << "]\n"
-    << "set yrange [0:" << number(max_finite(tops) * 1.15) << "]\n"
-    << "plot " << gp_string(p.file.name + ".dat")
+    << "set style fill solid 0.85 border -1\nset boxwidth 0.38\n"
+    << category_axes(a.max_k.size(), max_finite(tops) * 1.15) << "plot "
+    << gp_string(p.file.name + ".dat")
     << " using ($1-0.2):3:xtic(2) with boxes lc rgb \"#4C72B0\" title \"top-k (k = max_k)\", \\\n"
     << "  \"\" using ($1+0.2):4 with boxes lc rgb \"#DD8452\" title \"BH (mean over alphas)\", \\\n"
     << "  \"\" using ($1+0.2):4:5 with labels offset 0,0.9 notitle\n";
@@ -210,11 +217,9 @@ PlotScript max_k_box(const Analysis& a) {
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"experts per routing decision\"\n"
-    << "set style fill solid 0.5 border -1\nset boxwidth 0.5\nset grid ytics\nset key outside top "
-       "center horizontal\n"
-    << "set xrange [-0.6:" << (static_cast<double>(a.max_k.size()) - 0.4) << "]\n"
-    << "set yrange [0:" << number(max_finite(tops) * 1.1) << "]\n"
-    << "plot " << gp_string(p.file.name + ".dat")
+    << "set style fill solid 0.5 border -1\nset boxwidth 0.5\n"
+    << category_axes(a.max_k.size(), max_finite(tops) * 1.1) << "plot "
+    << gp_string(p.file.name + ".dat")
     << " using 1:4:3:7:6:xtic(2) with candlesticks whiskerbars 0.5 lc rgb \"#DD8452\" title "
        "\"BH\", \\\n"
     << "  \"\" using 1:5:5:5:5 with candlesticks lw 2 lc rgb \"black\" notitle, \\\n"
@@ -342,10 +347,9 @@ PlotScript inference_time(const Analysis& a) {
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set ylabel \"seconds per experiment\"\n"
     << "set style fill solid 0.8 border -1\nset boxwidth 0.7\n"
-    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key outside top center horizontal\n"
-    << "set xrange [-0.6:" << (static_cast<double>(configs.size()) - 0.4) << "]\n"
-    << "set yrange [0:" << number(max_finite(tops) * 1.12) << "]\n"
-    << "plot " << gp_string(p.file.name + ".dat")
+    << "set xtics rotate by -45 nomirror\n"
+    << category_axes(configs.size(), max_finite(tops) * 1.12) << "plot "
+    << gp_string(p.file.name + ".dat")
     << " using 1:3:xtic(2) with boxes lc rgb \"#4C72B0\" title \"decode\", \\\n"
     << "  \"\" using 1:4 with boxes lc rgb \"#DD8452\" title \"prefill\"\n";
   p.script = s.str();
@@ -388,11 +392,8 @@ PlotScript experts_by_category(const Analysis& a) {
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set ylabel \"experts per routing decision\"\n"
     << "set style fill solid 0.6 border -1\nset boxwidth " << number(width * 0.85) << "\n"
-    << xtics_list(labels)
-    << "set xtics rotate by -45 nomirror\nset grid ytics\nset key outside top center horizontal\n"
-    << "set xrange [-0.6:" << (static_cast<double>(configs.size()) - 0.4) << "]\n"
-    << "set yrange [0:" << number(top * 1.1) << "]\n"
-    << "plot " << plot.str() << "\n";
+    << xtics_list(labels) << "set xtics rotate by -45 nomirror\n"
+    << category_axes(configs.size(), top * 1.1) << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
 }
