@@ -11,6 +11,7 @@
 #include "routing/spec.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/shell.h"
 
 namespace bhmoe::experiments {
 namespace {
@@ -40,18 +41,6 @@ std::string field(std::string_view text) {
 
 std::string number(double v) {
   return std::isfinite(v) ? routing::format_number(v) : "NaN";
-}
-
-std::string shell_quote(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
 }
 
 const char* rule_color(const std::string& rule) {
