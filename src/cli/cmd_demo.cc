@@ -1,7 +1,6 @@
 // bhmoe demo (what `make run` runs for now): BH routing swept over max_k against top-k on the
 // shared routing cases (or generated logits when they are absent), and a check that every case
 // reproduces the original implementation's selections.
-#include <charconv>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -34,24 +33,6 @@ struct DemoOptions {
   double alpha = 0.05;
   std::string max_ks = "8,16,32,64";
 };
-
-std::vector<int> parse_max_ks(const std::string& text) {
-  std::vector<int> out;
-  std::string_view rest = text;
-  while (true) {
-    size_t comma = rest.find(',');
-    std::string_view item = rest.substr(0, comma);
-    int value = 0;
-    auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
-    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size() || value < 1) {
-      fail("--max-k \"", text, "\": \"", item, "\" is not a positive integer");
-    }
-    out.push_back(value);
-    if (comma == std::string_view::npos) break;
-    rest = rest.substr(comma + 1);
-  }
-  return out;
-}
 
 void print_comparison(const std::string& title, const NpyArray& logits, int layer, double alpha,
                       const std::vector<int>& max_ks,
@@ -126,7 +107,7 @@ int check_cases(const nlohmann::json& doc, const fs::path& dir,
 }
 
 int run(const DemoOptions& o) {
-  const std::vector<int> max_ks = parse_max_ks(o.max_ks);
+  const std::vector<int> max_ks = parse_positive_int_list(o.max_ks, "--max-k");
   if (!(o.alpha > 0.0 && o.alpha < 1.0)) fail("--alpha ", o.alpha, " is outside (0, 1)");
   const fs::path dir = o.cases;
   std::cout << "bhmoe demo: Benjamini-Hochberg adaptive expert routing vs top-k\n";

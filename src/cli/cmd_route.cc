@@ -33,25 +33,6 @@ struct RouteOptions {
   std::string max_k_sweep;
 };
 
-std::vector<int> parse_int_list(const std::string& text, const char* option) {
-  std::vector<int> out;
-  std::string_view rest = text;
-  while (true) {
-    size_t comma = rest.find(',');
-    std::string_view item = rest.substr(0, comma);
-    int value = 0;
-    auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
-    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size()) {
-      fail(option, " \"", text, "\": \"", item, "\" is not an integer (expected e.g. 8,16,32,64)");
-    }
-    if (value < 1) fail(option, " \"", text, "\": ", value, " must be >= 1");
-    out.push_back(value);
-    if (comma == std::string_view::npos) break;
-    rest = rest.substr(comma + 1);
-  }
-  return out;
-}
-
 std::string float_text(float v) {
   char buffer[32];
   auto [ptr, ec] = std::to_chars(buffer, buffer + sizeof buffer, v);
@@ -93,7 +74,7 @@ int run(const RouteOptions& o) {
     calibration = std::make_shared<const Calibration>(Calibration::load(o.calibration));
   }
   std::vector<int> sweep;
-  if (!o.max_k_sweep.empty()) sweep = parse_int_list(o.max_k_sweep, "--max-k-sweep");
+  if (!o.max_k_sweep.empty()) sweep = parse_positive_int_list(o.max_k_sweep, "--max-k-sweep");
 
   std::vector<RouterResult> results;
   for (const std::string& text : o.routers) {

@@ -27,6 +27,10 @@ struct CommandInfo {
 
 std::vector<CommandInfo>& command_registry();
 
+// A comma-separated list of integers >= 1 given to `option` ("8,16,32,64"); throws bhmoe::Error
+// naming the option and the item at fault.
+std::vector<int> parse_positive_int_list(const std::string& text, const char* option);
+
 struct CommandRegistration {
   CommandRegistration(std::string path, std::string description, Setup setup) {
     command_registry().push_back({std::move(path), std::move(description), std::move(setup)});

@@ -281,6 +281,9 @@ TEST_F(RoutingCli, DemoGeneratesLogitsWithoutCases) {
   RoutingCliResult bad = run("demo --cases " + path("missing") + " --max-k 8,zero");
   EXPECT_EQ(bad.status, 1);
   EXPECT_THAT(bad.err, HasSubstr("--max-k"));
+  RoutingCliResult zero = run("demo --cases " + path("missing") + " --max-k 8,0");
+  EXPECT_EQ(zero.status, 1);
+  EXPECT_THAT(zero.err, HasSubstr("0 must be >= 1"));
 }
 
 }  // namespace
