@@ -124,8 +124,7 @@ class LoadedModel final : public Model {
     };
     size_t total = 0;
     for (const TensorView* m : targets) total += value_bytes(m) + scale_bytes(m);
-    arena_ = HugePageBuffer(total, dtype == DType::Q8 ? "--weights q8: quantised weights"
-                                                      : "--weights bf16: weight copy");
+    arena_ = HugePageBuffer(total, what);
     std::vector<Matrix> converted(targets.size());
     size_t offset = 0;
     for (size_t i = 0; i < targets.size(); ++i) {

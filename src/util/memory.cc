@@ -28,9 +28,8 @@ HugePageBuffer::HugePageBuffer(size_t bytes, const char* what) {
   if (begin + reserve > tail) ::munmap(reinterpret_cast<void*>(tail), begin + reserve - tail);
   data_ = reinterpret_cast<uint8_t*>(aligned);
   size_ = bytes;
-#ifdef MADV_HUGEPAGE
-  advised_ = ::madvise(data_, mapped_, MADV_HUGEPAGE) == 0;
-#endif
+  // Best effort: where THP is off, the memory works with ordinary pages.
+  ::madvise(data_, mapped_, MADV_HUGEPAGE);
 }
 
 HugePageBuffer::~HugePageBuffer() {
@@ -40,8 +39,7 @@ HugePageBuffer::~HugePageBuffer() {
 HugePageBuffer::HugePageBuffer(HugePageBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
-      mapped_(std::exchange(other.mapped_, 0)),
-      advised_(std::exchange(other.advised_, false)) {}
+      mapped_(std::exchange(other.mapped_, 0)) {}
 
 HugePageBuffer& HugePageBuffer::operator=(HugePageBuffer&& other) noexcept {
   if (this != &other) {
@@ -49,7 +47,6 @@ HugePageBuffer& HugePageBuffer::operator=(HugePageBuffer&& other) noexcept {
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     mapped_ = std::exchange(other.mapped_, 0);
-    advised_ = std::exchange(other.advised_, false);
   }
   return *this;
 }

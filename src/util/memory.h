@@ -12,7 +12,7 @@ namespace bhmoe {
 // gigabytes of weights miss the TLB on every 4 KiB page; on a VM each miss is a two-level page
 // walk (measured on this project's VM: +14% prefill for the bf16 weight copy; `bhmoe bench model`
 // prints the read bandwidth of both page sizes). Where the kernel refuses the advice, the memory is
-// still usable with ordinary pages (huge_pages_advised() says which). Pages are allocated on first
+// still usable with ordinary pages. Pages are allocated on first
 // touch. Movable, not copyable; unmaps on destruction.
 class HugePageBuffer {
  public:
@@ -29,7 +29,6 @@ class HugePageBuffer {
 
   uint8_t* data() const { return data_; }
   size_t size() const { return size_; }  // as requested
-  bool huge_pages_advised() const { return advised_; }
 
  private:
   void release();
@@ -37,7 +36,6 @@ class HugePageBuffer {
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
   size_t mapped_ = 0;  // size_ rounded up to kHugePage
-  bool advised_ = false;
 };
 
 }  // namespace bhmoe
