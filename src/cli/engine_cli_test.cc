@@ -234,6 +234,23 @@ TEST(EngineCli, BenchModelPrintsOneJsonLine) {
   ASSERT_EQ(std::system(summarize.c_str()), 0);
   const std::string md = slurp(table);
   EXPECT_NE(md.find("| q8 | topk:k=2,renorm=false | 2 |"), std::string::npos) << md;
+
+  // A torn record names the file and line; a record without bench model lines is an error too.
+  {
+    std::ofstream torn(record, std::ios::app);
+    torn << "{\"bench\": \"model\", \"weig\n";
+  }
+  const fs::path err = scratch_dir() / "summarize.err";
+  const std::string bad = std::string("python3 '") + BHMOE_SOURCE_DIR + "/bench/summarize.py' '" +
+                          record.string() + "' >/dev/null 2>'" + err.string() + "'";
+  EXPECT_NE(std::system(bad.c_str()), 0);
+  EXPECT_NE(slurp(err).find(record.string() + ":3: not JSON"), std::string::npos) << slurp(err);
+  const fs::path other = scratch_dir() / "routing.jsonl";
+  std::ofstream(other) << "{\"bench\": \"routing\"}\n";
+  const std::string none = std::string("python3 '") + BHMOE_SOURCE_DIR + "/bench/summarize.py' '" +
+                           other.string() + "' >/dev/null 2>'" + err.string() + "'";
+  EXPECT_NE(std::system(none.c_str()), 0);
+  EXPECT_NE(slurp(err).find("no matching bench model lines"), std::string::npos) << slurp(err);
 }
 
 TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
