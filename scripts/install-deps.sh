@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bhmoe needs to build, test and plot. Idempotent and non-interactive:
 # it asks apt only when something is missing, and runs `apt-get update` only then.
+#   scripts/install-deps.sh           what `make` needs
+#   scripts/install-deps.sh --tools   also the bundled model's training pipeline (tools/): PyTorch,
+#                                     NumPy, OpenBLAS for torch, and the packages its corpus is made of
 set -euo pipefail
 
 packages=(
@@ -9,6 +12,13 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libboost-math-dev
   gnuplot-nox python3
 )
+if [ "${1:-}" = "--tools" ]; then
+  packages+=(
+    python3-torch python3-numpy libopenblas0-pthread npm
+    sword-text-web r-cran-janeaustenr wordnet-base python3.11-doc linux-doc-6.1 dict-gcide
+    fortunes fortunes-min libpython3.11-stdlib
+  )
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -13,6 +13,7 @@ Encoding contract (the same the C++ engine implements, SPEC.md section 1):
 """
 
 import json
+import re
 import unicodedata
 
 EOS_TOKEN = "<|endoftext|>"
@@ -114,28 +115,25 @@ def word_symbols(pretoken):
     return [BYTE_ENCODER[b] for b in pretoken.encode("utf-8")]
 
 
+_ADDED_PATTERNS = {}
+
+
 def split_added(text, added_tokens):
     """Yields (is_added, piece) with the added tokens matched longest first, left to right."""
-    toks = sorted(added_tokens, key=len, reverse=True)
-    i = 0
-    buf_start = 0
-    n = len(text)
-    while i < n:
-        hit = None
-        for t in toks:
-            if text.startswith(t, i):
-                hit = t
-                break
-        if hit is None:
-            i += 1
-            continue
-        if buf_start < i:
-            yield False, text[buf_start:i]
-        yield True, hit
-        i += len(hit)
-        buf_start = i
-    if buf_start < n:
-        yield False, text[buf_start:]
+    key = tuple(sorted(added_tokens, key=lambda t: (-len(t), t)))
+    pattern = _ADDED_PATTERNS.get(key)
+    if pattern is None:
+        # An alternation tries its branches in order at the leftmost position: longest first.
+        pattern = _ADDED_PATTERNS[key] = re.compile("|".join(re.escape(t) for t in key)) if key else None
+    pos = 0
+    if pattern is not None:
+        for m in pattern.finditer(text):
+            if pos < m.start():
+                yield False, text[pos:m.start()]
+            yield True, m.group(0)
+            pos = m.end()
+    if pos < len(text):
+        yield False, text[pos:]
 
 
 class Tokenizer:
@@ -217,24 +215,40 @@ class Tokenizer:
         return "".join(parts)
 
 
-def tokenizer_json(vocab, merges, eos_id):
-    """The tokenizer.json document, in the layout of OLMoE's own (see /work/shared/olmoe)."""
+# OLMoE's added tokens (its tokenizer.json): two specials, PII placeholders and runs of 2..24 spaces.
+# Special ones are matched before normalisation; the others after (HF "normalized": true).
+PAD_TOKEN = "<|padding|>"
+SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN)
+PLAIN_ADDED_TOKENS = ("|||IP_ADDRESS|||", "|||EMAIL_ADDRESS|||", "|||PHONE_NUMBER|||") + tuple(
+    " " * n for n in range(24, 1, -1))
+OLMOE_ADDED_TOKENS = SPECIAL_TOKENS + PLAIN_ADDED_TOKENS
+
+
+def tokenizer_json(vocab, merges, eos_id, added=None):
+    """The tokenizer.json document, in the layout of OLMoE's own (see ../shared/olmoe).
+
+    added: {token: id} of added tokens (default: only <|endoftext|> at eos_id); a token in
+    SPECIAL_TOKENS is written as special and not normalised, any other as plain and normalised."""
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    if added is None:
+        added = {EOS_TOKEN: eos_id}
+    added_tokens = [
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": t not in SPECIAL_TOKENS,
+            "special": t in SPECIAL_TOKENS,
+        }
+        for t, i in sorted(added.items(), key=lambda kv: kv[1])
+    ]
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [
-            {
-                "id": eos_id,
-                "content": EOS_TOKEN,
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": True,
-            }
-        ],
+        "added_tokens": added_tokens,
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": dict(byte_level),
         "post_processor": dict(byte_level),

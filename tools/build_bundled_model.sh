@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Rebuilds the bundled model models/bhmoe-tiny-moe from nothing: corpus -> tokenizer -> training ->
-# export (weights, tokenizer, calibration, held-out text, reference logits, model card).
+# Rebuilds the bundled model models/bhmoe-tiny-moe from package names: corpus -> tokenizer ->
+# training -> export (weights, tokenizer, texts, calibration, reference logits, model card).
 #
 #   tools/build_bundled_model.sh [--seed N] [--steps N] [--max-minutes M] [--out DIR] [--work DIR]
+#                                [--baseline-model DIR] [--export-only]
 #
-# Needs Debian's python3-torch and python3-numpy for /usr/bin/python3 (a development tool: neither
-# is needed to build, test or run bhmoe). Single-threaded and deterministic for a given seed unless
-# --max-minutes cuts training short. About 50 minutes on one busy core.
-# When the engine is built (BHMOE_BINARY or build/bhmoe exists), calibration.json is made by
-# `bhmoe calibrate` from calibration.txt (and the model card's BH figures use it); otherwise
-# export.py fits the same kind of ECDF in Python.
+# Training takes hours on a CPU core. It checkpoints every 5 minutes into --work and resumes from
+# there when run again with the same settings (bit for bit, on one thread), so the script can be
+# stopped and rerun any number of times; --max-minutes stops it cleanly. --work holds optimiser state:
+# keep it outside the repository (default: build-bundled-model/, which git ignores).
+#
+# Needs Debian's python3-torch, python3-numpy and an optimised BLAS for torch (libopenblas0: with the
+# reference BLAS, training is about 20x slower), all installed by scripts/install-deps.sh --tools.
+# When the engine is built (BHMOE_BINARY or build/bhmoe), calibration.json is made by
+# `bhmoe calibrate` on calibration.txt; otherwise export.py fits the same kind of ECDF in Python.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 python=/usr/bin/python3
 seed=1
-steps=420
+steps=2600
 max_minutes=0
 out="$root/models/bhmoe-tiny-moe"
 work="$root/build-bundled-model"
+baseline=()
+export_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seed=$2; shift 2 ;;
@@ -27,28 +33,38 @@ while [ $# -gt 0 ]; do
     --max-minutes) max_minutes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
+    --baseline-model) baseline=(--baseline-model "$2"); shift 2 ;;
+    --export-only) export_only=1; shift ;;
     *) echo "build_bundled_model: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
 
 "$python" -c 'import torch, numpy' 2>/dev/null || {
-  echo "build_bundled_model: $python lacks torch/numpy: apt-get install python3-torch python3-numpy" >&2
+  echo "build_bundled_model: $python lacks torch/numpy: run scripts/install-deps.sh --tools" >&2
   exit 1
 }
 
 mkdir -p "$work" "$out"
-"$python" "$here/make_corpus.py" --seed "$seed" --out "$work/corpus"
-"$python" "$here/train_tokenizer.py" --corpus "$work/corpus" --vocab-size 2048 --out "$work/tokenizer.json"
-"$python" "$here/train_moe.py" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" \
-  --work "$work/train" --seed "$seed" --steps "$steps" --max-minutes "$max_minutes"
-export_args=(--work "$work/train" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out")
+if [ ! -f "$work/corpus/manifest.json" ]; then
+  "$python" "$here/make_corpus.py" --seed "$seed" --out "$work/corpus"
+fi
+if [ ! -f "$work/tokenizer.json" ]; then
+  "$python" "$here/train_tokenizer.py" --corpus "$work/corpus" --vocab-size 8192 --out "$work/tokenizer.json"
+fi
+if [ "$export_only" = 0 ]; then
+  "$python" "$here/train_moe.py" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" \
+    --work "$work/train" --seed "$seed" --steps "$steps" --max-minutes "$max_minutes"
+fi
+export_args=(--work "$work/train" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out"
+             "${baseline[@]}")
 bhmoe=${BHMOE_BINARY:-$root/build/bhmoe}
 if [ -x "$bhmoe" ]; then
   # The shipped calibration is the engine's own: ECDF of the raw router logits of all of
-  # calibration.txt, in windows of the trained context (256 tokens).
+  # calibration.txt, in windows of the trained context.
   "$python" "$here/export.py" "${export_args[@]}" --weights-only
+  ctx=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["max_position_embeddings"])' "$out/config.json")
   "$bhmoe" calibrate --model "$out" --text-file "$out/calibration.txt" --out "$work/calibration.json" \
-    --method ecdf --max-length 256 --max-tokens 1000000 --threads 1
+    --method ecdf --max-length "$ctx" --max-tokens 2000000 --threads 1
   "$python" "$here/export.py" "${export_args[@]}" --calibration "$work/calibration.json"
   echo "build_bundled_model: calibration.json made by $bhmoe calibrate"
 else

@@ -1,20 +1,21 @@
 #!/usr/bin/python3
-"""Exports the trained model in the Hugging Face OLMoE layout and measures it for the model card.
+"""Exports the trained stand-in model in the Hugging Face OLMoE layout and measures it for the model card.
 
 Writes into --out (the committed model folder):
   config.json, model.safetensors (bf16, per-expert tensor names), tokenizer.json,
-  calibration.txt, heldout.txt, heldout/<domain>.txt,
-  calibration.json (bh-calibration-grid/1: per-layer ECDF of the raw router logits on calibration.txt,
-  native routing; see SPEC.md section 2),
-  reference/cases.json + reference/*.npy (fp32 logits [T, V] of held-out prefixes, computed in fp32
-  on the bf16-rounded weights), reference/heldout_ids.json (the Python tokenizer's ids per domain),
-  metrics.json and README.md (the model card).
+  calibration.txt (the corpus' calibration split), heldout/<domain>.txt and heldout.txt (the test
+  split, never trained on and never used for calibration), DATA.md and corpus-manifest.json (the
+  corpus' data card and hashes), calibration.json (from `bhmoe calibrate` via --calibration, else a
+  Python ECDF of the same kind), reference/cases.json + reference/*.npy (fp32 logits of test-split
+  prefixes), reference/heldout_ids.json (the Python tokenizer's ids per domain), metrics.json and
+  README.md (the model card).
 
-Every figure is measured on the bf16-rounded weights, i.e. the model as shipped.
+Every figure is measured on the bf16-rounded weights, i.e. the model as shipped, on the test split.
 """
 
 import argparse
 import collections
+import gzip
 import json
 import math
 import os
@@ -30,8 +31,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bhmoe_tok  # noqa: E402
 import olmoe_torch  # noqa: E402
 
-DOMAINS = ["arithmetic", "facts", "code", "records", "random"]
-WINDOW = 256  # tokens per evaluation window (the training context)
+WINDOW = 512  # tokens per evaluation window (the trained context), overridden by the model's own
+SEED_PROMPTS = [  # SPEC.md section 3: (category, description, text)
+    ("simple", "Simple sentence completion", "The cat sat on the"),
+    ("simple", "Story beginning", "Once upon a time, there was a"),
+    ("simple", "Factual completion", "The capital of France is"),
+    ("medium", "Technical explanation", "In computer science, a linked list is a data structure that"),
+    ("medium", "Informative continuation", "Climate change refers to long-term shifts in temperatures and "
+     "weather patterns. These shifts"),
+    ("medium", "Historical reasoning", "The stock market crashed in 1929 because"),
+    ("complex", "Mathematical reasoning", "If you have 3 apples and you give 2 to your friend, then you buy "
+     "5 more, how many apples do you have? Let me think step by step:"),
+    ("complex", "Comparative analysis", "Compare and contrast the Renaissance and the Enlightenment periods "
+     "in terms of their cultural, scientific, and philosophical contributions:"),
+    ("complex", "Technical explanation with examples", "Explain the difference between supervised and "
+     "unsupervised learning in machine learning, providing examples of each:"),
+    ("domain_specific", "Programming concepts", "In Python, a decorator is a function that"),
+    ("domain_specific", "Biology knowledge", "The mitochondria is known as the powerhouse of the cell because it"),
+    ("domain_specific", "Physics knowledge", "In quantum mechanics, the uncertainty principle states that"),
+]
 
 
 # ------------------------------------------------------------------ files
@@ -77,44 +95,45 @@ def read_safetensors(path):
 
 # ------------------------------------------------------------------ evaluation helpers
 
-def windows(ids, size=WINDOW):
+def windows(ids, size):
     return [ids[i:i + size] for i in range(0, len(ids), size) if len(ids[i:i + size]) >= 2]
 
 
-def run_windows(model, ids, collect=None):
-    """Runs every window of ids; returns (logits list [T, V], per-layer routing lists)."""
+def run_windows(model, ids, size, batch=8):
+    """Runs every non-overlapping window of ids (each from position 0); returns (logits list [T, V],
+    per-layer lists of (router logits, selection), the windows in the order of the logits)."""
     outs = []
     routes = [[] for _ in model.model.layers]
-    # Batch the full-size windows together, the last (shorter) one alone.
-    ws = windows(ids)
-    full = [w for w in ws if len(w) == WINDOW]
-    rest = [w for w in ws if len(w) != WINDOW]
-    groups = []
-    for i in range(0, len(full), 16):
-        groups.append(full[i:i + 16])
-    for w in rest:
-        groups.append([w])
+    ws = windows(ids, size)
+    full = [w for w in ws if len(w) == size]
+    groups = [full[i:i + batch] for i in range(0, len(full), batch)] + [[w] for w in ws if len(w) != size]
     with torch.no_grad():
         for g in groups:
-            x = torch.tensor(np.stack(g), dtype=torch.long)
-            logits, routing = model(x)
-            for row in logits:
-                outs.append(row)
+            logits, routing = model(torch.tensor(np.stack(g), dtype=torch.long))
+            outs.extend(logits)
             for li, (lg, sel) in enumerate(routing):
                 routes[li].append((lg, sel))
-    ordered_ids = [w for g in groups for w in g]
-    return outs, routes, ordered_ids
+    return outs, routes, [w for g in groups for w in g]
 
 
-def nll_of(logits_list, id_windows):
-    """Sum of -log p over predicted positions, and their count."""
-    total, n = 0.0, 0
+def nll_of(logits_list, id_windows, token_bytes):
+    """(sum of -log p in nats over predicted positions, their count, their UTF-8 bytes)."""
+    total, n, nbytes = 0.0, 0, 0
     for lg, w in zip(logits_list, id_windows):
         tgt = torch.tensor(w[1:], dtype=torch.long)
         lp = torch.log_softmax(lg[:-1].double(), dim=-1)
         total += -lp.gather(1, tgt[:, None]).sum().item()
         n += len(w) - 1
-    return total, n
+        nbytes += int(token_bytes[tgt.numpy()].sum())
+    return total, n, nbytes
+
+
+def token_byte_lengths(tok, vocab_size):
+    """UTF-8 bytes each id stands for (added tokens: their content)."""
+    out = np.zeros(vocab_size, dtype=np.int64)
+    for t, i in tok.vocab.items():
+        out[i] = len(t.encode("utf-8")) if t in tok.added else len(t)  # byte-level: one char per byte
+    return out
 
 
 def ecdf_grid(values):
@@ -186,11 +205,133 @@ def set_router(model, make):
         layer.mlp.router = make(li) if make else None
 
 
-# ------------------------------------------------------------------ main
+
+def portable_path(arg):
+    """A command-line argument as the model card shows it: paths inside the repository relative to
+    its root, ../shared/... as such, any other path as $WORK/<name> (the build's work folder)."""
+    if not os.path.exists(arg):
+        return arg
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = os.path.abspath(arg)
+    if full.startswith(root + os.sep):
+        return os.path.relpath(full, root)
+    shared = os.path.join(os.path.dirname(root), "shared")
+    if full.startswith(shared + os.sep):
+        return "../shared/" + os.path.relpath(full, shared)
+    return "$WORK/" + os.path.basename(full)
+
+
+def load_model_dir(path):
+    """(model in fp32 holding the bf16 weights, tokenizer, config) of a model folder."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = olmoe_torch.Config.from_hf(json.load(f))
+    model = olmoe_torch.OlmoeForCausalLM(cfg)
+    model.load_state_dict(read_safetensors(os.path.join(path, "model.safetensors")))
+    model.eval()
+    return model, bhmoe_tok.Tokenizer.load(os.path.join(path, "tokenizer.json")), cfg
+
+
+def eval_domains(model, dom_ids, size, token_bytes):
+    """{domain: (nll nats, predicted tokens, predicted bytes)} and per-layer routing of each domain."""
+    res, routes = {}, {}
+    for d, ids in dom_ids.items():
+        logits, r, wins = run_windows(model, ids, size)
+        res[d] = nll_of(logits, wins, token_bytes)
+        routes[d] = r
+    return res, routes
+
+
+def summarise(res):
+    """Per-domain and overall perplexity and bits per byte of an eval_domains result."""
+    out = {d: {"nll_nats_per_token": t / n, "ppl": math.exp(t / n), "bits_per_byte": t / math.log(2) / b,
+               "predicted_tokens": n, "predicted_bytes": b} for d, (t, n, b) in res.items()}
+    t = sum(v[0] for v in res.values())
+    n = sum(v[1] for v in res.values())
+    b = sum(v[2] for v in res.values())
+    out["all"] = {"nll_nats_per_token": t / n, "ppl": math.exp(t / n), "bits_per_byte": t / math.log(2) / b,
+                  "predicted_tokens": n, "predicted_bytes": b}
+    return out
+
+
+def seed_prompts(model, tok, eos_id, new_tokens=16):
+    """Prompt NLL (mean -log p of prompt tokens 2..n, nats) and greedy continuation of each seed prompt."""
+    rows = []
+    with torch.no_grad():
+        for cat, desc, text in SEED_PROMPTS:
+            ids = tok.encode(text)
+            logits, _ = model(torch.tensor([ids], dtype=torch.long))
+            lp = torch.log_softmax(logits[0, :-1].double(), -1)
+            nll = -lp.gather(1, torch.tensor(ids[1:])[:, None]).mean().item()
+            out = list(ids)
+            for _ in range(new_tokens):
+                lg, _ = model(torch.tensor([out], dtype=torch.long))
+                nxt = int(lg[0, -1].argmax())
+                if nxt == eos_id:
+                    break
+                out.append(nxt)
+            rows.append({"category": cat, "description": desc, "prompt": text, "prompt_tokens": len(ids),
+                         "prompt_nll": nll, "greedy": tok.decode(out[len(ids):])})
+    return rows
+
+
+def routing_stats(cfg, routes, seed=1):
+    """Router entropy, top-k mass, load CV and domain specialisation under native routing."""
+    layers = []
+    spec = {}
+    rng = np.random.default_rng(seed)
+    for li in range(cfg.num_layers):
+        lg = torch.cat([x for d in routes for x, _ in routes[d][li]])
+        p = torch.softmax(lg.double(), -1)
+        ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+        mass = p.topk(cfg.top_k, -1).values.sum(-1)
+        sel = torch.cat([s for d in routes for _, s in routes[d][li]])
+        load = np.bincount(sel.reshape(-1).numpy(), minlength=cfg.num_experts).astype(np.float64)
+        layers.append({"layer": li, "entropy_nats": ent.mean().item(), "top_k_mass": mass.mean().item(),
+                       "load_cv": float(load.std() / load.mean()), "experts_used": int((load > 0).sum()),
+                       "max_share": float(load.max() / load.sum())})
+    # Domain specialisation: the share of a domain's selections that go to its own k most-used experts
+    # in a layer, against the same share for the same number of tokens routed uniformly at random
+    # (k distinct experts per token), averaged over layers.
+    for d in routes:
+        own, uni = [], []
+        for li in range(cfg.num_layers):
+            sel = torch.cat([s for _, s in routes[d][li]]).numpy()
+            c = np.sort(np.bincount(sel.reshape(-1), minlength=cfg.num_experts))[::-1]
+            own.append(c[:cfg.top_k].sum() / c.sum())
+            u = np.argsort(rng.random((sel.shape[0], cfg.num_experts)), axis=1)[:, :cfg.top_k]
+            cu = np.sort(np.bincount(u.reshape(-1), minlength=cfg.num_experts))[::-1]
+            uni.append(cu[:cfg.top_k].sum() / cu.sum())
+        spec[d] = {"top_k_share": float(np.mean(own)), "uniform_router_share": float(np.mean(uni)),
+                   "tokens": int(sel.shape[0])}
+    return layers, spec
+
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+
+
+def grid_quantiles(x, cdf):
+    """Quantiles of a calibration grid (x increasing, cdf non-decreasing) by linear interpolation."""
+    x = np.asarray(x, dtype=np.float64)
+    cdf = np.asarray(cdf, dtype=np.float64)
+    keep = np.concatenate([[True], np.diff(cdf) > 0])
+    return [float(np.interp(q, cdf[keep], x[keep])) for q in QUANTILES]
+
+
+def logit_distribution(grids, olmoe_path):
+    """Per-layer quantiles of raw router logits: ours (from our grids) and OLMoE-1B-7B's."""
+    ours = [grid_quantiles(x, c) for x, c in grids]
+    theirs = []
+    if olmoe_path and os.path.exists(olmoe_path):
+        with open(olmoe_path) as f:
+            j = json.load(f)
+        theirs = [grid_quantiles(l["x"], l["cdf"]) for l in sorted(j["layers"], key=lambda l: l["layer"])]
+    return {"quantiles": list(QUANTILES), "ours": ours, "olmoe": theirs,
+            "olmoe_source": os.path.basename(olmoe_path) if theirs else None}
+
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--work", required=True, help="training work dir (state.pt, train_ids.npy)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="training work dir (state.pt, train_ids.npz)")
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
@@ -201,6 +342,12 @@ def main():
     ap.add_argument("--calibration", default=None,
                     help="use this bh-calibration-grid/1 file (e.g. from `bhmoe calibrate`) for the BH "
                          "figures and ship it, instead of fitting the Python ECDF")
+    ap.add_argument("--baseline-model", default=None,
+                    help="a previous model folder to measure on the same test text (bits per byte, seed prompts)")
+    ap.add_argument("--olmoe-calibration", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                "..", "..", "shared", "calibration",
+                                                                "olmoe-1b-7b-0924.kde.json"),
+                    help="the real OLMoE router-logit CDFs, shown beside ours")
     ap.add_argument("--quick", action="store_true",
                     help="development check only: evaluate on a few hundred tokens per domain")
     args = ap.parse_args()
@@ -213,236 +360,158 @@ def main():
 
     state = torch.load(os.path.join(args.work, "state.pt"))
     info = state["info"]
-    cfgd = state["config"]
-    cfg = olmoe_torch.Config(**cfgd)
+    cfg = olmoe_torch.Config(**state["config"])
+    window = cfg.max_position_embeddings
     tok = bhmoe_tok.Tokenizer.load(args.tokenizer)
     eos_id = tok.added[bhmoe_tok.EOS_TOKEN]
 
     # --- weights: bf16 safetensors, per-expert names (the model's own state_dict keys)
     sd = state["state_dict"]
-    tensors = [(k, v) for k, v in sd.items()]
     st_path = os.path.join(out, "model.safetensors")
-    write_safetensors(st_path, tensors)
+    write_safetensors(st_path, list(sd.items()))
     back = read_safetensors(st_path)
     assert set(back) == set(sd), "safetensors round trip lost tensors"
     model = olmoe_torch.OlmoeForCausalLM(cfg)
     model.load_state_dict(back)  # the bf16-rounded weights, held in fp32
     model.eval()
-    write_atomic(os.path.join(out, "config.json"), json.dumps(cfg.hf_config(eos_id), indent=2) + "\n")
+    hf = cfg.hf_config(eos_id)
+    hf["pad_token_id"] = tok.added.get(bhmoe_tok.PAD_TOKEN)
+    write_atomic(os.path.join(out, "config.json"), json.dumps(hf, indent=2) + "\n")
     shutil.copyfile(args.tokenizer, os.path.join(out, "tokenizer.json"))
+    for name, dest in (("DATA.md", "DATA.md"), ("manifest.json", "corpus-manifest.json")):
+        if os.path.exists(os.path.join(args.corpus, name)):
+            shutil.copyfile(os.path.join(args.corpus, name), os.path.join(out, dest))
 
-    # --- texts
+    # --- texts: the test split per domain (documents joined by a blank line), the calibration split
     def load_docs(name):
         with open(os.path.join(args.corpus, name), encoding="utf-8") as f:
             return [json.loads(l) for l in f]
 
-    held = load_docs("heldout.jsonl")
-    calib = load_docs("calibration.jsonl")
-    dom_text = {d: "\n".join(x["text"] for x in held if x["domain"] == d) for d in DOMAINS}
-    for d in DOMAINS:
+    test = load_docs("test.jsonl")
+    domains = sorted({x["domain"] for x in test})
+    dom_text = {d: "\n\n".join(x["text"] for x in test if x["domain"] == d) for d in domains}
+    for stale in os.listdir(os.path.join(out, "heldout")):
+        if stale.endswith(".txt") and stale[:-4] not in dom_text:
+            os.remove(os.path.join(out, "heldout", stale))
+    for d in domains:
         write_atomic(os.path.join(out, "heldout", d + ".txt"), dom_text[d])
-    write_atomic(os.path.join(out, "heldout.txt"), "\n".join(dom_text[d] for d in DOMAINS))
-    calib_text = "\n".join(x["text"] for x in calib)
+    write_atomic(os.path.join(out, "heldout.txt"), "\n\n".join(dom_text[d] for d in domains))
+    calib_text = "\n\n".join(x["text"] for x in load_docs("calibration.jsonl"))
     write_atomic(os.path.join(out, "calibration.txt"), calib_text)
-    dom_ids = {d: tok.encode(dom_text[d]) for d in DOMAINS}
+    dom_ids = {d: tok.encode(dom_text[d]) for d in domains}
     if args.quick:
-        dom_ids = {d: v[:600] for d, v in dom_ids.items()}
+        dom_ids = {d: v[:3 * window // 2] for d, v in dom_ids.items()}
     write_atomic(os.path.join(out, "reference", "heldout_ids.json"),
                  json.dumps({"format": "bhmoe-token-ids/1",
                              "description": "Python tokenizer ids of heldout/<domain>.txt (no special tokens)",
-                             "files": {d: "heldout/%s.txt" % d for d in DOMAINS},
+                             "files": {d: "heldout/%s.txt" % d for d in domains},
                              "ids": dom_ids}, separators=(",", ":")) + "\n")
-
     if args.weights_only:
         print("export: wrote weights, config, tokenizer and texts to %s" % out)
         return
 
-    # --- calibration: ECDF of raw router logits per layer on calibration.txt, native routing
-    calib_ids = tok.encode(calib_text)
-    if args.quick:
-        calib_ids = calib_ids[:3000]
+    # --- calibration grids: `bhmoe calibrate`'s, or a Python ECDF of raw router logits per layer on
+    # the calibration split under native routing
     if args.calibration:
         with open(args.calibration) as f:
             calib_doc = json.load(f)
         assert calib_doc["format"] == "bh-calibration-grid/1", args.calibration
         by_layer = {l["layer"]: l for l in calib_doc["layers"]}
-        grids = [(np.array(by_layer[li]["x"], dtype=np.float64), np.array(by_layer[li]["cdf"], dtype=np.float64))
-                 for li in range(cfg.num_layers)]
-        calibration_source = "`%s` (%s)" % (os.path.basename(args.calibration), calib_doc.get("description", ""))
+        grids = [(np.array(by_layer[li]["x"]), np.array(by_layer[li]["cdf"])) for li in range(cfg.num_layers)]
+        calibration_source = "`bhmoe calibrate` on calibration.txt (%s)" % calib_doc.get("description", "")
         if os.path.abspath(args.calibration) != os.path.abspath(os.path.join(out, "calibration.json")):
             shutil.copyfile(args.calibration, os.path.join(out, "calibration.json"))
-        routes = []
     else:
-        _, routes, _ = run_windows(model, calib_ids)
-    layers_json = []
-    if not args.calibration:
-        grids = []
-    for li, rl in enumerate(routes):
-        vals = torch.cat([lg for lg, _ in rl]).numpy().reshape(-1)
-        xs, cdf = ecdf_grid(vals)
-        grids.append((xs, cdf))
-        layers_json.append({"layer": li, "x": [float(v) for v in xs], "cdf": [float(c) for c in cdf]})
-    if not args.calibration:
+        calib_ids = tok.encode(calib_text)[:3000 if args.quick else None]
+        _, routes, _ = run_windows(model, calib_ids, window)
+        grids, layers_json = [], []
+        for li, rl in enumerate(routes):
+            xs, cdf = ecdf_grid(torch.cat([lg for lg, _ in rl]).numpy().reshape(-1))
+            grids.append((xs, cdf))
+            layers_json.append({"layer": li, "x": xs.tolist(), "cdf": cdf.tolist()})
         calib_doc = {"format": "bh-calibration-grid/1", "model": os.path.basename(os.path.normpath(out)),
-                 "description": "Empirical CDF of raw router logits per layer, pooled over all %d experts "
-                                "and %d tokens of calibration.txt under native top-%d routing (tools/export.py)."
-                                % (cfg.num_experts, len(calib_ids), cfg.top_k),
+                     "description": "Empirical CDF of raw router logits per layer, pooled over all %d experts "
+                                    "and %d tokens of calibration.txt under native top-%d routing "
+                                    "(tools/export.py)" % (cfg.num_experts, len(calib_ids), cfg.top_k),
                      "layers": layers_json}
         write_atomic(os.path.join(out, "calibration.json"), json.dumps(calib_doc) + "\n")
         calibration_source = "the Python ECDF of tools/export.py (%s)" % calib_doc["description"]
 
-    metrics = {"domains": {}, "routing": {}, "bh": {}, "topk": {}, "calibration_source": calibration_source}
+    metrics = {"command": "tools/export.py " + " ".join(map(portable_path, sys.argv[1:])), "window_tokens": window,
+               "domains": domains, "calibration_source": calibration_source}
+    with open(os.path.join(args.corpus, "manifest.json")) as f:
+        metrics["corpus_train_chars"] = json.load(f)["splits"]["train"]["chars"]
+    token_bytes = token_byte_lengths(tok, cfg.vocab_size)
 
-    # --- unigram baseline from the train stream (add-one smoothing)
-    train_ids = np.load(os.path.join(args.work, "train_ids.npy"))
-    uni = np.bincount(train_ids, minlength=cfg.vocab_size).astype(np.float64) + 1.0
-    uni_logp = np.log(uni / uni.sum())
-
-    # --- native routing: perplexity, router entropy, utilisation, arithmetic
+    # --- native top-k: perplexity and bits per byte per domain, against unigram and gzip
     set_router(model, None)
-    native = {}
-    util = np.zeros((cfg.num_layers, cfg.num_experts), dtype=np.int64)
-    ent_sum = np.zeros(cfg.num_layers)
-    ent_dom = {}
-    mass_sum = np.zeros(cfg.num_layers)
-    ntok_all = 0
-    for d in DOMAINS:
-        logits, routes, wins = run_windows(model, dom_ids[d])
-        native[d] = (logits, wins)
-        tot, n = nll_of(logits, wins)
-        utot = sum(-uni_logp[w[1:]].sum() for w in wins)
-        metrics["domains"][d] = {"tokens": len(dom_ids[d]), "predicted": n, "ppl": math.exp(tot / n),
-                                 "unigram_ppl": math.exp(utot / n)}
-        ent_dom[d] = []
-        for li, rl in enumerate(routes):
-            lg = torch.cat([x for x, _ in rl])
-            sel = torch.cat([s for _, s in rl])
-            p = torch.softmax(lg, dim=-1).double()
-            ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
-            ent_sum[li] += ent.sum().item()
-            ent_dom[d].append(ent.mean().item())
-            mass_sum[li] += p.topk(cfg.top_k, dim=-1).values.sum(-1).sum().item()
-            util[li] += np.bincount(sel.reshape(-1).numpy(), minlength=cfg.num_experts)
-        ntok_all += sum(len(w) for w in wins)
-    all_n = sum(m["predicted"] for m in metrics["domains"].values())
-    all_nll = sum(math.log(m["ppl"]) * m["predicted"] for m in metrics["domains"].values())
-    all_unll = sum(math.log(m["unigram_ppl"]) * m["predicted"] for m in metrics["domains"].values())
-    metrics["overall"] = {"predicted": all_n, "ppl": math.exp(all_nll / all_n),
-                          "unigram_ppl": math.exp(all_unll / all_n)}
-    metrics["routing"] = {
-        "router_entropy_nats_per_layer": (ent_sum / ntok_all).tolist(),
-        "router_entropy_max_nats": math.log(cfg.num_experts),
-        "router_entropy_per_domain": ent_dom,
-        "top8_prob_mass_per_layer": (mass_sum / ntok_all).tolist(),
-        "utilisation_per_layer": [],
-    }
-    for li in range(cfg.num_layers):
-        u = util[li].astype(np.float64)
-        used = u[u > 0]
-        metrics["routing"]["utilisation_per_layer"].append({
-            "layer": li, "experts_used": int((u > 0).sum()),
-            "cv": float(used.std() / used.mean()), "max_over_min": float(used.max() / used.min()),
-            "max_share": float(u.max() / u.sum()), "counts": util[li].tolist()})
+    res, routes = eval_domains(model, dom_ids, window, token_bytes)
+    metrics["native"] = summarise(res)
+    z = np.load(os.path.join(args.work, "train_ids.npz"))
+    counts = sum(np.bincount(z[k], minlength=cfg.vocab_size) for k in z.files if k.startswith("ids_"))
+    uni_logp = np.log((counts + 1.0) / (counts.sum() + cfg.vocab_size))
+    uni = {}
+    for d in domains:
+        ws = windows(dom_ids[d], window)
+        t = float(sum(-uni_logp[w[1:]].sum() for w in ws))
+        uni[d] = (t, sum(len(w) - 1 for w in ws), int(sum(token_bytes[w[1:]].sum() for w in ws)))
+    metrics["unigram"] = summarise(uni)
+    metrics["gzip"] = {}
+    for d in domains + ["all"]:
+        raw = (dom_text[d] if d != "all" else "\n\n".join(dom_text[x] for x in domains)).encode("utf-8")
+        metrics["gzip"][d] = {"bits_per_byte": len(gzip.compress(raw, 9)) * 8 / len(raw), "bytes": len(raw)}
 
-    # --- arithmetic exact-answer accuracy under greedy decoding (teacher-forced equivalent: the
-    # greedy continuation of "a op b =" is the gold answer iff every answer token is the argmax and
-    # the argmax after it starts with a newline).
-    reserved = set(tuple(p) for p in json.load(open(os.path.join(args.corpus, "arithmetic_reserved.json"))))
-    arith_ids = dom_ids["arithmetic"]
-    eq_id = tok.encode(" =")
-    assert len(eq_id) == 1, "' =' must be one token"
-    eq_id = eq_id[0]
-    nl_tokens = set(i for t, i in tok.vocab.items() if bhmoe_tok.BYTE_DECODER.get(t[0]) == 10)
-    # Map window positions to predictions.
-    logits, wins = native["arithmetic"]
-    pred = np.concatenate([lg.argmax(-1).numpy() for lg in logits])
-    flat = np.concatenate([np.array(w) for w in wins])
-    starts = np.cumsum([0] + [len(w) for w in wins])
-    results = {"seen": [0, 0], "reserved": [0, 0]}
-    per_op = collections.defaultdict(lambda: [0, 0])
-    text_lines = dom_text["arithmetic"].split("\n")
-    line_iter = iter([l for l in text_lines if l.strip()])
-    for i in range(len(flat)):
-        if flat[i] != eq_id:
-            continue
-        line = next(line_iter)
-        a_s, op, b_s, _, c_s = line.split()
-        j = i + 1
-        ans = []
-        while j < len(flat) and flat[j] not in nl_tokens:
-            ans.append(j)
-            j += 1
-        # predictions for position q come from logits at q-1, within the same window
-        win_of = lambda q: np.searchsorted(starts, q, side="right") - 1
-        if j >= len(flat) or any(win_of(q) != win_of(i) for q in ans + [j]):
-            continue  # problem straddles a window boundary: not scored
-        ok = all(pred[q - 1] == flat[q] for q in ans) and pred[j - 1] in nl_tokens
-        kind = "reserved" if (int(a_s), op, int(b_s)) in reserved else "seen"
-        results[kind][0] += int(ok)
-        results[kind][1] += 1
-        per_op[op][0] += int(ok)
-        per_op[op][1] += 1
-    answers = {"+": {a + b for a in range(20) for b in range(20)},
-               "-": {a - b for a in range(20) for b in range(20) if a >= b},
-               "*": {a * b for a in range(10) for b in range(10)}}
-    tot_ops = sum(v[1] for v in per_op.values())
-    chance = sum(per_op[o][1] / len(answers[o]) for o in per_op) / max(1, tot_ops)
-    metrics["arithmetic"] = {
-        "seen_correct": results["seen"][0], "seen_total": results["seen"][1],
-        "reserved_correct": results["reserved"][0], "reserved_total": results["reserved"][1],
-        "accuracy": (results["seen"][0] + results["reserved"][0]) / max(1, results["seen"][1] + results["reserved"][1]),
-        "per_op": {o: {"correct": v[0], "total": v[1]} for o, v in per_op.items()},
-        "chance_uniform_over_possible_answers": chance}
+    # --- the router beside OLMoE's
+    layers, spec = routing_stats(cfg, routes)
+    metrics["router"] = {"per_layer": layers, "specialisation": spec, "entropy_max_nats": math.log(cfg.num_experts),
+                         "flat_router_top_k_mass": cfg.top_k / cfg.num_experts,
+                         "logits": logit_distribution(grids, args.olmoe_calibration)}
 
-    # --- routing rules with real forward passes (the rule's choice feeds later layers)
+    # --- fixed top-k sweep and BH, each as the model's router in every layer
     def eval_rule(make):
-        res = {}
-        for d in DOMAINS:
-            routers = []
-
-            def mk(li):
-                r = make(li)
-                routers.append(r)
-                return r
-            set_router(model, mk)
-            logits, _, wins = run_windows(model, dom_ids[d])
-            tot, n = nll_of(logits, wins)
-            counts = [np.concatenate(r.counts) if hasattr(r, "counts") else None for r in routers]
-            res[d] = (tot, n, counts)
+        set_router(model, make)
+        r, _ = eval_domains(model, dom_ids, window, token_bytes)
         set_router(model, None)
-        return res
+        return r
 
-    metrics["topk"][str(cfg.top_k)] = {"ppl": metrics["overall"]["ppl"],
-                                       "ppl_per_domain": {d: metrics["domains"][d]["ppl"] for d in DOMAINS}}
-    for k in (1,):
-        r = eval_rule(lambda li: TopKRouter(k))
-        tot = sum(v[0] for v in r.values())
-        n = sum(v[1] for v in r.values())
-        metrics["topk"][str(k)] = {"ppl": math.exp(tot / n),
-                                   "ppl_per_domain": {d: math.exp(v[0] / v[1]) for d, v in r.items()}}
+    metrics["topk"] = {}
+    for k in (1, 2, 4, 8, 12, 16):
+        metrics["topk"][str(k)] = summarise(eval_rule(lambda li: TopKRouter(k)))
+    metrics["bh"] = {}
     for alpha in (0.01, 0.05, 0.10):
-        r = eval_rule(lambda li: BHRouter(grids[li][0], grids[li][1], alpha, max_k=16, min_k=1))
-        per_dom = {}
-        allc = []
-        per_layer = [[] for _ in range(cfg.num_layers)]
-        for d, (tot, n, counts) in r.items():
-            c = np.concatenate(counts)
-            allc.append(c)
-            for li in range(cfg.num_layers):
-                per_layer[li].append(counts[li])
-            per_dom[d] = {"mean_experts": float(c.mean()), "ppl": math.exp(tot / n)}
-        allc = np.concatenate(allc)
-        tot = sum(v[0] for v in r.values())
-        n = sum(v[1] for v in r.values())
-        metrics["bh"]["%.2f" % alpha] = {
-            "mean_experts": float(allc.mean()), "std_experts": float(allc.std(ddof=1)),
-            "pct_at_floor": float((allc == 1).mean() * 100), "pct_at_ceiling": float((allc == 16).mean() * 100),
-            "mean_experts_per_layer": [float(np.concatenate(x).mean()) for x in per_layer],
-            "ppl": math.exp(tot / n), "per_domain": per_dom}
+        routers = []
 
-    # --- reference logits: a prefix of the first held-out document of every domain
+        def make(li):
+            routers.append(BHRouter(grids[li][0], grids[li][1], alpha, max_k=16, min_k=1))
+            return routers[-1]
+        s = summarise(eval_rule(make))
+        allc = np.concatenate([np.concatenate(r.counts) for r in routers])
+        s["mean_experts"] = float(allc.mean())
+        s["pct_at_min_k"] = float((allc == 1).mean() * 100)
+        s["pct_at_max_k"] = float((allc == 16).mean() * 100)
+        metrics["bh"]["%.2f" % alpha] = s
+
+    # --- the 12 seed prompts
+    metrics["seed_prompts"] = seed_prompts(model, tok, eos_id)
+    metrics["seed_prompt_mean_nll"] = float(np.mean([r["prompt_nll"] for r in metrics["seed_prompts"]]))
+    metrics["uniform_nll"] = math.log(cfg.vocab_size)
+
+    # --- the previous model on the same text
+    if args.baseline_model:
+        bm, btok, bcfg = load_model_dir(args.baseline_model)
+        b_ids = {d: btok.encode(dom_text[d])[:3 * bcfg.max_position_embeddings // 2 if args.quick else None]
+                 for d in domains}
+        bres, _ = eval_domains(bm, b_ids, bcfg.max_position_embeddings,
+                               token_byte_lengths(btok, bcfg.vocab_size))
+        bseed = seed_prompts(bm, btok, btok.added[bhmoe_tok.EOS_TOKEN])
+        metrics["baseline"] = {"model": os.path.basename(os.path.normpath(args.baseline_model)),
+                               "vocab_size": bcfg.vocab_size, "native": summarise(bres),
+                               "seed_prompt_mean_nll": float(np.mean([r["prompt_nll"] for r in bseed])),
+                               "uniform_nll": math.log(bcfg.vocab_size)}
+
+    # --- reference logits: a prefix of every domain's test text
     cases = []
-    for d in DOMAINS:
+    for d in domains:
         ids = dom_ids[d][:args.reference_tokens]
         with torch.no_grad():
             lg, _ = model(torch.tensor([ids], dtype=torch.long))
@@ -450,6 +519,9 @@ def main():
         np.save(os.path.join(out, fname), lg[0].numpy().astype(np.float32))
         cases.append({"name": d, "ids": ids, "text": tok.decode(ids), "logits": fname,
                       "shape": [len(ids), cfg.vocab_size]})
+    for stale in os.listdir(os.path.join(out, "reference")):
+        if stale.endswith(".npy") and stale[:-4] not in domains:
+            os.remove(os.path.join(out, "reference", stale))
     write_atomic(os.path.join(out, "reference", "cases.json"), json.dumps({
         "format": "bhmoe-reference-logits/1",
         "description": "fp32 logits [T, V] (numpy .npy, little-endian float32) of one prefill of `ids` "
@@ -461,111 +533,150 @@ def main():
     metrics["train"] = {k: v for k, v in info.items() if k != "log"}
     metrics["loss_curve"] = info["log"]
     write_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
-    write_atomic(os.path.join(out, "README.md"), model_card(cfg, info, metrics, eos_id, out))
-    print(json.dumps({k: metrics[k] for k in ("overall", "arithmetic", "bh")}, indent=1))
-    print("export: wrote %s in %.0fs" % (out, time.time() - t_start))
+    write_atomic(os.path.join(out, "README.md"), model_card(cfg, info, metrics, eos_id))
+    print("export: seed-prompt NLL %.2f (uniform %.2f), native bits/byte %.3f, wrote %s in %.0fs" % (
+        metrics["seed_prompt_mean_nll"], metrics["uniform_nll"], metrics["native"]["all"]["bits_per_byte"],
+        out, time.time() - t_start))
 
 
-def model_card(cfg, info, m, eos_id, out):
+def model_card(cfg, info, m, eos_id):
     a = info["args"]
+    doms = m["domains"]
     L = []
-    L.append("# bhmoe-tiny-moe: a small trained OLMoE-architecture model\n")
-    L.append("The default model bundled with bhmoe: exactly OLMoE's architecture and routing regime "
-             "(%d experts, top-%d, fp32 softmax router over all experts without renormalisation, "
-             "q/k RMSNorm over the full projection, NeoX RoPE, SwiGLU experts, untied lm_head), "
-             "trained from scratch on a synthetic multi-domain corpus so that its router carries real "
-             "signal. Produced by `tools/build_bundled_model.sh --seed %d`; every figure below was "
-             "measured by `tools/export.py` on the bf16 weights as shipped.\n"
-             % (cfg.num_experts, cfg.top_k, a["seed"]))
+    L.append("# bhmoe-tiny-moe: a small OLMoE-architecture model trained on real English\n")
+    L.append("The default model bundled with bhmoe, a stand-in for OLMoE-1B-7B (which cannot be downloaded "
+             "where bhmoe is developed and tested): exactly OLMoE's architecture and routing regime (%d "
+             "experts, top-%d, fp32 softmax router over all experts without renormalisation, q/k RMSNorm over "
+             "the full projection, NeoX RoPE, SwiGLU experts, untied lm_head), trained from scratch with "
+             "OLMoE's router losses on %.0f M characters of English prose, reference text and code that Debian and npm "
+             "packages ship (see `DATA.md`). Rebuilt by `tools/build_bundled_model.sh`. Every figure below "
+             "was measured on the bf16 weights as shipped, on the test split (`heldout/`), never trained on, by\n"
+             % (cfg.num_experts, cfg.top_k, m["corpus_train_chars"] / 1e6))
+    L.append("```\n%s\n```\n" % m["command"])
+    if info["steps_done"] < a["steps"]:
+        L.append("**Training in progress**: these weights are the checkpoint after %d of %d scheduled steps "
+                 "(%.1f M of %.1f M tokens); the learning rate has not finished its cosine decay.\n" % (
+                     info["steps_done"], a["steps"], info["tokens_seen"] / 1e6,
+                     a["steps"] * a["batch"] * a["seq_len"] / 1e6))
     L.append("## Shape\n")
     L.append("| key | value |\n|---|---|")
     for k, v in [("hidden_size (D)", cfg.hidden_size), ("intermediate_size (F, per expert)", cfg.intermediate_size),
                  ("num_hidden_layers", cfg.num_layers), ("num_attention_heads", "%d (head_dim %d)" % (
                      cfg.num_heads, cfg.hidden_size // cfg.num_heads)),
                  ("num_experts / num_experts_per_tok", "%d / %d" % (cfg.num_experts, cfg.top_k)),
-                 ("vocab_size", "%d (byte-level BPE, `<|endoftext|>` = %d = eos)" % (cfg.vocab_size, eos_id)),
+                 ("vocab_size", "%d (byte-level BPE with OLMoE's pre-tokeniser and added tokens; "
+                                "`<|endoftext|>` = %d = eos, `<|padding|>` = 1)" % (cfg.vocab_size, eos_id)),
                  ("parameters", "%d (%.1f MB as bf16)" % (info["parameters"], info["parameters"] * 2 / 1e6)),
                  ("trained context", "%d tokens (max_position_embeddings)" % cfg.max_position_embeddings)]:
         L.append("| %s | %s |" % (k, v))
     L.append("")
-    L.append("## Corpus (tools/make_corpus.py, seed %d)\n" % a["seed"])
-    L.append("Synthetic and ASCII-only (no public-domain prose: the Debian image has no literature "
-             "packages). Five domains of differing predictability: `arithmetic` (\"12 + 7 = 19\" lines, "
-             "operands 0-19 for + and -, 0-9 for *; 10%% of the problems are reserved for held-out text "
-             "only), `facts` (a fixed world of 48 people, 20 cities, 8 countries in templated English), "
-             "`code` (Python-like and C-like functions), `records` (key: value blocks and CSV about the "
-             "same people), `random` (hex ids and random letter/digit strings). Training mixture "
-             "0.30/0.25/0.20/0.15/0.10. The held-out split (`heldout.txt`, `heldout/<domain>.txt`) and "
-             "the calibration split (`calibration.txt`) come from separate random streams and were never "
-             "trained on. Train stream: %d tokens.\n" % info["train_tokens_in_stream"])
     L.append("## Training (tools/train_moe.py)\n")
     L.append("AdamW (betas 0.9/0.95, weight decay %.2g on matrices), lr %.1e with %d warm-up steps and "
-             "cosine decay to 10%%, batch %d x %d tokens, gradient clip 1.0, loss = cross-entropy + %.3g x "
-             "load-balancing loss (Switch/OLMoE, N * sum f_e P_e) + %.3g x router z-loss. "
-             "%d of %d scheduled steps (%d tokens) in %.0f s on one CPU thread (torch %s, shared 2-core machine)%s.\n"
-             % (a["weight_decay"], a["lr"], a["warmup"], a["batch"], a["seq_len"], a["aux_coef"], a["z_coef"],
-                info["steps_done"], a["steps"], info["tokens_seen"], info["wall_seconds"], info["torch"],
-                "" if info["steps_done"] == a["steps"] else
-                "; stopped early by --max-minutes %.0f, so the cosine schedule did not finish" % a["max_minutes"]))
-    L.append("Loss curve (means over each logging interval):\n")
-    L.append("| step | tokens | cross-entropy | load-balancing | z-loss | lr | seconds |\n|---|---|---|---|---|---|---|")
-    log = info["log"]
-    pick = log if len(log) <= 20 else [log[i] for i in np.unique(np.round(np.linspace(0, len(log) - 1, 20)).astype(int))]
+             "cosine decay to 10%% over %d steps, batch %d x %d tokens, gradient clip 1.0; loss = cross-entropy "
+             "+ %.3g x load-balancing loss (Switch/OLMoE, N * sum f_e P_e) + %.3g x router z-loss. Each batch "
+             "row is a window of one domain, drawn with probability proportional to the domain's train tokens "
+             "to the power %.2g: %s. %d steps (%.1f M tokens) in %.1f h on one CPU thread (torch %s).\n"
+             % (a["weight_decay"], a["lr"], a["warmup"], a["steps"], a["batch"], a["seq_len"], a["aux_coef"],
+                a["z_coef"], a["domain_temperature"],
+                ", ".join("%s %.3f" % (d, p) for d, p in info["domain_probabilities"].items()),
+                info["steps_done"], info["tokens_seen"] / 1e6, info["wall_seconds"] / 3600, info["torch"]))
+    L.append("| step | tokens (M) | cross-entropy | load-balancing | z-loss | lr | tokens/s |\n|---|---|---|---|---|---|---|")
+    log = m["loss_curve"]
+    pick = log if len(log) <= 16 else [log[i] for i in np.unique(np.round(np.linspace(0, len(log) - 1, 16)).astype(int))]
     for e in pick:
-        L.append("| %d | %d | %.3f | %.3f | %.2f | %.1e | %.0f |" % (
-            e["step"], e["tokens"], e["ce"], e["aux"], e["z"], e["lr"], e["seconds"]))
+        L.append("| %d | %.2f | %.3f | %.3f | %.2f | %.1e | %.0f |" % (
+            e["step"], e["tokens"] / 1e6, e["ce"], e["aux"], e["z"], e["lr"], e.get("tokens_per_second", 0)))
     L.append("")
-    L.append("## Held-out perplexity (native top-%d, windows of %d tokens)\n" % (cfg.top_k, WINDOW))
-    L.append("| domain | tokens | perplexity | unigram perplexity |\n|---|---|---|---|")
-    for d in DOMAINS:
-        x = m["domains"][d]
-        L.append("| %s | %d | %.2f | %.1f |" % (d, x["tokens"], x["ppl"], x["unigram_ppl"]))
-    L.append("| all | %d | %.2f | %.1f |" % (m["overall"]["predicted"], m["overall"]["ppl"], m["overall"]["unigram_ppl"]))
-    L.append("\nThe unigram model is the train stream's token frequencies with add-one smoothing.\n")
-    ar = m["arithmetic"]
-    L.append("## Arithmetic skill\n")
-    L.append("Exact-answer accuracy of greedy decoding after \"a op b =\" on held-out arithmetic text: "
-             "**%d / %d** on problems that occur in training, **%d / %d** on the reserved problems that "
-             "never do; chance (uniform over the operator's possible answers) %.3f. Per operator: %s.\n"
-             % (ar["seen_correct"], ar["seen_total"], ar["reserved_correct"], ar["reserved_total"],
-                ar["chance_uniform_over_possible_answers"],
-                ", ".join("%s %d/%d" % (o, v["correct"], v["total"]) for o, v in sorted(ar["per_op"].items()))))
-    r = m["routing"]
-    L.append("## Routing on held-out text\n")
-    L.append("Router entropy (nats, max ln %d = %.2f) per layer: %s; mean top-%d probability mass per layer: %s.\n" % (
-        cfg.num_experts, r["router_entropy_max_nats"], ", ".join("%.2f" % x for x in r["router_entropy_nats_per_layer"]),
-        cfg.top_k, ", ".join("%.2f" % x for x in r["top8_prob_mass_per_layer"])))
-    L.append("| domain | " + " | ".join("entropy L%d" % i for i in range(cfg.num_layers)) + " |")
-    L.append("|---|" + "---|" * cfg.num_layers)
-    for d in DOMAINS:
-        L.append("| %s | %s |" % (d, " | ".join("%.2f" % x for x in r["router_entropy_per_domain"][d])))
-    L.append("\nExpert utilisation under native routing (selections per expert):\n")
-    L.append("| layer | experts used | CV | max/min | largest share |\n|---|---|---|---|---|")
-    for u in r["utilisation_per_layer"]:
-        L.append("| %d | %d | %.2f | %.1f | %.3f |" % (u["layer"], u["experts_used"], u["cv"], u["max_over_min"], u["max_share"]))
-    L.append("\nTop-k perplexity (all held-out text): " + ", ".join(
-        "k=%s: %.2f" % (k, v["ppl"]) for k, v in m["topk"].items()) + ".\n")
-    L.append("Benjamini-Hochberg routing (SPEC.md section 2: p = 1 - F_L(logit) with the per-layer CDF "
-             "grid of `calibration.json`, max_k 16, min_k 1, no renormalisation), run as the model's "
-             "router in every layer. Calibration: %s.\n" % m["calibration_source"])
-    L.append("| alpha | mean experts | std | % at min_k | % at max_k | per layer | perplexity | " +
-             " | ".join(DOMAINS) + " |")
-    L.append("|---|---|---|---|---|---|---|" + "---|" * len(DOMAINS))
+    L.append("## Test-split quality (native top-%d, windows of %d tokens)\n" % (cfg.top_k, m["window_tokens"]))
+    L.append("Bits per byte compare across tokenizers: the model's cross-entropy over the UTF-8 bytes of the "
+             "tokens it predicts. Unigram: the train split's token frequencies (add-one). gzip: `gzip -9` of "
+             "the domain's text.%s\n" % (
+                 " Previous model: the bundled model this one replaced (%s, vocabulary %d, trained on a "
+                 "synthetic corpus), on the same text with its own tokenizer." % (
+                     m["baseline"]["model"], m["baseline"]["vocab_size"]) if "baseline" in m else ""))
+    head = "| domain | tokens | perplexity | bits/byte | unigram bits/byte | gzip bits/byte |"
+    if "baseline" in m:
+        head += " previous model bits/byte |"
+    L.append(head)
+    L.append("|---" * (head.count("|") - 1) + "|")
+    for d in doms + ["all"]:
+        x = m["native"][d]
+        row = "| %s | %d | %.2f | %.3f | %.3f | %.3f |" % (
+            d, x["predicted_tokens"], x["ppl"], x["bits_per_byte"], m["unigram"][d]["bits_per_byte"],
+            m["gzip"][d]["bits_per_byte"])
+        if "baseline" in m:
+            row += " %.3f |" % m["baseline"]["native"][d]["bits_per_byte"]
+        L.append(row)
+    L.append("")
+    L.append("## The 12 seed prompts (SPEC.md section 3)\n")
+    L.append("Mean prompt NLL **%.2f nats/token** against %.2f for a uniform guess over the vocabulary "
+             "(target: at most 0.6 x ln V = %.2f)%s. Prompt NLL: mean -log p of prompt tokens 2..n under "
+             "native routing. Greedy continuations of 16 tokens:\n" % (
+                 m["seed_prompt_mean_nll"], m["uniform_nll"], 0.6 * m["uniform_nll"],
+                 "; the previous model: %.2f against %.2f" % (m["baseline"]["seed_prompt_mean_nll"],
+                                                             m["baseline"]["uniform_nll"]) if "baseline" in m else ""))
+    L.append("| prompt | NLL | greedy continuation |\n|---|---|---|")
+    for r in m["seed_prompts"]:
+        L.append("| %s | %.2f | %s |" % (r["prompt"].replace("|", "\\|"), r["prompt_nll"],
+                                         json.dumps(r["greedy"])[1:-1].replace("|", "\\|")))
+    L.append("")
+    L.append("## Fixed top-k sweep (the experts matter)\n")
+    L.append("Every layer routes to the k most probable experts, weighted by their softmax probabilities "
+             "(no renormalisation, as OLMoE). Test perplexity:\n")
+    L.append("| k | all | " + " | ".join(doms) + " |")
+    L.append("|---|---|" + "---|" * len(doms))
+    for k, s in m["topk"].items():
+        L.append("| %s | %.2f | %s |" % (k, s["all"]["ppl"], " | ".join("%.2f" % s[d]["ppl"] for d in doms)))
+    L.append("")
+    r = m["router"]
+    L.append("## The router beside OLMoE's\n")
+    L.append("Under native routing on the test split. A flat router has entropy ln %d = %.2f nats and top-%d "
+             "mass %.3f.\n" % (cfg.num_experts, r["entropy_max_nats"], cfg.top_k, r["flat_router_top_k_mass"]))
+    L.append("| layer | softmax entropy (nats) | mean top-%d mass | expert load CV | experts used | largest load share |"
+             % cfg.top_k)
+    L.append("|---|---|---|---|---|---|")
+    for x in r["per_layer"]:
+        L.append("| %d | %.2f | %.3f | %.2f | %d | %.3f |" % (x["layer"], x["entropy_nats"], x["top_k_mass"],
+                                                           x["load_cv"], x["experts_used"], x["max_share"]))
+    L.append("\nDomain specialisation: the share of a domain's expert selections that go to its own %d most-used "
+             "experts of a layer (mean over layers), against the same share when the same tokens are routed "
+             "uniformly at random:\n" % cfg.top_k)
+    L.append("| domain | tokens | top-%d share | uniform router |\n|---|---|---|---|" % cfg.top_k)
+    for d in doms:
+        s = r["specialisation"][d]
+        L.append("| %s | %d | %.3f | %.3f |" % (d, s["tokens"], s["top_k_share"], s["uniform_router_share"]))
+    lq = r["logits"]
+    L.append("\nRaw router logits per layer (quantiles of the calibration CDF, `calibration.json`)%s:\n" % (
+        ", beside the real OLMoE-1B-7B's (`../shared/calibration/%s`, median over its %d layers)" % (
+            lq["olmoe_source"], len(lq["olmoe"])) if lq["olmoe"] else ""))
+    L.append("| layer | " + " | ".join("q%g" % (q * 100) for q in lq["quantiles"]) + " | q99.9 - q50 |")
+    L.append("|---|" + "---|" * (len(lq["quantiles"]) + 1))
+    for li, q in enumerate(lq["ours"]):
+        L.append("| %d | %s | %.2f |" % (li, " | ".join("%.2f" % v for v in q), q[-1] - q[3]))
+    if lq["olmoe"]:
+        med = np.median(np.array(lq["olmoe"]), axis=0)
+        L.append("| OLMoE | %s | %.2f |" % (" | ".join("%.2f" % v for v in med), med[-1] - med[3]))
+    L.append("")
+    L.append("## Benjamini-Hochberg routing\n")
+    L.append("SPEC.md section 2: p = 1 - F_L(logit) with the per-layer CDF of `calibration.json` (%s), max_k 16, "
+             "min_k 1, no renormalisation, as the router of every layer.\n" % m["calibration_source"])
+    L.append("| alpha | mean experts | % at min_k | % at max_k | perplexity | bits/byte |\n|---|---|---|---|---|---|")
     for al, b in m["bh"].items():
-        L.append("| %s | %.2f | %.2f | %.1f | %.1f | %s | %.2f | %s |" % (
-            al, b["mean_experts"], b["std_experts"], b["pct_at_floor"], b["pct_at_ceiling"],
-            " / ".join("%.2f" % x for x in b["mean_experts_per_layer"]), b["ppl"],
-            " | ".join("%.2f" % b["per_domain"][d]["mean_experts"] for d in DOMAINS)))
+        L.append("| %s | %.2f | %.1f | %.1f | %.2f | %.3f |" % (al, b["mean_experts"], b["pct_at_min_k"],
+                                                            b["pct_at_max_k"], b["all"]["ppl"], b["all"]["bits_per_byte"]))
     L.append("")
     L.append("## Files\n")
     L.append("- `config.json`, `model.safetensors` (bf16, per-expert tensor names as in the OLMoE hub "
              "checkpoints), `tokenizer.json` (Hugging Face layout of OLMoE's tokenizer).")
-    L.append("- `calibration.txt`, `calibration.json` (bh-calibration-grid/1, see its `description`).")
-    L.append("- `heldout.txt` = `heldout/{%s}.txt` joined by a newline." % ",".join(DOMAINS))
-    L.append("- `reference/cases.json` + `reference/<domain>.npy`: fp32 logits of held-out prefixes; "
-             "`reference/heldout_ids.json`: the training tokenizer's ids of each `heldout/<domain>.txt`.")
+    L.append("- `heldout/<domain>.txt`: the corpus' test split per domain (documents joined by a blank line); "
+             "`heldout.txt`: all of them. `calibration.txt`: the calibration split.")
+    L.append("- `calibration.json` (bh-calibration-grid/1, see its `description`), fitted on calibration.txt only.")
+    L.append("- `reference/cases.json` + `reference/<domain>.npy`: fp32 logits of test-split prefixes from "
+             "`tools/olmoe_torch.py`; `reference/heldout_ids.json`: the training tokenizer's ids of each file.")
+    L.append("- `DATA.md` (sources, versions, licences) and `corpus-manifest.json` (SHA-256 of every source "
+             "file and split): the corpus.")
     L.append("- `metrics.json`: every figure above, machine-readable.\n")
-    L.append("Licence: generated data and weights, no third-party content.\n")
+    L.append("Licence: the weights are ours; the shipped texts keep their sources' licences (`DATA.md`).\n")
     return "\n".join(L)
 
 

@@ -109,7 +109,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask_bias):
         b, t, d = x.shape
         q = self.q_norm(self.q_proj(x))
         k = self.k_norm(self.k_proj(x))
@@ -119,10 +119,14 @@ class Attention(nn.Module):
         v = v.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(mask, float("-inf"))
+        # One fused op for scale and causal mask (mask_bias: 0 on and below the diagonal, -inf above).
+        h = self.num_heads
+        scores = torch.baddbmm(mask_bias.expand(b * h, t, t), q.reshape(b * h, t, self.head_dim),
+                               k.reshape(b * h, t, self.head_dim).transpose(1, 2),
+                               alpha=1.0 / math.sqrt(self.head_dim))
         att = torch.softmax(scores, dim=-1)
-        out = torch.matmul(att, v).transpose(1, 2).reshape(b, t, d)
+        out = torch.bmm(att, v.reshape(b * h, t, self.head_dim)).view(b, h, t, self.head_dim)
+        out = out.transpose(1, 2).reshape(b, t, d)
         return self.o_proj(out)
 
 
@@ -137,6 +141,81 @@ class Expert(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class ExpertMixture(torch.autograd.Function):
+    """out[t] = sum over k of topw[t, k] * expert_{topi[t, k]}(h[t]) (SwiGLU experts), computed expert by
+    expert on the tokens routed to it, with a hand-written backward.
+
+    Same value as SparseMoe's module path; for training. Autograd of the module path materialises the
+    [M*k, D] gathered copies (and their gradients) that dominate a CPU training step; here each
+    expert's tokens are gathered into a small cache-resident block and its input gradient is added
+    straight into one [M, D] buffer. Inputs: h [M, D], topi [M, k] int64, topw [M, k], then per expert
+    its gate [F, D], up [F, D] and down [D, F] weights."""
+
+    @staticmethod
+    def forward(ctx, h, topi, topw, *ws):
+        num_experts = len(ws) // 3
+        k = topi.shape[1]
+        flat = topi.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=num_experts).tolist()
+        tok = order // k  # token of each (token, slot) pair, grouped by expert
+        slot = order  # index into topw.reshape(-1)
+        w = topw.reshape(-1)[order]
+        out = torch.zeros_like(h)
+        saved = []
+        start = 0
+        for e in range(num_experts):
+            c = counts[e]
+            if c:
+                idx = tok[start:start + c]
+                x = h.index_select(0, idx)
+                a = x @ ws[3 * e].t()
+                b = x @ ws[3 * e + 1].t()
+                y = (F.silu(a) * b) @ ws[3 * e + 2].t()
+                out.index_add_(0, idx, y * w[start:start + c, None])
+                saved.append((a, b, y))
+            else:
+                saved.append(None)
+            start += c
+        ctx.counts, ctx.saved_blocks = counts, saved
+        ctx.save_for_backward(h, tok, slot, w, topw, *ws)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        h, tok, slot, w, topw, *ws = ctx.saved_tensors
+        counts, saved = ctx.counts, ctx.saved_blocks
+        dh = torch.zeros_like(h)
+        dw_flat = topw.new_zeros(topw.numel())
+        dws = [None] * len(ws)
+        start = 0
+        for e, c in enumerate(counts):
+            wg, wu, wd = ws[3 * e], ws[3 * e + 1], ws[3 * e + 2]
+            if not c:
+                dws[3 * e], dws[3 * e + 1], dws[3 * e + 2] = (torch.zeros_like(wg), torch.zeros_like(wu),
+                                                              torch.zeros_like(wd))
+                continue
+            idx = tok[start:start + c]
+            a, b, y = saved[e]
+            x = h.index_select(0, idx)
+            do = dout.index_select(0, idx)
+            dw_flat[slot[start:start + c]] = (do * y).sum(-1).to(dw_flat.dtype)
+            dy = do * w[start:start + c, None]
+            sa = torch.sigmoid(a)
+            s = a * sa  # silu(a)
+            g = s * b
+            dws[3 * e + 2] = dy.t() @ g
+            dg = dy @ wd
+            db = dg * s
+            da = dg * b * (sa * (1 + a * (1 - sa)))  # d silu(a) / da
+            dws[3 * e] = da.t() @ x
+            dws[3 * e + 1] = db.t() @ x
+            dh.index_add_(0, idx, da @ wg + db @ wu)
+            start += c
+        ctx.saved_blocks = None
+        return (dh, None, dw_flat.view_as(topw), *dws)
+
+
 class SparseMoe(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -149,6 +228,8 @@ class SparseMoe(nn.Module):
         # selection mask [M, N] bool, whose experts are weighted by their softmax probability
         # (never renormalised). Returns the mask instead of top-k ids.
         self.router = None
+        # Training speed: ExpertMixture computes the same sum with a hand-written backward.
+        self.fused_experts = False
 
     def forward(self, h):
         """h [M, D] -> (out [M, D], router logits [M, N] fp32, top-k ids [M, k] or mask [M, N])."""
@@ -157,18 +238,18 @@ class SparseMoe(nn.Module):
             return self._forward_masked(h, logits)
         probs = torch.softmax(logits, dim=-1)
         topw, topi = probs.topk(self.top_k, dim=-1)  # no renormalisation
+        if self.fused_experts:
+            ws = [w for e in self.experts for w in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
+            return ExpertMixture.apply(h, topi, topw, *ws), logits, topi
         flat = topi.reshape(-1)
         order = torch.argsort(flat, stable=True)
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()
         tok = order // self.top_k
         w = topw.reshape(-1)[order]
         xs = h.index_select(0, tok)  # [M*k, D], grouped by expert
-        ys = []
-        start = 0
-        for e, c in enumerate(counts):
-            if c:
-                ys.append(self.experts[e](xs[start:start + c]))
-            start += c
+        # split, not one slice per expert: each slice's backward would add a zero-filled [M*k, D]
+        # gradient, 64 times per layer (that dominated training time); split's backward is one cat.
+        ys = [self.experts[e](chunk) for e, chunk in enumerate(xs.split(counts)) if counts[e]]
         y = torch.cat(ys, dim=0) * w[:, None]
         out = torch.zeros_like(h).index_add(0, tok, y)
         return out, logits, topi
@@ -194,8 +275,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SparseMoe(cfg)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask_bias):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask_bias)
         b, t, d = x.shape
         out, logits, topi = self.mlp(self.post_attention_layernorm(x).reshape(b * t, d))
         return x + out.view(b, t, d), logits, topi
@@ -236,17 +317,22 @@ class OlmoeForCausalLM(nn.Module):
             self._rope[t] = rope_tables(t, hd, self.cfg.rope_theta)
         return self._rope[t]
 
-    def forward(self, ids):
-        """ids [B, T] -> (logits [B, T, V] fp32, list of per-layer (router logits [B*T, N], top ids))."""
+    def hidden_states(self, ids):
+        """ids [B, T] -> (final-normed hidden [B, T, D], list of per-layer (router logits [B*T, N],
+        top ids)). The lm_head is left to the caller (training fuses it with the loss)."""
         b, t = ids.shape
         cos, sin = self.rope(t)
-        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+        mask_bias = torch.full((t, t), float("-inf")).triu(diagonal=1)  # [T, T], -inf above diagonal
         x = self.model.embed_tokens(ids)
         routing = []
         for layer in self.model.layers:
-            x, logits, topi = layer(x, cos, sin, mask)
+            x, logits, topi = layer(x, cos, sin, mask_bias)
             routing.append((logits, topi))
-        x = self.model.norm(x)
+        return self.model.norm(x), routing
+
+    def forward(self, ids):
+        """ids [B, T] -> (logits [B, T, V] fp32, list of per-layer (router logits [B*T, N], top ids))."""
+        x, routing = self.hidden_states(ids)
         return self.lm_head(x).float(), routing
 
 

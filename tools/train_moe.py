@@ -1,16 +1,26 @@
 #!/usr/bin/python3
-"""Trains the bundled OLMoE-architecture model on the corpus (CPU, deterministic for a given seed).
+"""Trains the stand-in OLMoE-architecture model on the corpus (CPU; resumable bit for bit).
 
 Loss = next-token cross-entropy + aux_coef * mean over layers of the Switch/OLMoE load-balancing loss
-+ z_coef * mean over layers of the router z-loss. AdamW, linear warm-up then cosine decay to 10%,
-gradient clipping at 1.0. Batches are random windows of the train token stream (documents joined by
-<|endoftext|>), drawn from a numpy generator seeded by --seed.
++ z_coef * mean over layers of the router z-loss (OLMoE's 0.01 and 0.001). AdamW, linear warm-up then
+cosine decay to 10% over --steps, gradient clipping at 1.0.
 
-Writes into --work: train_ids.npy (the tokenised train stream), state.pt (fp32 weights, config,
-training log) and train_log.json (loss curve, steps, wall time, settings).
+Batches: each row is a window of --seq-len + 1 tokens from one domain's train stream (its documents
+joined by <|endoftext|>). The domain is drawn with probability proportional to (its train tokens) **
+--domain-temperature (0.5: large sources such as a dictionary are down-weighted, small ones up), the
+start uniformly. The draws of step s come from numpy's generator seeded by (seed, s), so a run that
+is stopped and resumed sees exactly the batches an uninterrupted run sees.
+
+Work folder (--work; keep it outside the repository: it holds optimiser state):
+  train_ids.npz   the tokenised train streams per domain (reused while corpus and tokenizer match)
+  ckpt.pt         model + optimiser + log at the last checkpoint (every --checkpoint-minutes)
+  state.pt        fp32 weights, config and training log only: what export.py reads
+  train_log.json  the log (loss curve, throughput, settings)
+With one thread (the default) a resumed run is bit-identical to an uninterrupted one.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -25,71 +35,140 @@ import bhmoe_tok  # noqa: E402
 import olmoe_torch  # noqa: E402
 
 
-def tokenize_split(tok, path):
-    """All documents of a jsonl split, each followed by <|endoftext|>, as one int32 array."""
+class HeadCrossEntropy(torch.autograd.Function):
+    """Mean over rows of cross_entropy(x @ w.T, y), computed in row chunks without keeping the [M, V]
+    logits. The gradient (softmax - onehot) is formed chunk by chunk in the forward pass, so backward
+    only scales it; equal to F.cross_entropy(F.linear(x, w), y) up to fp32 rounding."""
+
+    @staticmethod
+    def forward(ctx, x, w, y, chunk):
+        m = x.shape[0]
+        loss = x.new_zeros(())
+        gx = torch.empty_like(x)
+        gw = torch.zeros_like(w)
+        for s in range(0, m, chunk):
+            xc, yc = x[s:s + chunk], y[s:s + chunk]
+            logits = xc @ w.t()  # [c, V]
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            p[torch.arange(len(yc)), yc] -= 1.0
+            p.mul_(1.0 / m)
+            gx[s:s + chunk] = p @ w
+            gw.addmm_(p.t(), xc)
+        ctx.save_for_backward(gx, gw)
+        return loss / m
+
+    @staticmethod
+    def backward(ctx, g):
+        gx, gw = ctx.saved_tensors
+        return gx * g, gw * g, None, None
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenize_domains(tok, jsonl_path):
+    """{domain: int32 array of its documents, each followed by <|endoftext|>}, in file order."""
     eos = tok.added[bhmoe_tok.EOS_TOKEN]
-    ids = []
-    with open(path, encoding="utf-8") as f:
+    ids = {}
+    with open(jsonl_path, encoding="utf-8") as f:
         for line in f:
-            ids.extend(tok.encode(json.loads(line)["text"]))
-            ids.append(eos)
-    return np.asarray(ids, dtype=np.int32)
+            d = json.loads(line)
+            out = ids.setdefault(d["domain"], [])
+            out.extend(tok.encode(d["text"]))
+            out.append(eos)
+    return {d: np.asarray(v, dtype=np.int32) for d, v in ids.items()}
 
 
-def save(model, cfg, info, work):
-    tmp = os.path.join(work, "state.pt.tmp")
-    torch.save({"config": cfg.__dict__, "state_dict": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, os.path.join(work, "state.pt"))
+def load_streams(args, work):
+    """Tokenised train streams per domain, cached in work/train_ids.npz keyed by the input hashes."""
+    key = file_sha256(os.path.join(args.corpus, "train.jsonl")) + file_sha256(args.tokenizer)
+    path = os.path.join(work, "train_ids.npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        if str(z["key"]) == key:
+            return {k[len("ids_"):]: z[k] for k in z.files if k.startswith("ids_")}
+    t0 = time.time()
+    streams = tokenize_domains(bhmoe_tok.Tokenizer.load(args.tokenizer), os.path.join(args.corpus, "train.jsonl"))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, key=np.array(key), **{"ids_" + d: v for d, v in streams.items()})
+    os.replace(tmp, path)
+    print("train_moe: tokenised train split in %.0fs: %s" % (
+        time.time() - t0, ", ".join("%s %d" % (d, len(v)) for d, v in sorted(streams.items()))), flush=True)
+    return streams
+
+
+def batch_at(step, seed, streams, domains, probs, batch, seq_len):
+    """The (x, y) token batch of a step: a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    rows = []
+    for di in rng.choice(len(domains), size=batch, p=probs):
+        s = streams[domains[di]]
+        start = int(rng.integers(0, len(s) - seq_len - 1))
+        rows.append(s[start:start + seq_len + 1])
+    b = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return b[:, :-1], b[:, 1:]
+
+
+def atomic_save(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--ffn", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--ffn", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--experts", type=int, default=64)
     ap.add_argument("--top-k", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=450)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--aux-coef", type=float, default=0.01)
     ap.add_argument("--z-coef", type=float, default=0.001)
     ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--domain-temperature", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--max-minutes", type=float, default=0,
-                    help="if > 0, stop early after this much wall time (recorded in the log)")
+                    help="if > 0, checkpoint and stop after this much wall time in this process")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal floats make CPU matmuls orders of magnitude slower
-    torch.manual_seed(args.seed)
     os.makedirs(args.work, exist_ok=True)
     tok = bhmoe_tok.Tokenizer.load(args.tokenizer)
-    vocab_size = len(tok.vocab)
-
-    ids_path = os.path.join(args.work, "train_ids.npy")
-    t0 = time.time()
-    stream = tokenize_split(tok, os.path.join(args.corpus, "train.jsonl"))
-    np.save(ids_path, stream)
-    print("train_moe: %d train tokens (tokenised in %.1fs)" % (len(stream), time.time() - t0), flush=True)
+    vocab_size = max(tok.vocab.values()) + 1
+    streams = load_streams(args, args.work)
+    domains = sorted(streams)
+    sizes = np.array([len(streams[d]) for d in domains], dtype=np.float64)
+    probs = sizes ** args.domain_temperature
+    probs /= probs.sum()
 
     cfg = olmoe_torch.Config(vocab_size, args.hidden, args.ffn, args.layers, args.heads, args.experts,
                              args.top_k, max_position_embeddings=args.seq_len)
+    torch.manual_seed(args.seed)
     model = olmoe_torch.OlmoeForCausalLM(cfg)
-    gen = torch.Generator().manual_seed(args.seed)
-    model.init_weights(gen)
+    model.init_weights(torch.Generator().manual_seed(args.seed))
+    for layer in model.model.layers:
+        layer.mlp.fused_experts = True  # same function, hand-written backward (olmoe_torch.ExpertMixture)
     n_params = sum(p.numel() for p in model.parameters())
-    print("train_moe: %d parameters (%.1f MB in bf16)" % (n_params, n_params * 2 / 1e6), flush=True)
-
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() == 1 else decay).append(p)
@@ -97,25 +176,54 @@ def main():
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
 
+    ckpt_path = os.path.join(args.work, "ckpt.pt")
+    step0, log, trained_seconds = 0, [], 0.0
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path)
+        if ck["config"] != cfg.__dict__ or ck["schedule"] != [args.steps, args.lr, args.warmup, args.seed, args.batch]:
+            sys.exit("train_moe: %s was made with another config or schedule; move it away to start over"
+                     % ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step0, log, trained_seconds = ck["step"], ck["log"], ck["seconds"]
+        print("train_moe: resumed at step %d of %d" % (step0, args.steps), flush=True)
+    print("train_moe: %d parameters (%.1f MB as bf16); domains %s" % (
+        n_params, n_params * 2 / 1e6, ", ".join("%s %.3f" % (d, p) for d, p in zip(domains, probs))), flush=True)
+
     def lr_at(step):
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
         frac = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    rng = np.random.default_rng(args.seed)
-    log = []
+    def info(step):
+        return {"steps_done": step, "steps_planned": args.steps, "args": vars(args), "parameters": n_params,
+                "train_tokens_in_stream": {d: int(len(streams[d])) for d in domains},
+                "domain_probabilities": {d: float(p) for d, p in zip(domains, probs)},
+                "wall_seconds": trained_seconds, "tokens_seen": step * args.batch * args.seq_len,
+                "log": log, "torch": torch.__version__}
+
+    def checkpoint(step):
+        atomic_save({"config": cfg.__dict__, "model": model.state_dict(), "opt": opt.state_dict(),
+                     "schedule": [args.steps, args.lr, args.warmup, args.seed, args.batch],
+                     "step": step, "log": log, "seconds": trained_seconds}, ckpt_path)
+        atomic_save({"config": cfg.__dict__, "state_dict": model.state_dict(), "info": info(step)},
+                    os.path.join(args.work, "state.pt"))
+        with open(os.path.join(args.work, "train_log.json.tmp"), "w") as f:
+            json.dump(info(step), f, indent=1)
+        os.replace(os.path.join(args.work, "train_log.json.tmp"), os.path.join(args.work, "train_log.json"))
+
     start = time.time()
+    last_ckpt = time.time()
+    seg_start = time.time()
     acc = {"ce": 0.0, "aux": 0.0, "z": 0.0, "n": 0}
-    for step in range(args.steps):
-        starts = rng.integers(0, len(stream) - args.seq_len - 1, size=args.batch)
-        batch = np.stack([stream[s:s + args.seq_len + 1] for s in starts]).astype(np.int64)
-        x = torch.from_numpy(batch[:, :-1])
-        y = torch.from_numpy(batch[:, 1:])
+    step = step0
+    while step < args.steps:
+        x, y = batch_at(step, args.seed, streams, domains, probs, args.batch, args.seq_len)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits, routing = model(x)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
+        h, routing = model.hidden_states(x)
+        ce = HeadCrossEntropy.apply(h.reshape(-1, args.hidden), model.lm_head.weight, y.reshape(-1), 1024)
         aux = sum(olmoe_torch.load_balancing_loss(l, t, args.experts) for l, t in routing) / len(routing)
         z = sum(olmoe_torch.router_z_loss(l) for l, _ in routing) / len(routing)
         loss = ce + args.aux_coef * aux + args.z_coef * z
@@ -123,35 +231,34 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        step += 1
         acc["ce"] += ce.item()
         acc["aux"] += aux.item()
         acc["z"] += z.item()
         acc["n"] += 1
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+        if step % args.log_every == 0 or step == args.steps:
+            now = time.time()
+            trained_seconds += now - seg_start
             n = acc["n"]
-            entry = {"step": step + 1, "tokens": (step + 1) * args.batch * args.seq_len,
-                     "ce": acc["ce"] / n, "aux": acc["aux"] / n, "z": acc["z"] / n,
-                     "lr": lr_at(step), "seconds": time.time() - start}
+            entry = {"step": step, "tokens": step * args.batch * args.seq_len,
+                     "ce": acc["ce"] / n, "aux": acc["aux"] / n, "z": acc["z"] / n, "lr": lr_at(step - 1),
+                     "seconds": trained_seconds, "tokens_per_second": n * args.batch * args.seq_len / (now - seg_start)}
+            seg_start = now
             log.append(entry)
-            print("train_moe: step %5d ce %.4f aux %.4f z %.3f lr %.2e %.0fs" % (
-                entry["step"], entry["ce"], entry["aux"], entry["z"], entry["lr"], entry["seconds"]),
-                flush=True)
+            print("train_moe: step %5d ce %.4f aux %.4f z %.3f lr %.2e %.0f tok/s %.0fs" % (
+                step, entry["ce"], entry["aux"], entry["z"], entry["lr"], entry["tokens_per_second"],
+                trained_seconds), flush=True)
             acc = {"ce": 0.0, "aux": 0.0, "z": 0.0, "n": 0}
-        if (step + 1) % args.checkpoint_every == 0:
-            save(model, cfg, {"steps_done": step + 1, "log": log}, args.work)
-        if args.max_minutes > 0 and time.time() - start > args.max_minutes * 60:
-            print("train_moe: stopping early at step %d: --max-minutes %.0f reached" % (
-                step + 1, args.max_minutes), flush=True)
-            break
-    steps_done = step + 1
-    wall = time.time() - start
-    info = {"steps_done": steps_done, "args": vars(args), "train_tokens_in_stream": int(len(stream)), "parameters": n_params,
-            "wall_seconds": wall, "tokens_seen": steps_done * args.batch * args.seq_len, "log": log,
-            "torch": torch.__version__}
-    save(model, cfg, info, args.work)
-    with open(os.path.join(args.work, "train_log.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    print("train_moe: done, %d steps in %.0fs" % (steps_done, wall), flush=True)
+            stop = args.max_minutes > 0 and now - start > args.max_minutes * 60
+            if step == args.steps or stop or now - last_ckpt > args.checkpoint_minutes * 60:
+                checkpoint(step)
+                last_ckpt = time.time()
+                seg_start += last_ckpt - now  # checkpoint time is not training time
+            if stop:
+                print("train_moe: stopping at step %d: --max-minutes reached (resume by running again)"
+                      % step, flush=True)
+                return
+    print("train_moe: done, %d steps, %.0f s of training" % (step, trained_seconds), flush=True)
 
 
 if __name__ == "__main__":
