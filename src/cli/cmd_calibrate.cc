@@ -22,19 +22,6 @@ struct CalibrateOptions {
   int grid_points = 10000;
 };
 
-// Pools every raw router logit of each layer.
-class LogitCollector final : public model::RouterObserver {
- public:
-  explicit LogitCollector(int num_layers) {
-    for (int layer = 0; layer < num_layers; ++layer) samples[layer];
-  }
-  void on_route(const model::RouterEvent& event) override {
-    auto& pool = samples[event.layer];
-    pool.insert(pool.end(), event.logits, event.logits + event.num_experts);
-  }
-  std::map<int, std::vector<float>> samples;
-};
-
 CommandRegistration reg{
     "calibrate", "Fit a per-layer router-logit calibration (for bh routing) from a text",
     [](CLI::App& app) {
@@ -61,16 +48,10 @@ CommandRegistration reg{
         if (static_cast<int64_t>(ids.size()) > o->max_tokens)
           ids.resize(static_cast<size_t>(o->max_tokens));
         model::Session session(engine.model, nullptr, engine.pool.get(), o->max_length);
-        LogitCollector collector(config.num_layers);
-        session.set_observer(&collector);
-        const std::span<const int32_t> all(ids);
-        for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(o->max_length)) {
-          const size_t n = std::min(ids.size() - begin, static_cast<size_t>(o->max_length));
-          session.reset();
-          session.prefill(all.subspan(begin, n));
-        }
+        const std::map<int, std::vector<float>> samples =
+            model::collect_router_logits(session, ids, o->max_length);
         routing::Calibration calibration =
-            routing::fit_calibration(collector.samples, method, o->grid_points);
+            routing::fit_calibration(samples, method, o->grid_points);
         calibration.model = config.model_type + " " + engine.model->dir().filename().string();
         calibration.description =
             cat(routing::fit_method_name(method), " fit of raw router logits (",

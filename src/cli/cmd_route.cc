@@ -78,8 +78,11 @@ int run(const RouteOptions& o) {
 
   std::vector<RouterResult> results;
   for (const std::string& text : o.routers) {
-    auto router = make_router(text, n, calibration);
-    RouterSpec spec = resolve_router_spec(parse_router_spec(text), n);
+    const RouterSpec spec = resolve_router_spec(parse_router_spec(text), n);
+    if (spec.uses_calibration() && !calibration) {
+      fail("--router ", text, ": bh with calibrated p-values needs --calibration FILE.json");
+    }
+    auto router = make_router(spec, n, calibration);
     if (!sweep.empty() && spec.rule != RuleKind::kBH) {
       fail("--max-k-sweep sweeps bh routers over max_k; \"", text, "\" is not a bh: spec");
     }

@@ -15,8 +15,10 @@
 
 #include "kernels/thread_pool.h"
 #include "model/engine.h"
+#include "model/verbs.h"
 #include "routing/calibration.h"
 #include "routing/router.h"
+#include "routing/spec.h"
 #include "util/error.h"
 
 namespace bhmoe::cli {
@@ -62,22 +64,20 @@ struct Engine {
   }
 };
 
-// Builds `spec` for the model, checking that a calibration-driven rule has every layer covered.
-inline std::unique_ptr<routing::Router> make_model_router(
-    const model::ModelConfig& config, const std::string& spec,
+// Builds --router for the model (model::make_model_router checks the calibration covers every
+// layer); the engine's message gains the flags that supplied the values.
+inline std::unique_ptr<routing::Router> make_cli_router(
+    const model::ModelConfig& config, const std::string& spec_text,
     const std::shared_ptr<const routing::Calibration>& calibration,
     const std::string& calibration_path) {
-  auto router = routing::make_router(spec, config.num_experts, calibration);
-  if (router->uses_calibration()) {
-    if (!calibration) fail("--router ", spec, " needs --calibration");
-    for (int layer = 0; layer < config.num_layers; ++layer) {
-      if (!calibration->has_layer(layer)) {
-        fail("--calibration ", calibration_path, ": no layer ", layer, " (the model has ",
-             config.num_layers, " layers)");
-      }
-    }
+  const routing::RouterSpec spec = routing::parse_router_spec(spec_text);
+  if (spec.uses_calibration() && !calibration) fail("--router ", spec_text, " needs --calibration");
+  try {
+    return model::make_model_router(config, spec, calibration);
+  } catch (const Error& e) {
+    if (!spec.uses_calibration()) throw;
+    fail("--router ", spec_text, " with --calibration ", calibration_path, ": ", e.what());
   }
-  return router;
 }
 
 inline Engine open_engine(const EngineOptions& o) {
@@ -89,7 +89,7 @@ inline Engine open_engine(const EngineOptions& o) {
   }
   if (!o.router_spec.empty()) {
     engine.router =
-        make_model_router(engine.model->config(), o.router_spec, engine.calibration, o.calibration);
+        make_cli_router(engine.model->config(), o.router_spec, engine.calibration, o.calibration);
   }
   engine.pool = std::make_unique<kernels::ThreadPool>(o.threads);
   return engine;

@@ -16,7 +16,7 @@
 #include "experiments/results.h"
 #include "kernels/thread_pool.h"
 #include "model/engine.h"
-#include "model/sampler.h"
+#include "model/verbs.h"
 #include "routing/calibration.h"
 #include "routing/router.h"
 #include "routing/spec.h"
@@ -150,16 +150,6 @@ json model_identity(const model::Model& m) {
           {"provenance", provenance}};
 }
 
-// Pools every raw router logit per layer (for fitting a calibration).
-class LogitCollector final : public model::RouterObserver {
- public:
-  void on_route(const model::RouterEvent& event) override {
-    auto& pool = samples[event.layer];
-    pool.insert(pool.end(), event.logits, event.logits + event.num_experts);
-  }
-  std::map<int, std::vector<float>> samples;
-};
-
 // Feeds every routing decision to RoutingStats.
 class StatsObserver final : public model::RouterObserver {
  public:
@@ -188,9 +178,10 @@ struct PreparedRouter {
   bool clamped() const { return max_k < max_k_requested; }
 };
 
-PreparedRouter prepare_router(const RouterEntry& entry, int num_experts, int num_layers,
+PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig& model_config,
                               const std::shared_ptr<const routing::Calibration>& calibration,
                               const std::string& where) {
+  const int num_experts = model_config.num_experts;
   PreparedRouter p;
   p.entry = entry;
   routing::RouterSpec spec = routing::parse_router_spec(entry.spec);
@@ -204,18 +195,10 @@ PreparedRouter prepare_router(const RouterEntry& entry, int num_experts, int num
   }
   spec = routing::resolve_router_spec(spec, num_experts);
   if (p.max_k_requested == 0) p.max_k_requested = spec.max_k;
-  std::string canonical = routing::canonical_spec(spec);
-  p.router =
-      routing::make_router(canonical, num_experts, spec.uses_calibration() ? calibration : nullptr);
-  if (p.router->uses_calibration()) {
-    if (!calibration)
-      fail(where, ": router '", entry.name, "' (", entry.spec, ") needs a calibration");
-    for (int layer = 0; layer < num_layers; ++layer) {
-      if (!calibration->has_layer(layer)) {
-        fail(where, ": router '", entry.name, "': the calibration has no layer ", layer,
-             " (the model has ", num_layers, ")");
-      }
-    }
+  try {
+    p.router = model::make_model_router(model_config, spec, calibration);
+  } catch (const Error& e) {
+    fail(where, ": router '", entry.name, "' (", entry.spec, "): ", e.what());
   }
   switch (spec.rule) {
     case routing::RuleKind::kTopK:
@@ -275,15 +258,9 @@ ResolvedCalibration fit_and_cache(const std::shared_ptr<const model::Model>& mod
       fail("calibration text ", text_path.string(), " encodes to fewer than 2 tokens");
     if (static_cast<int64_t>(ids.size()) > kCalibrationMaxTokens) ids.resize(kCalibrationMaxTokens);
     model::Session session(model, nullptr, pool, kCalibrationWindow);
-    LogitCollector collector;
-    session.set_observer(&collector);
-    std::span<const int32_t> all(ids);
-    for (size_t begin = 0; begin < ids.size(); begin += kCalibrationWindow) {
-      size_t n = std::min(ids.size() - begin, static_cast<size_t>(kCalibrationWindow));
-      session.reset();
-      session.prefill(all.subspan(begin, n));
-    }
-    routing::Calibration fitted = routing::fit_calibration(collector.samples, method);
+    const std::map<int, std::vector<float>> samples =
+        model::collect_router_logits(session, ids, kCalibrationWindow);
+    routing::Calibration fitted = routing::fit_calibration(samples, method);
     fitted.model = model_id.value("name", "");
     fitted.description =
         cat(routing::fit_method_name(method),
@@ -345,16 +322,6 @@ ResolvedCalibration resolve_calibration(const RunOptions& o, const Experiment& e
       "--calibration "
       "FILE or --calibration-text TEXT (model folder ",
       dir.string(), " has no calibration.json or calibration.txt)");
-}
-
-// log-softmax of one logits row into `out` (double for the KL sums).
-void log_softmax(const float* row, int V, double* out) {
-  double max_logit = row[0];
-  for (int i = 1; i < V; ++i) max_logit = std::max<double>(max_logit, row[i]);
-  double sum = 0;
-  for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i]) - max_logit);
-  double log_sum = std::log(sum) + max_logit;
-  for (int i = 0; i < V; ++i) out[i] = static_cast<double>(row[i]) - log_sum;
 }
 
 class Progress {
@@ -436,8 +403,6 @@ class Runner {
         experiment_(experiment),
         session_(model_, nullptr, pool, max_tokens) {
     V_ = model_->config().vocab_size;
-    vocab_limit_ = std::min<int32_t>(model_->config().vocab_size, model_->tokenizer().vocab_size());
-    eos_ = model_->config().eos_token_id;
   }
 
   void generate(const PreparedRouter& config, const PromptEntry& prompt, ResultRow& row) {
@@ -446,44 +411,33 @@ class Runner {
     if (ids.empty()) fail("prompt '", prompt.id, "' encodes to no tokens");
     const int64_t T = static_cast<int64_t>(ids.size());
     const int max_new = experiment_.generation.max_new_tokens;
-    if (T + max_new > session_max()) {
-      fail("prompt '", prompt.id, "' (", T, " tokens) + ", max_new,
-           " new tokens exceed the session's ", session_max(), " tokens");
-    }
     ensure_buffers(T + max_new);
     routing::RoutingStats stats(mc.num_experts, config.max_k, config.min_k);
     StatsObserver observer(&stats);
     session_.reset();
     session_.set_router(config.router.get());
     session_.set_observer(&observer);
-
-    auto start = Clock::now();
-    session_.prefill(ids, config_logits_.data());
-    row.prefill_time_sec = seconds_since(start);
-    model::Sampler sampler(vocab_limit_, static_cast<float>(experiment_.generation.temperature),
-                           static_cast<float>(experiment_.generation.top_p),
-                           experiment_.generation.seed);
-    std::vector<int32_t> generated;
-    generated.reserve(static_cast<size_t>(max_new));
-    auto decode_start = Clock::now();
-    for (int i = 0; i < max_new; ++i) {
-      int32_t token = sampler.sample(session_.last_logits());
-      generated.push_back(token);
-      if (experiment_.generation.stop_at_eos && eos_ && token == *eos_) {
-        row.stopped_at_eos = true;
-        break;
-      }
-      if (i + 1 < max_new) session_.decode(token);
-    }
-    row.decode_time_sec = seconds_since(decode_start);
+    const GenerationSettings& g = experiment_.generation;
+    const model::GenerateResult result = model::generate(
+        session_, ids,
+        {.max_new_tokens = max_new,
+         .temperature = static_cast<float>(g.temperature),
+         .top_p = static_cast<float>(g.top_p),
+         .seed = g.seed,
+         .stop_at_eos = g.stop_at_eos},
+        nullptr, std::span<float>(config_logits_.data(), static_cast<size_t>(T) * V_));
     session_.set_observer(nullptr);
+    const std::vector<int32_t>& generated = result.tokens;
+    row.prefill_time_sec = result.prefill_seconds;
+    row.decode_time_sec = result.decode_seconds;
+    row.stopped_at_eos = result.stopped_at_eos;
     row.inference_time_sec = row.prefill_time_sec + row.decode_time_sec;
     const int64_t G = static_cast<int64_t>(generated.size());
 
     // Quality under this config: the prompt's NLL (rows 0..T-2 predict tokens 1..T-1).
     double nll = 0;
     for (int64_t i = 0; i + 1 < T; ++i) {
-      log_softmax(config_logits_.data() + i * V_, V_, logp_.data());
+      model::log_softmax(config_logits_.data() + i * V_, V_, logp_.data());
       nll -= logp_[static_cast<size_t>(ids[static_cast<size_t>(i + 1)])];
     }
     row.prompt_nll = T > 1 ? nll / static_cast<double>(T - 1) : kNaN;
@@ -499,8 +453,8 @@ class Runner {
                      native_logits_.data());
     double kl = 0;
     for (int64_t i = 0; i < T; ++i) {
-      log_softmax(native_logits_.data() + i * V_, V_, logp_.data());
-      log_softmax(config_logits_.data() + i * V_, V_, logq_.data());
+      model::log_softmax(native_logits_.data() + i * V_, V_, logp_.data());
+      model::log_softmax(config_logits_.data() + i * V_, V_, logq_.data());
       double sum = 0;
       for (int v = 0; v < V_; ++v) sum += std::exp(logp_[v]) * (logp_[v] - logq_[v]);
       kl += std::max(0.0, sum);
@@ -508,7 +462,7 @@ class Runner {
     row.kl_to_native = kl / static_cast<double>(T);
     double continuation = 0;
     for (int64_t j = 0; j < G; ++j) {
-      log_softmax(native_logits_.data() + (T - 1 + j) * V_, V_, logp_.data());
+      model::log_softmax(native_logits_.data() + (T - 1 + j) * V_, V_, logp_.data());
       continuation -= logp_[static_cast<size_t>(generated[static_cast<size_t>(j)])];
     }
     row.continuation_nll_native = continuation / static_cast<double>(G);
@@ -576,8 +530,6 @@ class Runner {
   }
 
  private:
-  int64_t session_max() const { return max_tokens_; }
-
   void ensure_buffers(int64_t tokens) {
     size_t need = static_cast<size_t>(tokens) * static_cast<size_t>(V_);
     if (config_logits_.size() < need) config_logits_.resize(need);
@@ -616,16 +568,11 @@ class Runner {
     }
   }
 
- public:
-  int64_t max_tokens_ = 0;
-
  private:
   std::shared_ptr<const model::Model> model_;
   const Experiment& experiment_;
   model::Session session_;
   int V_ = 0;
-  int32_t vocab_limit_ = 0;
-  std::optional<int> eos_;
   std::vector<float> config_logits_, native_logits_;
   std::vector<double> logp_, logq_;
 };
@@ -693,13 +640,11 @@ RunSummary run_experiments(const RunOptions& o) {
   std::vector<PreparedRouter> routers, score_routers;
   RunSummary summary;
   for (const RouterEntry& r : experiment.routers) {
-    routers.push_back(prepare_router(r, mc.num_experts, mc.num_layers, calibration.calibration,
-                                     experiment.source));
+    routers.push_back(prepare_router(r, mc, calibration.calibration, experiment.source));
     if (routers.back().clamped()) summary.clamped.push_back(r.name);
   }
   for (const RouterEntry& r : experiment.score_routers) {
-    score_routers.push_back(prepare_router(r, mc.num_experts, mc.num_layers,
-                                           calibration.calibration, experiment.source));
+    score_routers.push_back(prepare_router(r, mc, calibration.calibration, experiment.source));
     if (score_routers.back().clamped()) summary.clamped.push_back(r.name);
   }
 
@@ -752,7 +697,6 @@ RunSummary run_experiments(const RunOptions& o) {
     max_tokens = std::max<int64_t>(max_tokens,
                                    std::min(experiment.scoring.window, mc.max_position_embeddings));
   Runner runner(model, pool.get(), experiment, max_tokens);
-  runner.max_tokens_ = max_tokens;
 
   json settings = {{"experiment", experiment.name},
                    {"experiment_source", experiment.source},

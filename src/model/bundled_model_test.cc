@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/engine.h"
+#include "model/verbs.h"
 #include "routing/calibration.h"
 #include "routing/router.h"
 #include "util/file.h"

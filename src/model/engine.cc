@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include "kernels/ops.h"
-#include "model/sampler.h"
 #include "util/error.h"
 #include "util/memory.h"
 
@@ -32,10 +31,6 @@ namespace bhmoe::model {
 namespace {
 
 using kernels::Matrix;
-
-// Largest prefill chunk: big enough that a chunk is compute-bound on the experts (each expert's
-// weights read once per chunk), small enough that the activation buffers stay a few MB.
-constexpr int64_t kMaxChunk = 256;
 
 std::string lower_dtype_name(DType dtype) {
   switch (dtype) {
@@ -683,75 +678,6 @@ int64_t Session::routed_tokens() const {
 void Session::reset_routing_totals() {
   std::fill(impl_->selected_per_layer.begin(), impl_->selected_per_layer.end(), 0);
   impl_->routed = 0;
-}
-
-GenerateResult generate(Session& session, std::span<const int32_t> prompt,
-                        const GenerateOptions& options,
-                        const std::function<void(int32_t)>& on_token) {
-  using Clock = std::chrono::steady_clock;
-  if (options.max_new_tokens < 0) {
-    fail("--max-new-tokens ", options.max_new_tokens, ": must be >= 0");
-  }
-  const Model& model = session.model();
-  const int32_t vocab_limit =
-      std::min<int32_t>(model.config().vocab_size, model.tokenizer().vocab_size());
-  Sampler sampler(vocab_limit, options.temperature, options.top_p, options.seed);
-  const std::optional<int> eos = model.config().eos_token_id;
-  if (session.position() + static_cast<int64_t>(prompt.size()) + options.max_new_tokens >
-      session.max_tokens() + 1) {
-    fail("prompt (", prompt.size(), " tokens) + --max-new-tokens ", options.max_new_tokens,
-         " exceed the session's ", session.max_tokens(), "-token KV cache");
-  }
-
-  GenerateResult result;
-  result.tokens.reserve(static_cast<size_t>(options.max_new_tokens));
-  const auto start = Clock::now();
-  session.prefill(prompt);
-  const auto prefilled = Clock::now();
-  result.prefill_seconds = std::chrono::duration<double>(prefilled - start).count();
-  for (int i = 0; i < options.max_new_tokens; ++i) {
-    const int32_t token = sampler.sample(session.last_logits());
-    result.tokens.push_back(token);
-    if (on_token) on_token(token);
-    if (options.stop_at_eos && eos && token == *eos) {
-      result.stopped_at_eos = true;
-      break;
-    }
-    // The last token's successor is never needed, so it is not run through the model.
-    if (i + 1 < options.max_new_tokens) session.decode(token);
-  }
-  result.decode_seconds = std::chrono::duration<double>(Clock::now() - prefilled).count();
-  return result;
-}
-
-std::vector<double> score_tokens(Session& session, std::span<const int32_t> tokens) {
-  if (tokens.empty()) fail("score: empty token sequence");
-  session.reset();
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  const int V = session.model().config().vocab_size;
-  // Prefill runs in pieces so the [piece, V] logits buffer stays small; the KV cache carries the
-  // context between pieces, so this equals one prefill of the whole sequence.
-  const int64_t piece = std::min<int64_t>(T, kMaxChunk);
-  std::vector<float> logits(static_cast<size_t>(piece * V));
-  std::vector<double> logprobs;
-  logprobs.reserve(static_cast<size_t>(T - 1));
-  for (int64_t done = 0; done < T;) {
-    const int64_t n = std::min(piece, T - done);
-    session.prefill(tokens.subspan(static_cast<size_t>(done), static_cast<size_t>(n)),
-                    logits.data());
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t target = done + t + 1;
-      if (target >= T) break;
-      const float* row = logits.data() + t * V;
-      double max_logit = row[0];
-      for (int i = 1; i < V; ++i) max_logit = std::max<double>(max_logit, row[i]);
-      double sum = 0;
-      for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i]) - max_logit);
-      logprobs.push_back(static_cast<double>(row[tokens[target]]) - max_logit - std::log(sum));
-    }
-    done += n;
-  }
-  return logprobs;
 }
 
 }  // namespace bhmoe::model

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -57,6 +56,11 @@ class Model {
   virtual std::string weights_kind() const = 0;  // "bf16", "f32", "q8", ...
 };
 
+// Largest prefill chunk: big enough that a chunk is compute-bound on the experts (each expert's
+// weights read once per chunk), small enough that the activation buffers stay a few MB. Callers
+// that take logits of long sequences piece by piece use it as their piece size.
+inline constexpr int64_t kMaxChunk = 256;
+
 class Session {
  public:
   // router == nullptr: the model's native rule (config's top-k, renorm per norm_topk_prob).
@@ -97,28 +101,7 @@ class Session {
   std::unique_ptr<Impl> impl_;
 };
 
-struct GenerateOptions {
-  int max_new_tokens = 50;
-  float temperature = 0.0f;  // 0: greedy
-  float top_p = 1.0f;
-  uint64_t seed = 0;
-  bool stop_at_eos = true;
-};
-
-struct GenerateResult {
-  std::vector<int32_t> tokens;  // the new tokens only
-  double prefill_seconds = 0;
-  double decode_seconds = 0;
-  bool stopped_at_eos = false;
-};
-
-// Prefills `prompt` (after whatever the session holds) and generates; on_token (optional) sees each
-// new token as it is produced.
-GenerateResult generate(Session& session, std::span<const int32_t> prompt,
-                        const GenerateOptions& options,
-                        const std::function<void(int32_t)>& on_token = nullptr);
-
-// log p(tokens[i] | tokens[0..i)) for i = 1..T-1 (T-1 values), from one prefill of a reset session.
-std::vector<double> score_tokens(Session& session, std::span<const int32_t> tokens);
+// The verbs built on a Session (generate, score_tokens, collect_router_logits, make_model_router)
+// are in model/verbs.h.
 
 }  // namespace bhmoe::model

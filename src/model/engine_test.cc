@@ -17,8 +17,10 @@
 
 #include "model/engine.h"
 #include "model/sampler.h"
+#include "model/verbs.h"
 #include "routing/calibration.h"
 #include "routing/router.h"
+#include "routing/spec.h"
 #include "util/error.h"
 
 // Counts every allocation made through operator new in this test binary, so a test can prove the
@@ -387,6 +389,72 @@ TEST_F(EngineTest, ScoreIsTheLogSoftmaxOfThePrefillLogits) {
     EXPECT_LT(logprobs[t], 0.0);
   }
   EXPECT_THROW(score_tokens(session, std::vector<int32_t>{}), Error);
+}
+
+TEST_F(EngineTest, GenerateSinksThePromptLogitsOfItsPrefill) {
+  const std::vector<int32_t> prompt{5, 6, 7, 8};
+  Session session(model_, nullptr, nullptr, 64);
+  GenerateOptions options;
+  options.max_new_tokens = 3;
+  options.stop_at_eos = false;
+  std::vector<float> sink(prompt.size() * V(), -1.0f);
+  const auto result = generate(session, prompt, options, nullptr, sink);
+  Session reference(model_, nullptr, nullptr, 64);
+  const auto want = prefill_logits(reference, prompt);
+  EXPECT_EQ(sink, want);
+  // Same tokens as without a sink.
+  Session plain(model_, nullptr, nullptr, 64);
+  EXPECT_EQ(generate(plain, prompt, options).tokens, result.tokens);
+  std::vector<float> short_sink(V());
+  Session again(model_, nullptr, nullptr, 64);
+  EXPECT_THROW(generate(again, prompt, options, nullptr, short_sink), Error);
+}
+
+TEST_F(EngineTest, CollectRouterLogitsPoolsEveryLayerWindowByWindow) {
+  Session session(model_, nullptr, nullptr, 8);
+  const auto samples = collect_router_logits(session, long_ids_, 8);
+  ASSERT_EQ(static_cast<int>(samples.size()), L());
+  // The same logits an observer sees over the same windows from an empty cache.
+  Recorder recorder;
+  Session reference(model_, nullptr, nullptr, 8);
+  reference.set_observer(&recorder);
+  const std::span<const int32_t> all(long_ids_);
+  for (size_t begin = 0; begin < all.size(); begin += 8) {
+    reference.reset();
+    reference.prefill(all.subspan(begin, std::min<size_t>(8, all.size() - begin)));
+  }
+  std::map<int, std::vector<float>> want;
+  for (const auto& e : recorder.events) {
+    want[e.layer].insert(want[e.layer].end(), e.logits.begin(), e.logits.end());
+  }
+  EXPECT_EQ(samples, want);
+  EXPECT_EQ(samples.at(0).size(), long_ids_.size() * N());
+  EXPECT_THROW(collect_router_logits(session, long_ids_, 9), Error);  // beyond the KV cache
+  EXPECT_THROW(collect_router_logits(session, long_ids_, 0), Error);
+}
+
+TEST_F(EngineTest, MakeModelRouterChecksCalibrationCoverage) {
+  const auto bh = routing::parse_router_spec("bh:alpha=0.05,max_k=4");
+  const auto topk = routing::parse_router_spec("topk:k=2");
+  EXPECT_EQ(make_model_router(model_->config(), topk, nullptr)->spec(),
+            "topk:k=2,renorm=false,temperature=1");
+  EXPECT_EQ(make_model_router(model_->config(), bh, calibration_)->num_experts(), N());
+  try {
+    make_model_router(model_->config(), bh, nullptr);
+    ADD_FAILURE() << "no error without a calibration";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs a calibration"), std::string::npos) << e.what();
+  }
+  // A calibration that lacks the model's last layer.
+  auto partial = std::make_shared<routing::Calibration>();
+  for (int layer = 0; layer + 1 < L(); ++layer) partial->set_layer(layer, {-1.0, 1.0}, {0.0, 1.0});
+  try {
+    make_model_router(model_->config(), bh, partial);
+    ADD_FAILURE() << "no error for a calibration without layer " << L() - 1;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(cat("no layer ", L() - 1)), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -322,7 +322,13 @@ class BHRouter final : public Router {
 
 std::unique_ptr<Router> make_router(std::string_view spec_text, int num_experts,
                                     std::shared_ptr<const Calibration> calibration) {
-  RouterSpec spec = resolve_router_spec(parse_router_spec(spec_text), num_experts);
+  return make_router(parse_router_spec(spec_text), num_experts, std::move(calibration));
+}
+
+std::unique_ptr<Router> make_router(const RouterSpec& given, int num_experts,
+                                    std::shared_ptr<const Calibration> calibration) {
+  validate_router_spec(given);
+  const RouterSpec spec = resolve_router_spec(given, num_experts);
   switch (spec.rule) {
     case RuleKind::kTopK:
       return std::make_unique<TopKRouter>(spec, num_experts);
@@ -330,12 +336,11 @@ std::unique_ptr<Router> make_router(std::string_view spec_text, int num_experts,
       return std::make_unique<TopPRouter>(spec, num_experts);
     case RuleKind::kBH:
       if (spec.pvalues == PValueKind::kCalibrated && !calibration) {
-        fail("router spec \"", canonical_spec(spec),
-             "\": pvalues=calibrated needs a calibration (--calibration FILE.json)");
+        fail("router spec \"", canonical_spec(spec), "\": pvalues=calibrated needs a calibration");
       }
       return std::make_unique<BHRouter>(spec, num_experts, std::move(calibration));
   }
-  fail("router spec \"", spec_text, "\": unknown rule");
+  fail("router spec \"", canonical_spec(spec), "\": unknown rule");
 }
 
 }  // namespace bhmoe::routing

@@ -10,6 +10,7 @@
 namespace bhmoe::routing {
 
 class Calibration;  // calibration.h
+struct RouterSpec;  // spec.h
 
 // Routers keep per-call scratch on the stack; this bounds N so that stays small and fixed.
 inline constexpr int kMaxExperts = 1024;
@@ -49,6 +50,11 @@ class Router {
 // `calibration` is required by rules that use it (bh with pvalues=calibrated) and ignored
 // otherwise. Throws bhmoe::Error naming the key and the reason for any invalid spec.
 std::unique_ptr<Router> make_router(std::string_view spec, int num_experts,
+                                    std::shared_ptr<const Calibration> calibration = nullptr);
+
+// The same for a spec value: validated (validate_router_spec), resolved for N, built. Frontends pass
+// RouterSpec values around and call this; there is no need to print and re-parse a spec.
+std::unique_ptr<Router> make_router(const RouterSpec& spec, int num_experts,
                                     std::shared_ptr<const Calibration> calibration = nullptr);
 
 }  // namespace bhmoe::routing

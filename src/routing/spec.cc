@@ -55,6 +55,39 @@ bool parse_bool(std::string_view text, std::string_view key, std::string_view va
   key_error(text, key, cat("\"", value, "\" is not true or false"));
 }
 
+// The range checks of parse_router_spec that need no N; `text` is the spec as the user wrote it
+// (or its canonical form for a spec built in code), for the error messages.
+void check_values(const RouterSpec& spec, std::string_view text) {
+  if (!(spec.temperature > 0.0)) {
+    key_error(text, "temperature", cat(format_number(spec.temperature), " must be > 0"));
+  }
+  if (spec.temperature < 1e-30 || spec.temperature > 1e30) {
+    key_error(text, "temperature",
+              cat(format_number(spec.temperature), " is outside [1e-30, 1e30] (float32 range)"));
+  }
+  switch (spec.rule) {
+    case RuleKind::kTopK:
+      if (spec.k < 1) key_error(text, "k", cat(spec.k, " must be >= 1"));
+      break;
+    case RuleKind::kBH:
+      if (!(spec.alpha > 0.0 && spec.alpha < 1.0)) {
+        key_error(text, "alpha", cat(format_number(spec.alpha), " is outside (0, 1)"));
+      }
+      break;
+    case RuleKind::kTopP:
+      if (!(spec.p > 0.0 && spec.p <= 1.0)) {
+        key_error(text, "p", cat(format_number(spec.p), " is outside (0, 1]"));
+      }
+      break;
+  }
+  if (spec.rule != RuleKind::kTopK) {
+    if (spec.min_k < 1) key_error(text, "min_k", cat(spec.min_k, " must be >= 1"));
+    if (spec.max_k < spec.min_k) {
+      key_error(text, "max_k", cat(spec.max_k, " is below min_k=", spec.min_k));
+    }
+  }
+}
+
 }  // namespace
 
 std::string format_number(double value) {
@@ -153,39 +186,24 @@ RouterSpec parse_router_spec(std::string_view text) {
   auto require = [&](std::string_view key) {
     if (!seen.count(key)) key_error(text, key, cat("missing; rule ", rule_name, " requires it"));
   };
-  if (!(spec.temperature > 0.0)) {
-    key_error(text, "temperature", cat(format_number(spec.temperature), " must be > 0"));
-  }
-  if (spec.temperature < 1e-30 || spec.temperature > 1e30) {
-    key_error(text, "temperature",
-              cat(format_number(spec.temperature), " is outside [1e-30, 1e30] (float32 range)"));
-  }
   switch (spec.rule) {
     case RuleKind::kTopK:
       require("k");
-      if (spec.k < 1) key_error(text, "k", cat(spec.k, " must be >= 1"));
       break;
     case RuleKind::kBH:
       require("alpha");
       require("max_k");
-      if (!(spec.alpha > 0.0 && spec.alpha < 1.0)) {
-        key_error(text, "alpha", cat(format_number(spec.alpha), " is outside (0, 1)"));
-      }
       break;
     case RuleKind::kTopP:
       require("p");
-      if (!(spec.p > 0.0 && spec.p <= 1.0)) {
-        key_error(text, "p", cat(format_number(spec.p), " is outside (0, 1]"));
-      }
       break;
   }
-  if (spec.rule != RuleKind::kTopK) {
-    if (spec.min_k < 1) key_error(text, "min_k", cat(spec.min_k, " must be >= 1"));
-    if (spec.max_k < spec.min_k) {
-      key_error(text, "max_k", cat(spec.max_k, " is below min_k=", spec.min_k));
-    }
-  }
+  check_values(spec, text);
   return spec;
+}
+
+void validate_router_spec(const RouterSpec& spec) {
+  check_values(spec, canonical_spec(spec));
 }
 
 RouterSpec resolve_router_spec(RouterSpec spec, int num_experts) {

@@ -42,6 +42,10 @@ struct RouterSpec {
 // Throws bhmoe::Error: `router spec "<text>": key "<key>": <why>`.
 RouterSpec parse_router_spec(std::string_view text);
 
+// The range checks of parse_router_spec for a spec built in code (the required keys are implied by
+// the struct's fields). Throws bhmoe::Error naming the key, with the spec in canonical form.
+void validate_router_spec(const RouterSpec& spec);
+
 // The checks that need N (k <= N, max_k <= N, min_k <= N; N in [1, kMaxExperts]) and the resolution
 // of N-dependent defaults (topp's max_k). Throws bhmoe::Error naming the key.
 RouterSpec resolve_router_spec(RouterSpec spec, int num_experts);

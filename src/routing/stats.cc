@@ -178,7 +178,7 @@ std::vector<MultiKRow> multi_k_table(const std::string& bh_spec, std::span<const
     if (max_k < spec.min_k) {
       fail("multi-k table: max_k ", max_k, " is below min_k=", spec.min_k);
     }
-    auto router = make_router(canonical_spec(spec), num_experts, calibration);
+    auto router = make_router(spec, num_experts, calibration);
     std::vector<int32_t> ids(static_cast<size_t>(num_tokens * max_k));
     std::vector<float> weights(ids.size());
     std::vector<int32_t> counts(static_cast<size_t>(num_tokens));
