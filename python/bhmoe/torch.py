@@ -1,0 +1,149 @@
+"""The routing rules in PyTorch tensor ops: batched, on the logits' device, selections identical to the
+C++ library's.
+
+    ids, weights, counts = bhmoe.torch.route(logits, "bh:alpha=0.05,max_k=16", calibration, layer=3)
+
+logits: [T, N] or [B, S, N] raw router logits (float32; float16/bfloat16 are widened to float32 first,
+as the library takes float32). Returns ids [..., max_count] int64 padded with -1 (highest logit first,
+ties to the lower expert id), weights [..., max_count] float32 padded with 0 (softmax(r / temperature)
+of the selected experts, rescaled to sum 1 when renorm=true), counts [...] int64.
+
+Bit-identity with the library (the tests check it on the shared routing cases and on random logits
+with ties): the softmax numerators use the library's exponential (Cephes' expf, same operations in the
+same order) and its summation order (eight lanes over blocks of eight experts, then the lanes, then
+the tail); BH compares logits against the library's per-layer logit cutoffs (Calibration.logit_cutoffs);
+top-p accumulates probabilities one expert at a time in float32. The loops below run over experts or
+ranks (at most N), never over tokens.
+"""
+
+import torch
+
+from .calibration import Calibration, bh_critical_values
+from .spec import parse_router_spec, resolve_router_spec
+
+
+def _exp_nonpositive(x):
+    """The library's exp for x <= 0 (Cephes expf; 0 below -87.33654), float32, op for op."""
+    f = lambda v: torch.tensor(v, dtype=torch.float32, device=x.device)  # noqa: E731
+    lo = f(-87.33654)
+    xc = torch.where(x < lo, lo, x)
+    t = xc * f(1.44269504088896341)
+    nf = (t + f(12582912.0)) - f(12582912.0)
+    r = xc - nf * f(0.693359375)
+    r = r - nf * f(-2.12194440e-4)
+    z = r * r
+    a = f(1.9875691500e-4) * r + f(1.3981999507e-3)
+    b = f(8.3334519073e-3) * r + f(4.1665795894e-2)
+    c = f(1.6666665459e-1) * r + f(5.0000001201e-1)
+    y = (a * z + b) * z + c
+    y = y * z + r + f(1.0)
+    pow2 = ((nf.to(torch.int32) + 127) << 23).view(torch.float32)
+    return torch.where(x < lo, torch.zeros_like(x), y * pow2)
+
+
+def _softmax_numerators(logits, mx, temperature):
+    """(e [M, N], sum [M]) as the library's max_and_softmax: e_i = exp((r_i - max) / T)."""
+    x = logits - mx[:, None]
+    if temperature != 1.0:
+        x = x / torch.tensor(temperature, dtype=torch.float32, device=x.device)
+    e = _exp_nonpositive(x)
+    n = e.shape[1]
+    blocks = n // 8
+    acc = torch.zeros(e.shape[0], 8, dtype=torch.float32, device=e.device)
+    for b in range(blocks):
+        acc = acc + e[:, 8 * b:8 * b + 8]
+    total = acc[:, 0]
+    for lane in range(1, 8):
+        total = total + acc[:, lane]
+    for i in range(8 * blocks, n):
+        total = total + e[:, i]
+    return e, total
+
+
+def _weights(e, total, ids, counts, renorm):
+    """e[id] / sum for the first counts[t] ids of each row, optionally rescaled to sum 1; 0 elsewhere."""
+    k = ids.shape[1]
+    valid = torch.arange(k, device=ids.device)[None, :] < counts[:, None]
+    inv = torch.tensor(1.0, dtype=torch.float32, device=e.device) / total
+    w = e.gather(1, ids.clamp_min(0)) * inv[:, None]
+    w = torch.where(valid, w, torch.zeros_like(w))
+    if renorm:
+        selected = torch.zeros_like(total)
+        for j in range(k):  # in rank order, as the library adds them
+            selected = selected + w[:, j]
+        scale = torch.where(selected > 0, torch.tensor(1.0, dtype=torch.float32, device=e.device) / selected,
+                            torch.ones_like(selected))
+        w = w * scale[:, None]
+    return w
+
+
+def _check_finite(logits, layer):
+    bad = ~torch.isfinite(logits)
+    if bool(bad.any()):
+        t, i = (int(v) for v in bad.nonzero()[0])
+        raise ValueError("token %d: layer %d: router logit of expert %d is %s (logits must be finite)"
+                         % (t, layer, i, float(logits[t, i])))
+
+
+def route(logits, spec, calibration=None, layer=0):
+    """(ids, weights, counts) of a routing rule on router logits; see the module docstring."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError("route: logits must be a torch.Tensor, got %s" % type(logits).__name__)
+    if logits.dim() not in (2, 3):
+        raise ValueError("route: logits must be [T, N] or [B, S, N], got shape %s" % list(logits.shape))
+    if not logits.is_floating_point():
+        raise TypeError("route: logits must be floating point, got %s" % logits.dtype)
+    lead = logits.shape[:-1]
+    n = logits.shape[-1]
+    spec = resolve_router_spec(parse_router_spec(spec), n)
+    if isinstance(calibration, (str, bytes)) or hasattr(calibration, "__fspath__"):
+        calibration = Calibration.load(calibration)
+    if spec.uses_calibration and calibration is None:
+        raise ValueError('router spec "%s": pvalues=calibrated needs a calibration' % spec)
+    r = logits.detach().reshape(-1, n).to(torch.float32)
+    _check_finite(r, layer)
+    m = r.shape[0]
+    k = spec.max_count()
+    if m == 0:
+        return (torch.empty(*lead, k, dtype=torch.int64, device=logits.device),
+                torch.empty(*lead, k, dtype=torch.float32, device=logits.device),
+                torch.empty(*lead, dtype=torch.int64, device=logits.device))
+    # Experts by logit, highest first, ties to the lower id (a stable sort keeps id order).
+    sorted_logits, order = torch.sort(r, dim=1, descending=True, stable=True)
+    mx = sorted_logits[:, 0]
+    e, total = _softmax_numerators(r, mx, spec.temperature)
+    ranks = torch.arange(1, n + 1, device=r.device)
+
+    if spec.rule == "topk":
+        counts = torch.full((m,), spec.k, dtype=torch.int64, device=r.device)
+    elif spec.rule == "topp":
+        mass = torch.tensor(spec.p, dtype=torch.float32, device=r.device)
+        inv = torch.tensor(1.0, dtype=torch.float32, device=r.device) / total
+        probs = e.gather(1, order[:, :spec.max_k]) * inv[:, None]
+        cumulative = torch.zeros_like(total)
+        reached = torch.full((m,), spec.max_k + 1, dtype=torch.int64, device=r.device)
+        for j in range(spec.max_k):
+            cumulative = cumulative + probs[:, j]
+            reached = torch.where((reached > spec.max_k) & (cumulative >= mass), torch.full_like(reached, j + 1),
+                                  reached)
+        counts = reached.clamp(spec.min_k, spec.max_k)
+    elif spec.pvalues == "calibrated":
+        cut = torch.from_numpy(calibration.logit_cutoffs(layer, spec.alpha, n)).to(r.device)
+        # k passes when at least k logits reach cut[k-1], i.e. when the k-th largest does.
+        passing = sorted_logits >= cut[None, :]
+        kstar = torch.where(passing, ranks[None, :], torch.zeros_like(ranks)[None, :]).max(dim=1).values
+        counts = kstar.clamp(spec.min_k, spec.max_k)
+    else:  # bh with p = 1 - softmax(r)_i (temperature 1): degenerate, kept to reproduce the original
+        e1, total1 = (e, total) if spec.temperature == 1.0 else _softmax_numerators(r, mx, 1.0)
+        p = torch.tensor(1.0, dtype=torch.float32, device=r.device) - e1 / total1[:, None]
+        crit = torch.from_numpy(bh_critical_values(spec.alpha, n)).to(r.device)
+        p_sorted = torch.sort(p, dim=1).values
+        passing = p_sorted <= crit[None, :]
+        kstar = torch.where(passing, ranks[None, :], torch.zeros_like(ranks)[None, :]).max(dim=1).values
+        counts = kstar.clamp(spec.min_k, spec.max_k)
+
+    ids = order[:, :k].clone()
+    valid = torch.arange(k, device=r.device)[None, :] < counts[:, None]
+    ids = torch.where(valid, ids, torch.full_like(ids, -1))
+    weights = _weights(e, total, ids, counts, spec.renorm)
+    return ids.reshape(*lead, k), weights.reshape(*lead, k), counts.reshape(lead)

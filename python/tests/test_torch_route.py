@@ -1,0 +1,129 @@
+"""bhmoe.torch.route against the C++ library: the shared routing cases (the original implementation's
+selections) and `bhmoe route` on random logits with ties, bit for bit."""
+
+import json
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import bhmoe  # noqa: E402
+import bhmoe.torch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
+BINARY = os.environ.get("BHMOE_BINARY", os.path.join(ROOT, "build", "bhmoe"))
+OLMOE_CALIBRATION = os.path.join(SHARED, "calibration", "olmoe-1b-7b-0924.kde.json")
+
+
+@pytest.fixture(scope="module")
+def olmoe_calibration():
+    return bhmoe.Calibration.load(OLMOE_CALIBRATION)
+
+
+def test_shared_routing_cases(olmoe_calibration):
+    with open(os.path.join(SHARED, "routing-cases", "cases.json")) as f:
+        cases = json.load(f)["cases"]
+    assert len(cases) >= 72
+    for c in cases:
+        logits = torch.from_numpy(np.load(os.path.join(SHARED, "routing-cases", c["logits"])))
+        spec = "bh:alpha=%r,max_k=%d,min_k=%d,temperature=%r" % (c["alpha"], c["max_k"], c["min_k"], c["temperature"])
+        ids, weights, counts = bhmoe.torch.route(logits, spec, olmoe_calibration, layer=c["layer"])
+        assert counts.tolist() == c["counts"], (c["logits"], c["layer"], c["alpha"], c["max_k"])
+        for t, experts in enumerate(c["experts"]):
+            assert sorted(ids[t, :counts[t]].tolist()) == sorted(experts)
+        assert abs(counts.double().mean().item() - c["mean_count"]) < 0.01
+
+
+def test_batched_shape_equals_flat(olmoe_calibration):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 64, generator=g)
+    a = bhmoe.torch.route(logits, "bh:alpha=0.1,max_k=16", olmoe_calibration, layer=2)
+    b = bhmoe.torch.route(logits.reshape(10, 64), "bh:alpha=0.1,max_k=16", olmoe_calibration, layer=2)
+    assert a[0].shape == (2, 5, 16) and a[2].shape == (2, 5)
+    for x, y in zip(a, b):
+        assert torch.equal(x.reshape(y.shape), y)
+
+
+def _random_logits(tokens, n, seed):
+    """Normal logits with ties: a third of the rows rounded to quarters, some rows constant."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((tokens, n)).astype(np.float32) * 1.5
+    x[::3] = np.round(x[::3] * 4) / 4
+    x[5::97] = 0.25
+    x[7::11, :8] += 2.0  # a few clearly preferred experts
+    return x
+
+
+SPECS = [
+    "topk:k=8", "topk:k=1", "topk:k=8,renorm=true,temperature=0.7", "topk:k=64",
+    "topp:p=0.5", "topp:p=0.9,max_k=24,min_k=2", "topp:p=0.3,temperature=2,renorm=true", "topp:p=1",
+    "bh:alpha=0.05,max_k=16", "bh:alpha=0.2,max_k=64,min_k=1", "bh:alpha=0.01,max_k=8,min_k=2,renorm=true",
+    "bh:alpha=0.5,max_k=16,temperature=0.5", "bh:alpha=0.05,max_k=16,pvalues=one-minus-prob",
+]
+
+
+@pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="needs the built bhmoe binary")
+@pytest.mark.parametrize("layer", [0, 7, 15])
+def test_equals_cpp_library_on_random_logits_with_ties(olmoe_calibration, layer):
+    logits = _random_logits(4000, 64, seed=layer)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "logits.npy")
+        np.save(path, logits)
+        out = os.path.join(d, "routes.jsonl")
+        cmd = [BINARY, "route", "--logits", path, "--layer", str(layer), "--calibration", OLMOE_CALIBRATION,
+               "--out", out]
+        for s in SPECS:
+            cmd += ["--router", s]
+        subprocess.run(cmd, check=True, capture_output=True)
+        rows = [json.loads(line) for line in open(out)]
+    by_router = {}
+    for row in rows:
+        by_router.setdefault(row["router"], []).append(row)
+    assert len(by_router) == len(SPECS)
+    t_logits = torch.from_numpy(logits)
+    for s in SPECS:
+        canonical = bhmoe.canonical_spec(bhmoe.resolve_router_spec(bhmoe.parse_router_spec(s), 64))
+        expected = sorted(by_router[canonical], key=lambda r: r["token"])
+        ids, weights, counts = bhmoe.torch.route(t_logits, s, olmoe_calibration, layer=layer)
+        assert len(expected) == len(logits)
+        want_ids = np.full(tuple(ids.shape), -1, dtype=np.int64)
+        want_weights = np.zeros(tuple(weights.shape), dtype=np.float32)
+        for t, row in enumerate(expected):
+            want_ids[t, :row["count"]] = row["experts"]
+            want_weights[t, :row["count"]] = row["weights"]
+        np.testing.assert_array_equal(counts.numpy(), [row["count"] for row in expected], err_msg=s)
+        np.testing.assert_array_equal(ids.numpy(), want_ids, err_msg=s)
+        np.testing.assert_array_equal(weights.numpy(), want_weights, err_msg=s)
+
+
+def test_errors_name_what_is_wrong(olmoe_calibration):
+    x = torch.zeros(3, 64)
+    x[1, 5] = float("nan")
+    with pytest.raises(ValueError, match="token 1: layer 2: router logit of expert 5 is nan"):
+        bhmoe.torch.route(x, "topk:k=8", layer=2)
+    with pytest.raises(ValueError, match='key "alpha": 1.5 is outside'):
+        bhmoe.torch.route(torch.zeros(1, 64), "bh:alpha=1.5,max_k=8", olmoe_calibration)
+    with pytest.raises(ValueError, match="needs a calibration"):
+        bhmoe.torch.route(torch.zeros(1, 64), "bh:alpha=0.1,max_k=8")
+    with pytest.raises(ValueError, match="calibration has no layer 99"):
+        bhmoe.torch.route(torch.zeros(1, 64), "bh:alpha=0.1,max_k=8", olmoe_calibration, layer=99)
+    with pytest.raises(ValueError, match='key "k": 65 exceeds N=64'):
+        bhmoe.torch.route(torch.zeros(1, 64), "topk:k=65")
+    with pytest.raises(ValueError, match=r"\[T, N\] or \[B, S, N\]"):
+        bhmoe.torch.route(torch.zeros(64), "topk:k=8")
+    with pytest.raises(TypeError, match="floating point"):
+        bhmoe.torch.route(torch.zeros(2, 64, dtype=torch.int32), "topk:k=8")
+
+
+def test_half_precision_is_widened(olmoe_calibration):
+    x = torch.randn(50, 64, generator=torch.Generator().manual_seed(1))
+    a = bhmoe.torch.route(x.to(torch.bfloat16), "bh:alpha=0.1,max_k=16", olmoe_calibration, layer=1)
+    b = bhmoe.torch.route(x.to(torch.bfloat16).float(), "bh:alpha=0.1,max_k=16", olmoe_calibration, layer=1)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
