@@ -278,7 +278,10 @@ class DecoderLayer(nn.Module):
     def forward(self, x, cos, sin, mask_bias):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask_bias)
         b, t, d = x.shape
-        out, logits, topi = self.mlp(self.post_attention_layernorm(x).reshape(b * t, d))
+        # (out, router logits[, selection]): a replacement block with the Hugging Face convention
+        # (bhmoe.torch.RoutedMoe) returns no selection.
+        res = self.mlp(self.post_attention_layernorm(x).reshape(b * t, d))
+        out, logits, topi = res[0], res[1], (res[2] if len(res) > 2 else None)
         return x + out.view(b, t, d), logits, topi
 
 

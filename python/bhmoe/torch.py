@@ -147,3 +147,73 @@ def route(logits, spec, calibration=None, layer=0):
     ids = torch.where(valid, ids, torch.full_like(ids, -1))
     weights = _weights(e, total, ids, counts, spec.renorm)
     return ids.reshape(*lead, k), weights.reshape(*lead, k), counts.reshape(lead)
+
+
+class RoutedMoe(torch.nn.Module):
+    """A Hugging Face-shaped MoE block (a `gate` linear to N experts and an `experts` list of SwiGLU
+    modules) whose router rule is replaced by a bhmoe spec.
+
+    forward(hidden [..., D]) -> (out [..., D], router logits [M, N] float32), the convention of
+    transformers' OlmoeSparseMoeBlock: out = sum over the selected experts of weight * expert(hidden),
+    with route()'s ids and weights; the gate's raw logits (float32) feed the rule. Only the selected
+    experts run, on the tokens that chose them. The last call's selection is kept in `.last`
+    (ids [M, max_count], weights, counts), for analysis."""
+
+    def __init__(self, block, spec, calibration=None, layer=0):
+        super().__init__()
+        if not isinstance(getattr(block, "gate", None), torch.nn.Linear) or not hasattr(block, "experts"):
+            raise TypeError("RoutedMoe: %s has no `gate` linear and `experts` list (Hugging Face MoE shape)"
+                            % type(block).__name__)
+        n = block.gate.out_features
+        if len(block.experts) != n:
+            raise ValueError("RoutedMoe: the gate scores %d experts but the block has %d" % (n, len(block.experts)))
+        self.block = block
+        self.spec = resolve_router_spec(parse_router_spec(spec), n)
+        if isinstance(calibration, (str, bytes)) or hasattr(calibration, "__fspath__"):
+            calibration = Calibration.load(calibration)
+        if self.spec.uses_calibration:
+            if calibration is None:
+                raise ValueError('router spec "%s": pvalues=calibrated needs a calibration' % self.spec)
+            calibration.grid(layer)  # fails now, naming the layers it has, rather than at the first token
+        self.calibration = calibration
+        self.layer = layer
+        self.last = None
+
+    def forward(self, hidden):
+        shape = hidden.shape
+        h = hidden.reshape(-1, shape[-1])
+        logits = self.block.gate(h).float()
+        ids, weights, counts = route(logits, self.spec, self.calibration, self.layer)
+        self.last = (ids, weights, counts)
+        out = torch.zeros_like(h)
+        for e in torch.unique(ids[ids >= 0]).tolist():
+            tok, slot = (ids == e).nonzero(as_tuple=True)
+            y = self.block.experts[e](h.index_select(0, tok))
+            out.index_add_(0, tok, y * weights[tok, slot, None].to(y.dtype))
+        return out.reshape(shape), logits
+
+
+def patch_moe_blocks(model, spec, calibration=None):
+    """Replaces every Hugging Face-shaped MoE block of `model` (a module with a `gate` linear to N
+    experts and an `experts` list of N modules) by a RoutedMoe with `spec`, numbering layers in
+    module order. Returns the RoutedMoe modules. Undo by setting each parent's attribute back to
+    `.block`."""
+    found = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, RoutedMoe):
+            raise ValueError("patch_moe_blocks: %s is already patched" % name)
+        gate = getattr(module, "gate", None)
+        experts = getattr(module, "experts", None)
+        if isinstance(gate, torch.nn.Linear) and experts is not None and len(experts) == gate.out_features:
+            found.append((name, module))
+    if not found:
+        raise ValueError("patch_moe_blocks: no MoE block (a `gate` linear and an `experts` list) in %s"
+                         % type(model).__name__)
+    patched = []
+    for layer, (name, module) in enumerate(found):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        routed = RoutedMoe(module, spec, calibration, layer)
+        setattr(parent, attr, routed)
+        patched.append(routed)
+    return patched
