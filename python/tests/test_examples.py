@@ -1,0 +1,33 @@
+"""The README's Python examples run as documented."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
+ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, env=ENV).stdout
+
+
+def test_route_npy():
+    out = run(os.path.join(ROOT, "examples", "route_npy.py"),
+              os.path.join(SHARED, "routing-cases", "boosted_seed42.logits.npy"),
+              os.path.join(SHARED, "calibration", "olmoe-1b-7b-0924.kde.json"))
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("topk:k=8") and "mean experts 8.00" in lines[0]
+    assert "bh:alpha=0.05,max_k=16" in lines[2]
+
+
+def test_patch_torch():
+    out = run(os.path.join(ROOT, "examples", "patch_torch.py"))
+    assert "native top-8: NLL" in out and "BH alpha 0.05: NLL" in out
