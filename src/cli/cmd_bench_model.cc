@@ -15,6 +15,7 @@
 #include "kernels/ops.h"
 #include "model/sampler.h"
 #include "util/file.h"
+#include "util/time.h"
 
 namespace bhmoe::cli {
 namespace {
@@ -29,10 +30,6 @@ struct BenchOptions {
   int64_t bandwidth_mib = 512;
   std::string record;
 };
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // kB fields of /proc/self/status (VmRSS, VmHWM) or /proc/self/smaps_rollup (AnonHugePages); 0
 // where unavailable.

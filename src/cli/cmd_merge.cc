@@ -3,7 +3,7 @@
 #include <memory>
 
 #include "cli/command.h"
-#include "experiments/runner.h"
+#include "experiments/merge.h"
 
 namespace bhmoe::cli {
 namespace {

@@ -1,7 +1,5 @@
 #include "experiments/runner.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,6 +10,9 @@
 #include <set>
 #include <thread>
 
+#include "experiments/calibration_source.h"
+#include "experiments/progress.h"
+#include "experiments/provenance.h"
 #include "experiments/report.h"
 #include "experiments/results.h"
 #include "kernels/thread_pool.h"
@@ -23,6 +24,7 @@
 #include "routing/stats.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/time.h"
 
 namespace bhmoe::experiments {
 namespace {
@@ -30,125 +32,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-constexpr const char* kVersion = "0.1.0";
-constexpr int kCalibrationWindow = 512;
-constexpr int64_t kCalibrationMaxTokens = 4096;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::string command_output(const std::string& command) {
-  std::string out;
-  if (FILE* pipe = ::popen(command.c_str(), "r")) {
-    char buffer[256];
-    while (std::fgets(buffer, sizeof buffer, pipe)) out += buffer;
-    ::pclose(pipe);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
-
-std::string git_commit() {
-  if (const char* env = std::getenv("BHMOE_COMMIT"); env && *env) return env;
-  std::string commit = command_output("git rev-parse --short=12 HEAD 2>/dev/null");
-  if (commit.empty()) return "unknown (not run from a git checkout)";
-  if (!command_output("git status --porcelain --untracked-files=no 2>/dev/null").empty())
-    commit += "+dirty";
-  return commit;
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      auto colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
-    }
-  }
-  return "unknown CPU";
-}
-
-std::string hostname() {
-  char buffer[256] = {};
-  if (::gethostname(buffer, sizeof buffer - 1) != 0) return "unknown";
-  return buffer;
-}
-
-std::string lower(std::string text) {
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
-}
-
-int64_t parameter_count(const model::ModelConfig& c) {
-  int64_t D = c.hidden_size, F = c.intermediate_size, N = c.num_experts, V = c.vocab_size;
-  int64_t per_layer = 4 * D * D + 4 * D + N * D + N * 3 * D * F;
-  return V * D * (c.tie_word_embeddings ? 1 : 2) + c.num_layers * per_layer + D;
-}
-
-std::string params_text(int64_t n) {
-  char buffer[32];
-  if (n >= 1'000'000'000) {
-    std::snprintf(buffer, sizeof buffer, "%.2fB", n / 1e9);
-  } else if (n >= 1'000'000) {
-    std::snprintf(buffer, sizeof buffer, "%.1fM", n / 1e6);
-  } else {
-    std::snprintf(buffer, sizeof buffer, "%.1fK", n / 1e3);
-  }
-  return buffer;
-}
-
-// Model identity for the rows: a fingerprint of config + tokenizer + weight file names and sizes
-// (hashing multi-GB weights would cost more than many experiments).
-json model_identity(const model::Model& m) {
-  const model::ModelConfig& c = m.config();
-  const fs::path& dir = m.dir();
-  std::string material = read_file(dir / "config.json");
-  if (fs::exists(dir / "tokenizer.json")) material += read_file(dir / "tokenizer.json");
-  std::vector<fs::path> weights;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() == ".safetensors") weights.push_back(entry.path());
-  }
-  std::sort(weights.begin(), weights.end());
-  for (const fs::path& w : weights)
-    material += w.filename().string() + ":" + std::to_string(fs::file_size(w)) + ";";
-  int64_t params = parameter_count(c);
-  std::string readme = fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "";
-  std::string readme_lower = lower(readme.substr(0, 4000));
-  bool synthetic = readme_lower.find("synthetic") != std::string::npos ||
-                   readme_lower.find("random") != std::string::npos ||
-                   (readme.empty() && params < 100'000'000);
-  std::string provenance;
-  if (!readme.empty()) {
-    // The model card's first paragraph after its title.
-    size_t start = readme.find("\n\n");
-    std::string para = readme.substr(start == std::string::npos ? 0 : start + 2);
-    para = para.substr(0, para.find("\n\n"));
-    for (char& ch : para) {
-      if (ch == '\n') ch = ' ';
-    }
-    provenance = "Model card: \"" + para.substr(0, 400) + (para.size() > 400 ? "…" : "") + "\"";
-  } else {
-    provenance = "No model card: presumably a random-weight checkpoint (bhmoe make-model).";
-  }
-  return {{"name", dir.filename().string()},
-          {"dir", fs::absolute(dir).lexically_normal().string()},
-          {"fingerprint", fnv1a_hex(material)},
-          {"weights", m.weights_kind()},
-          {"params", params},
-          {"params_text", params_text(params)},
-          {"num_layers", c.num_layers},
-          {"num_experts", c.num_experts},
-          {"top_k", c.num_experts_per_tok},
-          {"hidden_size", c.hidden_size},
-          {"vocab_size", c.vocab_size},
-          {"native_router", c.native_router_spec()},
-          {"synthetic", synthetic},
-          {"small", params < 1'000'000'000},
-          {"provenance", provenance}};
-}
 
 // Feeds every routing decision to RoutingStats.
 class StatsObserver final : public model::RouterObserver {
@@ -160,11 +43,6 @@ class StatsObserver final : public model::RouterObserver {
 
  private:
   routing::RoutingStats* stats_;
-};
-
-struct ResolvedCalibration {
-  std::shared_ptr<const routing::Calibration> calibration;
-  json identity = nullptr;
 };
 
 // A config ready to run: its router and the parameters the rows record.
@@ -200,199 +78,27 @@ PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig
   } catch (const Error& e) {
     fail(where, ": router '", entry.name, "' (", entry.spec, "): ", e.what());
   }
+  p.config = routing::to_json(spec);
+  p.rule = p.config.at("type").get<std::string>();
   switch (spec.rule) {
     case routing::RuleKind::kTopK:
-      p.rule = "topk";
       p.max_k = spec.k;
       p.min_k = 1;
-      p.config = {{"type", "topk"},
-                  {"k", spec.k},
-                  {"renorm", spec.renorm},
-                  {"temperature", spec.temperature}};
       break;
     case routing::RuleKind::kBH:
-      p.rule = "bh";
       p.max_k = spec.max_k;
       p.min_k = spec.min_k;
       p.alpha = spec.alpha;
-      p.config = {{"type", "bh"},
-                  {"alpha", spec.alpha},
-                  {"max_k", spec.max_k},
-                  {"min_k", spec.min_k},
-                  {"temperature", spec.temperature},
-                  {"renorm", spec.renorm},
-                  {"pvalues", spec.pvalues == routing::PValueKind::kCalibrated ? "calibrated"
-                                                                               : "one-minus-prob"}};
       break;
     case routing::RuleKind::kTopP:
-      p.rule = "topp";
       p.max_k = spec.max_k;
       p.min_k = spec.min_k;
       p.top_p = spec.p;
-      p.config = {{"type", "topp"},
-                  {"p", spec.p},
-                  {"max_k", spec.max_k},
-                  {"min_k", spec.min_k},
-                  {"temperature", spec.temperature},
-                  {"renorm", spec.renorm}};
       break;
   }
   if (p.clamped()) p.config["max_k_requested"] = p.max_k_requested;
   return p;
 }
-
-ResolvedCalibration fit_and_cache(const std::shared_ptr<const model::Model>& model,
-                                  kernels::ThreadPool* pool, const fs::path& text_path,
-                                  const std::string& method_name, const fs::path& out_dir,
-                                  const json& model_id, std::string source) {
-  std::string text = read_file(text_path);
-  std::string key =
-      fnv1a_hex(text + "|" + model_id.value("fingerprint", "") + "|" + method_name + "|" +
-                std::to_string(kCalibrationWindow) + "|" + std::to_string(kCalibrationMaxTokens));
-  fs::path cache = out_dir / ("calibration-" + key + ".json");
-  ResolvedCalibration r;
-  if (!fs::exists(cache)) {
-    routing::FitMethod method = routing::parse_fit_method(method_name);
-    std::vector<int32_t> ids = model->tokenizer().encode(text);
-    if (ids.size() < 2)
-      fail("calibration text ", text_path.string(), " encodes to fewer than 2 tokens");
-    if (static_cast<int64_t>(ids.size()) > kCalibrationMaxTokens) ids.resize(kCalibrationMaxTokens);
-    model::Session session(model, nullptr, pool, kCalibrationWindow);
-    const std::map<int, std::vector<float>> samples =
-        model::collect_router_logits(session, ids, kCalibrationWindow);
-    routing::Calibration fitted = routing::fit_calibration(samples, method);
-    fitted.model = model_id.value("name", "");
-    fitted.description =
-        cat(routing::fit_method_name(method),
-            " fit of raw router logits under native routing over ", ids.size(), " tokens of ",
-            text_path.string(), " (windows of ", kCalibrationWindow, " tokens), made by bhmoe run");
-    fitted.save(cache);
-  }
-  auto calibration = std::make_shared<routing::Calibration>(routing::Calibration::load(cache));
-  r.calibration = calibration;
-  // The cache's file name only: shards and resumed runs of one definition share the identity
-  // whatever folder they write to.
-  r.identity = {{"source", std::move(source)},
-                {"path", cache.filename().string() + " (in the output folder)"},
-                {"text", fs::absolute(text_path).lexically_normal().string()},
-                {"method", method_name},
-                {"fingerprint", fnv1a_hex(read_file(cache))},
-                {"description", calibration->description}};
-  return r;
-}
-
-ResolvedCalibration load_calibration_file(const fs::path& path, std::string source) {
-  ResolvedCalibration r;
-  auto calibration = std::make_shared<routing::Calibration>(routing::Calibration::load(path));
-  r.calibration = calibration;
-  r.identity = {{"source", std::move(source)},
-                {"path", fs::absolute(path).lexically_normal().string()},
-                {"method", "file"},
-                {"fingerprint", fnv1a_hex(read_file(path))},
-                {"description", calibration->description}};
-  return r;
-}
-
-// Order: --calibration, the experiment's file, --calibration-text, the experiment's text, the model
-// folder's calibration.json, the model folder's calibration.txt (fitted and cached).
-ResolvedCalibration resolve_calibration(const RunOptions& o, const Experiment& e,
-                                        const std::shared_ptr<const model::Model>& model,
-                                        kernels::ThreadPool* pool, const json& model_id) {
-  if (!o.calibration.empty()) return load_calibration_file(o.calibration, "--calibration");
-  if (!e.calibration.file.empty())
-    return load_calibration_file(e.calibration.file, "experiment file");
-  if (!o.calibration_text.empty()) {
-    return fit_and_cache(model, pool, o.calibration_text, e.calibration.method, o.out_dir, model_id,
-                         "fitted from --calibration-text (cached)");
-  }
-  if (!e.calibration.text.empty()) {
-    return fit_and_cache(model, pool, e.calibration.text, e.calibration.method, o.out_dir, model_id,
-                         "fitted from the experiment's calibration text (cached)");
-  }
-  fs::path dir = model->dir();
-  if (fs::is_regular_file(dir / "calibration.json")) {
-    return load_calibration_file(dir / "calibration.json", "shipped with the model");
-  }
-  if (fs::is_regular_file(dir / "calibration.txt")) {
-    return fit_and_cache(model, pool, dir / "calibration.txt", e.calibration.method, o.out_dir,
-                         model_id, "fitted from the model's calibration.txt (cached)");
-  }
-  fail(
-      "the experiment has BH configs that need a calibration, and none was found: pass "
-      "--calibration "
-      "FILE or --calibration-text TEXT (model folder ",
-      dir.string(), " has no calibration.json or calibration.txt)");
-}
-
-class Progress {
- public:
-  Progress(int mode, bool quiet, int64_t total, fs::path log)
-      : bar_(mode == 1 || (mode < 0 && ::isatty(STDERR_FILENO))),
-        quiet_(quiet),
-        total_(total),
-        log_(std::move(log)),
-        start_(Clock::now()) {}
-
-  void log_line(const std::string& line) {
-    append_file_durable(log_, utc_now() + " " + line + "\n");
-  }
-  void message(const std::string& line) {
-    log_line(line);
-    if (quiet_) return;
-    if (bar_ && drawn_) std::fprintf(stderr, "\r\033[K");
-    std::fprintf(stderr, "%s\n", line.c_str());
-    drawn_ = false;
-  }
-  void finished(int64_t done, const std::string& key, const ResultRow& row) {
-    double elapsed = seconds_since(start_);
-    double eta =
-        done > 0 ? elapsed / static_cast<double>(done) * static_cast<double>(total_ - done) : 0;
-    char summary[256];
-    if (row.ok()) {
-      std::snprintf(summary, sizeof summary, "ok %.2fs experts %.2f", row.wall_time_sec,
-                    row.avg_experts_per_token);
-    } else {
-      std::snprintf(summary, sizeof summary, "FAILED: %.160s", row.error.c_str());
-    }
-    std::string line = cat("[", done, "/", total_, "] ", key, " ", summary);
-    log_line(line);
-    if (quiet_) return;
-    if (bar_) {
-      int width = 30;
-      int filled = total_ ? static_cast<int>(width * done / total_) : width;
-      std::string bar(static_cast<size_t>(filled), '#');
-      bar.resize(static_cast<size_t>(width), '.');
-      if (!row.ok()) {
-        std::fprintf(stderr, "\r\033[K%s\n", line.c_str());
-      }
-      std::fprintf(stderr, "\r\033[K[%s] %lld/%lld  %s elapsed, ETA %s  %s", bar.c_str(),
-                   static_cast<long long>(done), static_cast<long long>(total_),
-                   clock_text(elapsed).c_str(), clock_text(eta).c_str(), key.c_str());
-      std::fflush(stderr);
-      drawn_ = true;
-    } else {
-      std::fprintf(stderr, "%s (ETA %s)\n", line.c_str(), clock_text(eta).c_str());
-    }
-  }
-  void done() {
-    if (bar_ && drawn_ && !quiet_) std::fprintf(stderr, "\n");
-    drawn_ = false;
-  }
-
- private:
-  static std::string clock_text(double seconds) {
-    int s = static_cast<int>(std::lround(seconds));
-    char buffer[32];
-    std::snprintf(buffer, sizeof buffer, "%d:%02d", s / 60, s % 60);
-    return buffer;
-  }
-  bool bar_;
-  bool quiet_;
-  int64_t total_;
-  fs::path log_;
-  Clock::time_point start_;
-  bool drawn_ = false;
-};
 
 // Runs the grid items with one Session, reusing its buffers.
 class Runner {
@@ -577,6 +283,125 @@ class Runner {
   std::vector<double> logp_, logq_;
 };
 
+void check_options(const RunOptions& o) {
+  if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count) {
+    fail("--shard ", o.shard_index, "/", o.shard_count, ": expected 0 <= I < N");
+  }
+  if (o.threads < 0) fail("--threads ", o.threads, ": must be >= 0");
+  if (!fs::is_directory(o.model_dir)) fail("--model ", o.model_dir.string(), ": no such folder");
+  if (!o.calibration.empty() && !fs::is_regular_file(o.calibration)) {
+    fail("--calibration ", o.calibration.string(), ": no such file");
+  }
+  if (!o.calibration_text.empty() && !fs::is_regular_file(o.calibration_text)) {
+    fail("--calibration-text ", o.calibration_text.string(), ": no such file");
+  }
+}
+
+// The experiment's routers, ready to run; configs whose max_k was clamped to N are added to
+// `clamped`.
+std::vector<PreparedRouter> prepare_routers(const std::vector<RouterEntry>& entries,
+                                            const model::ModelConfig& mc,
+                                            const ResolvedCalibration& calibration,
+                                            const std::string& where,
+                                            std::vector<std::string>& clamped) {
+  std::vector<PreparedRouter> routers;
+  for (const RouterEntry& r : entries) {
+    routers.push_back(prepare_router(r, mc, calibration.calibration, where));
+    if (routers.back().clamped()) clamped.push_back(r.name);
+  }
+  return routers;
+}
+
+// Keys of this experiment's finished rows. Rows of the experiment must come from the same
+// definition, model and calibration (settings_hash); a torn last line (an interrupted write) is cut
+// so the next append starts on a line of its own.
+std::set<std::string> finished_keys(const LoadedResults& existing, const fs::path& results_path,
+                                    const std::string& experiment,
+                                    const std::string& settings_hash, Progress& progress) {
+  std::set<std::string> done;
+  for (const ResultRow& row : existing.rows) {
+    if (row.experiment != experiment) continue;
+    std::string theirs = row.run.value("settings_hash", "");
+    if (theirs != settings_hash) {
+      fail(results_path.string(), " holds rows of experiment '", experiment,
+           "' from a different definition, model or calibration (settings hash ", theirs,
+           ", this run ", settings_hash, "): use another --out folder, or delete the old results");
+    }
+    if (row.ok()) done.insert(row.key);
+  }
+  if (existing.torn_tail) {
+    std::string text = read_file(results_path);
+    write_file_atomic(results_path, std::string_view(text).substr(0, existing.valid_bytes));
+    progress.message(cat("resume: ignored an incomplete last line in ", results_path.string(),
+                         " (an interrupted write)"));
+  }
+  return done;
+}
+
+// The session's KV cache: the longest prompt plus the new tokens, or the scoring window.
+int64_t session_tokens(const Experiment& experiment, const model::Model& model) {
+  int64_t max_tokens = 2;
+  for (const PromptEntry& p : experiment.prompts) {
+    max_tokens = std::max<int64_t>(max_tokens,
+                                   static_cast<int64_t>(model.tokenizer().encode(p.text).size()) +
+                                       experiment.generation.max_new_tokens);
+  }
+  if (!experiment.texts.empty()) {
+    max_tokens = std::max<int64_t>(
+        max_tokens,
+        std::min(experiment.scoring.window, model.config().max_position_embeddings));
+  }
+  return max_tokens;
+}
+
+// The generation and scoring settings every row of the experiment records.
+json run_settings(const Experiment& experiment) {
+  json settings = {{"experiment", experiment.name},
+                   {"experiment_source", experiment.source},
+                   {"max_new_tokens", experiment.generation.max_new_tokens},
+                   {"temperature", experiment.generation.temperature},
+                   {"top_p", experiment.generation.top_p},
+                   {"seed", experiment.generation.seed},
+                   {"stop_at_eos", experiment.generation.stop_at_eos},
+                   {"decoding", experiment.generation.temperature == 0 ? "greedy" : "sampled"}};
+  if (!experiment.texts.empty()) {
+    settings["scoring_window"] = experiment.scoring.window;
+    settings["scoring_max_tokens"] = experiment.scoring.max_tokens;
+  }
+  return settings;
+}
+
+// A row with everything that identifies it filled in; the Runner adds the measurements.
+ResultRow row_for(const GridItem& item, const PreparedRouter& config,
+                  const Experiment& experiment) {
+  ResultRow row;
+  row.key = item.key;
+  row.index = item.index;
+  row.experiment = experiment.name;
+  row.kind = item.generate ? "generate" : "score_text";
+  row.config_name = config.entry.name;
+  row.router = config.router->spec();
+  row.rule = config.rule;
+  row.config = config.config;
+  row.max_k = config.max_k;
+  row.max_k_requested = config.max_k_requested;
+  row.min_k = config.min_k;
+  row.alpha = config.alpha;
+  row.top_p = config.top_p;
+  if (item.generate) {
+    const PromptEntry& p = experiment.prompts[item.item];
+    row.prompt_id = p.id;
+    row.prompt_text = p.text;
+    row.prompt_category = p.category;
+    row.prompt_description = p.description;
+  } else {
+    const TextEntry& t = experiment.texts[item.item];
+    row.text_name = t.name;
+    row.text_path = fs::absolute(t.path).lexically_normal().string();
+  }
+  return row;
+}
+
 }  // namespace
 
 void parse_shard(const std::string& text, int& index, int& count) {
@@ -599,25 +424,14 @@ void parse_shard(const std::string& text, int& index, int& count) {
 
 RunSummary run_experiments(const RunOptions& o) {
   auto wall_start = Clock::now();
-  if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count) {
-    fail("--shard ", o.shard_index, "/", o.shard_count, ": expected 0 <= I < N");
-  }
-  if (o.threads < 0) fail("--threads ", o.threads, ": must be >= 0");
-  if (!fs::is_directory(o.model_dir)) fail("--model ", o.model_dir.string(), ": no such folder");
-  if (!o.calibration.empty() && !fs::is_regular_file(o.calibration)) {
-    fail("--calibration ", o.calibration.string(), ": no such file");
-  }
-  if (!o.calibration_text.empty() && !fs::is_regular_file(o.calibration_text)) {
-    fail("--calibration-text ", o.calibration_text.string(), ": no such file");
-  }
-  // Everything about the experiment is checked before the model is even loaded.
+  check_options(o);
+  // Everything about the experiment, and the results already there, is checked before the model is
+  // even loaded.
   Experiment experiment = load_experiment(o.experiment, o.model_dir);
   if (o.max_new_tokens) experiment.generation.max_new_tokens = *o.max_new_tokens;
   validate_experiment(experiment);
-
   fs::create_directories(o.out_dir);
   const fs::path results_path = o.out_dir / "results.jsonl";
-  // Existing results are read (and checked) before any expensive work, too.
   LoadedResults existing = load_results(results_path);
 
   int threads = o.threads > 0 ? o.threads
@@ -626,8 +440,8 @@ RunSummary run_experiments(const RunOptions& o) {
   auto model = model::Model::load(o.model_dir, {.weights = o.weights});
   const model::ModelConfig& mc = model->config();
   json model_id = model_identity(*model);
+  Progress progress(o.progress, o.quiet, o.out_dir / "run.log");
 
-  Progress progress(o.progress, o.quiet, 0, o.out_dir / "run.log");
   bool needs_calibration = false;
   for (const auto* list : {&experiment.routers, &experiment.score_routers}) {
     for (const RouterEntry& r : *list)
@@ -636,46 +450,21 @@ RunSummary run_experiments(const RunOptions& o) {
   ResolvedCalibration calibration;
   if (needs_calibration)
     calibration = resolve_calibration(o, experiment, model, pool.get(), model_id);
-
-  std::vector<PreparedRouter> routers, score_routers;
   RunSummary summary;
-  for (const RouterEntry& r : experiment.routers) {
-    routers.push_back(prepare_router(r, mc, calibration.calibration, experiment.source));
-    if (routers.back().clamped()) summary.clamped.push_back(r.name);
-  }
-  for (const RouterEntry& r : experiment.score_routers) {
-    score_routers.push_back(prepare_router(r, mc, calibration.calibration, experiment.source));
-    if (score_routers.back().clamped()) summary.clamped.push_back(r.name);
-  }
+  const std::vector<PreparedRouter> routers = prepare_routers(
+      experiment.routers, mc, calibration, experiment.source, summary.clamped);
+  const std::vector<PreparedRouter> score_routers = prepare_routers(
+      experiment.score_routers, mc, calibration, experiment.source, summary.clamped);
 
-  json definition = experiment_definition(experiment);
-  std::string settings_hash =
-      fnv1a_hex(definition.dump() + "|" + model_id.value("fingerprint", "") + "|" +
+  const std::string settings_hash =
+      fnv1a_hex(experiment_definition(experiment).dump() + "|" +
+                model_id.value("fingerprint", "") + "|" +
                 (calibration.identity.is_object() ? calibration.identity.value("fingerprint", "")
                                                   : std::string("none")));
-  std::vector<GridItem> grid = expand_grid(experiment);
+  const std::vector<GridItem> grid = expand_grid(experiment);
   summary.grid = static_cast<int64_t>(grid.size());
-
-  // Resume: rows of this experiment must come from the same definition, model and calibration.
-  std::set<std::string> done;
-  for (const ResultRow& row : existing.rows) {
-    if (row.experiment != experiment.name) continue;
-    std::string theirs = row.run.value("settings_hash", "");
-    if (theirs != settings_hash) {
-      fail(results_path.string(), " holds rows of experiment '", experiment.name,
-           "' from a different definition, model or calibration (settings hash ", theirs,
-           ", this run ", settings_hash, "): use another --out folder, or delete the old results");
-    }
-    if (row.ok()) done.insert(row.key);
-  }
-  if (existing.torn_tail) {
-    // Cut the incomplete last line so the next append starts on a line of its own.
-    std::string text = read_file(results_path);
-    write_file_atomic(results_path, std::string_view(text).substr(0, existing.valid_bytes));
-    progress.message(cat("resume: ignored an incomplete last line in ", results_path.string(),
-                         " (an interrupted write)"));
-  }
-
+  const std::set<std::string> done =
+      finished_keys(existing, results_path, experiment.name, settings_hash, progress);
   std::vector<const GridItem*> todo;
   for (const GridItem& item : grid) {
     if (item.index % o.shard_count != o.shard_index) continue;
@@ -687,41 +476,15 @@ RunSummary run_experiments(const RunOptions& o) {
     }
   }
 
-  int64_t max_tokens = 2;
-  for (const PromptEntry& p : experiment.prompts) {
-    max_tokens = std::max<int64_t>(max_tokens,
-                                   static_cast<int64_t>(model->tokenizer().encode(p.text).size()) +
-                                       experiment.generation.max_new_tokens);
-  }
-  if (!experiment.texts.empty())
-    max_tokens = std::max<int64_t>(max_tokens,
-                                   std::min(experiment.scoring.window, mc.max_position_embeddings));
-  Runner runner(model, pool.get(), experiment, max_tokens);
-
-  json settings = {{"experiment", experiment.name},
-                   {"experiment_source", experiment.source},
-                   {"max_new_tokens", experiment.generation.max_new_tokens},
-                   {"temperature", experiment.generation.temperature},
-                   {"top_p", experiment.generation.top_p},
-                   {"seed", experiment.generation.seed},
-                   {"stop_at_eos", experiment.generation.stop_at_eos},
-                   {"decoding", experiment.generation.temperature == 0 ? "greedy" : "sampled"}};
-  if (!experiment.texts.empty()) {
-    settings["scoring_window"] = experiment.scoring.window;
-    settings["scoring_max_tokens"] = experiment.scoring.max_tokens;
-  }
-  json run_info = {{"settings_hash", settings_hash},
-                   {"commit", git_commit()},
-                   {"bhmoe_version", kVersion},
-                   {"host", hostname()},
-                   {"cpu", cpu_model()},
-                   {"hardware_threads", std::thread::hardware_concurrency()},
+  Runner runner(model, pool.get(), experiment, session_tokens(experiment, *model));
+  const json settings = run_settings(experiment);
+  json run_info = host_identity();
+  run_info.update({{"settings_hash", settings_hash},
                    {"threads", threads},
                    {"grid_size", summary.grid},
-                   {"shard", cat(o.shard_index, "/", o.shard_count)}};
+                   {"shard", cat(o.shard_index, "/", o.shard_count)}});
 
-  progress =
-      Progress(o.progress, o.quiet, static_cast<int64_t>(todo.size()), o.out_dir / "run.log");
+  progress.start(static_cast<int64_t>(todo.size()));
   progress.message(cat("bhmoe run: experiment '", experiment.name, "' (", experiment.source,
                        "), model ", model_id.value("name", ""), " (",
                        model_id.value("params_text", ""), " params, ", mc.num_layers, " layers, ",
@@ -743,31 +506,7 @@ RunSummary run_experiments(const RunOptions& o) {
     if (o.limit >= 0 && summary.ran >= o.limit) break;
     const PreparedRouter& config =
         item->generate ? routers[item->router] : score_routers[item->router];
-    ResultRow row;
-    row.key = item->key;
-    row.index = item->index;
-    row.experiment = experiment.name;
-    row.kind = item->generate ? "generate" : "score_text";
-    row.config_name = config.entry.name;
-    row.router = config.router->spec();
-    row.rule = config.rule;
-    row.config = config.config;
-    row.max_k = config.max_k;
-    row.max_k_requested = config.max_k_requested;
-    row.min_k = config.min_k;
-    row.alpha = config.alpha;
-    row.top_p = config.top_p;
-    if (item->generate) {
-      const PromptEntry& p = experiment.prompts[item->item];
-      row.prompt_id = p.id;
-      row.prompt_text = p.text;
-      row.prompt_category = p.category;
-      row.prompt_description = p.description;
-    } else {
-      const TextEntry& t = experiment.texts[item->item];
-      row.text_name = t.name;
-      row.text_path = fs::absolute(t.path).lexically_normal().string();
-    }
+    ResultRow row = row_for(*item, config, experiment);
     row.model = model_id;
     row.calibration = config.router->uses_calibration() ? calibration.identity : json(nullptr);
     row.settings = settings;
@@ -800,68 +539,6 @@ RunSummary run_experiments(const RunOptions& o) {
     LoadedResults all = load_results(results_path);
     write_outputs(o.out_dir, std::move(all.rows));
   }
-  return summary;
-}
-
-MergeSummary merge_results(const fs::path& out_dir, const std::vector<fs::path>& shard_dirs,
-                           bool report) {
-  if (shard_dirs.empty()) fail("merge: no shard folders given");
-  MergeSummary summary;
-  std::map<std::string, ResultRow> by_key;
-  std::map<std::string, std::string> hash_of_experiment;
-  std::map<std::string, int64_t> grid_size;
-  for (const fs::path& dir : shard_dirs) {
-    fs::path path = dir / "results.jsonl";
-    if (!fs::is_regular_file(path)) fail("merge: ", path.string(), " does not exist");
-    if (fs::equivalent(dir, out_dir))
-      fail("merge: the output folder ", out_dir.string(), " is also a shard folder");
-    LoadedResults loaded = load_results(path);
-    ++summary.shards;
-    if (loaded.torn_tail)
-      summary.warnings.push_back(cat(path.string(), ": ignored an incomplete last line"));
-    for (ResultRow& row : loaded.rows) {
-      std::string hash = row.run.value("settings_hash", "");
-      auto [it, inserted] = hash_of_experiment.try_emplace(row.experiment, hash);
-      if (!inserted && it->second != hash) {
-        fail("merge: ", path.string(), " holds experiment '", row.experiment,
-             "' with a different definition, model or calibration (settings hash ", hash, " vs ",
-             it->second, ")");
-      }
-      if (row.run.contains("grid_size") && row.run["grid_size"].is_number_integer()) {
-        grid_size[row.experiment] = row.run["grid_size"].get<int64_t>();
-      }
-      auto existing = by_key.find(row.key);
-      if (existing == by_key.end()) {
-        by_key.emplace(row.key, std::move(row));
-      } else {
-        ++summary.duplicates;
-        if (!existing->second.ok() && row.ok())
-          existing->second = std::move(row);  // a retry that worked
-      }
-    }
-  }
-  std::vector<ResultRow> rows;
-  for (auto& [key, row] : by_key) rows.push_back(std::move(row));
-  rows = dedupe_and_sort(std::move(rows));
-  for (const auto& [experiment, size] : grid_size) {
-    int64_t have = std::count_if(rows.begin(), rows.end(),
-                                 [&](const ResultRow& r) { return r.experiment == experiment; });
-    if (have < size) {
-      summary.warnings.push_back(
-          cat("experiment '", experiment, "': ", have, " of ", size,
-              " grid items present; the missing ones were not run by any shard"));
-    }
-  }
-  fs::create_directories(out_dir);
-  std::string text;
-  for (const ResultRow& row : rows) text += to_jsonl_line(row) + "\n";
-  write_file_atomic(out_dir / "results.jsonl", text);
-  summary.rows = static_cast<int64_t>(rows.size());
-  std::string log = utc_now() + cat(" bhmoe merge: ", summary.rows, " rows from ", summary.shards,
-                                    " shards (", summary.duplicates, " duplicates)\n");
-  for (const std::string& w : summary.warnings) log += utc_now() + " warning: " + w + "\n";
-  append_file_durable(out_dir / "run.log", log);
-  if (report) write_outputs(out_dir, std::move(rows));
   return summary;
 }
 

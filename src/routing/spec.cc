@@ -1,6 +1,7 @@
 #include "routing/spec.h"
 
 #include <charconv>
+#include <nlohmann/json.hpp>
 #include <cmath>
 #include <set>
 #include <string>
@@ -228,6 +229,32 @@ RouterSpec resolve_router_spec(RouterSpec spec, int num_experts) {
     key_error(text, "max_k", cat(spec.max_k, " is below min_k=", spec.min_k));
   }
   return spec;
+}
+
+nlohmann::json to_json(const RouterSpec& spec) {
+  switch (spec.rule) {
+    case RuleKind::kTopK:
+      return {{"type", "topk"},
+              {"k", spec.k},
+              {"renorm", spec.renorm},
+              {"temperature", spec.temperature}};
+    case RuleKind::kBH:
+      return {{"type", "bh"},
+              {"alpha", spec.alpha},
+              {"max_k", spec.max_k},
+              {"min_k", spec.min_k},
+              {"temperature", spec.temperature},
+              {"renorm", spec.renorm},
+              {"pvalues", spec.pvalues == PValueKind::kCalibrated ? "calibrated" : "one-minus-prob"}};
+    case RuleKind::kTopP:
+      return {{"type", "topp"},
+              {"p", spec.p},
+              {"max_k", spec.max_k},
+              {"min_k", spec.min_k},
+              {"temperature", spec.temperature},
+              {"renorm", spec.renorm}};
+  }
+  fail("router spec \"", canonical_spec(spec), "\": unknown rule");
 }
 
 std::string canonical_spec(const RouterSpec& spec) {

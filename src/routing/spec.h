@@ -8,6 +8,7 @@
 // Booleans are true/false (also 1/0). Every error names the key and says why.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 
@@ -56,6 +57,14 @@ RouterSpec resolve_router_spec(RouterSpec spec, int num_experts);
 // "topp:p=0.7,max_k=16,min_k=1,temperature=1,renorm=false".
 // parse_router_spec(canonical_spec(s)) == s (up to max_k_given).
 std::string canonical_spec(const RouterSpec& spec);
+
+// The spec's parameters as a JSON object, the same ones canonical_spec spells out, plus "type":
+//   {"type":"topk","k":8,"renorm":false,"temperature":1.0}
+//   {"type":"bh","alpha":0.05,"max_k":16,"min_k":1,"temperature":1.0,"renorm":false,
+//    "pvalues":"calibrated"}
+//   {"type":"topp","p":0.7,"max_k":16,"min_k":1,"temperature":1.0,"renorm":false}
+// (the experiment rows' `config` column).
+nlohmann::json to_json(const RouterSpec& spec);
 
 // Shortest decimal form that reads back to the same double ("0.05", "1", "1e-05").
 std::string format_number(double value);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <random>
 #include <string>
 
@@ -102,6 +104,32 @@ TEST(Spec, MakeRouterReportsSpecErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("calibration"), std::string::npos) << e.what();
   }
+}
+
+TEST(Spec, JsonSpellsOutTheSameParametersAsTheCanonicalForm) {
+  EXPECT_EQ(to_json(parse_router_spec("topk:k=8")).dump(),
+            R"({"k":8,"renorm":false,"temperature":1.0,"type":"topk"})");
+  EXPECT_EQ(to_json(parse_router_spec("bh:alpha=0.01,max_k=16,pvalues=one-minus-prob")).dump(),
+            R"({"alpha":0.01,"max_k":16,"min_k":1,"pvalues":"one-minus-prob","renorm":false,)"
+            R"("temperature":1.0,"type":"bh"})");
+  EXPECT_EQ(to_json(parse_router_spec("topp:p=0.7,min_k=2,renorm=true,temperature=0.5")).dump(),
+            R"({"max_k":16,"min_k":2,"p":0.7,"renorm":true,"temperature":0.5,"type":"topp"})");
+}
+
+TEST(Spec, MakeRouterFromAValueValidatesIt) {
+  RouterSpec spec = parse_router_spec("bh:alpha=0.05,max_k=8,pvalues=one-minus-prob");
+  EXPECT_EQ(make_router(spec, 64)->spec(), canonical_spec(spec));
+  spec.alpha = 1.5;  // what parse_router_spec would reject
+  try {
+    make_router(spec, 64);
+    ADD_FAILURE() << "alpha 1.5 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("\"alpha\": 1.5 is outside (0, 1)"), std::string::npos)
+        << e.what();
+  }
+  spec.alpha = 0.05;
+  spec.max_k = 65;  // what resolve_router_spec rejects for N = 64
+  EXPECT_THROW(make_router(spec, 64), Error);
 }
 
 TEST(Spec, NumbersPrintShortest) {
