@@ -1,6 +1,7 @@
 // bhmoe generate: prefill a prompt and generate (greedy or temperature/top-p with a seed),
 // streaming the text; then tokens/s and the mean number of experts per token (stderr, or one JSON
 // line).
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -33,6 +34,11 @@ CommandRegistration reg{
       app.add_option("--seed", o->seed, "Sampling seed");
       app.add_flag("--json", o->json, "Print one JSON line instead of streaming text");
       return [o]() {
+        // The sampler checks these too, in its own words; checking first names the flags.
+        if (!(o->temperature >= 0.0f) || !std::isfinite(o->temperature)) {
+          fail("--temperature ", o->temperature, ": must be a finite value >= 0");
+        }
+        if (!(o->top_p > 0.0f && o->top_p <= 1.0f)) fail("--top-p ", o->top_p, ": must be in (0, 1]");
         Engine engine = open_engine(o->engine);
         const model::Tokenizer& tokenizer = engine.model->tokenizer();
         const std::vector<int32_t> prompt = tokenizer.encode(o->prompt);

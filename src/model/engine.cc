@@ -68,7 +68,7 @@ class LoadedModel final : public Model {
       materialize(stored, DType::BF16);
       kind_ = "bf16-copy";
     } else {
-      fail("--weights ", options.weights, ": expected native, bf16 or q8");
+      fail("weights \"", options.weights, "\": expected native, bf16 or q8");
     }
   }
 
@@ -87,7 +87,7 @@ class LoadedModel final : public Model {
   // of the 4 KiB-paged file mapping: measured +14% prefill for the bf16 copy on this project's VM
   // (decode, bound by the VM's drifting memory bandwidth, showed no difference; README, Figures).
   void materialize(const Weights& stored, DType dtype) {
-    const char* what = dtype == DType::Q8 ? "--weights q8" : "--weights bf16";
+    const char* what = dtype == DType::Q8 ? "weights q8" : "weights bf16";
     owned_weights_ = stored;
     std::vector<TensorView*> targets;
     for (auto& layer : owned_weights_.layers) {

@@ -53,7 +53,9 @@ class Model {
   virtual const Weights& weights() const = 0;
   virtual const Tokenizer& tokenizer() const = 0;
   virtual const std::filesystem::path& dir() const = 0;
-  virtual std::string weights_kind() const = 0;  // "bf16", "f32", "q8", ...
+  // "f32", "f16" or "bf16" for native weights (the stored dtype), "bf16-copy" for weights "bf16",
+  // "q8" for weights "q8".
+  virtual std::string weights_kind() const = 0;
 };
 
 // Largest prefill chunk: big enough that a chunk is compute-bound on the experts (each expert's

@@ -433,7 +433,7 @@ MakeModelResult make_model(const fs::path& dir, const MakeModelOptions& options)
 
   ModelConfig config = preset_config(options.preset);
   if (options.layers) {
-    if (*options.layers <= 0) fail("make-model: --layers must be positive, got ", *options.layers);
+    if (*options.layers <= 0) fail("make_model: layers must be positive, got ", *options.layers);
     config.num_layers = *options.layers;
   }
   config.torch_dtype = options.dtype == kernels::DType::F32   ? "float32"

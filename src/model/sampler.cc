@@ -19,9 +19,9 @@ Sampler::Sampler(int32_t vocab_limit, float temperature, float top_p, uint64_t s
     : vocab_limit_(vocab_limit), temperature_(temperature), top_p_(top_p), rng_(seed) {
   if (vocab_limit <= 0) fail("sampler: vocabulary size ", vocab_limit, " must be positive");
   if (!(temperature >= 0.0f) || !std::isfinite(temperature)) {
-    fail("--temperature ", temperature, ": must be a finite value >= 0");
+    fail("sampler: temperature ", temperature, " must be a finite value >= 0");
   }
-  if (!(top_p > 0.0f && top_p <= 1.0f)) fail("--top-p ", top_p, ": must be in (0, 1]");
+  if (!(top_p > 0.0f && top_p <= 1.0f)) fail("sampler: top_p ", top_p, " must be in (0, 1]");
   if (temperature_ > 0.0f) {
     probs_.resize(static_cast<size_t>(vocab_limit));
     order_.resize(static_cast<size_t>(vocab_limit));
