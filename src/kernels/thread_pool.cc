@@ -164,27 +164,27 @@ int ThreadPool::num_threads() const {
   return impl_->num_threads;
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn) {
+void ThreadPool::parallel_for(int64_t n, FunctionRef<void(int, int64_t, int64_t)> fn) {
   struct Loop {
     int64_t n;
     int64_t threads;
-    const std::function<void(int, int64_t, int64_t)>* fn;
+    FunctionRef<void(int, int64_t, int64_t)> fn;
   };
-  const Loop loop{n, impl_->num_threads, &fn};
+  const Loop loop{n, impl_->num_threads, fn};
   impl_->run(
       [](const void* context, int index) {
         const Loop& l = *static_cast<const Loop*>(context);
         int64_t begin = l.n * index / l.threads;
         int64_t end = l.n * (index + 1) / l.threads;
-        if (begin < end) (*l.fn)(index, begin, end);
+        if (begin < end) l.fn(index, begin, end);
       },
       &loop);
 }
 
-void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
-  impl_->run([](const void* context,
-                int index) { (*static_cast<const std::function<void(int)>*>(context))(index); },
-             &fn);
+void ThreadPool::run_on_all(FunctionRef<void(int)> fn) {
+  impl_->run(
+      [](const void* context, int index) { (*static_cast<const FunctionRef<void(int)>*>(context))(index); },
+      &fn);
 }
 
 }  // namespace bhmoe::kernels

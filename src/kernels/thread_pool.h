@@ -3,10 +3,37 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
+#include <type_traits>
+#include <utility>
 
 namespace bhmoe::kernels {
+
+// A non-owning reference to a callable: two words, never allocates, so a parallel loop body can be
+// a lambda capturing [&] whatever it needs. The callable must outlive the reference (a loop body
+// passed straight to parallel_for does) and is called as const.
+template <typename Signature>
+class FunctionRef;
+
+template <typename R, typename... Args>
+class FunctionRef<R(Args...)> {
+ public:
+  template <typename F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef> &&
+             std::is_invocable_r_v<R, const std::remove_reference_t<F>&, Args...>)
+  FunctionRef(F&& f) noexcept  // NOLINT(google-explicit-constructor): binds like a function arg
+      : object_(static_cast<const void*>(std::addressof(f))),
+        call_([](const void* object, Args... args) -> R {
+          return (*static_cast<const std::remove_reference_t<F>*>(object))(
+              std::forward<Args>(args)...);
+        }) {}
+
+  R operator()(Args... args) const { return call_(object_, std::forward<Args>(args)...); }
+
+ private:
+  const void* object_;
+  R (*call_)(const void*, Args...);
+};
 
 class ThreadPool {
  public:
@@ -30,10 +57,10 @@ class ThreadPool {
   // threads at once, throws bhmoe::Error instead of deadlocking. Dispatch costs ~1 us while workers
   // spin (they spin ~200 us after each loop, then sleep on a condition variable until the next
   // one).
-  void parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn);
+  void parallel_for(int64_t n, FunctionRef<void(int, int64_t, int64_t)> fn);
 
   // Calls fn(thread_index) once on every thread and waits.
-  void run_on_all(const std::function<void(int)>& fn);
+  void run_on_all(FunctionRef<void(int)> fn);
 
  private:
   struct Impl;

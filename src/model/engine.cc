@@ -14,15 +14,14 @@
 #include "model/engine.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <thread>
-
-#include <sys/mman.h>
-#include <unistd.h>
+#include <optional>
 
 #include "kernels/ops.h"
+#include "model/materialize.h"
 #include "util/error.h"
 #include "util/memory.h"
 
@@ -32,18 +31,11 @@ namespace {
 
 using kernels::Matrix;
 
+// The weights_kind() of native weights: kernels::dtype_name in lower case ("bf16", "f32", ...).
 std::string lower_dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::F32:
-      return "f32";
-    case DType::F16:
-      return "f16";
-    case DType::BF16:
-      return "bf16";
-    case DType::Q8:
-      return "q8";
-  }
-  return "unknown";
+  std::string name = kernels::dtype_name(dtype);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
 }
 
 // An uninitialised float array: large ones (the KV cache) stay non-resident until touched.
@@ -62,10 +54,10 @@ class LoadedModel final : public Model {
       kind_ = lower_dtype_name(stored.layers.empty() ? stored.lm_head.dtype
                                                      : stored.layers[0].experts[0].gate.dtype);
     } else if (options.weights == "q8") {
-      materialize(stored, DType::Q8);
+      materialized_ = materialize_weights(stored, DType::Q8);
       kind_ = "q8";
     } else if (options.weights == "bf16") {
-      materialize(stored, DType::BF16);
+      materialized_ = materialize_weights(stored, DType::BF16);
       kind_ = "bf16-copy";
     } else {
       fail("weights \"", options.weights, "\": expected native, bf16 or q8");
@@ -74,117 +66,16 @@ class LoadedModel final : public Model {
 
   const ModelConfig& config() const override { return checkpoint_->config(); }
   const Weights& weights() const override {
-    return owned_ ? owned_weights_ : checkpoint_->weights();
+    return materialized_ ? materialized_->weights : checkpoint_->weights();
   }
   const Tokenizer& tokenizer() const override { return *tokenizer_; }
   const std::filesystem::path& dir() const override { return checkpoint_->dir(); }
   std::string weights_kind() const override { return kind_; }
 
  private:
-  // Converts the attention, expert and lm_head matrices once into an owned huge-page arena, as Q8
-  // (quantised) or BF16 (copied, or rounded from f32/f16); norms, router and embedding stay as
-  // stored (they are small or read one row at a time). Huge pages spare the kernels the TLB misses
-  // of the 4 KiB-paged file mapping: measured +14% prefill for the bf16 copy on this project's VM
-  // (decode, bound by the VM's drifting memory bandwidth, showed no difference; README, Figures).
-  void materialize(const Weights& stored, DType dtype) {
-    const char* what = dtype == DType::Q8 ? "weights q8" : "weights bf16";
-    owned_weights_ = stored;
-    std::vector<TensorView*> targets;
-    for (auto& layer : owned_weights_.layers) {
-      for (TensorView* m : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
-        targets.push_back(m);
-      }
-      for (auto& expert : layer.experts) {
-        for (TensorView* m : {&expert.gate, &expert.up, &expert.down}) targets.push_back(m);
-      }
-    }
-    targets.push_back(&owned_weights_.lm_head);
-    if (dtype == DType::Q8) {
-      for (TensorView* m : targets) {
-        if (m->cols % kernels::kQ8Block != 0) {
-          fail(what, ": tensor ", m->name, " has ", m->cols, " columns, not a multiple of ",
-               kernels::kQ8Block);
-        }
-      }
-    }
-    // Values then (Q8) scales of each matrix, each 64-byte aligned.
-    const auto aligned = [](size_t n) { return (n + 63) / 64 * 64; };
-    const auto value_bytes = [&](const TensorView* m) {
-      return aligned(static_cast<size_t>(m->numel()) * kernels::dtype_size(dtype));
-    };
-    const auto scale_bytes = [&](const TensorView* m) {
-      return dtype == DType::Q8
-                 ? aligned(static_cast<size_t>(m->numel() / kernels::kQ8Block) * sizeof(float))
-                 : size_t{0};
-    };
-    size_t total = 0;
-    for (const TensorView* m : targets) total += value_bytes(m) + scale_bytes(m);
-    arena_ = HugePageBuffer(total, what);
-    std::vector<Matrix> converted(targets.size());
-    size_t offset = 0;
-    for (size_t i = 0; i < targets.size(); ++i) {
-      uint8_t* values = arena_.data() + offset;
-      offset += value_bytes(targets[i]);
-      if (dtype == DType::Q8) {
-        auto* scales = reinterpret_cast<float*>(arena_.data() + offset);
-        offset += scale_bytes(targets[i]);
-        converted[i] = kernels::q8_matrix(reinterpret_cast<int8_t*>(values), scales,
-                                          targets[i]->rows, targets[i]->cols);
-      } else {
-        converted[i] = Matrix{values, DType::BF16, targets[i]->rows, targets[i]->cols, nullptr};
-      }
-    }
-    // Converting ~7 B parameters is worth all cores; each thread takes whole matrices.
-    const unsigned num_threads = std::max(1u, std::thread::hardware_concurrency());
-    std::vector<std::thread> threads;
-    std::vector<std::exception_ptr> errors(num_threads);
-    for (unsigned t = 0; t < num_threads; ++t) {
-      threads.emplace_back([&, t] {
-        try {
-          for (size_t i = t; i < targets.size(); i += num_threads) {
-            const Matrix& src = *targets[i];
-            if (dtype == DType::Q8) {
-              kernels::quantize_q8(src, static_cast<int8_t*>(const_cast<void*>(converted[i].data)),
-                                   const_cast<float*>(converted[i].scales));
-            } else {
-              kernels::convert_to_bf16(
-                  src, static_cast<uint16_t*>(const_cast<void*>(converted[i].data)));
-            }
-            // At once, so the peak stays near the copy + one matrix per thread. A tied lm_head is
-            // the embedding, which stays in use.
-            if (src.data != stored.embed.data) release_pages(src);
-          }
-        } catch (...) {
-          errors[t] = std::current_exception();
-        }
-      });
-    }
-    for (auto& thread : threads) thread.join();
-    for (auto& error : errors) {
-      if (error) std::rethrow_exception(error);
-    }
-    for (size_t i = 0; i < targets.size(); ++i) static_cast<Matrix&>(*targets[i]) = converted[i];
-    owned_ = true;
-  }
-
-  // The stored copy of a converted matrix is never read again: drop its pages from this process's
-  // resident set (the mapping is read-only and file-backed, so this discards nothing), keeping RSS
-  // near the copy's size instead of the copy + the whole checkpoint.
-  static void release_pages(const Matrix& m) {
-    const long page = sysconf(_SC_PAGESIZE);
-    if (page <= 0) return;
-    const auto begin = reinterpret_cast<uintptr_t>(m.data);
-    const auto end = begin + static_cast<uintptr_t>(m.numel()) * kernels::dtype_size(m.dtype);
-    const uintptr_t first = (begin + page - 1) / page * page;
-    const uintptr_t last = end / page * page;
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-  }
-
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  bool owned_ = false;  // weights() is owned_weights_, whose big matrices live in arena_
-  Weights owned_weights_;
-  HugePageBuffer arena_;
+  std::optional<MaterializedWeights> materialized_;  // weights bf16 / q8
   std::string kind_;
 };
 
@@ -297,11 +188,10 @@ struct Session::Impl {
     selected_per_layer.assign(L, 0);
   }
 
-  // Runs fn(thread, begin, end) over a static split of [0, n). The lambdas passed here capture at
-  // most two pointers, so std::function stores them inline: no allocation per call.
+  // Runs fn(thread, begin, end) over a static split of [0, n). The pool takes a non-owning
+  // reference to fn, so lambdas capture [&] and nothing is allocated per call.
   template <typename Fn>
   void parallel(int64_t n, const Fn& fn) {
-    static_assert(sizeof(Fn) <= 16, "capture at most two words so std::function does not allocate");
     if (n <= 0) return;
     if (pool && num_threads > 1) {
       pool->parallel_for(n, fn);
@@ -341,25 +231,14 @@ struct Session::Impl {
       kernels::rmsnorm(x.get() + t * D, lw.input_norm, D, eps, h.get() + t * D);
     }
     // q | k | v as one row space so both threads share the three projections evenly.
-    struct Qkv {
-      Impl* self;
-      const LayerWeights* lw;
-      float* kc;
-      float* vc;
-      int64_t T;
-    } qkv{this, &lw, kc, vc, T};
-    parallel(D + 2 * Dkv, [&qkv](int, int64_t begin, int64_t end) {
-      Impl& s = *qkv.self;
-      const int64_t segments[3] = {s.D, s.Dkv, s.Dkv};
-      const Matrix* mats[3] = {&qkv.lw->q_proj, &qkv.lw->k_proj, &qkv.lw->v_proj};
-      float* outs[3] = {s.q.get(), qkv.kc, qkv.vc};
-      const int64_t strides[3] = {s.D, s.Dkv, s.Dkv};
+    parallel(D + 2 * Dkv, [&](int, int64_t begin, int64_t end) {
+      const int64_t segments[3] = {D, Dkv, Dkv};
+      const Matrix* mats[3] = {&lw.q_proj, &lw.k_proj, &lw.v_proj};
+      float* outs[3] = {q.get(), kc, vc};
       int64_t base = 0;
       for (int i = 0; i < 3; ++i) {
         const int64_t lo = std::max(begin, base), hi = std::min(end, base + segments[i]);
-        if (lo < hi) {
-          project(*mats[i], s.h.get(), s.D, qkv.T, outs[i], strides[i], lo - base, hi - base);
-        }
+        if (lo < hi) project(*mats[i], h.get(), D, T, outs[i], segments[i], lo - base, hi - base);
         base += segments[i];
       }
     });
@@ -396,41 +275,32 @@ struct Session::Impl {
       rope(kt, Hkv);
     }
     // Causal attention, one (token, head) pair per work item.
-    struct Att {
-      Impl* self;
-      int layer;
-      int64_t T;
-    } att{this, layer, T};
-    parallel(T * H, [&att](int thread, int64_t begin, int64_t end) {
-      Impl& s = *att.self;
-      const float* keys = s.k_cache.get() + int64_t{att.layer} * s.max_tokens * s.Dkv;
-      const float* values = s.v_cache.get() + int64_t{att.layer} * s.max_tokens * s.Dkv;
-      float* sc = s.scores.get() + int64_t{thread} * s.max_tokens;
-      const int group = s.H / s.Hkv;
+    const float* keys = k_cache.get() + int64_t{layer} * max_tokens * Dkv;
+    const float* values = v_cache.get() + int64_t{layer} * max_tokens * Dkv;
+    parallel(T * H, [&](int thread, int64_t begin, int64_t end) {
+      float* sc = scores.get() + int64_t{thread} * max_tokens;
+      const int group = H / Hkv;
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t t = item / s.H;
-        const int head = static_cast<int>(item % s.H);
-        const int kv_off = (head / group) * s.hd;
-        const float* qh = s.q.get() + t * s.D + head * s.hd;
-        const int64_t n = s.pos + t + 1;
+        const int64_t t = item / H;
+        const int head = static_cast<int>(item % H);
+        const int kv_off = (head / group) * hd;
+        const float* qh = q.get() + t * D + head * hd;
+        const int64_t n = pos + t + 1;
         for (int64_t j = 0; j < n; ++j) {
-          sc[j] = kernels::dot_f32(qh, keys + j * s.Dkv + kv_off, s.hd) * s.attn_scale;
+          sc[j] = kernels::dot_f32(qh, keys + j * Dkv + kv_off, hd) * attn_scale;
         }
         kernels::softmax(sc, n);
-        float* out = s.attn.get() + t * s.D + head * s.hd;
-        std::fill_n(out, s.hd, 0.0f);
-        for (int64_t j = 0; j < n; ++j)
-          kernels::axpy(sc[j], values + j * s.Dkv + kv_off, out, s.hd);
+        float* out = attn.get() + t * D + head * hd;
+        std::fill_n(out, hd, 0.0f);
+        for (int64_t j = 0; j < n; ++j) kernels::axpy(sc[j], values + j * Dkv + kv_off, out, hd);
       }
     });
     // o_proj; each thread adds its output columns into the residual.
-    parallel(D, [&att](int, int64_t begin, int64_t end) {
-      Impl& s = *att.self;
-      const Matrix& o = s.w.layers[att.layer].o_proj;
-      project(o, s.attn.get(), s.D, att.T, s.tmp.get(), s.D, begin, end);
-      for (int64_t t = 0; t < att.T; ++t) {
-        float* xt = s.x.get() + t * s.D;
-        const float* yt = s.tmp.get() + t * s.D;
+    parallel(D, [&](int, int64_t begin, int64_t end) {
+      project(lw.o_proj, attn.get(), D, T, tmp.get(), D, begin, end);
+      for (int64_t t = 0; t < T; ++t) {
+        float* xt = x.get() + t * D;
+        const float* yt = tmp.get() + t * D;
         for (int64_t i = begin; i < end; ++i) xt[i] += yt[i];
       }
     });
@@ -441,14 +311,8 @@ struct Session::Impl {
     for (int64_t t = 0; t < T; ++t) {
       kernels::rmsnorm(x.get() + t * D, lw.post_norm, D, eps, h.get() + t * D);
     }
-    struct Ctx {
-      Impl* self;
-      const LayerWeights* lw;
-      int64_t T;
-    } ctx{this, &lw, T};
-    parallel(N, [&ctx](int, int64_t begin, int64_t end) {
-      Impl& s = *ctx.self;
-      project(ctx.lw->router, s.h.get(), s.D, ctx.T, s.router_logits.get(), s.N, begin, end);
+    parallel(N, [&](int, int64_t begin, int64_t end) {
+      project(lw.router, h.get(), D, T, router_logits.get(), N, begin, end);
     });
     const int stride = router->max_count();
     if (T == 1) {
@@ -478,32 +342,24 @@ struct Session::Impl {
 
   // One token: every selected expert in two parallel loops.
   void moe_decode(int layer) {
-    struct Ctx {
-      Impl* self;
-      int layer;
-    } ctx{this, layer};
-    parallel(F, [&ctx](int, int64_t begin, int64_t end) {
-      Impl& s = *ctx.self;
-      const auto& experts = s.w.layers[ctx.layer].experts;
-      const int count = s.route_counts[0];
+    const auto& experts = w.layers[layer].experts;
+    const int count = route_counts[0];
+    parallel(F, [&](int, int64_t begin, int64_t end) {
       for (int j = 0; j < count; ++j) {
-        const ExpertWeights& e = experts[s.route_ids[j]];
-        float* g = s.expert_gate.get() + int64_t{j} * s.F;
-        float* u = s.expert_up.get() + int64_t{j} * s.F;
-        kernels::matvec(e.gate, s.h.get(), g + begin, begin, end);
-        kernels::matvec(e.up, s.h.get(), u + begin, begin, end);
+        const ExpertWeights& e = experts[route_ids[j]];
+        float* g = expert_gate.get() + int64_t{j} * F;
+        float* u = expert_up.get() + int64_t{j} * F;
+        kernels::matvec(e.gate, h.get(), g + begin, begin, end);
+        kernels::matvec(e.up, h.get(), u + begin, begin, end);
         kernels::swiglu(g + begin, u + begin, g + begin, end - begin);
       }
     });
-    parallel(D, [&ctx](int thread, int64_t begin, int64_t end) {
-      Impl& s = *ctx.self;
-      const auto& experts = s.w.layers[ctx.layer].experts;
-      const int count = s.route_counts[0];
-      float* out = s.thread_out.get() + int64_t{thread} * s.D;
+    parallel(D, [&](int thread, int64_t begin, int64_t end) {
+      float* out = thread_out.get() + int64_t{thread} * D;
       for (int j = 0; j < count; ++j) {
-        const ExpertWeights& e = experts[s.route_ids[j]];
-        kernels::matvec(e.down, s.expert_gate.get() + int64_t{j} * s.F, out, begin, end);
-        kernels::axpy(s.route_weights[j], out, s.x.get() + begin, end - begin);
+        const ExpertWeights& e = experts[route_ids[j]];
+        kernels::matvec(e.down, expert_gate.get() + int64_t{j} * F, out, begin, end);
+        kernels::axpy(route_weights[j], out, x.get() + begin, end - begin);
       }
     });
   }
@@ -520,41 +376,29 @@ struct Session::Impl {
         group_weights[int64_t{e} * chunk + slot] = route_weights[t * stride + j];
       }
     }
-    struct Ctx {
-      Impl* self;
-      const ExpertWeights* expert;
-      int e;
-      int n;
-    } ctx{this, nullptr, 0, 0};
     for (int e = 0; e < N; ++e) {
       const int n = group_size[e];
       if (n == 0) continue;
-      ctx.expert = &w.layers[layer].experts[e];
-      ctx.e = e;
-      ctx.n = n;
+      const ExpertWeights& expert = w.layers[layer].experts[e];
+      const int32_t* tokens = group_tokens.get() + int64_t{e} * chunk;
+      const float* weights = group_weights.get() + int64_t{e} * chunk;
       for (int i = 0; i < n; ++i) {
-        std::memcpy(expert_x.get() + int64_t{i} * D,
-                    h.get() + int64_t{group_tokens[int64_t{e} * chunk + i]} * D, sizeof(float) * D);
+        std::memcpy(expert_x.get() + int64_t{i} * D, h.get() + int64_t{tokens[i]} * D,
+                    sizeof(float) * D);
       }
-      parallel(F, [&ctx](int, int64_t begin, int64_t end) {
-        Impl& s = *ctx.self;
-        project(ctx.expert->gate, s.expert_x.get(), s.D, ctx.n, s.expert_gate.get(), s.F, begin,
-                end);
-        project(ctx.expert->up, s.expert_x.get(), s.D, ctx.n, s.expert_up.get(), s.F, begin, end);
-        for (int i = 0; i < ctx.n; ++i) {
-          float* g = s.expert_gate.get() + int64_t{i} * s.F + begin;
-          kernels::swiglu(g, s.expert_up.get() + int64_t{i} * s.F + begin, g, end - begin);
+      parallel(F, [&](int, int64_t begin, int64_t end) {
+        project(expert.gate, expert_x.get(), D, n, expert_gate.get(), F, begin, end);
+        project(expert.up, expert_x.get(), D, n, expert_up.get(), F, begin, end);
+        for (int i = 0; i < n; ++i) {
+          float* g = expert_gate.get() + int64_t{i} * F + begin;
+          kernels::swiglu(g, expert_up.get() + int64_t{i} * F + begin, g, end - begin);
         }
       });
-      parallel(D, [&ctx](int, int64_t begin, int64_t end) {
-        Impl& s = *ctx.self;
-        project(ctx.expert->down, s.expert_gate.get(), s.F, ctx.n, s.expert_y.get(), s.D, begin,
-                end);
-        const int32_t* tokens = s.group_tokens.get() + int64_t{ctx.e} * s.chunk;
-        const float* weights = s.group_weights.get() + int64_t{ctx.e} * s.chunk;
-        for (int i = 0; i < ctx.n; ++i) {
-          kernels::axpy(weights[i], s.expert_y.get() + int64_t{i} * s.D + begin,
-                        s.x.get() + int64_t{tokens[i]} * s.D + begin, end - begin);
+      parallel(D, [&](int, int64_t begin, int64_t end) {
+        project(expert.down, expert_gate.get(), F, n, expert_y.get(), D, begin, end);
+        for (int i = 0; i < n; ++i) {
+          kernels::axpy(weights[i], expert_y.get() + int64_t{i} * D + begin,
+                        x.get() + int64_t{tokens[i]} * D + begin, end - begin);
         }
       });
     }
@@ -582,16 +426,9 @@ struct Session::Impl {
     for (int64_t t = first; t < T; ++t) {
       kernels::rmsnorm(x.get() + t * D, w.final_norm, D, eps, h.get() + t * D);
     }
-    struct Ctx {
-      Impl* self;
-      float* out;
-      int64_t first;
-      int64_t T;
-    } ctx{this, out_logits ? out_logits : logits.get(), first, T};
-    parallel(V, [&ctx](int, int64_t begin, int64_t end) {
-      Impl& s = *ctx.self;
-      project(s.w.lm_head, s.h.get() + ctx.first * s.D, s.D, ctx.T - ctx.first, ctx.out, s.V, begin,
-              end);
+    float* out = out_logits ? out_logits : logits.get();
+    parallel(V, [&](int, int64_t begin, int64_t end) {
+      project(w.lm_head, h.get() + first * D, D, T - first, out, V, begin, end);
     });
     if (out_logits) std::memcpy(logits.get(), out_logits + (T - 1) * V, sizeof(float) * V);
     pos += T;
