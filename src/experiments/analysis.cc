@@ -89,15 +89,7 @@ double histogram_quantile(const std::vector<int64_t>& histogram, int64_t n, doub
 ConfigSummary summarize_config(const std::vector<const ResultRow*>& rows, int total, int errors) {
   ConfigSummary s;
   const ResultRow& first = *rows.front();
-  s.config_name = first.config_name;
-  s.router = first.router;
-  s.rule = first.rule;
-  s.max_k = first.max_k;
-  s.max_k_requested = first.max_k_requested;
-  s.min_k = first.min_k;
-  s.alpha = first.alpha;
-  s.top_p = first.top_p;
-  s.clamped = first.max_k < first.max_k_requested;
+  static_cast<RouterConfig&>(s) = first;  // every row of a config records the same RouterConfig
   s.rows = total;
   s.errors = errors;
   auto events = [](const ResultRow& r) { return static_cast<double>(r.num_routing_events); };
@@ -169,7 +161,7 @@ json config_json(const ConfigSummary& s) {
           {"min_k", s.min_k},
           {"alpha", num(s.alpha)},
           {"top_p", num(s.top_p)},
-          {"clamped", s.clamped},
+          {"clamped", s.clamped()},
           {"rows", s.rows},
           {"errors", s.errors},
           {"mean_experts", num(s.mean_experts)},
@@ -306,13 +298,13 @@ Analysis analyze(const std::vector<ResultRow>& input) {
     }
     a.configs.push_back(
         summarize_config(it->second, total_by_config[name], errors_by_config[name]));
-    if (a.configs.back().clamped) a.clamped_configs.push_back(name);
+    if (a.configs.back().clamped()) a.clamped_configs.push_back(name);
   }
   for (const std::string& name : score_order) {
     auto it = ok_score_by_config.find(name);
     if (it == ok_score_by_config.end()) continue;
     a.score_configs.push_back(summarize_config(it->second, score_total[name], score_errors[name]));
-    if (a.score_configs.back().clamped) a.clamped_configs.push_back(name);
+    if (a.score_configs.back().clamped()) a.clamped_configs.push_back(name);
   }
 
   // Baseline and reduction percentages.

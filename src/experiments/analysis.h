@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "experiments/results.h"
-#include "experiments/stats_tests.h"
+#include "experiments/significance.h"
 
 namespace bhmoe::experiments {
 
@@ -28,11 +28,9 @@ struct BoxStats {
 BoxStats box_from_histogram(const std::vector<int64_t>& histogram);
 BoxStats box_from_values(std::vector<double> values);
 
-struct ConfigSummary {
-  std::string config_name, router, rule;
-  int max_k = 0, max_k_requested = 0, min_k = 1;
-  double alpha = kNaN, top_p = kNaN;
-  bool clamped = false;  // max_k < max_k_requested
+// One config over its rows: the config as its rows recorded it (the RouterConfig base), then the
+// aggregates.
+struct ConfigSummary : RouterConfig {
   int rows = 0, errors = 0;
   // Over the config's ok generate rows (one value per prompt): mean and sample sd across prompts.
   double mean_experts = kNaN, sd_experts_across_prompts = kNaN;

@@ -12,7 +12,7 @@
 #include "experiments/plots.h"
 #include "experiments/report.h"
 #include "experiments/results.h"
-#include "experiments/stats_tests.h"
+#include "experiments/significance.h"
 #include "experiments/synthetic_rows_for_tests.h"
 #include "util/error.h"
 #include "util/file.h"

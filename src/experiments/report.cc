@@ -206,7 +206,7 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
     md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (const ConfigSummary& s : a.configs) {
       md << "| " << code(s.config_name) << " | " << s.rule << " | " << s.max_k
-         << (s.clamped ? " (clamped from " + std::to_string(s.max_k_requested) + ")"
+         << (s.clamped() ? " (clamped from " + std::to_string(s.max_k_requested) + ")"
                        : std::string())
          << " | " << s.rows - s.errors
          << (s.errors ? " (+" + std::to_string(s.errors) + " failed)" : std::string()) << " | "

@@ -24,18 +24,11 @@ namespace bhmoe::experiments {
 inline constexpr const char* kResultSchema = "bhmoe-result/1";
 inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-struct ResultRow {
-  // Identity. `key` is unique within a run (experiment/config/prompt-or-text) and is what resume
-  // and merge use; `index` is the position in the experiment's deterministic grid.
-  std::string key;
-  int64_t index = 0;
-  std::string experiment;         // "seed", "pareto", or the experiment file's name
-  std::string kind = "generate";  // "generate" | "score_text"
-  std::string status = "ok";      // "ok" | "error"
-  std::string error;              // the error message when status == "error"
-
-  // The routing config. `router` is the canonical spec the engine actually ran (after any max_k
-  // clamping); `config` holds the parsed parameters as an object (the original's `config` column).
+// One routing config as rows and summaries record it; embedded in both (ResultRow, ConfigSummary),
+// so the runner fills it once per config and the analysis copies it whole. `router` is the canonical
+// spec the engine actually ran (after any max_k clamping); `config` holds its parameters as an
+// object (routing::to_json, plus max_k_requested when clamped: the original's `config` column).
+struct RouterConfig {
   std::string config_name;
   std::string router;
   std::string rule;  // "topk" | "bh" | "topp" | "native"
@@ -45,6 +38,20 @@ struct ResultRow {
   int min_k = 1;
   double alpha = kNaN;  // bh only
   double top_p = kNaN;  // topp only
+
+  bool clamped() const { return max_k < max_k_requested; }
+};
+
+// One experiment's result: its routing config (the RouterConfig base) and everything measured.
+struct ResultRow : RouterConfig {
+  // Identity. `key` is unique within a run (experiment/config/prompt-or-text) and is what resume
+  // and merge use; `index` is the position in the experiment's deterministic grid.
+  std::string key;
+  int64_t index = 0;
+  std::string experiment;         // "seed", "pareto", or the experiment file's name
+  std::string kind = "generate";  // "generate" | "score_text"
+  std::string status = "ok";      // "ok" | "error"
+  std::string error;              // the error message when status == "error"
 
   // generate rows.
   std::string prompt_id;

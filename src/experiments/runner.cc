@@ -45,15 +45,10 @@ class StatsObserver final : public model::RouterObserver {
   routing::RoutingStats* stats_;
 };
 
-// A config ready to run: its router and the parameters the rows record.
+// A config ready to run: its router and the RouterConfig its rows record.
 struct PreparedRouter {
-  RouterEntry entry;
   std::unique_ptr<routing::Router> router;
-  std::string rule;
-  json config;
-  int max_k = 0, max_k_requested = 0, min_k = 1;
-  double alpha = kNaN, top_p = kNaN;
-  bool clamped() const { return max_k < max_k_requested; }
+  RouterConfig recorded;
 };
 
 PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig& model_config,
@@ -61,42 +56,44 @@ PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig
                               const std::string& where) {
   const int num_experts = model_config.num_experts;
   PreparedRouter p;
-  p.entry = entry;
+  RouterConfig& r = p.recorded;
   routing::RouterSpec spec = routing::parse_router_spec(entry.spec);
   // max_k (k for top-k) beyond N cannot mean anything but "all experts": clamp and record it.
   if (spec.rule == routing::RuleKind::kTopK) {
-    p.max_k_requested = spec.k;
+    r.max_k_requested = spec.k;
     spec.k = std::min(spec.k, num_experts);
   } else if (spec.max_k_given || spec.rule == routing::RuleKind::kBH) {
-    p.max_k_requested = spec.max_k;
+    r.max_k_requested = spec.max_k;
     spec.max_k = std::min(spec.max_k, num_experts);
   }
   spec = routing::resolve_router_spec(spec, num_experts);
-  if (p.max_k_requested == 0) p.max_k_requested = spec.max_k;
+  if (r.max_k_requested == 0) r.max_k_requested = spec.max_k;
   try {
     p.router = model::make_model_router(model_config, spec, calibration);
   } catch (const Error& e) {
     fail(where, ": router '", entry.name, "' (", entry.spec, "): ", e.what());
   }
-  p.config = routing::to_json(spec);
-  p.rule = p.config.at("type").get<std::string>();
+  r.config_name = entry.name;
+  r.router = p.router->spec();
+  r.config = routing::to_json(spec);
+  r.rule = r.config.at("type").get<std::string>();
   switch (spec.rule) {
     case routing::RuleKind::kTopK:
-      p.max_k = spec.k;
-      p.min_k = 1;
+      r.max_k = spec.k;
+      r.min_k = 1;
       break;
     case routing::RuleKind::kBH:
-      p.max_k = spec.max_k;
-      p.min_k = spec.min_k;
-      p.alpha = spec.alpha;
+      r.max_k = spec.max_k;
+      r.min_k = spec.min_k;
+      r.alpha = spec.alpha;
       break;
     case routing::RuleKind::kTopP:
-      p.max_k = spec.max_k;
-      p.min_k = spec.min_k;
-      p.top_p = spec.p;
+      r.max_k = spec.max_k;
+      r.min_k = spec.min_k;
+      r.top_p = spec.p;
       break;
   }
-  if (p.clamped()) p.config["max_k_requested"] = p.max_k_requested;
+  if (r.clamped()) r.config["max_k_requested"] = r.max_k_requested;
   return p;
 }
 
@@ -118,7 +115,7 @@ class Runner {
     const int64_t T = static_cast<int64_t>(ids.size());
     const int max_new = experiment_.generation.max_new_tokens;
     ensure_buffers(T + max_new);
-    routing::RoutingStats stats(mc.num_experts, config.max_k, config.min_k);
+    routing::RoutingStats stats(mc.num_experts, config.recorded.max_k, config.recorded.min_k);
     StatsObserver observer(&stats);
     session_.reset();
     session_.set_router(config.router.get());
@@ -196,7 +193,7 @@ class Runner {
     // Never beyond the context the model was built for.
     const size_t window =
         static_cast<size_t>(std::min(experiment_.scoring.window, mc.max_position_embeddings));
-    routing::RoutingStats stats(mc.num_experts, config.max_k, config.min_k);
+    routing::RoutingStats stats(mc.num_experts, config.recorded.max_k, config.recorded.min_k);
     StatsObserver observer(&stats);
     session_.set_router(config.router.get());
     session_.set_observer(&observer);
@@ -307,7 +304,7 @@ std::vector<PreparedRouter> prepare_routers(const std::vector<RouterEntry>& entr
   std::vector<PreparedRouter> routers;
   for (const RouterEntry& r : entries) {
     routers.push_back(prepare_router(r, mc, calibration.calibration, where));
-    if (routers.back().clamped()) clamped.push_back(r.name);
+    if (routers.back().recorded.clamped()) clamped.push_back(r.name);
   }
   return routers;
 }
@@ -379,15 +376,7 @@ ResultRow row_for(const GridItem& item, const PreparedRouter& config,
   row.index = item.index;
   row.experiment = experiment.name;
   row.kind = item.generate ? "generate" : "score_text";
-  row.config_name = config.entry.name;
-  row.router = config.router->spec();
-  row.rule = config.rule;
-  row.config = config.config;
-  row.max_k = config.max_k;
-  row.max_k_requested = config.max_k_requested;
-  row.min_k = config.min_k;
-  row.alpha = config.alpha;
-  row.top_p = config.top_p;
+  static_cast<RouterConfig&>(row) = config.recorded;
   if (item.generate) {
     const PromptEntry& p = experiment.prompts[item.item];
     row.prompt_id = p.id;

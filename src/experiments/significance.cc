@@ -1,4 +1,4 @@
-#include "experiments/stats_tests.h"
+#include "experiments/significance.h"
 
 #include <algorithm>
 #include <boost/math/distributions/students_t.hpp>
