@@ -30,6 +30,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/generate_options.h"
+
 namespace bhmoe::experiments {
 
 struct RouterEntry {
@@ -47,13 +49,8 @@ struct TextEntry {
   std::filesystem::path path;
 };
 
-struct GenerationSettings {
-  int max_new_tokens = 50;
-  double temperature = 0;  // 0: greedy
-  double top_p = 1;
-  uint64_t seed = 0;
-  bool stop_at_eos = true;
-};
+// An experiment's generation settings are the engine's generate options.
+using GenerationSettings = model::GenerateOptions;
 
 struct ScoringSettings {
   int window = 512;        // tokens per window; each window is scored from an empty cache

@@ -120,15 +120,9 @@ class Runner {
     session_.reset();
     session_.set_router(config.router.get());
     session_.set_observer(&observer);
-    const GenerationSettings& g = experiment_.generation;
-    const model::GenerateResult result = model::generate(
-        session_, ids,
-        {.max_new_tokens = max_new,
-         .temperature = static_cast<float>(g.temperature),
-         .top_p = static_cast<float>(g.top_p),
-         .seed = g.seed,
-         .stop_at_eos = g.stop_at_eos},
-        nullptr, std::span<float>(config_logits_.data(), static_cast<size_t>(T) * V_));
+    const model::GenerateResult result =
+        model::generate(session_, ids, experiment_.generation, nullptr,
+                        std::span<float>(config_logits_.data(), static_cast<size_t>(T) * V_));
     session_.set_observer(nullptr);
     const std::vector<int32_t>& generated = result.tokens;
     row.prefill_time_sec = result.prefill_seconds;

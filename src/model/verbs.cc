@@ -27,7 +27,8 @@ GenerateResult generate(Session& session, std::span<const int32_t> prompt,
   }
   const int32_t vocab_limit =
       std::min<int32_t>(model.config().vocab_size, model.tokenizer().vocab_size());
-  Sampler sampler(vocab_limit, options.temperature, options.top_p, options.seed);
+  Sampler sampler(vocab_limit, static_cast<float>(options.temperature),
+                  static_cast<float>(options.top_p), options.seed);
   const std::optional<int> eos = model.config().eos_token_id;
   if (session.position() + static_cast<int64_t>(prompt.size()) + options.max_new_tokens >
       session.max_tokens() + 1) {

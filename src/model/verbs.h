@@ -12,19 +12,12 @@
 
 #include "model/config.h"
 #include "model/engine.h"
+#include "model/generate_options.h"
 #include "routing/calibration.h"
 #include "routing/router.h"
 #include "routing/spec.h"
 
 namespace bhmoe::model {
-
-struct GenerateOptions {
-  int max_new_tokens = 50;
-  float temperature = 0.0f;  // 0: greedy
-  float top_p = 1.0f;
-  uint64_t seed = 0;
-  bool stop_at_eos = true;
-};
 
 struct GenerateResult {
   std::vector<int32_t> tokens;  // the new tokens only
