@@ -272,6 +272,16 @@ class TrainingTest(unittest.TestCase):
             for k in a["state_dict"]:
                 self.assertTrue(torch.equal(a["state_dict"][k], b["state_dict"][k]), k)
             self.assertEqual([e["ce"] for e in a["info"]["log"]], [e["ce"] for e in b["info"]["log"]])
+            # Without the checkpoint, --init-from the 4-step snapshot continues at step 4.
+            warm = os.path.join(d, "warm")
+            r = subprocess.run(common[:-8] + ["--steps", "5", "--warmup", "1", "--log-every", "1",
+                                                "--checkpoint-minutes", "0", "--work", warm,
+                                                "--init-from", os.path.join(whole, "snapshot")],
+                               check=True, capture_output=True, text=True)
+            self.assertIn("at step 4 (fresh optimiser state)", r.stdout)
+            w = torch.load(os.path.join(warm, "state.pt"))
+            self.assertEqual(w["info"]["steps_done"], 5)
+            self.assertEqual(len(w["info"]["log"]), 5)
 
 
 class CorpusTest(unittest.TestCase):

@@ -15,6 +15,7 @@ Work folder (--work; keep it outside the repository: it holds optimiser state):
   train_ids.npz   the tokenised train streams per domain (reused while corpus and tokenizer match)
   ckpt.pt         model + optimiser + log at the last checkpoint (every --checkpoint-minutes)
   state.pt        fp32 weights, config and training log only: what export.py reads
+  snapshot/       bf16 weights and the step reached (write_snapshot): what to commit mid-run
   train_log.json  the log (loss curve, throughput, settings)
 With one thread (the default) a resumed run is bit-identical to an uninterrupted one.
 """
@@ -116,6 +117,19 @@ def batch_at(step, seed, streams, domains, probs, batch, seq_len):
     return b[:, :-1], b[:, 1:]
 
 
+def write_snapshot(folder, model, cfg, step, log, seconds, schedule):
+    """Weights only (bf16 safetensors) and where training stood: what may be committed while a run is
+    unfinished, and what --init-from starts from when the optimiser state is lost."""
+    import export  # noqa: E402 (bf16 safetensors writer)
+    os.makedirs(folder, exist_ok=True)
+    export.write_safetensors(os.path.join(folder, "model.safetensors"), list(model.state_dict().items()))
+    tmp = os.path.join(folder, "snapshot.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"step": step, "config": cfg.__dict__, "schedule": schedule, "seconds": seconds, "log": log}, f,
+                  indent=1)
+    os.replace(tmp, os.path.join(folder, "snapshot.json"))
+
+
 def atomic_save(obj, path):
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -146,6 +160,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--init-from", default=None,
+                    help="when --work has no checkpoint: start from this snapshot folder's model.safetensors "
+                         "at its recorded step (fresh optimiser state, so not bit-identical to an unbroken run)")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="if > 0, checkpoint and stop after this much wall time in this process")
     args = ap.parse_args()
@@ -187,6 +204,16 @@ def main():
         opt.load_state_dict(ck["opt"])
         step0, log, trained_seconds = ck["step"], ck["log"], ck["seconds"]
         print("train_moe: resumed at step %d of %d" % (step0, args.steps), flush=True)
+    elif args.init_from:
+        import export  # noqa: E402 (bf16 safetensors reader)
+        with open(os.path.join(args.init_from, "snapshot.json")) as f:
+            snap = json.load(f)
+        if snap["config"] != cfg.__dict__:
+            sys.exit("train_moe: %s holds another model config" % args.init_from)
+        model.load_state_dict(export.read_safetensors(os.path.join(args.init_from, "model.safetensors")))
+        step0, log, trained_seconds = snap["step"], snap["log"], snap["seconds"]
+        print("train_moe: starting from the snapshot in %s at step %d (fresh optimiser state)"
+              % (args.init_from, step0), flush=True)
     print("train_moe: %d parameters (%.1f MB as bf16); domains %s" % (
         n_params, n_params * 2 / 1e6, ", ".join("%s %.3f" % (d, p) for d, p in zip(domains, probs))), flush=True)
 
@@ -204,6 +231,8 @@ def main():
                 "log": log, "torch": torch.__version__}
 
     def checkpoint(step):
+        write_snapshot(os.path.join(args.work, "snapshot"), model, cfg, step, log, trained_seconds,
+                       [args.steps, args.lr, args.warmup, args.seed, args.batch])
         atomic_save({"config": cfg.__dict__, "model": model.state_dict(), "opt": opt.state_dict(),
                      "schedule": [args.steps, args.lr, args.warmup, args.seed, args.batch],
                      "step": step, "log": log, "seconds": trained_seconds}, ckpt_path)
