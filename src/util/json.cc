@@ -27,7 +27,8 @@ std::string path_of(const std::vector<Frame>& frames) {
     if (f.is_object) {
       if (f.key.empty()) continue;  // no key read yet (or the one being reported)
       if (!path.empty()) path += '.';
-      path += f.key;
+      // Keys come from the file: a long one is shortened so the message stays readable.
+      path += f.key.size() > 80 ? f.key.substr(0, 77) + "..." : f.key;
     } else {
       path += cat("[", f.index, "]");
     }
@@ -62,6 +63,8 @@ std::string parse_error_detail(const json::parse_error& e) {
   std::string text = json_error_text(e);
   size_t colon = text.find(": ");
   if (text.rfind("parse error", 0) == 0 && colon != std::string::npos) text = text.substr(colon + 2);
+  // The "last read" part quotes the file, however long the token was.
+  if (text.size() > 300) text = text.substr(0, 297) + "...";
   return text;
 }
 
@@ -78,9 +81,15 @@ std::string json_error_text(const json::exception& e) {
 
 json parse_json(std::string_view text, std::string_view source) {
   std::vector<Frame> frames;
-  // Completing a value inside an array moves that array's index on.
+  // Completing a value inside an array moves that array's index on; inside an object it ends the
+  // key (an error while reading the next key is then reported at the object, not the last key).
   auto completed = [&frames]() {
-    if (!frames.empty() && !frames.back().is_object) ++frames.back().index;
+    if (frames.empty()) return;
+    if (frames.back().is_object) {
+      frames.back().key.clear();
+    } else {
+      ++frames.back().index;
+    }
   };
   // Exceptions thrown here leave json::parse unchanged (nlohmann does not catch them).
   json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event,

@@ -49,6 +49,16 @@ TEST(Json, SyntaxErrorNamesLineColumnAndKeyPath) {
   EXPECT_THAT(error_of("{} trailing"), HasSubstr("malformed JSON at line 1, column"));
 }
 
+// An error while reading the key after a completed value is reported at the object, not at the
+// key before it; keys from the file are shortened in the path.
+TEST(Json, KeyPathAfterACompletedValue) {
+  EXPECT_THAT(error_of(R"({"a": 1, 2})"), HasSubstr("(at the top level)"));
+  EXPECT_THAT(error_of(R"({"m": {"a": [1], 2}})"), HasSubstr("(at key path m)"));
+  std::string long_key(200, 'k');
+  std::string message = error_of("{\"" + long_key + "\": [1, }");
+  EXPECT_THAT(message, HasSubstr("(at key path " + std::string(77, 'k') + "...[1])"));
+}
+
 TEST(Json, NanAndInfinityNamed) {
   EXPECT_EQ(error_of("{\"x\": [0, NaN]}"),
             "dir/x.json: NaN at line 1, column 11 (at key path x[1]) is not a JSON number; numbers "
