@@ -123,6 +123,18 @@ class Reader {
     return d;
   }
 
+  // A positive number the engine keeps as a float: it must stay positive and finite as one
+  // (1e-50 would become 0 and 1e300 infinity, so what was accepted would not be what runs).
+  float positive_float(const char* key, double fallback) const {
+    const double d = positive_number(key, fallback);
+    const float f = static_cast<float>(d);
+    if (!(f >= std::numeric_limits<float>::min()) || !std::isfinite(f)) {
+      bad(key, cat("is ", show(*find(key)), ", outside the float range [",
+                   std::numeric_limits<float>::min(), ", ", std::numeric_limits<float>::max(), "]"));
+    }
+    return f;
+  }
+
   std::optional<double> optional_positive_number(const char* key) const {
     const json* value = find(key);
     if (!value || value->is_null()) return std::nullopt;
@@ -170,8 +182,8 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
   c.vocab_size = r.positive_int("vocab_size");
   c.norm_topk_prob = r.boolean("norm_topk_prob", false);
   c.rope_theta = r.positive_number("rope_theta", 10000.0);
-  c.rms_norm_eps = static_cast<float>(r.positive_number("rms_norm_eps", 1e-5));
-  if (auto clip = r.optional_positive_number("clip_qkv")) c.clip_qkv = static_cast<float>(*clip);
+  c.rms_norm_eps = r.positive_float("rms_norm_eps", 1e-5);
+  if (r.optional_positive_number("clip_qkv")) c.clip_qkv = r.positive_float("clip_qkv", 0);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.max_position_embeddings = r.optional_positive_int("max_position_embeddings").value_or(4096);
   c.eos_token_id = r.token_id("eos_token_id");

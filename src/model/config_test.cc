@@ -178,6 +178,22 @@ TEST(Config, LayerAndExpertCountsHaveSaneLimits) {
             "dir/config.json: key 'num_experts' is implausibly large: 1025 (limit 1024)");
 }
 
+// Found while writing the config fuzz target's round-trip check: values positive as doubles but not
+// as floats were accepted and then ran as 0 or infinity (and to_json wrote a config that no longer
+// loaded).
+TEST(Config, FloatKeysMustFitAFloat) {
+  json j = olmoe_json();
+  j["rms_norm_eps"] = 1e-50;
+  EXPECT_EQ(error_of(j), "dir/config.json: key 'rms_norm_eps' is 1e-50, outside the float range "
+                         "[1.17549e-38, 3.40282e+38]");
+  j = olmoe_json();
+  j["clip_qkv"] = 1e300;
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("key 'clip_qkv' is 1e+300, outside the float range")));
+  j["clip_qkv"] = 8.0;
+  j["rms_norm_eps"] = 1e-6;
+  EXPECT_EQ(error_of(j), "(no error)");
+}
+
 TEST(Config, JsonErrorsNameFileAndKey) {
   fs::path dir = fs::temp_directory_path() / cat("bhmoe-config-json-test-", ::getpid());
   fs::create_directories(dir);
