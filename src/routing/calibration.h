@@ -5,8 +5,8 @@
 //    "layers": [{"layer": 0, "x": [...strictly increasing...], "cdf": [...non-decreasing in
 //    [0,1]...]}]}
 // Loading validates everything (finite numbers, x strictly increasing, cdf non-decreasing within
-// [0, 1], equal lengths, at least two points, no duplicate layer) and names what is wrong and
-// where.
+// [0, 1], equal lengths, at least two points, no duplicate layer, layer ids in
+// [0, kMaxCalibrationLayer], no duplicate JSON keys) and names what is wrong and where.
 #pragma once
 
 #include <cstdint>
