@@ -10,6 +10,7 @@
 #include "model/safetensors.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/json.h"
 
 namespace bhmoe::model {
 namespace {
@@ -73,6 +74,12 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, d_kv = int64_t{c.num_kv_heads} * c.head_dim;
   weights_.embed = matrix("model.embed_tokens.weight", c.vocab_size, d);
+  // The layer count is checked against the tensors present before per-layer tables are sized.
+  const std::string last_layer = cat("model.layers.", c.num_layers - 1, ".input_layernorm.weight");
+  if (!find(last_layer)) {
+    fail(weight_source_, ": missing tensor ", last_layer, " (config.json says num_hidden_layers ",
+         c.num_layers, ")");
+  }
   weights_.layers.resize(c.num_layers);
   int fused_layers = 0;
   for (int l = 0; l < c.num_layers; ++l) {
@@ -116,12 +123,7 @@ void CheckpointImpl::open_weight_files() {
   }
   weight_source_ = index_path.string();
   const std::string where = index_path.string();
-  json index;
-  try {
-    index = json::parse(read_file(index_path));
-  } catch (const json::parse_error& e) {
-    fail(where, ": not valid JSON: ", e.what());
-  }
+  const json index = read_json_file(index_path);
   if (!index.is_object()) fail(where, ": expected a JSON object");
   auto map = index.find("weight_map");
   if (map == index.end() || !map->is_object()) fail(where, ": missing \"weight_map\" object");

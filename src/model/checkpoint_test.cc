@@ -412,6 +412,17 @@ TEST_F(CheckpointTest, MoreLayersThanConfig) {
               AllOf(HasSubstr("model.layers.1."), HasSubstr("num_hidden_layers 1")));
 }
 
+// A huge layer count fails on the first missing layer before per-layer tables are sized.
+TEST_F(CheckpointTest, FarMoreLayersInConfigThanTensors) {
+  ModelConfig c = small_config();
+  Tensors t = build(c, "F32", false);
+  c.num_layers = 4096;
+  fs::path dir = write("m", c, t);
+  EXPECT_EQ(error_of(dir), (dir / "model.safetensors").string() +
+                               ": missing tensor model.layers.4095.input_layernorm.weight "
+                               "(config.json says num_hidden_layers 4096)");
+}
+
 TEST_F(CheckpointTest, MoreExpertsThanConfig) {
   ModelConfig c = small_config();
   Tensors t = build(c, "F32", false);
@@ -437,7 +448,7 @@ TEST_F(CheckpointTest, MalformedConfig) {
   ModelConfig c = small_config();
   fs::path dir = write("m", c, build(c, "F32", false));
   write_file_atomic(dir / "config.json", "{\"model_type\": \"olmoe\", ");
-  EXPECT_THAT(error_of(dir), AllOf(HasSubstr("config.json"), HasSubstr("not valid JSON")));
+  EXPECT_THAT(error_of(dir), AllOf(HasSubstr("config.json"), HasSubstr("malformed JSON")));
 }
 
 TEST_F(CheckpointTest, MissingConfigKey) {
@@ -506,7 +517,17 @@ TEST_F(IndexTest, MalformedJson) {
   fs::path dir = sharded(&map);
   write_file_atomic(dir / "model.safetensors.index.json", "{\"weight_map\": {");
   EXPECT_THAT(error_of(dir),
-              AllOf(HasSubstr("model.safetensors.index.json"), HasSubstr("not valid JSON")));
+              AllOf(HasSubstr("model.safetensors.index.json"), HasSubstr("malformed JSON")));
+}
+
+TEST_F(IndexTest, OutOfRangeNumberNamesKeyPath) {
+  json map;
+  fs::path dir = sharded(&map);
+  write_file_atomic(dir / "model.safetensors.index.json",
+                    "{\"metadata\": {\"total_size\": 1e400}, \"weight_map\": {}}");
+  EXPECT_EQ(error_of(dir), (dir / "model.safetensors.index.json").string() +
+                               ": number 1e400 at key path metadata.total_size is not finite as "
+                               "a double (beyond +-1.8e308)");
 }
 
 TEST_F(IndexTest, NoWeightMap) {
@@ -557,7 +578,7 @@ TEST_F(IndexTest, CorruptShard) {
   fs::path dir = sharded(&map);
   write_index(dir, {{"weight_map", map}});
   write_file_atomic(dir / "shard.safetensors", std::string("\x05\0\0\0\0\0\0\0{]]]]", 13));
-  EXPECT_THAT(error_of(dir), AllOf(HasSubstr("shard.safetensors"), HasSubstr("not valid JSON")));
+  EXPECT_THAT(error_of(dir), AllOf(HasSubstr("shard.safetensors"), HasSubstr("malformed JSON")));
 }
 
 }  // namespace

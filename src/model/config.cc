@@ -5,8 +5,11 @@
 #include <cstdlib>
 #include <limits>
 
+#include "routing/calibration.h"
+#include "routing/router.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/json.h"
 
 namespace bhmoe::model {
 namespace {
@@ -15,6 +18,11 @@ using nlohmann::json;
 
 // Upper bound on any size key: keeps every product of sizes far from int64 overflow.
 constexpr int64_t kMaxDimension = int64_t{1} << 24;
+// Tighter bounds where loading allocates per unit before a tensor can be found missing: per-layer
+// and per-expert weight tables (a layer count of 2^24 would otherwise take gigabytes before the
+// first "missing tensor"). Layers match the calibration's layer-id limit, experts the routers'.
+constexpr int64_t kMaxLayers = routing::kMaxCalibrationLayer + 1;
+constexpr int64_t kMaxNumExperts = routing::kMaxExperts;
 
 // A float as the shortest decimal that reads back to it (1e-05, not 9.999999747378752e-06).
 double shortest(float value) {
@@ -71,13 +79,12 @@ class Reader {
     bad(key, cat("must be an integer, got ", type_name(value), " ", show(value)));
   }
 
-  int positive_int(const char* key) const {
+  int positive_int(const char* key, int64_t limit = kMaxDimension) const {
     const json* value = find(key);
     if (!value) bad(key, "is missing");
     int64_t n = integer(*value, key);
     if (n <= 0) bad(key, cat("must be positive, got ", n));
-    if (n > kMaxDimension)
-      bad(key, cat("is implausibly large: ", n, " (limit ", kMaxDimension, ")"));
+    if (n > limit) bad(key, cat("is implausibly large: ", n, " (limit ", limit, ")"));
     return static_cast<int>(n);
   }
 
@@ -114,6 +121,18 @@ class Reader {
     double d = value->get<double>();
     if (!std::isfinite(d) || d <= 0) bad(key, cat("must be a positive number, got ", show(*value)));
     return d;
+  }
+
+  // A positive number the engine keeps as a float: it must stay positive and finite as one
+  // (1e-50 would become 0 and 1e300 infinity, so what was accepted would not be what runs).
+  float positive_float(const char* key, double fallback) const {
+    const double d = positive_number(key, fallback);
+    const float f = static_cast<float>(d);
+    if (!(f >= std::numeric_limits<float>::min()) || !std::isfinite(f)) {
+      bad(key, cat("is ", show(*find(key)), ", outside the float range [",
+                   std::numeric_limits<float>::min(), ", ", std::numeric_limits<float>::max(), "]"));
+    }
+    return f;
   }
 
   std::optional<double> optional_positive_number(const char* key) const {
@@ -155,16 +174,16 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
 
   c.hidden_size = r.positive_int("hidden_size");
   c.intermediate_size = r.positive_int("intermediate_size");
-  c.num_layers = r.positive_int("num_hidden_layers");
+  c.num_layers = r.positive_int("num_hidden_layers", kMaxLayers);
   c.num_heads = r.positive_int("num_attention_heads");
   c.num_kv_heads = r.optional_positive_int("num_key_value_heads").value_or(c.num_heads);
-  c.num_experts = r.positive_int("num_experts");
+  c.num_experts = r.positive_int("num_experts", kMaxNumExperts);
   c.num_experts_per_tok = r.positive_int("num_experts_per_tok");
   c.vocab_size = r.positive_int("vocab_size");
   c.norm_topk_prob = r.boolean("norm_topk_prob", false);
   c.rope_theta = r.positive_number("rope_theta", 10000.0);
-  c.rms_norm_eps = static_cast<float>(r.positive_number("rms_norm_eps", 1e-5));
-  if (auto clip = r.optional_positive_number("clip_qkv")) c.clip_qkv = static_cast<float>(*clip);
+  c.rms_norm_eps = r.positive_float("rms_norm_eps", 1e-5);
+  if (r.optional_positive_number("clip_qkv")) c.clip_qkv = r.positive_float("clip_qkv", 0);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.max_position_embeddings = r.optional_positive_int("max_position_embeddings").value_or(4096);
   c.eos_token_id = r.token_id("eos_token_id");
@@ -215,14 +234,7 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
 }
 
 ModelConfig load_config(const std::filesystem::path& config_json) {
-  std::string text = read_file(config_json);
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(config_json.string(), ": not valid JSON: ", e.what());
-  }
-  return parse_config(root, config_json.string());
+  return parse_config(read_json_file(config_json), config_json.string());
 }
 
 nlohmann::json to_json(const ModelConfig& c) {

@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -164,6 +165,71 @@ TEST(Config, ImplausiblyLargeSize) {
   EXPECT_THAT(error_of(j), AllOf(HasSubstr("'vocab_size'"), HasSubstr("implausibly large")));
 }
 
+// Layer and expert counts allocate per-layer / per-expert tables at load: bounded tighter.
+TEST(Config, LayerAndExpertCountsHaveSaneLimits) {
+  json j = olmoe_json();
+  j["num_hidden_layers"] = 1 << 24;
+  EXPECT_EQ(error_of(j),
+            "dir/config.json: key 'num_hidden_layers' is implausibly large: 16777216 (limit 4096)");
+  j["num_hidden_layers"] = 4096;
+  EXPECT_EQ(error_of(j), "(no error)");
+  j["num_experts"] = 1025;
+  EXPECT_EQ(error_of(j),
+            "dir/config.json: key 'num_experts' is implausibly large: 1025 (limit 1024)");
+}
+
+// Found while writing the config fuzz target's round-trip check: values positive as doubles but not
+// as floats were accepted and then ran as 0 or infinity (and to_json wrote a config that no longer
+// loaded).
+TEST(Config, FloatKeysMustFitAFloat) {
+  json j = olmoe_json();
+  j["rms_norm_eps"] = 1e-50;
+  EXPECT_EQ(error_of(j), "dir/config.json: key 'rms_norm_eps' is 1e-50, outside the float range "
+                         "[1.17549e-38, 3.40282e+38]");
+  j = olmoe_json();
+  j["clip_qkv"] = 1e300;
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("key 'clip_qkv' is 1e+300, outside the float range")));
+  j["clip_qkv"] = 8.0;
+  j["rms_norm_eps"] = 1e-6;
+  EXPECT_EQ(error_of(j), "(no error)");
+}
+
+TEST(Config, JsonErrorsNameFileAndKey) {
+  fs::path dir = fs::temp_directory_path() / cat("bhmoe-config-json-test-", ::getpid());
+  fs::create_directories(dir);
+  std::string text = olmoe_json().dump(2);
+  size_t at = text.find("\"rope_theta\": ");
+  ASSERT_NE(at, std::string::npos);
+  size_t value = at + 14, end = text.find_first_of(",\n}", value);
+  text.replace(value, end - value, "1e400");
+  write_file_atomic(dir / "config.json", text);
+  try {
+    load_config(dir / "config.json");
+    ADD_FAILURE() << "1e400 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), (dir / "config.json").string() +
+                                         ": number 1e400 at key path rope_theta is not finite "
+                                         "as a double (beyond +-1.8e308)");
+  }
+  write_file_atomic(dir / "config.json", R"({"hidden_size": 64, "hidden_size": 65})");
+  try {
+    load_config(dir / "config.json");
+    ADD_FAILURE() << "duplicate key accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("key \"hidden_size\" appears twice"));
+  }
+  fs::remove(dir / "config.json");
+  ASSERT_EQ(::mkfifo((dir / "config.json").c_str(), 0600), 0);
+  try {
+    load_config(dir / "config.json");
+    ADD_FAILURE() << "FIFO read";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              (dir / "config.json").string() + " is a FIFO (named pipe), not a regular file");
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Config, HiddenNotDivisibleByHeads) {
   json j = olmoe_json();
   j["num_attention_heads"] = 15;
@@ -245,7 +311,7 @@ TEST(Config, MalformedFile) {
     ADD_FAILURE() << "expected an error";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(),
-                AllOf(HasSubstr((dir / "config.json").string()), HasSubstr("not valid JSON")));
+                AllOf(HasSubstr((dir / "config.json").string()), HasSubstr("malformed JSON")));
   }
   fs::remove_all(dir);
 }

@@ -14,6 +14,7 @@
 
 #include "util/error.h"
 #include "util/file.h"
+#include "util/json.h"
 
 namespace bhmoe::model {
 namespace {
@@ -312,12 +313,7 @@ struct TokenizerIds {
 // Reads just enough of a tokenizer.json to check it fits the vocabulary and to find its special
 // ids.
 TokenizerIds scan_tokenizer(const std::string& text, const fs::path& path) {
-  json t;
-  try {
-    t = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(path.string(), ": not valid JSON: ", e.what());
-  }
+  const json t = parse_json(text, path.string());
   if (!t.is_object() || !t.contains("model") || !t["model"].is_object() ||
       !t["model"].contains("vocab") || !t["model"]["vocab"].is_object()) {
     fail(path.string(), ": not a tokenizer.json (no model.vocab object)");
@@ -441,7 +437,7 @@ MakeModelResult make_model(const fs::path& dir, const MakeModelOptions& options)
                                                               : "bfloat16";
   std::string tokenizer_text;
   if (options.tokenizer) {
-    tokenizer_text = read_file(*options.tokenizer);
+    tokenizer_text = read_regular_file(*options.tokenizer);
     TokenizerIds ids = scan_tokenizer(tokenizer_text, *options.tokenizer);
     if (ids.max_id >= config.vocab_size) {
       fail(options.tokenizer->string(), ": token id ", ids.max_id, " does not fit vocab_size ",

@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -249,6 +250,31 @@ TEST_F(MakeModelTest, CopiesAGivenTokenizer) {
   EXPECT_EQ(read_file(dir_ / "m" / "tokenizer.json"), read_file(golden_tokenizer));
   ModelConfig c = load_config(dir_ / "m" / "config.json");
   EXPECT_EQ(c.pad_token_id, 1);  // <|padding|> of the OLMoE vocabulary
+}
+
+TEST_F(MakeModelTest, MalformedOrNonRegularTokenizerIsNamed) {
+  MakeModelOptions options;
+  options.tokenizer = dir_ / "bad-tokenizer.json";
+  write_file_atomic(*options.tokenizer, R"({"model": {"vocab": {"a": 1e400}}})");
+  try {
+    make_model(dir_ / "m", options);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), options.tokenizer->string() +
+                                         ": number 1e400 at key path model.vocab.a is not finite "
+                                         "as a double (beyond +-1.8e308)");
+  }
+  fs::remove(*options.tokenizer);
+  ASSERT_EQ(::mkfifo(options.tokenizer->c_str(), 0600), 0);
+  try {
+    make_model(dir_ / "m", options);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              options.tokenizer->string() + " is a FIFO (named pipe), not a regular file");
+  }
+  fs::remove(*options.tokenizer);
+  EXPECT_FALSE(fs::exists(dir_ / "m"));
 }
 
 TEST_F(MakeModelTest, TokenizerLargerThanVocab) {

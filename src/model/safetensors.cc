@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "util/error.h"
+#include "util/json.h"
 
 namespace bhmoe::model {
 namespace {
@@ -36,6 +37,12 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   std::string text = "[";
   for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
   return text + "]";
+}
+
+std::string hex_byte(char c) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  const auto b = static_cast<unsigned char>(c);
+  return {kDigits[b >> 4], kDigits[b & 15]};
 }
 
 uint64_t read_u64_le(const uint8_t* p) {
@@ -98,12 +105,25 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   if (header_size < 2 || base[8] != '{') fail(where, ": header is not a JSON object");
   st.header_size_ = header_size;
 
+  // The format allows only spaces (0x20) after the JSON, as padding. Whatever else follows the
+  // closing brace within the stated length (a tab, a newline, data bytes) means the length is wrong.
+  const char* header_text = reinterpret_cast<const char*>(base + 8);
+  uint64_t json_end = header_size;
+  while (json_end > 0 && header_text[json_end - 1] == ' ') --json_end;
+  const bool ends_with_brace = header_text[json_end - 1] == '}';
+  const std::string not_at_end =
+      cat(where, ": the header's JSON does not end at its stated length ", header_size, " (byte ",
+          json_end - 1, " of the header is 0x", hex_byte(header_text[json_end - 1]),
+          ", not the closing brace or space padding)");
   json header;
   try {
-    header = json::parse(std::string_view(reinterpret_cast<const char*>(base + 8), header_size));
-  } catch (const json::parse_error& e) {
-    fail(where, ": header is not valid JSON: ", e.what());
+    header = parse_json(std::string_view(header_text, json_end), cat(where, ": header"));
+  } catch (const Error& e) {
+    if (!ends_with_brace) fail(not_at_end, "; ", e.what());
+    throw;
   }
+  // JSON itself allows trailing tabs and newlines; the format does not.
+  if (!ends_with_brace) fail(not_at_end);
   if (!header.is_object()) fail(where, ": header is not a JSON object");
 
   const uint64_t data_size = size - 8 - header_size;
@@ -169,14 +189,30 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   std::sort(st.tensors_.begin(), st.tensors_.end(), [](const auto& a, const auto& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
+  // The format requires the data region to be indexed entirely, without holes or overlaps: in
+  // offset order each tensor begins where the previous one ended, the first at 0, and the last
+  // ends at the end of the file. A header length a few bytes short (pointing into the padding)
+  // shifts every tensor and is caught here, as is anything hidden between or after tensors.
   const SafetensorsTensor* previous = nullptr;
+  uint64_t covered = 0;
   for (const auto& t : st.tensors_) {
-    if (t.nbytes() == 0) continue;
-    if (previous && t.begin < previous->end) {
+    if (t.begin < covered) {
       fail(where, ": tensors ", previous->name, " [", previous->begin, ", ", previous->end,
            ") and ", t.name, " [", t.begin, ", ", t.end, ") overlap");
     }
+    if (t.begin > covered) {
+      fail(where, ": tensor ", t.name, " begins at data offset ", t.begin, " but ",
+           previous ? cat("the previous tensor ", previous->name, " ends at ", covered)
+                    : std::string("the data region begins at 0"),
+           "; the data must be covered without gaps");
+    }
+    covered = t.end;
     previous = &t;
+  }
+  if (covered != data_size) {
+    fail(where, ": the tensors cover ", covered, " bytes of data but the data region after the ",
+         header_size, "-byte header holds ", data_size,
+         " (wrong header length, or bytes not indexed by any tensor)");
   }
   for (size_t i = 0; i < st.tensors_.size(); ++i) st.index_.emplace(st.tensors_[i].name, i);
   return st;

@@ -42,9 +42,11 @@ inline constexpr uint64_t kMaxSafetensorsHeader = 100u << 20;
 
 class SafetensorsFile {
  public:
-  // Maps `path` and validates the header: length inside the file and below the limit, valid JSON
-  // object, known dtypes, offsets ordered, inside the data region, consistent with shape x dtype
-  // size and not overlapping another tensor. Errors name the file (and tensor).
+  // Maps `path` (a regular file) and validates the header: length inside the file and below the
+  // limit, a JSON object ending exactly at that length (only space padding after it), no duplicate
+  // keys, known dtypes, offsets consistent with shape x dtype size, and, in offset order, tensors
+  // covering the data region exactly (from 0 to the end of the file, no gaps, no overlaps), as the
+  // format requires. Errors name the file (and tensor).
   static SafetensorsFile open(const std::filesystem::path& path);
 
   const std::filesystem::path& path() const { return file_.path(); }

@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -16,6 +17,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class SafetensorsTest : public ::testing::Test {
  protected:
@@ -132,8 +134,85 @@ TEST_F(SafetensorsTest, HeaderLengthOverLimit) {
 }
 
 TEST_F(SafetensorsTest, HeaderNotJson) {
-  EXPECT_THAT(error_of(raw("{\"a\": [1, 2", "")),
-              AllOf(HasSubstr("t.safetensors"), HasSubstr("not valid JSON")));
+  EXPECT_THAT(error_of(raw("{\"a\": [1, 2}", "")),
+              AllOf(HasSubstr("t.safetensors: header: malformed JSON at line 1, column"),
+                    Not(HasSubstr("json.exception"))));
+}
+
+// The header length 4 bytes short, pointing into the space padding: the JSON still parses, but the
+// data region would start 4 bytes early and shift every tensor.
+TEST_F(SafetensorsTest, HeaderLengthShortIntoPadding) {
+  std::string json = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  std::string header = json + std::string(8, ' ');
+  EXPECT_EQ(error_of(raw(header.size() - 4, header, floats({1, 2}))),
+            (dir_ / "t.safetensors").string() +
+                ": the tensors cover 8 bytes of data but the data region after the " +
+                std::to_string(header.size() - 4) +
+                "-byte header holds 12 (wrong header length, or bytes not indexed by any tensor)");
+  // With the padding exactly right the same bytes load.
+  EXPECT_EQ(error_of(raw(header.size(), header, floats({1, 2}))), "(no error)");
+}
+
+// The header length pointing past the JSON into the data: the bytes after the closing brace are
+// not padding.
+TEST_F(SafetensorsTest, HeaderLengthLongIntoData) {
+  std::string header = R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  EXPECT_THAT(error_of(raw(header.size() + 4, header, floats({1, 2}))),
+              AllOf(HasSubstr("t.safetensors: the header's JSON does not end at its stated length " +
+                              std::to_string(header.size() + 4)),
+                    HasSubstr("not the closing brace or space padding")));
+}
+
+TEST_F(SafetensorsTest, OnlySpacesMayPadTheHeader) {
+  std::string header = std::string(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") +
+                       "\n\t  ";
+  EXPECT_THAT(error_of(raw(header, floats({1}))),
+              AllOf(HasSubstr("does not end at its stated length"), HasSubstr("0x09")));
+}
+
+TEST_F(SafetensorsTest, GapBetweenTensors) {
+  std::string header = R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                           "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}})";
+  EXPECT_EQ(error_of(raw(header, floats({1, 2, 3, 4, 5}))),
+            (dir_ / "t.safetensors").string() +
+                ": tensor b begins at data offset 12 but the previous tensor a ends at 8; the data "
+                "must be covered without gaps");
+}
+
+TEST_F(SafetensorsTest, DataNotStartingAtZero) {
+  std::string header = R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})";
+  EXPECT_THAT(error_of(raw(header, floats({1, 2}))),
+              AllOf(HasSubstr("tensor a begins at data offset 4"),
+                    HasSubstr("the data region begins at 0")));
+}
+
+TEST_F(SafetensorsTest, BytesAfterTheLastTensor) {
+  std::string header = R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})";
+  EXPECT_THAT(error_of(raw(header, floats({1, 2}))),
+              AllOf(HasSubstr("t.safetensors: the tensors cover 4 bytes"), HasSubstr("holds 8")));
+}
+
+TEST_F(SafetensorsTest, DuplicateTensorNames) {
+  std::string header = R"({"w": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                           "w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})";
+  EXPECT_EQ(error_of(raw(header, floats({1, 2}))),
+            (dir_ / "t.safetensors").string() +
+                ": header: key \"w\" appears twice in the object at the top level (a file must "
+                "not say two things at once)");
+}
+
+TEST_F(SafetensorsTest, OutOfRangeNumberInHeader) {
+  std::string header = R"({"w": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}})";
+  EXPECT_EQ(error_of(raw(header, floats({1}))),
+            (dir_ / "t.safetensors").string() +
+                ": header: number 1e400 at key path w.shape[0] is not finite as a double (beyond "
+                "+-1.8e308)");
+}
+
+TEST_F(SafetensorsTest, FifoIsRejected) {
+  fs::path path = dir_ / "fifo.safetensors";
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  EXPECT_EQ(error_of(path), path.string() + " is a FIFO (named pipe), not a regular file");
 }
 
 TEST_F(SafetensorsTest, HeaderNotAnObject) {

@@ -38,6 +38,7 @@
 
 #include "util/error.h"
 #include "util/file.h"
+#include "util/json.h"
 
 namespace bhmoe::model {
 namespace {
@@ -454,7 +455,15 @@ class ByteLevelBpeTokenizer final : public Tokenizer {
   void bpe(std::string_view word, EncodeScratch& scratch, std::vector<int32_t>& out) const;
   int32_t byte_symbol(unsigned char byte) const;
 
+  // Why an id >= id_limit_ is refused, for messages.
+  std::string id_limit_text() const {
+    return cat("the file defines ", defined_tokens_, " tokens (vocab and added_tokens), so ids must be below ",
+               id_limit_, ": at most as many gaps as tokens, plus 256");
+  }
+
   std::filesystem::path path_;
+  int64_t id_limit_ = 0;  // every id is below this (set before loading)
+  size_t defined_tokens_ = 0;
   // Id -> token string ("" and has_token_ false for ids the file leaves undefined).
   std::vector<std::string> tokens_;
   std::vector<uint8_t> has_token_;
@@ -486,6 +495,18 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const std::filesystem::path& path, 
     : path_(path) {
   if (!root.is_object()) bad("top level", "expected a JSON object, got " + describe(root));
   if (!root.contains("model")) bad("model", "missing");
+  // Ids index per-id tables (token strings, bytes, added-token slots), so their range is bounded by
+  // what the file defines: no more undefined ids than defined ones, plus a little. One stray huge id
+  // is then an error naming it, never a table of gigabytes.
+  size_t defined = 0;
+  if (auto model = root.find("model"); model->is_object()) {
+    if (auto vocab = model->find("vocab"); vocab != model->end() && vocab->is_object())
+      defined += vocab->size();
+  }
+  if (auto added = root.find("added_tokens"); added != root.end() && added->is_array())
+    defined += added->size();
+  id_limit_ = std::min<int64_t>(2 * static_cast<int64_t>(defined) + 256, INT32_MAX);
+  defined_tokens_ = defined;
   load_model(root["model"]);
   if (root.contains("added_tokens")) load_added_tokens(root["added_tokens"]);
   load_normalizer(root.value("normalizer", json()), "normalizer");
@@ -540,6 +561,10 @@ void ByteLevelBpeTokenizer::load_model(const json& model) {
         it.value().get<int64_t>() > INT32_MAX - 1) {
       bad("model.vocab", "token \"" + it.key() + "\" has id " + describe(it.value()) +
                              " (ids must be integers in 0..2^31-2)");
+    }
+    if (it.value().get<int64_t>() >= id_limit_) {
+      bad("model.vocab", cat("token \"", it.key(), "\" has id ", it.value().get<int64_t>(), ", but ",
+                             id_limit_text()));
     }
     max_id = std::max(max_id, it.value().get<int64_t>());
   }
@@ -627,6 +652,13 @@ void ByteLevelBpeTokenizer::load_added_tokens(const json& added) {
     if (!entry.contains("id") || !entry["id"].is_number_integer() ||
         entry["id"].get<int64_t>() < 0 || entry["id"].get<int64_t>() > INT32_MAX - 1) {
       bad(field + ".id", "missing or not an integer in 0..2^31-2");
+    }
+    if (entry["id"].get<int64_t>() >= id_limit_) {
+      auto content = entry.find("content");
+      bad(field + ".id",
+          cat("id ", entry["id"].get<int64_t>(), " of \"",
+              content != entry.end() && content->is_string() ? content->get<std::string>() : "",
+              "\" is too large: ", id_limit_text()));
     }
     token.id = static_cast<int32_t>(entry["id"].get<int64_t>());
     if (!entry.contains("content") || !entry["content"].is_string() ||
@@ -1107,17 +1139,12 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& tokenize
   if (std::filesystem::is_directory(tokenizer_json, ec)) {
     fail(tokenizer_json.string(), " is a directory, not a tokenizer.json file");
   }
-  std::string text = read_file(tokenizer_json);
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(tokenizer_json.string(), ": malformed JSON: ", e.what());
-  }
+  const json root = read_json_file(tokenizer_json);
   try {
     return std::make_unique<ByteLevelBpeTokenizer>(tokenizer_json, root);
   } catch (const json::exception& e) {
-    fail(tokenizer_json.string(), ": unexpected JSON structure: ", e.what());
+    // Every field is type-checked before use; this is a last line, in our words all the same.
+    fail(tokenizer_json.string(), ": unexpected JSON structure: ", json_error_text(e));
   }
 }
 

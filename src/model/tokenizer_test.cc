@@ -1,6 +1,7 @@
 #include "model/tokenizer.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <utf8proc.h>
 
@@ -453,9 +454,52 @@ TEST(TokenizerErrors, MissingFileNamesIt) {
 TEST(TokenizerErrors, MalformedJsonNamesTheFile) {
   TempDir dir;
   fs::path file = dir.write("tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0,)");
-  expect_error([&] { Tokenizer::load(file); }, {file.string(), "malformed JSON"});
+  expect_error([&] { Tokenizer::load(file); },
+               {file.string() + ": malformed JSON at line 1, column", "(at key path model.vocab)"});
   fs::path not_object = dir.write("array.json", "[1, 2]");
   expect_error([&] { Tokenizer::load(not_object); }, {not_object.string(), "JSON object"});
+}
+
+// Ids index per-id tables: one huge id must be an error naming it, not gigabytes of table.
+TEST(TokenizerErrors, HugeIdsAreBoundedByWhatTheFileDefines) {
+  TempDir dir;
+  // The tiny tokenizer defines 1024 vocabulary entries and 2 added tokens; one more entry: 1027.
+  const std::string limit =
+      "the file defines 1027 tokens (vocab and added_tokens), so ids must be below 2310";
+  expect_error(
+      [&] {
+        load_modified(dir, kTinyTokenizer,
+                      [](json& r) { r["model"]["vocab"]["zzhuge"] = 2147483646; });
+      },
+      {"tokenizer.json: model.vocab: token \"zzhuge\" has id 2147483646, but " + limit});
+  expect_error(
+      [&] {
+        load_modified(dir, kTinyTokenizer, [](json& r) {
+          r["added_tokens"].push_back({{"id", 20000000}, {"content", "<huge>"}, {"special", true}});
+        });
+      },
+      {"tokenizer.json: added_tokens[2].id: id 20000000 of \"<huge>\" is too large: " + limit});
+  // Ids up to the bound load (gaps are allowed).
+  auto gappy = load_modified(dir, kTinyTokenizer, [](json& r) {
+    r["added_tokens"].push_back({{"id", 2309}, {"content", "<far>"}, {"special", true}});
+  });
+  EXPECT_EQ(gappy->vocab_size(), 2310);
+  EXPECT_EQ(gappy->token_to_id("<far>"), 2309);
+}
+
+TEST(TokenizerErrors, JsonErrorsNameTheKeyPath) {
+  TempDir dir;
+  std::string text = read_file(kTinyTokenizer);
+  size_t at = text.find("\"added_tokens\"");
+  ASSERT_NE(at, std::string::npos);
+  text.insert(at, "\"bhmoe_extra\": 1e400, ");
+  fs::path file = dir.write("tokenizer.json", text);
+  expect_error([&] { Tokenizer::load(file); },
+               {file.string() + ": number 1e400 at key path bhmoe_extra is not finite"});
+  fs::path fifo = dir.write("fifo.json", "").parent_path() / "tokenizer.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_error([&] { Tokenizer::load(fifo); },
+               {fifo.string() + " is a FIFO (named pipe), not a regular file"});
 }
 
 TEST(TokenizerErrors, MissingModel) {

@@ -6,6 +6,7 @@
 
 #include "util/error.h"
 #include "util/file.h"
+#include "util/json.h"
 
 namespace bhmoe::routing {
 
@@ -63,6 +64,9 @@ std::vector<double> number_array(const nlohmann::json& layer, const char* key,
 
 void Calibration::set_layer(int layer, std::vector<double> x, std::vector<double> cdf) {
   if (layer < 0) fail("calibration layer ", layer, ": layer index must be >= 0");
+  if (layer > kMaxCalibrationLayer) {
+    fail("calibration layer ", layer, ": layer index is beyond the limit of ", kMaxCalibrationLayer);
+  }
   validate_grid(x, cdf, cat("calibration layer ", layer));
   CalibrationGrid grid;
   grid.x = std::move(x);
@@ -84,15 +88,35 @@ void Calibration::set_layer(int layer, std::vector<double> x, std::vector<double
 const CalibrationGrid& Calibration::grid(int layer) const {
   auto it = grids_.find(layer);
   if (it == grids_.end()) {
-    std::string have;
-    for (const auto& [id, g] : grids_) {
-      if (!have.empty()) have += ',';
-      have += std::to_string(id);
-    }
-    fail("calibration has no layer ", layer, " (it covers layers ",
-         have.empty() ? std::string("none") : have, ")");
+    fail("calibration has no layer ", layer, " (it covers layers ", layer_list_text(), ")");
   }
   return it->second;
+}
+
+void Calibration::check_covers_model(int num_layers, std::string_view source) const {
+  const std::string have = layer_list_text();
+  for (const auto& [id, g] : grids_) {
+    if (id >= num_layers) {
+      fail("calibration ", source, ": layer ", id, " is beyond the model's ", num_layers,
+           " layers (0..", num_layers - 1, "); it covers layers ", have,
+           " (a calibration of another model?)");
+    }
+  }
+  for (int layer = 0; layer < num_layers; ++layer) {
+    if (!grids_.count(layer)) {
+      fail("calibration ", source, ": has no layer ", layer, " of the model's ", num_layers,
+           " layers; it covers layers ", have);
+    }
+  }
+}
+
+std::string Calibration::layer_list_text() const {
+  std::string have;
+  for (const auto& [id, g] : grids_) {
+    if (!have.empty()) have += ',';
+    have += std::to_string(id);
+  }
+  return have.empty() ? std::string("none") : have;
 }
 
 std::vector<int> Calibration::layers() const {
@@ -134,24 +158,10 @@ double interpolate_cdf(const CalibrationGrid& grid, double v) {
 }
 
 Calibration Calibration::parse(std::string_view json_text, std::string_view source) {
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::parse_error& e) {
-    // Python's json module writes NaN and Infinity literals, which JSON does not allow.
-    const size_t at = e.byte > 0 ? e.byte - 1 : 0;
-    const std::string_view near = json_text.substr(std::min(at, json_text.size()), 9);
-    if (near.starts_with("NaN") || near.starts_with("Infinity") || near.starts_with("-Infinity")) {
-      fail("calibration ", source, ": non-finite number (",
-           near.substr(0, near.find_first_of(",] ")), ") at byte ", e.byte,
-           "; every x and cdf value must be finite");
-    }
-    fail("calibration ", source, ": not valid JSON (", e.what(), ")");
-  } catch (const nlohmann::json::exception& e) {
-    // Out-of-range numbers such as 1e999 overflow to infinity.
-    fail("calibration ", source, ": a number is not finite or not representable (", e.what(), ")");
-  }
   const std::string where = cat("calibration ", source);
+  // Syntax errors, NaN / Infinity (which Python writes), numbers beyond the double range and
+  // duplicate keys are reported with the key path by parse_json.
+  const nlohmann::json doc = parse_json(json_text, where);
   if (!doc.is_object()) fail(where, ": the top level is not a JSON object");
   auto format = doc.find("format");
   if (format == doc.end())
@@ -177,8 +187,13 @@ Calibration Calibration::parse(std::string_view json_text, std::string_view sour
     auto id = entry.find("layer");
     if (id == entry.end()) fail(at, ": missing key \"layer\"");
     if (!id->is_number_integer()) fail(at, ": \"layer\" is not an integer (", id->dump(), ")");
-    const int layer = id->get<int>();
-    if (layer < 0) fail(at, ": \"layer\" is negative (", layer, ")");
+    // Compared before any narrowing: get<int>() would wrap 2^32 to layer 0.
+    if (!id->is_number_unsigned()) fail(at, ": \"layer\" is negative (", id->dump(), ")");
+    if (id->get<uint64_t>() > uint64_t{kMaxCalibrationLayer}) {
+      fail(at, ": \"layer\" ", id->dump(), " is beyond the limit of ", kMaxCalibrationLayer,
+           " (no model has that many layers)");
+    }
+    const int layer = static_cast<int>(id->get<uint64_t>());
     at = cat(where, ": layer ", layer);
     if (out.has_layer(layer)) fail(at, ": given more than once");
     std::vector<double> x = number_array(entry, "x", at);
@@ -190,7 +205,7 @@ Calibration Calibration::parse(std::string_view json_text, std::string_view sour
 }
 
 Calibration Calibration::load(const std::filesystem::path& path) {
-  return parse(read_file(path), path.string());
+  return parse(read_regular_file(path), path.string());
 }
 
 std::string Calibration::to_json() const {

@@ -5,8 +5,8 @@
 //    "layers": [{"layer": 0, "x": [...strictly increasing...], "cdf": [...non-decreasing in
 //    [0,1]...]}]}
 // Loading validates everything (finite numbers, x strictly increasing, cdf non-decreasing within
-// [0, 1], equal lengths, at least two points, no duplicate layer) and names what is wrong and
-// where.
+// [0, 1], equal lengths, at least two points, no duplicate layer, layer ids in
+// [0, kMaxCalibrationLayer], no duplicate JSON keys) and names what is wrong and where.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,11 @@
 namespace bhmoe::routing {
 
 inline constexpr const char* kCalibrationFormat = "bh-calibration-grid/1";
+
+// The largest layer id a calibration may hold. A file alone cannot know its model's layer count,
+// but no model has thousands of layers; the bound keeps ids of 2^32 or 10^9 from reaching code that
+// sizes per-layer tables by the largest id (and matches the num_hidden_layers limit of config.json).
+inline constexpr int kMaxCalibrationLayer = 4095;
 
 struct CalibrationGrid {
   std::vector<double> x;    // strictly increasing
@@ -50,13 +55,19 @@ class Calibration {
   // Written atomically.
   void save(const std::filesystem::path& path) const;
 
-  // Adds (or replaces) one layer's grid after validating it; errors name `layer`.
+  // Adds (or replaces) one layer's grid after validating it; errors name `layer`, which must be in
+  // [0, kMaxCalibrationLayer].
   void set_layer(int layer, std::vector<double> x, std::vector<double> cdf);
 
   bool has_layer(int layer) const { return grids_.count(layer) != 0; }
   // Throws bhmoe::Error "calibration has no layer L (it covers ...)" when missing.
   const CalibrationGrid& grid(int layer) const;
   std::vector<int> layers() const;
+
+  // Checks that this calibration fits a model of `num_layers` layers: every layer 0..num_layers-1
+  // present, and no layer id >= num_layers (such an id means a calibration of another model, whose
+  // grids would be applied to the wrong layers). `source` names the calibration in messages.
+  void check_covers_model(int num_layers, std::string_view source) const;
   int num_layers() const { return static_cast<int>(grids_.size()); }
 
   // F_layer(x) by linear interpolation on the grid (float64, as numpy.interp): 0 below the grid,
@@ -67,6 +78,8 @@ class Calibration {
   std::string description;
 
  private:
+  std::string layer_list_text() const;  // "0,1,2" or "none"
+
   std::map<int, CalibrationGrid> grids_;
 };
 

@@ -1,6 +1,8 @@
 #include "routing/calibration.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -111,7 +113,7 @@ TEST(Calibration, SaveLoadRoundTripIsExact) {
 }
 
 TEST(Calibration, LoadValidationNamesWhatIsWrong) {
-  expect_parse_error("{", {"not valid JSON"});
+  expect_parse_error("{", {"malformed JSON"});
   expect_parse_error("[]", {"not a JSON object"});
   expect_parse_error(R"({"layers": []})", {"\"format\""});
   expect_parse_error(R"({"format": "other/1", "layers": []})",
@@ -167,6 +169,84 @@ TEST(Calibration, LoadValidationNamesWhatIsWrong) {
   }
   EXPECT_THROW(c.set_layer(0, {1, 0}, {0, 1}), Error);
   EXPECT_THROW(c.set_layer(-2, {0, 1}, {0, 1}), Error);
+}
+
+std::string parse_error_of(const std::string& json) {
+  try {
+    Calibration::parse(json, "test.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// 2^32 used to be read with get<int>() and wrap around to layer 0.
+TEST(Calibration, HugeLayerIdsAreRejectedNotWrapped) {
+  EXPECT_EQ(parse_error_of(one_layer(R"({"layer": 4294967296, "x": [0, 1], "cdf": [0, 1]})")),
+            "calibration test.json: layers[0]: \"layer\" 4294967296 is beyond the limit of 4095 "
+            "(no model has that many layers)");
+  EXPECT_EQ(parse_error_of(one_layer(R"({"layer": 4294967297, "x": [0, 1], "cdf": [0, 1]})")),
+            "calibration test.json: layers[0]: \"layer\" 4294967297 is beyond the limit of 4095 "
+            "(no model has that many layers)");
+  // 10^9 and 2*10^7 are rejected at load, before anything sizes a table by the largest id.
+  for (const char* id : {"1000000000", "20000000", "4096", "18446744073709551615"}) {
+    EXPECT_NE(parse_error_of(one_layer(std::string(R"({"layer": )") + id +
+                                       R"(, "x": [0, 1], "cdf": [0, 1]})"))
+                  .find(std::string("\"layer\" ") + id + " is beyond the limit"),
+              std::string::npos)
+        << id;
+  }
+  EXPECT_EQ(parse_error_of(one_layer(R"({"layer": 4095, "x": [0, 1], "cdf": [0, 1]})")),
+            "(no error)");
+  Calibration c;
+  try {
+    c.set_layer(20000000, {0, 1}, {0, 1});
+    ADD_FAILURE() << "accepted layer 2e7";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "calibration layer 20000000: layer index is beyond the limit of 4095");
+  }
+  EXPECT_EQ(c.num_layers(), 0);
+}
+
+TEST(Calibration, OutOfRangeNumberNamesTheKeyPath) {
+  EXPECT_EQ(parse_error_of(one_layer(R"({"layer": 0, "x": [0, 1], "cdf": [0, 1e400]})")),
+            "calibration test.json: number 1e400 at key path layers[0].cdf[1] is not finite as a "
+            "double (beyond +-1.8e308)");
+}
+
+TEST(Calibration, CheckCoversModel) {
+  auto c = testing::normal_calibration(3, 51);
+  EXPECT_NO_THROW(c->check_covers_model(3, "c.json"));
+  try {
+    c->check_covers_model(2, "c.json");
+    ADD_FAILURE() << "a 3-layer calibration accepted for a 2-layer model";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "calibration c.json: layer 2 is beyond the model's 2 layers (0..1); it covers "
+                 "layers 0,1,2 (a calibration of another model?)");
+  }
+  try {
+    c->check_covers_model(4, "c.json");
+    ADD_FAILURE() << "a 3-layer calibration accepted for a 4-layer model";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "calibration c.json: has no layer 3 of the model's 4 layers; it covers layers "
+                 "0,1,2");
+  }
+}
+
+TEST(Calibration, FifoIsRejected) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("bhmoe_calibration_fifo_" + std::to_string(::getpid()));
+  std::filesystem::remove(path);
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  try {
+    Calibration::load(path);
+    ADD_FAILURE() << "a FIFO was read";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), path.string() + " is a FIFO (named pipe), not a regular file");
+  }
+  std::filesystem::remove(path);
 }
 
 TEST(CalibrationFit, EcdfIsExactAtTheSamplePoints) {

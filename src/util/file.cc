@@ -29,7 +29,58 @@ void write_all(int fd, std::string_view data, const std::filesystem::path& path)
   }
 }
 
+// Opens `path` read-only without blocking (O_NONBLOCK: a FIFO with no writer would block open(2)
+// for ever) and checks that it is a regular file; returns the descriptor and fills `st`.
+int open_regular(const std::filesystem::path& path, struct stat* st) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) fail("cannot open ", path.string(), ": ", errno_text());
+  if (::fstat(fd, st) != 0) {
+    std::string why = errno_text();
+    ::close(fd);
+    fail("cannot stat ", path.string(), ": ", why);
+  }
+  if (!S_ISREG(st->st_mode)) {
+    ::close(fd);
+    fail(path.string(), " is ", file_kind_name(st->st_mode), ", not a regular file");
+  }
+  return fd;
+}
+
 }  // namespace
+
+const char* file_kind_name(unsigned mode) {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a regular file";
+}
+
+std::string read_regular_file(const std::filesystem::path& path) {
+  struct stat st {};
+  int fd = open_regular(path, &st);
+  std::string out;
+  try {
+    out.reserve(static_cast<size_t>(st.st_size));
+    char buffer[1 << 16];
+    for (;;) {
+      ssize_t n = ::read(fd, buffer, sizeof buffer);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail("cannot read ", path.string(), ": ", errno_text());
+      }
+      if (n == 0) break;
+      out.append(buffer, static_cast<size_t>(n));
+    }
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  return out;
+}
 
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -78,14 +129,8 @@ void append_file_durable(const std::filesystem::path& path, std::string_view rec
 }
 
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("cannot open ", path.string(), ": ", errno_text());
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    std::string why = errno_text();
-    ::close(fd);
-    fail("cannot stat ", path.string(), ": ", why);
-  }
+  int fd = open_regular(path, &st);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);

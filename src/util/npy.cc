@@ -10,9 +10,35 @@
 
 namespace bhmoe {
 
-int64_t NpyArray::size() const {
+namespace {
+
+std::string dims_text(const std::vector<int64_t>& shape) {
+  std::string text = "(";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+// Product of non-negative dims, or -1 when it does not fit int64. A zero dim makes the product 0
+// whatever the others are (so (2^40, 2^40, 0) is a valid empty shape, not an overflow).
+int64_t checked_product(const std::vector<int64_t>& shape) {
+  for (int64_t d : shape) {
+    if (d == 0) return 0;
+  }
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(n, d, &n)) return -1;
+  }
+  return n;
+}
+
+}  // namespace
+
+int64_t NpyArray::size() const {
+  for (int64_t d : shape) {
+    if (d < 0) fail("npy shape ", dims_text(shape), " has a negative dimension");
+  }
+  int64_t n = checked_product(shape);
+  if (n < 0) fail("npy shape ", dims_text(shape), " is too large (its product overflows 64 bits)");
   return n;
 }
 
@@ -152,14 +178,18 @@ NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) 
     }
     array.shape.push_back(dim);
   }
-  const int64_t count = array.size();
+  // Sizes are checked against the file before anything is allocated: the product of the dims
+  // must fit 64 bits, and the bytes it needs must be in the file.
+  const int64_t count = checked_product(array.shape);
   const size_t item_size = dtype == Dtype::kF32 ? 4 : 2;
   const size_t data_offset = offset + header_len;
-  const size_t need = static_cast<size_t>(count) * item_size;
-  if (bytes.size() - data_offset < need) {
-    fail(source, ": truncated .npy data: shape needs ", need, " bytes, file has ",
-         bytes.size() - data_offset);
+  const size_t available = bytes.size() - data_offset;
+  if (count < 0 || static_cast<uint64_t>(count) > available / item_size) {
+    fail(source, ": truncated .npy data: shape ", dims_text(array.shape), " needs ",
+         count < 0 ? std::string("more than 2^63 values") : cat(count, " values"), " of ",
+         item_size, " bytes, the file has ", available, " data bytes");
   }
+  const size_t need = static_cast<size_t>(count) * item_size;
   if (bytes.size() - data_offset > need) {
     fail(source, ": .npy file has ", bytes.size() - data_offset - need,
          " bytes after the data its shape describes");

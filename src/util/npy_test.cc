@@ -159,6 +159,37 @@ TEST(Npy, RejectsWhatItCannotRead) {
   EXPECT_THROW(read_npy("/nonexistent/logits.npy"), Error);
 }
 
+// (2^40, 2^40) used to overflow int64 (UBSan: signed overflow) and read as an empty array.
+TEST(Npy, ShapeProductsThatOverflowAreErrors) {
+  const std::string data = f32_bytes({1, 2, 3, 4});
+  expect_error(npy_file("{'descr': '<f4', 'fortran_order': False, "
+                        "'shape': (1099511627776, 1099511627776), }",
+                        data),
+               {"truncated .npy data: shape (1099511627776, 1099511627776) needs more than 2^63 "
+                "values of 4 bytes, the file has 16 data bytes"});
+  // Fits 64 bits but not the file: named before anything is allocated.
+  expect_error(npy_file("{'descr': '<u2', 'fortran_order': False, 'shape': (1073741824, 64), }",
+                        data),
+               {"shape (1073741824, 64) needs 68719476736 values of 2 bytes, the file has 16"});
+  // A zero dim makes any shape empty, however large the others.
+  NpyArray empty = parse_npy(npy_file("{'descr': '<f4', 'fortran_order': False, "
+                                      "'shape': (1099511627776, 1099511627776, 0), }",
+                                      ""),
+                             "x.npy");
+  EXPECT_EQ(empty.size(), 0);
+  EXPECT_TRUE(empty.data.empty());
+  NpyArray huge;
+  huge.shape = {int64_t{1} << 40, int64_t{1} << 40};
+  try {
+    (void)huge.size();
+    ADD_FAILURE() << "overflowing size() accepted";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(),
+                 "npy shape (1099511627776, 1099511627776) is too large (its product overflows 64 "
+                 "bits)");
+  }
+}
+
 TEST(Npy, ReadsTheSharedRoutingCases) {
   const fs::path path = fs::path(BHMOE_SHARED_DIR) / "routing-cases/boosted_seed42.logits.npy";
   if (!fs::exists(path)) GTEST_SKIP();
