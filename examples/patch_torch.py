@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Swap the router rule of a PyTorch OLMoE for Benjamini-Hochberg and compare it with native top-8.
 
-    PYTHONPATH=python examples/patch_torch.py [MODEL_DIR]
+    PYTHONPATH=build/python examples/patch_torch.py [MODEL_DIR]
 
 The model is the project's PyTorch OLMoE (tools/olmoe_torch.py, the Hugging Face module layout)
 loaded with a bhmoe model folder's weights (default: the bundled model). The same call patches a

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Route router logits saved as .npy with three rules and print the experts each token gets.
 
-    PYTHONPATH=python examples/route_npy.py LOGITS.npy CALIBRATION.json [--layer L]
+    PYTHONPATH=build/python examples/route_npy.py LOGITS.npy CALIBRATION.json [--layer L]
 
 LOGITS.npy: float32 [T, N] raw router logits of one layer (e.g. saved from a forward hook).
 """

@@ -13,7 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libutf8proc-dev libcli11-dev libboost-math-dev
   gnuplot-nox python3
-  python3-numpy python3-pytest python3-torch libopenblas0-pthread
+  python3-dev pybind11-dev python3-numpy python3-pytest python3-pandas python3-torch libopenblas0-pthread
 )
 if [ "${1:-}" = "--tools" ]; then
   packages+=(

@@ -1,15 +1,20 @@
-"""bhmoe from Python: router specs, calibrations and (with PyTorch) the routing rules as tensor ops.
+"""bhmoe from Python: the C++ routing library and engine (bhmoe._core), and with PyTorch the routing
+rules as tensor ops (bhmoe.torch).
 
     import bhmoe
-    spec = bhmoe.parse_router_spec("bh:alpha=0.05,max_k=16")
-    cal = bhmoe.Calibration.load("models/bhmoe-tiny-moe/calibration.json")
-    import bhmoe.torch                      # optional: needs PyTorch
-    ids, weights, counts = bhmoe.torch.route(logits, spec, cal, layer=0)
+    router = bhmoe.Router("bh:alpha=0.05,max_k=16", calibration="calibration.json")
+    ids, weights, counts = router.route(logits, layer=0)     # NumPy [T, N] or [B, S, N]
+    model = bhmoe.Model("models/bhmoe-tiny-moe", weights="native", threads=0)
+    model.score(text, router="topk:k=4")
+    import bhmoe.torch                                        # optional: needs PyTorch
+    rows = bhmoe.load_results("out/seed")                     # pandas.DataFrame(rows)
 
-The semantics are the C++ library's (SPEC.md section 2); the tests compare selections with it.
+Errors are ValueError with the library's messages (the CLI's, without its flag names).
 """
 
-from .calibration import Calibration
-from .spec import RouterSpec, canonical_spec, parse_router_spec, resolve_router_spec
+from ._core import (Calibration, Model, Router, RouterSpec, bh_critical_values, canonical_spec,
+                    parse_router_spec, resolve_router_spec)
+from .results import load_results
 
-__all__ = ["Calibration", "RouterSpec", "canonical_spec", "parse_router_spec", "resolve_router_spec"]
+__all__ = ["Calibration", "Model", "Router", "RouterSpec", "bh_critical_values", "canonical_spec",
+           "load_results", "parse_router_spec", "resolve_router_spec"]

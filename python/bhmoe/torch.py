@@ -11,15 +11,26 @@ of the selected experts, rescaled to sum 1 when renorm=true), counts [...] int64
 Bit-identity with the library (the tests check it on the shared routing cases and on random logits
 with ties): the softmax numerators use the library's exponential (Cephes' expf, same operations in the
 same order) and its summation order (eight lanes over blocks of eight experts, then the lanes, then
-the tail); BH compares logits against the library's per-layer logit cutoffs (Calibration.logit_cutoffs);
+the tail); BH compares logits against the library's own per-layer logit cutoffs (Calibration.logit_cutoffs, from _core);
 top-p accumulates probabilities one expert at a time in float32. The loops below run over experts or
 ranks (at most N), never over tokens.
 """
 
 import torch
 
-from .calibration import Calibration, bh_critical_values
-from .spec import parse_router_spec, resolve_router_spec
+import numpy as np
+
+from ._core import Calibration, RouterSpec, bh_critical_values, parse_router_spec, resolve_router_spec
+
+
+def _spec(spec, n):
+    return resolve_router_spec(spec if isinstance(spec, RouterSpec) else parse_router_spec(spec), n)
+
+
+def _calibration(calibration):
+    if calibration is None or isinstance(calibration, Calibration):
+        return calibration
+    return Calibration.load(calibration)
 
 
 def _exp_nonpositive(x):
@@ -95,9 +106,8 @@ def route(logits, spec, calibration=None, layer=0):
         raise TypeError("route: logits must be floating point, got %s" % logits.dtype)
     lead = logits.shape[:-1]
     n = logits.shape[-1]
-    spec = resolve_router_spec(parse_router_spec(spec), n)
-    if isinstance(calibration, (str, bytes)) or hasattr(calibration, "__fspath__"):
-        calibration = Calibration.load(calibration)
+    spec = _spec(spec, n)
+    calibration = _calibration(calibration)
     if spec.uses_calibration and calibration is None:
         raise ValueError('router spec "%s": pvalues=calibrated needs a calibration' % spec)
     r = logits.detach().reshape(-1, n).to(torch.float32)
@@ -128,7 +138,7 @@ def route(logits, spec, calibration=None, layer=0):
                                   reached)
         counts = reached.clamp(spec.min_k, spec.max_k)
     elif spec.pvalues == "calibrated":
-        cut = torch.from_numpy(calibration.logit_cutoffs(layer, spec.alpha, n)).to(r.device)
+        cut = torch.from_numpy(np.asarray(calibration.logit_cutoffs(layer, spec.alpha, n))).to(r.device)
         # k passes when at least k logits reach cut[k-1], i.e. when the k-th largest does.
         passing = sorted_logits >= cut[None, :]
         kstar = torch.where(passing, ranks[None, :], torch.zeros_like(ranks)[None, :]).max(dim=1).values
@@ -136,7 +146,7 @@ def route(logits, spec, calibration=None, layer=0):
     else:  # bh with p = 1 - softmax(r)_i (temperature 1): degenerate, kept to reproduce the original
         e1, total1 = (e, total) if spec.temperature == 1.0 else _softmax_numerators(r, mx, 1.0)
         p = torch.tensor(1.0, dtype=torch.float32, device=r.device) - e1 / total1[:, None]
-        crit = torch.from_numpy(bh_critical_values(spec.alpha, n)).to(r.device)
+        crit = torch.from_numpy(np.asarray(bh_critical_values(spec.alpha, n))).to(r.device)
         p_sorted = torch.sort(p, dim=1).values
         passing = p_sorted <= crit[None, :]
         kstar = torch.where(passing, ranks[None, :], torch.zeros_like(ranks)[None, :]).max(dim=1).values
@@ -168,9 +178,8 @@ class RoutedMoe(torch.nn.Module):
         if len(block.experts) != n:
             raise ValueError("RoutedMoe: the gate scores %d experts but the block has %d" % (n, len(block.experts)))
         self.block = block
-        self.spec = resolve_router_spec(parse_router_spec(spec), n)
-        if isinstance(calibration, (str, bytes)) or hasattr(calibration, "__fspath__"):
-            calibration = Calibration.load(calibration)
+        self.spec = _spec(spec, n)
+        calibration = _calibration(calibration)
         if self.spec.uses_calibration:
             if calibration is None:
                 raise ValueError('router spec "%s": pvalues=calibrated needs a calibration' % self.spec)

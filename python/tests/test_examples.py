@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
-ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+ENV = dict(os.environ)  # PYTHONPATH: the built package (build/python), as CTest sets it
 
 
 def run(*args):

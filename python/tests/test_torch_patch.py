@@ -105,7 +105,8 @@ def test_calibration_from_torch_hook_loads_in_engine_and_back(model_and_ids):
     finally:
         for h in hooks:
             h.remove()
-    cal = bhmoe.Calibration.fit({li: torch.cat(v).numpy() for li, v in collected.items()}, model="hooked")
+    cal = bhmoe.Calibration.fit({li: torch.cat(v).numpy() for li, v in collected.items()}, "ecdf")
+    cal.model = "hooked"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "cal.json")
         cal.save(path)

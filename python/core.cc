@@ -1,0 +1,373 @@
+// bhmoe._core: the routing library and the engine for Python (pybind11 + NumPy).
+//
+// A frontend like the CLI: it converts arrays and arguments, then calls the library's verbs and keeps
+// no copy of them. bhmoe::Error becomes ValueError with the library's message; compute runs with the
+// GIL released. Arrays are taken without copies where the layout allows (C-contiguous float32);
+// float16 and bfloat16 (as uint16) logits are widened once.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/thread_pool.h"
+#include "model/engine.h"
+#include "model/verbs.h"
+#include "routing/bh.h"
+#include "routing/calibration.h"
+#include "routing/router.h"
+#include "routing/spec.h"
+#include "util/error.h"
+
+namespace py = pybind11;
+using namespace bhmoe;
+
+namespace {
+
+// float32 view of a logits array: the array itself when it is C-contiguous float32, else a widened
+// copy (float16; uint16 is read as bfloat16, NumPy having no bfloat16 dtype).
+py::array_t<float, py::array::c_style> as_float32(const py::array& a, const char* what) {
+  const py::dtype dt = a.dtype();
+  if (dt.is(py::dtype::of<float>()) || dt.is(py::dtype::of<double>()) || dt.kind() == 'f') {
+    if (dt.itemsize() == 2 || dt.itemsize() == 4 || dt.itemsize() == 8) {
+      return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+    }
+  }
+  if (dt.is(py::dtype::of<uint16_t>())) {
+    py::array_t<uint16_t, py::array::c_style> bits =
+        py::array_t<uint16_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    py::array_t<float> out(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    const uint16_t* src = bits.data();
+    float* dst = out.mutable_data();
+    for (py::ssize_t i = 0; i < bits.size(); ++i) {
+      const uint32_t wide = static_cast<uint32_t>(src[i]) << 16;
+      std::memcpy(dst + i, &wide, sizeof wide);
+    }
+    return out;
+  }
+  throw py::type_error(std::string(what) + ": expected float32, float64, float16 or bfloat16 bits as uint16, got " +
+                       std::string(py::str(py::handle(dt))));
+}
+
+std::shared_ptr<const routing::Calibration> to_calibration(const py::object& obj) {
+  if (obj.is_none()) return nullptr;
+  if (py::isinstance<routing::Calibration>(obj)) {
+    return std::make_shared<routing::Calibration>(obj.cast<routing::Calibration>());
+  }
+  if (py::isinstance<py::str>(obj) || py::hasattr(obj, "__fspath__")) {
+    const std::string path = py::str(py::module_::import("os").attr("fspath")(obj));
+    return std::make_shared<routing::Calibration>(routing::Calibration::load(path));
+  }
+  throw py::type_error("calibration: expected None, a path or a bhmoe.Calibration");
+}
+
+routing::RouterSpec to_spec(const py::object& obj) {
+  if (py::isinstance<routing::RouterSpec>(obj)) return obj.cast<routing::RouterSpec>();
+  return routing::parse_router_spec(obj.cast<std::string>());
+}
+
+// A router for any N: the library's router is built per number of experts on first use.
+class PyRouter {
+ public:
+  PyRouter(const py::object& spec, const py::object& calibration)
+      : spec_(to_spec(spec)), calibration_(to_calibration(calibration)) {
+    routing::validate_router_spec(spec_);
+    if (spec_.uses_calibration() && !calibration_) {
+      throw Error("router spec \"" + routing::canonical_spec(spec_) +
+                  "\": pvalues=calibrated needs a calibration");
+    }
+  }
+
+  py::tuple route(const py::array& logits_in, int layer) {
+    py::array_t<float, py::array::c_style> logits = as_float32(logits_in, "route: logits");
+    if (logits.ndim() != 2 && logits.ndim() != 3) {
+      throw Error("route: logits must be [T, N] or [B, S, N], got " + std::to_string(logits.ndim()) + " dimensions");
+    }
+    const int n = static_cast<int>(logits.shape(logits.ndim() - 1));
+    const routing::Router& router = for_experts(n);
+    const int64_t tokens = n > 0 ? logits.size() / n : 0;
+    const int k = router.max_count();
+    std::vector<py::ssize_t> shape(logits.shape(), logits.shape() + logits.ndim() - 1);
+    std::vector<py::ssize_t> wide = shape;
+    wide.push_back(k);
+    py::array_t<int32_t> ids(wide);
+    py::array_t<float> weights(wide);
+    py::array_t<int32_t> counts(shape);
+    {
+      py::gil_scoped_release release;
+      router.route_batch(logits.data(), tokens, layer, ids.mutable_data(), weights.mutable_data(),
+                         counts.mutable_data());
+    }
+    return py::make_tuple(ids, weights, counts);
+  }
+
+  std::string spec() const { return routing::canonical_spec(spec_); }
+
+ private:
+  const routing::Router& for_experts(int n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = routers_.find(n);
+    if (it == routers_.end()) {
+      it = routers_.emplace(n, routing::make_router(spec_, n, calibration_)).first;
+    }
+    return *it->second;
+  }
+
+  routing::RouterSpec spec_;
+  std::shared_ptr<const routing::Calibration> calibration_;
+  std::mutex mutex_;
+  std::map<int, std::unique_ptr<routing::Router>> routers_;
+};
+
+// A loaded model with its thread pool; close() releases both (the mapping included).
+class PyModel {
+ public:
+  PyModel(const std::string& path, const std::string& weights, int threads) {
+    model::ModelOptions options;
+    options.weights = weights;
+    {
+      py::gil_scoped_release release;
+      model_ = model::Model::load(path, options);
+      pool_ = std::make_unique<kernels::ThreadPool>(threads);
+    }
+  }
+
+  void close() {
+    pool_.reset();
+    model_.reset();
+  }
+
+  const model::Model& model() const {
+    if (!model_) throw Error("model is closed");
+    return *model_;
+  }
+
+  std::vector<int32_t> tokenize(const std::string& text) const { return model().tokenizer().encode(text); }
+
+  std::string detokenize(const std::vector<int32_t>& ids) const { return model().tokenizer().decode(ids); }
+
+  // float32 [T, V] logits of one prefill of ids under a router spec (None: native).
+  py::array_t<float> logits(const std::vector<int32_t>& ids, const py::object& router,
+                            const py::object& calibration) {
+    model();
+    if (ids.empty()) throw Error("logits: ids is empty");
+    auto r = make_router(router, calibration);
+    const int64_t V = model_->config().vocab_size;
+    py::array_t<float> out({static_cast<py::ssize_t>(ids.size()), static_cast<py::ssize_t>(V)});
+    float* dst = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      model::Session session(model_, r.get(), pool_.get(), static_cast<int64_t>(ids.size()));
+      session.prefill(ids, dst);
+    }
+    return out;
+  }
+
+  py::dict generate(const py::object& prompt, int max_new_tokens, float temperature, float top_p, uint64_t seed,
+                    const py::object& router, const py::object& calibration) {
+    model();
+    std::vector<int32_t> ids = py::isinstance<py::str>(prompt) ? tokenize(prompt.cast<std::string>())
+                                                               : prompt.cast<std::vector<int32_t>>();
+    if (ids.empty()) throw Error("generate: the prompt is empty");
+    if (max_new_tokens < 0) throw Error("generate: max_new_tokens " + std::to_string(max_new_tokens) + " is negative");
+    auto r = make_router(router, calibration);
+    model::GenerateOptions options;
+    options.max_new_tokens = max_new_tokens;
+    options.temperature = temperature;
+    options.top_p = top_p;
+    options.seed = seed;
+    model::GenerateResult result;
+    {
+      py::gil_scoped_release release;
+      model::Session session(model_, r.get(), pool_.get(),
+                             static_cast<int64_t>(ids.size()) + max_new_tokens);
+      result = model::generate(session, ids, options);
+    }
+    py::dict d;
+    d["tokens"] = result.tokens;
+    d["text"] = detokenize(result.tokens);
+    d["stopped_at_eos"] = result.stopped_at_eos;
+    d["prefill_seconds"] = result.prefill_seconds;
+    d["decode_seconds"] = result.decode_seconds;
+    return d;
+  }
+
+  // Token-weighted NLL over consecutive windows of `window` tokens, each from an empty cache.
+  py::dict score(const std::string& text, const py::object& router, const py::object& calibration,
+                 int64_t window) {
+    model();
+    const std::vector<int32_t> ids = tokenize(text);
+    if (ids.size() < 2) throw Error("score: the text has fewer than 2 tokens");
+    if (window < 2) throw Error("score: window " + std::to_string(window) + " is below 2");
+    auto r = make_router(router, calibration);
+    double nll_sum = 0;
+    int64_t predicted = 0;
+    std::vector<double> per_layer;
+    {
+      py::gil_scoped_release release;
+      model::Session session(model_, r.get(), pool_.get(), window);
+      const std::span<const int32_t> all(ids);
+      for (size_t begin = 0; begin + 1 < ids.size(); begin += static_cast<size_t>(window)) {
+        const size_t n = std::min(ids.size() - begin, static_cast<size_t>(window));
+        if (n < 2) break;
+        for (double lp : model::score_tokens(session, all.subspan(begin, n))) nll_sum -= lp;
+        predicted += static_cast<int64_t>(n) - 1;
+      }
+      const double routed = static_cast<double>(session.routed_tokens());
+      for (int64_t s : session.selected_experts_per_layer()) per_layer.push_back(routed > 0 ? s / routed : 0.0);
+    }
+    py::dict d;
+    d["tokens"] = predicted;
+    d["nll"] = nll_sum / static_cast<double>(predicted);
+    d["perplexity"] = std::exp(nll_sum / static_cast<double>(predicted));
+    double mean = 0;
+    for (double v : per_layer) mean += v;
+    d["mean_experts"] = per_layer.empty() ? 0.0 : mean / static_cast<double>(per_layer.size());
+    d["per_layer_mean_experts"] = per_layer;
+    return d;
+  }
+
+  py::dict config() const {
+    const model::ModelConfig& c = model().config();
+    py::dict d;
+    d["num_hidden_layers"] = c.num_layers;
+    d["num_experts"] = c.num_experts;
+    d["num_experts_per_tok"] = c.num_experts_per_tok;
+    d["hidden_size"] = c.hidden_size;
+    d["vocab_size"] = c.vocab_size;
+    d["weights"] = model_->weights_kind();
+    return d;
+  }
+
+ private:
+  std::unique_ptr<routing::Router> make_router(const py::object& router, const py::object& calibration) {
+    if (router.is_none()) return nullptr;
+    return model::make_model_router(model_->config(), to_spec(router), to_calibration(calibration));
+  }
+
+  std::shared_ptr<const model::Model> model_;
+  std::unique_ptr<kernels::ThreadPool> pool_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "bhmoe's C++ routing library and engine (see the bhmoe package)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  py::class_<routing::RouterSpec>(m, "RouterSpec")
+      .def_property_readonly("rule", [](const routing::RouterSpec& s) {
+        return s.rule == routing::RuleKind::kTopK ? "topk" : s.rule == routing::RuleKind::kBH ? "bh" : "topp";
+      })
+      .def_readonly("k", &routing::RouterSpec::k)
+      .def_readonly("alpha", &routing::RouterSpec::alpha)
+      .def_readonly("p", &routing::RouterSpec::p)
+      .def_readonly("min_k", &routing::RouterSpec::min_k)
+      .def_readonly("max_k", &routing::RouterSpec::max_k)
+      .def_readonly("temperature", &routing::RouterSpec::temperature)
+      .def_readonly("renorm", &routing::RouterSpec::renorm)
+      .def_property_readonly("pvalues", [](const routing::RouterSpec& s) {
+        return s.pvalues == routing::PValueKind::kCalibrated ? "calibrated" : "one-minus-prob";
+      })
+      .def_property_readonly("uses_calibration", &routing::RouterSpec::uses_calibration)
+      .def("max_count", [](const routing::RouterSpec& s) {
+        return s.rule == routing::RuleKind::kTopK ? s.k : s.max_k;
+      }, "Columns of the ids/weights arrays a router of this spec fills.")
+      .def("__str__", [](const routing::RouterSpec& s) { return routing::canonical_spec(s); })
+      .def("__repr__", [](const routing::RouterSpec& s) { return "RouterSpec('" + routing::canonical_spec(s) + "')"; });
+  m.def("parse_router_spec", &routing::parse_router_spec, py::arg("text"),
+        "Parses and checks a router spec string (errors name the key and why).");
+  m.def("resolve_router_spec", &routing::resolve_router_spec, py::arg("spec"), py::arg("num_experts"));
+  m.def("canonical_spec", &routing::canonical_spec, py::arg("spec"));
+  m.def("bh_critical_values", [](double alpha, int num_experts) {
+    if (num_experts < 1 || num_experts > routing::kMaxExperts) {
+      throw Error("bh_critical_values: num_experts " + std::to_string(num_experts) + " is outside [1, " +
+                  std::to_string(routing::kMaxExperts) + "]");
+    }
+    std::vector<float> crit(static_cast<size_t>(num_experts));
+    routing::bh_critical_values(alpha, num_experts, crit.data());
+    return py::array_t<float>(crit.size(), crit.data());
+  }, py::arg("alpha"), py::arg("num_experts"), "k * alpha / N for k = 1..N, in float32 as the router uses them.");
+
+  py::class_<routing::Calibration>(m, "Calibration")
+      .def_static("load", [](const py::object& path) {
+        return routing::Calibration::load(py::str(py::module_::import("os").attr("fspath")(path)).cast<std::string>());
+      }, py::arg("path"))
+      .def("save", [](const routing::Calibration& c, const py::object& path) {
+        c.save(py::str(py::module_::import("os").attr("fspath")(path)).cast<std::string>());
+      }, py::arg("path"))
+      .def_static("fit", [](const py::dict& logits_by_layer, const std::string& method, int grid_points) {
+        std::map<int, std::vector<float>> samples;
+        for (auto item : logits_by_layer) {
+          const int layer = item.first.cast<int>();
+          py::array_t<float, py::array::c_style> a = as_float32(item.second.cast<py::array>(), "fit: logits");
+          samples[layer].assign(a.data(), a.data() + a.size());
+        }
+        const routing::FitMethod fm = routing::parse_fit_method(method);
+        py::gil_scoped_release release;
+        return routing::fit_calibration(samples, fm, grid_points);
+      }, py::arg("logits_by_layer"), py::arg("method") = "ecdf", py::arg("grid_points") = 10000)
+      .def_property_readonly("layers", &routing::Calibration::layers)
+      .def_readwrite("model", &routing::Calibration::model)
+      .def_readwrite("description", &routing::Calibration::description)
+      .def("has_layer", &routing::Calibration::has_layer)
+      .def("grid", [](const routing::Calibration& c, int layer) {
+        const routing::CalibrationGrid& g = c.grid(layer);
+        return py::make_tuple(py::array_t<double>(g.x.size(), g.x.data()), py::array_t<double>(g.cdf.size(), g.cdf.data()));
+      }, py::arg("layer"))
+      .def("pvalues", [](const routing::Calibration& c, const py::array& logits, int layer) {
+        py::array_t<float, py::array::c_style> a = as_float32(logits, "pvalues: logits");
+        const routing::CalibrationGrid& g = c.grid(layer);
+        py::array_t<float> out(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+        const float* src = a.data();
+        float* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        for (py::ssize_t i = 0; i < a.size(); ++i) dst[i] = routing::calibrated_pvalue(g, src[i]);
+        return out;
+      }, py::arg("logits"), py::arg("layer"))
+      .def("logit_cutoffs", [](const routing::Calibration& c, int layer, double alpha, int num_experts) {
+        if (num_experts < 1 || num_experts > routing::kMaxExperts) {
+          throw Error("logit_cutoffs: num_experts " + std::to_string(num_experts) + " is outside [1, " +
+                      std::to_string(routing::kMaxExperts) + "]");
+        }
+        if (!(alpha > 0.0 && alpha < 1.0)) throw Error("logit_cutoffs: alpha is outside (0, 1)");
+        std::vector<float> crit(static_cast<size_t>(num_experts));
+        routing::bh_critical_values(alpha, num_experts, crit.data());
+        std::vector<float> cut = routing::bh_logit_cutoffs(c.grid(layer), crit.data(), num_experts);
+        return py::array_t<float>(cut.size(), cut.data());
+      }, py::arg("layer"), py::arg("alpha"), py::arg("num_experts"),
+         "cut[k-1]: expert i passes BH's k-th critical value exactly when logit_i >= cut[k-1].");
+
+  py::class_<PyRouter>(m, "Router")
+      .def(py::init<const py::object&, const py::object&>(), py::arg("spec"), py::arg("calibration") = py::none())
+      .def("route", &PyRouter::route, py::arg("logits"), py::arg("layer") = 0,
+           "(ids [..., max_count] int32 padded with -1, weights float32 padded with 0, counts int32)")
+      .def_property_readonly("spec", &PyRouter::spec);
+
+  py::class_<PyModel>(m, "Model")
+      .def(py::init<const std::string&, const std::string&, int>(), py::arg("path"), py::arg("weights") = "native",
+           py::arg("threads") = 0)
+      .def("close", &PyModel::close)
+      .def("tokenize", &PyModel::tokenize, py::arg("text"))
+      .def("detokenize", &PyModel::detokenize, py::arg("ids"))
+      .def("logits", &PyModel::logits, py::arg("ids"), py::arg("router") = py::none(),
+           py::arg("calibration") = py::none())
+      .def("generate", &PyModel::generate, py::arg("prompt"), py::arg("max_new_tokens") = 50,
+           py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
+           py::arg("router") = py::none(), py::arg("calibration") = py::none())
+      .def("score", &PyModel::score, py::arg("text"), py::arg("router") = py::none(),
+           py::arg("calibration") = py::none(), py::arg("window") = 512)
+      .def_property_readonly("config", &PyModel::config);
+}

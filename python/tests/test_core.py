@@ -1,0 +1,161 @@
+"""bhmoe._core through `import bhmoe`: routing cases and golden logits as the CLI reproduces them, NumPy
+layouts, and bad input raising clear Python exceptions."""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import bhmoe
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
+MODELS = os.environ.get("BHMOE_MODELS_DIR", os.path.join(ROOT, "models"))
+BUNDLED = os.path.join(MODELS, "bhmoe-tiny-moe")
+OLMOE_CALIBRATION = os.path.join(SHARED, "calibration", "olmoe-1b-7b-0924.kde.json")
+
+
+def test_router_reproduces_shared_routing_cases():
+    with open(os.path.join(SHARED, "routing-cases", "cases.json")) as f:
+        cases = json.load(f)["cases"]
+    cal = bhmoe.Calibration.load(OLMOE_CALIBRATION)
+    for c in cases:
+        logits = np.load(os.path.join(SHARED, "routing-cases", c["logits"]))
+        router = bhmoe.Router("bh:alpha=%r,max_k=%d,min_k=%d" % (c["alpha"], c["max_k"], c["min_k"]), cal)
+        ids, weights, counts = router.route(logits, layer=c["layer"])
+        assert counts.tolist() == c["counts"]
+        for t, experts in enumerate(c["experts"]):
+            assert sorted(ids[t, :counts[t]].tolist()) == sorted(experts)
+            assert (ids[t, counts[t]:] == -1).all() and (weights[t, counts[t]:] == 0).all()
+
+
+def test_router_layouts_and_dtypes():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 64)).astype(np.float32)
+    router = bhmoe.Router("topp:p=0.6,renorm=true")
+    ids, weights, counts = router.route(x, layer=0)
+    assert ids.shape == (2, 6, 16) and weights.shape == (2, 6, 16) and counts.shape == (2, 6)
+    flat = router.route(x.reshape(12, 64))
+    assert np.array_equal(flat[0], ids.reshape(12, 16)) and np.array_equal(flat[1], weights.reshape(12, 16))
+    # float16 and bfloat16 (as uint16 bits) are widened to float32 exactly.
+    h = x.astype(np.float16)
+    assert np.array_equal(router.route(h)[0], router.route(h.astype(np.float32))[0])
+    bf16_bits = (x.view(np.uint32) >> 16).astype(np.uint16)
+    widened = (bf16_bits.astype(np.uint32) << 16).view(np.float32)
+    assert np.array_equal(router.route(bf16_bits)[1], router.route(widened)[1])
+    # A non-contiguous view is copied, not misread.
+    assert np.array_equal(router.route(x[:, ::2])[0], router.route(np.ascontiguousarray(x[:, ::2]))[0])
+    assert np.allclose(weights.sum(-1), 1.0, atol=1e-6)
+
+
+def test_router_errors_are_clear():
+    cal = bhmoe.Calibration.load(OLMOE_CALIBRATION)
+    with pytest.raises(TypeError, match="expected float32"):
+        bhmoe.Router("topk:k=2").route(np.zeros((2, 8), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"\[T, N\] or \[B, S, N\]"):
+        bhmoe.Router("topk:k=2").route(np.zeros(8, dtype=np.float32))
+    x = np.zeros((3, 64), dtype=np.float32)
+    x[2, 7] = np.nan
+    with pytest.raises(ValueError, match="token 2: layer 4: router logit of expert 7 is nan"):
+        bhmoe.Router("topk:k=2").route(x, layer=4)
+    with pytest.raises(ValueError, match='key "k": 65 exceeds N=64'):
+        bhmoe.Router("topk:k=65").route(np.zeros((1, 64), dtype=np.float32))
+    with pytest.raises(ValueError, match="needs a calibration"):
+        bhmoe.Router("bh:alpha=0.05,max_k=8")
+    with pytest.raises(ValueError, match="calibration has no layer 16"):
+        bhmoe.Router("bh:alpha=0.05,max_k=8", cal).route(np.zeros((1, 64), dtype=np.float32), layer=16)
+    with pytest.raises(ValueError, match='unknown rule "top"'):
+        bhmoe.parse_router_spec("top:k=3")
+    with pytest.raises(ValueError, match="no-such-file"):
+        bhmoe.Calibration.load("no-such-file.json")
+
+
+def test_calibration_fit_save_load_pvalues():
+    rng = np.random.default_rng(1)
+    samples = {0: rng.standard_normal(5000).astype(np.float32), 3: rng.standard_normal((100, 64)).astype(np.float32)}
+    cal = bhmoe.Calibration.fit(samples, "ecdf")
+    assert cal.layers == [0, 3]
+    kde = bhmoe.Calibration.fit(samples, "kde", 512)
+    assert len(kde.grid(0)[0]) == 512
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "c.json")
+        cal.save(path)
+        back = bhmoe.Calibration.load(path)
+    for layer in (0, 3):
+        assert np.array_equal(back.grid(layer)[0], cal.grid(layer)[0])
+    p = cal.pvalues(np.array([-10.0, 0.0, 10.0], dtype=np.float32), 0)
+    assert p[0] == 1.0 and p[2] == 0.0 and 0.4 < p[1] < 0.6
+    with pytest.raises(ValueError, match='"gauss"'):
+        bhmoe.Calibration.fit(samples, "gauss")
+
+
+@pytest.mark.parametrize("folder", ["tiny-f32", "tiny-bf16"])
+def test_model_logits_match_the_golden_files(folder):
+    d = os.path.join(SHARED, "golden", folder)
+    model = bhmoe.Model(d, threads=1)
+    with open(os.path.join(d, "cases.json")) as f:
+        cases = json.load(f)
+    tol = 1e-4 if folder == "tiny-f32" else 6e-2
+    for case in cases:
+        for spec, fname in case["logits"].items():
+            if spec == "native_llamacpp":
+                continue
+            router = None if spec == "native" else spec
+            got = model.logits(case["ids"], router=router, calibration=os.path.join(d, "calibration.json"))
+            want = np.load(os.path.join(d, fname))
+            assert got.shape == want.shape
+            if folder == "tiny-f32" or not spec.startswith("bh"):  # bf16 BH may flip a boundary decision
+                assert np.abs(got - want).max() < tol, (folder, spec)
+
+
+def test_model_verbs_on_the_bundled_model():
+    model = bhmoe.Model(BUNDLED, threads=1)
+    assert model.config["num_experts"] == 64
+    text = open(os.path.join(BUNDLED, "heldout.txt"), encoding="utf-8").read()[:3000]
+    ids = model.tokenize(text)
+    assert model.detokenize(ids) == text
+    native = model.score(text, window=256)
+    two = model.score(text, router="topk:k=2", window=256)
+    assert two["mean_experts"] == pytest.approx(2.0) and native["mean_experts"] == pytest.approx(8.0)
+    assert native["nll"] < two["nll"]
+    out = model.generate("The", max_new_tokens=5)
+    assert len(out["tokens"]) <= 5 and isinstance(out["text"], str)
+    logits = model.logits(ids[:20])
+    assert logits.shape == (20, model.config["vocab_size"]) and np.isfinite(logits).all()
+    model.close()
+    with pytest.raises(ValueError, match="model is closed"):
+        model.logits(ids[:20])
+
+
+def test_model_errors_are_clear():
+    with pytest.raises(ValueError, match="no-such-model"):
+        bhmoe.Model("no-such-model")
+    model = bhmoe.Model(BUNDLED, threads=1)
+    with pytest.raises(ValueError, match="needs a calibration|calibration"):
+        model.logits([1, 2, 3], router="bh:alpha=0.05,max_k=8")
+    with pytest.raises(ValueError):
+        model.logits([1, 2, 10 ** 9])
+    with pytest.raises(ValueError, match="max_new_tokens -1"):
+        model.generate("The", max_new_tokens=-1)
+
+
+def test_load_results_flattens_rows_for_pandas():
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "results.jsonl"), "w") as f:
+            f.write(json.dumps({"key": "a", "config": {"type": "topk", "k": 8}, "model": {"name": "m"},
+                                "count_histogram": [0, 2]}) + "\n")
+            f.write(json.dumps({"key": "b", "config": {"type": "bh", "alpha": 0.05}, "model": {"name": "m"}}) + "\n")
+            f.write('{"key": "c", "conf')  # torn by a kill mid-write
+        rows = bhmoe.load_results(d)
+        assert [r["key"] for r in rows] == ["a", "b"]
+        assert rows[0]["config.k"] == 8 and rows[1]["config.alpha"] == 0.05 and rows[0]["model.name"] == "m"
+        assert rows[0]["count_histogram"] == [0, 2]
+        with open(os.path.join(d, "bad.jsonl"), "w") as f:
+            f.write('{"key": 1}\nnot json\n{"key": 2}\n')
+        with pytest.raises(ValueError, match="bad.jsonl:2"):
+            bhmoe.load_results(os.path.join(d, "bad.jsonl"))
+    pandas = pytest.importorskip("pandas")
+    assert list(pandas.DataFrame(rows)["config.type"]) == ["topk", "bh"]
