@@ -7,7 +7,7 @@ MODEL        ?= models/bhmoe-tiny-moe
 RUN_OUT      ?= out/seed
 RUN_ARGS     ?=
 
-.PHONY: all deps build test test-sanitize run bench clean format
+.PHONY: all deps build test test-sanitize fuzz run bench clean format
 
 all: build
 
@@ -31,6 +31,12 @@ test-sanitize: deps
 
 # The main job: the seed experiment (16 routing configs x 12 prompts) on the bundled model, into
 # $(RUN_OUT) (results.jsonl, CSVs, plots/, REPORT.md). A re-run resumes; delete $(RUN_OUT) to start over.
+# libFuzzer targets of the parsers (fuzz/, clang + ASan + UBSan), FUZZ_SECONDS each (CI: 30).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash scripts/install-deps.sh --fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
 run: build
 	./$(BUILD_DIR)/bhmoe run --model $(MODEL) --out $(RUN_OUT) $(RUN_ARGS)
 

