@@ -31,3 +31,14 @@ def test_route_npy():
 def test_patch_torch():
     out = run(os.path.join(ROOT, "examples", "patch_torch.py"))
     assert "native top-8: NLL" in out and "BH alpha 0.05: NLL" in out
+
+
+def test_score_rules(tmp_path):
+    out = run(os.path.join(ROOT, "examples", "score_rules.py"), "--chars", "4000", "--plot", str(tmp_path / "q.png"))
+    lines = [l for l in out.splitlines() if "experts/token" in l]
+    assert len(lines) == 7 and lines[0].startswith("topk:k=1") and " 1.00 experts/token" in lines[0]
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "q.png").stat().st_size > 1000
+    except ImportError:
+        assert "no plot" in out
