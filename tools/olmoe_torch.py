@@ -34,7 +34,7 @@ class Config:
         self.max_position_embeddings = max_position_embeddings
 
     def hf_config(self, eos_token_id):
-        """config.json with OLMoE's keys (see /work/shared/olmoe/config.json)."""
+        """config.json with OLMoE's keys (see ../shared/olmoe/config.json)."""
         return {
             "architectures": ["OlmoeForCausalLM"],
             "model_type": "olmoe",
