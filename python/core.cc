@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "experiments/runner.h"
 #include "kernels/thread_pool.h"
 #include "model/engine.h"
 #include "model/verbs.h"
@@ -125,6 +126,67 @@ class PyRouter {
   std::map<int, std::unique_ptr<routing::Router>> routers_;
 };
 
+// Calls a Python function at every routing decision: fn(layer, position, logits, ids, weights) with
+// read-only NumPy views that are valid only during the call. The engine runs without the GIL, so
+// the observer takes it for each call. An exception raised by fn stops the forward pass and is
+// re-raised to the caller by rethrow_if_failed().
+class PyObserver final : public model::RouterObserver {
+ public:
+  explicit PyObserver(py::object fn) : fn_(std::move(fn)) {}
+
+  void on_route(const model::RouterEvent& e) override {
+    py::gil_scoped_acquire acquire;
+    try {
+      fn_(e.layer, e.position, view(e.logits, e.num_experts), view(e.ids, e.count),
+          view(e.weights, e.count));
+    } catch (py::error_already_set& err) {
+      error_ = std::make_unique<py::error_already_set>(std::move(err));
+      throw Error("the router observer raised an exception");
+    }
+  }
+
+  // Call with the GIL held, after the forward pass returned or threw.
+  void rethrow_if_failed() {
+    if (error_) {
+      std::unique_ptr<py::error_already_set> err = std::move(error_);
+      throw std::move(*err);
+    }
+  }
+
+ private:
+  template <typename T>
+  static py::array view(const T* data, int n) {
+    // A base object keeps pybind11 from copying; the view is read-only since the engine reuses
+    // the memory for the next token.
+    py::array_t<T> a({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))}, data, py::none());
+    a.attr("flags").attr("writeable") = false;
+    return a;
+  }
+
+  py::object fn_;
+  std::unique_ptr<py::error_already_set> error_;
+};
+
+// Runs `forward` with the GIL released and `observer` (None: none) set on `session`.
+template <typename F>
+void run_observed(model::Session& session, const py::object& observer, F&& forward) {
+  std::optional<PyObserver> obs;
+  if (!observer.is_none()) {
+    if (!PyCallable_Check(observer.ptr())) throw py::type_error("observer: expected a callable or None");
+    obs.emplace(observer);
+    session.set_observer(&*obs);
+  }
+  try {
+    py::gil_scoped_release release;
+    forward();
+  } catch (const Error&) {
+    session.set_observer(nullptr);
+    if (obs) obs->rethrow_if_failed();
+    throw;
+  }
+  session.set_observer(nullptr);
+}
+
 // A loaded model with its thread pool; close() releases both (the mapping included).
 class PyModel {
  public:
@@ -154,23 +216,51 @@ class PyModel {
 
   // float32 [T, V] logits of one prefill of ids under a router spec (None: native).
   py::array_t<float> logits(const std::vector<int32_t>& ids, const py::object& router,
-                            const py::object& calibration) {
+                            const py::object& calibration, const py::object& observer) {
     model();
     if (ids.empty()) throw Error("logits: ids is empty");
     auto r = make_router(router, calibration);
     const int64_t V = model_->config().vocab_size;
     py::array_t<float> out({static_cast<py::ssize_t>(ids.size()), static_cast<py::ssize_t>(V)});
     float* dst = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      model::Session session(model_, r.get(), pool_.get(), static_cast<int64_t>(ids.size()));
-      session.prefill(ids, dst);
-    }
+    model::Session session(model_, r.get(), pool_.get(), static_cast<int64_t>(ids.size()));
+    run_observed(session, observer, [&] { session.prefill(ids, dst); });
     return out;
   }
 
+  // Every routing decision for ids (a list or a text), in windows of `window` tokens from an empty
+  // cache: tokens [T], ids/weights [T, L, max_k] (padded with -1 / 0), counts [T, L], and with
+  // router_logits=True the raw logits [T, L, N]; the same arrays as `bhmoe trace`.
+  py::dict trace(const py::object& input, const py::object& router, const py::object& calibration,
+                 bool router_logits, int64_t window) {
+    model();
+    const std::vector<int32_t> ids = py::isinstance<py::str>(input) ? tokenize(input.cast<std::string>())
+                                                                    : input.cast<std::vector<int32_t>>();
+    if (ids.empty()) throw Error("trace: no tokens");
+    if (window < 1) throw Error("trace: window " + std::to_string(window) + " is below 1");
+    window = std::min<int64_t>(window, static_cast<int64_t>(ids.size()));
+    auto r = make_router(router, calibration);
+    model::Trace t;
+    std::string spec;
+    {
+      py::gil_scoped_release release;
+      model::Session session(model_, r.get(), pool_.get(), window);
+      t = model::trace_routing(session, ids, window, router_logits);
+      spec = session.router().spec();
+    }
+    const py::ssize_t T = t.num_tokens, L = t.num_layers, K = t.max_k, N = t.num_experts;
+    py::dict d;
+    d["tokens"] = py::array_t<int32_t>({T}, t.tokens.data());
+    d["ids"] = py::array_t<int32_t>({T, L, K}, t.ids.data());
+    d["weights"] = py::array_t<float>({T, L, K}, t.weights.data());
+    d["counts"] = py::array_t<int32_t>({T, L}, t.counts.data());
+    if (router_logits) d["router_logits"] = py::array_t<float>({T, L, N}, t.router_logits.data());
+    d["router"] = spec;
+    return d;
+  }
+
   py::dict generate(const py::object& prompt, int max_new_tokens, float temperature, float top_p, uint64_t seed,
-                    const py::object& router, const py::object& calibration) {
+                    const py::object& router, const py::object& calibration, const py::object& observer) {
     model();
     std::vector<int32_t> ids = py::isinstance<py::str>(prompt) ? tokenize(prompt.cast<std::string>())
                                                                : prompt.cast<std::vector<int32_t>>();
@@ -183,12 +273,9 @@ class PyModel {
     options.top_p = top_p;
     options.seed = seed;
     model::GenerateResult result;
-    {
-      py::gil_scoped_release release;
-      model::Session session(model_, r.get(), pool_.get(),
-                             static_cast<int64_t>(ids.size()) + max_new_tokens);
-      result = model::generate(session, ids, options);
-    }
+    model::Session session(model_, r.get(), pool_.get(),
+                           static_cast<int64_t>(ids.size()) + max_new_tokens);
+    run_observed(session, observer, [&] { result = model::generate(session, ids, options); });
     py::dict d;
     d["tokens"] = result.tokens;
     d["text"] = detokenize(result.tokens);
@@ -200,7 +287,7 @@ class PyModel {
 
   // Token-weighted NLL over consecutive windows of `window` tokens, each from an empty cache.
   py::dict score(const std::string& text, const py::object& router, const py::object& calibration,
-                 int64_t window) {
+                 int64_t window, const py::object& observer) {
     model();
     const std::vector<int32_t> ids = tokenize(text);
     if (ids.size() < 2) throw Error("score: the text has fewer than 2 tokens");
@@ -209,19 +296,14 @@ class PyModel {
     double nll_sum = 0;
     int64_t predicted = 0;
     std::vector<double> per_layer;
-    {
-      py::gil_scoped_release release;
-      model::Session session(model_, r.get(), pool_.get(), window);
-      const std::span<const int32_t> all(ids);
-      for (size_t begin = 0; begin + 1 < ids.size(); begin += static_cast<size_t>(window)) {
-        const size_t n = std::min(ids.size() - begin, static_cast<size_t>(window));
-        if (n < 2) break;
-        for (double lp : model::score_tokens(session, all.subspan(begin, n))) nll_sum -= lp;
-        predicted += static_cast<int64_t>(n) - 1;
-      }
-      const double routed = static_cast<double>(session.routed_tokens());
-      for (int64_t s : session.selected_experts_per_layer()) per_layer.push_back(routed > 0 ? s / routed : 0.0);
-    }
+    model::Session session(model_, r.get(), pool_.get(), window);
+    run_observed(session, observer, [&] {
+      const model::ScoreTotals totals = model::total_score(model::score_windows(session, ids, window));
+      nll_sum = totals.nll_sum;
+      predicted = totals.predicted;
+    });
+    const double routed = static_cast<double>(session.routed_tokens());
+    for (int64_t s : session.selected_experts_per_layer()) per_layer.push_back(routed > 0 ? s / routed : 0.0);
     py::dict d;
     d["tokens"] = predicted;
     d["nll"] = nll_sum / static_cast<double>(predicted);
@@ -356,6 +438,55 @@ PYBIND11_MODULE(_core, m) {
            "(ids [..., max_count] int32 padded with -1, weights float32 padded with 0, counts int32)")
       .def_property_readonly("spec", &PyRouter::spec);
 
+  m.def("run", [](const py::object& model, const std::string& experiment, const py::object& out,
+                  const py::object& calibration, const py::object& calibration_text,
+                  std::optional<int> max_new_tokens, const std::string& shard, int threads,
+                  const std::string& weights, int64_t limit, bool report, bool quiet) {
+    experiments::RunOptions o;
+    auto fspath = [](const py::object& p) {
+      return py::str(py::module_::import("os").attr("fspath")(p)).cast<std::string>();
+    };
+    o.model_dir = py::isinstance<PyModel>(model) ? model.cast<const PyModel&>().model().dir().string()
+                                                 : fspath(model);
+    o.out_dir = fspath(out);
+    o.experiment = experiment;
+    if (!calibration.is_none()) o.calibration = fspath(calibration);
+    if (!calibration_text.is_none()) o.calibration_text = fspath(calibration_text);
+    if (max_new_tokens) {
+      if (*max_new_tokens < 1) throw Error("run: max_new_tokens must be >= 1");
+      o.max_new_tokens = *max_new_tokens;
+    }
+    experiments::parse_shard(shard, o.shard_index, o.shard_count);
+    if (threads < 0) throw Error("run: threads must be >= 0");
+    o.threads = threads;
+    o.weights = weights;
+    o.limit = limit;
+    o.report = report;
+    o.progress = 0;
+    o.quiet = quiet;
+    experiments::RunSummary r;
+    {
+      py::gil_scoped_release release;
+      r = experiments::run_experiments(o);
+    }
+    py::dict d;
+    d["grid"] = r.grid;
+    d["in_shard"] = r.in_shard;
+    d["already"] = r.already;
+    d["ran"] = r.ran;
+    d["failed"] = r.failed;
+    d["remaining"] = r.remaining;
+    d["seconds"] = r.seconds;
+    d["clamped"] = r.clamped;
+    d["out"] = o.out_dir.string();
+    return d;
+  }, py::arg("model"), py::arg("experiment") = "seed", py::arg("out") = "out/seed",
+     py::arg("calibration") = py::none(), py::arg("calibration_text") = py::none(),
+     py::arg("max_new_tokens") = py::none(), py::arg("shard") = "0/1", py::arg("threads") = 0,
+     py::arg("weights") = "native", py::arg("limit") = -1, py::arg("report") = true, py::arg("quiet") = true,
+     "Runs an experiment as `bhmoe run` does (results.jsonl, CSVs, plots, REPORT.md under out; a re-run "
+     "resumes) and returns its summary; read the rows with bhmoe.load_results(out).");
+
   py::class_<PyModel>(m, "Model")
       .def(py::init<const std::string&, const std::string&, int>(), py::arg("path"), py::arg("weights") = "native",
            py::arg("threads") = 0)
@@ -363,11 +494,19 @@ PYBIND11_MODULE(_core, m) {
       .def("tokenize", &PyModel::tokenize, py::arg("text"))
       .def("detokenize", &PyModel::detokenize, py::arg("ids"))
       .def("logits", &PyModel::logits, py::arg("ids"), py::arg("router") = py::none(),
-           py::arg("calibration") = py::none())
+           py::arg("calibration") = py::none(), py::arg("observer") = py::none(),
+           "float32 [T, V] logits of one prefill; observer(layer, position, logits, ids, weights) "
+           "sees every routing decision (read-only NumPy views, valid during the call)")
+      .def("trace", &PyModel::trace, py::arg("ids"), py::arg("router") = py::none(),
+           py::arg("calibration") = py::none(), py::arg("router_logits") = false, py::arg("window") = 512,
+           "Routing decisions per token and layer: dict of tokens [T], ids and weights [T, L, max_k], "
+           "counts [T, L], router_logits [T, L, N] (when asked for) and the router spec")
       .def("generate", &PyModel::generate, py::arg("prompt"), py::arg("max_new_tokens") = 50,
            py::arg("temperature") = 0.0f, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
-           py::arg("router") = py::none(), py::arg("calibration") = py::none())
+           py::arg("router") = py::none(), py::arg("calibration") = py::none(),
+           py::arg("observer") = py::none())
       .def("score", &PyModel::score, py::arg("text"), py::arg("router") = py::none(),
-           py::arg("calibration") = py::none(), py::arg("window") = 512)
+           py::arg("calibration") = py::none(), py::arg("window") = 512, py::arg("observer") = py::none())
+      .def_property_readonly("path", [](const PyModel& m) { return m.model().dir().string(); })
       .def_property_readonly("config", &PyModel::config);
 }

@@ -6,6 +6,8 @@ rules as tensor ops (bhmoe.torch).
     ids, weights, counts = router.route(logits, layer=0)     # NumPy [T, N] or [B, S, N]
     model = bhmoe.Model("models/bhmoe-tiny-moe", weights="native", threads=0)
     model.score(text, router="topk:k=4")
+    trace = model.trace(text, router="topk:k=4", router_logits=True)  # NumPy arrays per token x layer
+    bhmoe.run(model, "pareto", "out/pareto")                  # an experiment, as `bhmoe run`
     import bhmoe.torch                                        # optional: needs PyTorch
     rows = bhmoe.load_results("out/seed")                     # pandas.DataFrame(rows)
 
@@ -13,8 +15,8 @@ Errors are ValueError with the library's messages (the CLI's, without its flag n
 """
 
 from ._core import (Calibration, Model, Router, RouterSpec, bh_critical_values, canonical_spec,
-                    parse_router_spec, resolve_router_spec)
+                    parse_router_spec, resolve_router_spec, run)
 from .results import load_results
 
 __all__ = ["Calibration", "Model", "Router", "RouterSpec", "bh_critical_values", "canonical_spec",
-           "load_results", "parse_router_spec", "resolve_router_spec"]
+           "load_results", "parse_router_spec", "resolve_router_spec", "run"]

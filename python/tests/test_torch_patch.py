@@ -59,6 +59,13 @@ def test_patched_model_matches_engine(model_and_ids, router):
         for layer in model.model.layers:
             layer.mlp = layer.mlp.block
     theirs = engine_logits(ids, router, calibration)
+    # The same selections, token by token and layer by layer, as the engine's own trace.
+    trace = bhmoe.Model(MODEL, threads=1).trace(ids, router=router, calibration=calibration)
+    for li, b in enumerate(blocks):
+        t_ids, t_weights, t_counts = (x.numpy() for x in b.last)
+        np.testing.assert_array_equal(t_counts, trace["counts"][:, li])
+        np.testing.assert_array_equal(t_ids, trace["ids"][:, li, :t_ids.shape[1]])
+        np.testing.assert_allclose(t_weights, trace["weights"][:, li, :t_ids.shape[1]], atol=1e-5, rtol=0)
     # Both compute in fp32 on the same bf16 weights; only summation orders differ (measured: 6e-6).
     # A different selection anywhere moves logits by far more (renorm=true instead of false: 11).
     np.testing.assert_allclose(ours[0].numpy(), theirs, atol=1e-4, rtol=0)

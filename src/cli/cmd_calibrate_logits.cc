@@ -9,6 +9,7 @@
 #include "cli/command.h"
 #include "routing/calibration.h"
 #include "util/error.h"
+#include "cli/router_logits_file.h"
 #include "util/npy.h"
 
 namespace bhmoe::cli {
@@ -26,12 +27,6 @@ struct CalibrateOptions {
   std::string description;
 };
 
-std::string shape_text(const NpyArray& a) {
-  std::string s;
-  for (int64_t d : a.shape) s += (s.empty() ? "" : ", ") + std::to_string(d);
-  return "[" + s + "]";
-}
-
 int run(const CalibrateOptions& o) {
   const FitMethod method = parse_fit_method(o.method);
   if (o.grid_points < 2) fail("--grid-points ", o.grid_points, " must be >= 2");
@@ -39,33 +34,32 @@ int run(const CalibrateOptions& o) {
     if (layer < 0) fail("--layer ", layer, " must be >= 0");
   }
   std::map<int, std::vector<float>> samples;
-  if (o.logits.size() == 1 && read_npy(o.logits[0]).rank() == 3) {
-    // One [layers, T, N] file: slice i is layer --layer[i] (default: 0, 1, ...).
-    NpyArray a = read_npy(o.logits[0]);
-    const int64_t num = a.dim(0);
-    const int64_t per = num ? a.size() / num : 0;
-    if (!o.layers.empty() && static_cast<int64_t>(o.layers.size()) != num) {
-      fail(o.logits[0], ": holds ", num, " layers ", shape_text(a), " but ", o.layers.size(),
+  std::vector<RouterLogitsFile> files;
+  for (const std::string& path : o.logits) files.push_back(read_router_logits(path));
+  if (files.size() == 1 && files[0].layered) {
+    // One [layers, T, N] file or trace: slice i is layer --layer[i] (default: 0, 1, ...).
+    const RouterLogitsFile& f = files[0];
+    if (!o.layers.empty() && static_cast<int64_t>(o.layers.size()) != f.layers) {
+      fail(o.logits[0], ": holds ", f.layers, " layers but ", o.layers.size(),
            " --layer values were given");
     }
-    for (int64_t i = 0; i < num; ++i) {
-      const int layer = o.layers.empty() ? static_cast<int>(i) : o.layers[i];
+    for (int64_t i = 0; i < f.layers; ++i) {
+      const int layer = o.layers.empty() ? static_cast<int>(i) : o.layers[static_cast<size_t>(i)];
       auto& pool = samples[layer];
-      pool.insert(pool.end(), a.data.begin() + i * per, a.data.begin() + (i + 1) * per);
+      pool.insert(pool.end(), f.layer(i), f.layer(i) + f.tokens * f.experts);
     }
   } else {
     if (o.layers.size() != o.logits.size()) {
       fail("give one --layer per --logits file (", o.logits.size(), " files, ", o.layers.size(),
-           " layers), or a single [layers, T, N] file");
+           " layers), or a single [layers, T, N] file or trace");
     }
-    for (size_t i = 0; i < o.logits.size(); ++i) {
-      NpyArray a = read_npy(o.logits[i]);
-      if (a.rank() < 1 || a.rank() > 2) {
-        fail(o.logits[i], ": expected [T, N] router logits for layer ", o.layers[i], ", got ",
-             shape_text(a));
+    for (size_t i = 0; i < files.size(); ++i) {
+      if (files[i].layered) {
+        fail(o.logits[i], ": holds ", files[i].layers,
+             " layers; with several files each must be one layer's [T, N]");
       }
       auto& pool = samples[o.layers[i]];  // files for the same layer are pooled
-      pool.insert(pool.end(), a.data.begin(), a.data.end());
+      pool.insert(pool.end(), files[i].data.begin(), files[i].data.end());
     }
   }
   Calibration calibration;
@@ -96,7 +90,8 @@ CommandRegistration registration{
       app.add_option(
              "--logits", o->logits,
              "router logits .npy, repeatable: one [T, N] file per --layer (files for the same "
-             "layer are pooled), or one [layers, T, N] file")
+             "layer are pooled), or one [layers, T, N] file (bhmoe logits --router-logits) or "
+             ".npz trace (bhmoe trace --router-logits)")
           ->required();
       app.add_option("--layer", o->layers, "layer of each --logits file (repeatable)");
       app.add_option("--method", o->method, "ecdf or kde (Gaussian KDE, Scott bandwidth)")

@@ -1,4 +1,5 @@
 // bhmoe logits: float32 [T, V] logits at every position of --ids, from one prefill, as .npy.
+#include <algorithm>
 #include <iostream>
 
 #include "cli/command.h"
@@ -12,6 +13,7 @@ struct LogitsOptions {
   EngineOptions engine;
   std::string ids;
   std::string out;
+  std::string router_logits;
 };
 
 CommandRegistration reg{
@@ -21,6 +23,9 @@ CommandRegistration reg{
       add_engine_options(app, o->engine);
       app.add_option("--ids", o->ids, "Token ids, e.g. \"1 2 3\"")->required();
       app.add_option("--out", o->out, "Output .npy (float32 [T, V])")->required();
+      app.add_option("--router-logits", o->router_logits,
+                     "Also write the raw router logits to this .npy (float32 [layers, T, experts]; "
+                     "`bhmoe route --layer` and `bhmoe calibrate-logits` read it)");
       return [o]() {
         const std::vector<int32_t> ids = parse_ids(o->ids);
         Engine engine = open_engine(o->engine);
@@ -30,7 +35,25 @@ CommandRegistration reg{
         NpyArray array;
         array.shape = {static_cast<int64_t>(ids.size()), V};
         array.data.resize(ids.size() * static_cast<size_t>(V));
-        session.prefill(ids, array.data.data());
+        const int64_t T = static_cast<int64_t>(ids.size());
+        if (o->router_logits.empty()) {
+          session.prefill(ids, array.data.data());
+        } else {
+          const model::Trace trace = model::trace_routing(session, ids, T, true, array.data);
+          const int64_t L = trace.num_layers, N = trace.num_experts;
+          NpyArray router;  // [T, L, N] -> [L, T, N]
+          router.shape = {L, T, N};
+          router.data.resize(trace.router_logits.size());
+          for (int64_t t = 0; t < T; ++t) {
+            for (int64_t l = 0; l < L; ++l) {
+              std::copy_n(trace.router_logits.data() + (t * L + l) * N, N,
+                          router.data.data() + (l * T + t) * N);
+            }
+          }
+          write_npy(o->router_logits, router);
+          std::cerr << "wrote " << o->router_logits << ": [" << L << ", " << T << ", " << N
+                    << "] float32 router logits\n";
+        }
         write_npy(o->out, array);
         std::cerr << "wrote " << o->out << ": [" << ids.size() << ", " << V
                   << "] float32 logits, router " << engine.router_spec() << "\n";

@@ -1,4 +1,5 @@
-// bhmoe route: apply routing rules to every row of a [T, N] router-logits .npy file.
+// bhmoe route: apply routing rules to every row of a [T, N] router-logits file (or one layer of a
+// [layers, T, N] file or trace).
 #include <algorithm>
 #include <charconv>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "routing/stats.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "cli/router_logits_file.h"
 #include "util/npy.h"
 
 namespace bhmoe::cli {
@@ -55,19 +57,21 @@ std::string stats_header() {
 }
 
 int run(const RouteOptions& o) {
-  NpyArray logits = read_npy(o.logits);
-  if (logits.rank() == 1) logits.shape.insert(logits.shape.begin(), 1);
-  if (logits.rank() != 2) {
-    std::string shape;
-    for (int64_t d : logits.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
-    fail(o.logits, ": expected router logits of shape [T, N], got [", shape, "]");
+  const RouterLogitsFile file = read_router_logits(o.logits);
+  if (o.layer < 0) fail("--layer ", o.layer, " must be >= 0");
+  if (file.layered && o.layer >= file.layers) {
+    fail(o.logits, ": holds ", file.layers, " layers; --layer ", o.layer, " is not among them");
   }
+  // The rows routed: the whole [T, N] file, or layer --layer of an [L, T, N] file or trace.
+  NpyArray logits;
+  logits.shape = {file.tokens, file.experts};
+  const float* rows = file.layer(file.layered ? o.layer : 0);
+  logits.data.assign(rows, rows + file.tokens * file.experts);
   const int64_t tokens = logits.dim(0);
   if (logits.dim(1) < 1 || logits.dim(1) > kMaxExperts) {
     fail(o.logits, ": N = ", logits.dim(1), " experts is outside [1, ", kMaxExperts, "]");
   }
   const int n = static_cast<int>(logits.dim(1));
-  if (o.layer < 0) fail("--layer ", o.layer, " must be >= 0");
 
   std::shared_ptr<const Calibration> calibration;
   if (!o.calibration.empty()) {
@@ -186,9 +190,12 @@ CommandRegistration registration{
     [](CLI::App& app) -> Action {
       auto o = std::make_shared<RouteOptions>();
       app.add_option("--logits", o->logits,
-                     "router logits .npy, [T, N] (float32/float16/bf16-as-uint16)")
+                     "router logits: .npy [T, N] (float32/float16/bf16-as-uint16) or [layers, T, N] "
+                     "(bhmoe logits --router-logits), or a .npz trace (bhmoe trace "
+                     "--router-logits)")
           ->required();
-      app.add_option("--layer", o->layer, "layer index (selects the calibration grid)")->required();
+      app.add_option("--layer", o->layer, "layer index (selects the calibration grid, and the slice of a [layers, T, N] file "
+                     "or trace)")->required();
       app.add_option("--router", o->routers,
                      "router spec, repeatable: topk:k=8 | bh:alpha=0.05,max_k=16 | topp:p=0.7")
           ->required();

@@ -43,21 +43,13 @@ CommandRegistration reg{
                " token(s); at least 2 are needed to score anything");
         }
         model::Session session(engine.model, engine.router.get(), engine.pool.get(), o->max_length);
-        double nll_sum = 0;
-        int64_t predicted = 0, windows = 0;
         const auto start = std::chrono::steady_clock::now();
-        const std::span<const int32_t> all(ids);
-        for (size_t begin = 0; begin + 1 < ids.size();
-             begin += static_cast<size_t>(o->max_length)) {
-          const size_t n = std::min(ids.size() - begin, static_cast<size_t>(o->max_length));
-          if (n < 2) break;
-          for (double lp : model::score_tokens(session, all.subspan(begin, n))) nll_sum -= lp;
-          predicted += static_cast<int64_t>(n) - 1;
-          ++windows;
-        }
+        const model::ScoreTotals totals =
+            model::total_score(model::score_windows(session, ids, o->max_length));
+        const int64_t predicted = totals.predicted, windows = totals.windows;
         const double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        const double nll = nll_sum / predicted;
+        const double nll = totals.mean_nll();
         const double ppl = std::exp(nll);
         const double tokens_per_s = seconds > 0 ? session.routed_tokens() / seconds : 0.0;
         nlohmann::json summary = routing_summary(session);

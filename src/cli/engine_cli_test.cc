@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <cmath>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "util/npy.h"
+#include "util/npz.h"
 
 namespace bhmoe {
 namespace {
@@ -272,6 +274,211 @@ TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
                     "top-p");
   // Command-line syntax errors (CLI11) also exit non-zero.
   EXPECT_NE(bhmoe("logits " + model_arg() + " --ids 1").status, 0);
+}
+
+// A trace as numpy.load sees it, read with the util layer only (not the writer's own reader).
+struct TraceArrays {
+  NpyInt32Array tokens, ids, counts;
+  NpyArray weights, router_logits;
+  std::string router;
+};
+
+TraceArrays load_trace(const fs::path& path) {
+  const auto m = read_npz(path);
+  TraceArrays t;
+  t.tokens = parse_npy_int32(m.at("tokens"), "tokens");
+  t.ids = parse_npy_int32(m.at("ids"), "ids");
+  t.counts = parse_npy_int32(m.at("counts"), "counts");
+  t.weights = parse_npy(m.at("weights"), "weights");
+  if (m.count("router_logits")) t.router_logits = parse_npy(m.at("router_logits"), "router_logits");
+  t.router = parse_npy_string(m.at("router"), "router");
+  return t;
+}
+
+// `bhmoe route --out` JSONL lines of one layer must equal the trace's decisions in that layer.
+void expect_route_matches_trace(const std::string& jsonl, const TraceArrays& t, int layer) {
+  const int64_t T = t.ids.shape[0], L = t.ids.shape[1], K = t.ids.shape[2];
+  std::istringstream lines(jsonl);
+  int64_t token = 0;
+  for (std::string line; std::getline(lines, line); ++token) {
+    ASSERT_LT(token, T);
+    const auto row = nlohmann::json::parse(line);
+    const int64_t r = token * L + layer;
+    ASSERT_EQ(row["count"].get<int>(), t.counts.data[static_cast<size_t>(r)]) << "token " << token;
+    for (int j = 0; j < row["count"].get<int>(); ++j) {
+      EXPECT_EQ(row["experts"][j].get<int>(), t.ids.data[static_cast<size_t>(r * K + j)]);
+      EXPECT_EQ(row["weights"][j].get<float>(), t.weights.data[static_cast<size_t>(r * K + j)]);
+    }
+  }
+  EXPECT_EQ(token, T);
+}
+
+TEST(EngineCli, TraceWritesTheDocumentedArraysAndRoundTripsThroughRoute) {
+  const fs::path dir = scratch_dir();
+  const std::string ids = "1 306 465 278 659 310 283 338 17 940 5";
+  CliRun run = bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router topk:k=3 --router-logits --out '" +
+                     (dir / "t.npz").string() + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const TraceArrays t = load_trace(dir / "t.npz");
+  EXPECT_EQ(t.tokens.shape, (std::vector<int64_t>{11}));
+  EXPECT_EQ(t.tokens.data[1], 306);
+  EXPECT_EQ(t.ids.shape, (std::vector<int64_t>{11, 2, 3}));
+  EXPECT_EQ(t.weights.shape, (std::vector<int64_t>{11, 2, 3}));
+  EXPECT_EQ(t.counts.shape, (std::vector<int64_t>{11, 2}));
+  EXPECT_EQ(t.router_logits.shape, (std::vector<int64_t>{11, 2, 8}));
+  EXPECT_EQ(t.router.rfind("topk:k=3", 0), 0u) << t.router;
+  for (int32_t c : t.counts.data) EXPECT_EQ(c, 3);
+  // The top-3 of each stored logit row are the stored ids, in order.
+  for (int64_t r = 0; r < 22; ++r) {
+    const float* row = t.router_logits.data.data() + r * 8;
+    std::vector<int> order = {0, 1, 2, 3, 4, 5, 6, 7};
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return row[a] > row[b]; });
+    for (int j = 0; j < 3; ++j) EXPECT_EQ(t.ids.data[static_cast<size_t>(r * 3 + j)], order[j]);
+  }
+  for (int layer = 0; layer < 2; ++layer) {
+    const fs::path out = dir / ("route" + std::to_string(layer) + ".jsonl");
+    run = bhmoe("route --logits '" + (dir / "t.npz").string() + "' --layer " + std::to_string(layer) +
+                " --router topk:k=3 --out '" + out.string() + "'");
+    ASSERT_EQ(run.status, 0) << run.err;
+    expect_route_matches_trace(slurp(out), t, layer);
+  }
+  expect_user_error(bhmoe("route --logits '" + (dir / "t.npz").string() + "' --layer 2 --router topk:k=3"),
+                    "--layer 2");
+}
+
+// BH end to end on the engine's own data: a calibration fitted from a trace's router logits, then a
+// BH trace under it, and `route` on the logits file deciding exactly as the engine did.
+TEST(EngineCli, BhTraceAgreesWithRouteUnderACalibrationFittedFromATrace) {
+  const fs::path dir = scratch_dir();
+  const std::string ids = "1 306 465 278 659 310 283 338 17 940 5 77 12 600 431 9";
+  const std::string logits_npz = (dir / "logits.npz").string();
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router-logits --out '" + logits_npz + "'").status, 0);
+  const std::string cal = (dir / "cal.json").string();
+  CliRun run = bhmoe("calibrate-logits --logits '" + logits_npz + "' --method ecdf --out '" + cal + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_NE(run.out.find("layer 1: 128 logits"), std::string::npos) << run.out;
+  const std::string spec = "bh:alpha=0.3,max_k=6";
+  run = bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router " + spec + " --calibration '" + cal +
+              "' --out '" + (dir / "bh.npz").string() + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const TraceArrays bh = load_trace(dir / "bh.npz");
+  EXPECT_EQ(bh.ids.shape[2], 6);
+  EXPECT_TRUE(bh.router_logits.data.empty());
+  // Layer 1's router input depends on how layer 0 routed, so `route` is fed the router logits of
+  // the BH run itself (`bhmoe logits --router-logits` under the same spec).
+  const std::string rl = (dir / "bh_router.npy").string();
+  run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' --router " + spec + " --calibration '" + cal +
+              "' --out '" + (dir / "bh_logits.npy").string() + "' --router-logits '" + rl + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_EQ(read_npy(rl).shape, (std::vector<int64_t>{2, 16, 8}));
+  int64_t adaptive = 0;
+  for (int32_t c : bh.counts.data) adaptive += c != bh.counts.data[0];
+  EXPECT_GT(adaptive, 0) << "BH chose the same count everywhere; the test would not see a mismatch";
+  for (int layer = 0; layer < 2; ++layer) {
+    const fs::path out = dir / ("bh" + std::to_string(layer) + ".jsonl");
+    run = bhmoe("route --logits '" + rl + "' --layer " + std::to_string(layer) + " --router " + spec +
+                " --calibration '" + cal + "' --out '" + out.string() + "'");
+    ASSERT_EQ(run.status, 0) << run.err;
+    expect_route_matches_trace(slurp(out), bh, layer);
+  }
+}
+
+TEST(EngineCli, LogitsWithRouterLogitsKeepTheVocabularyLogitsAndMatchTheTrace) {
+  const fs::path dir = scratch_dir();
+  const std::string ids = "1 306 465 278 659";
+  ASSERT_EQ(bhmoe("logits " + model_arg() + " --ids '" + ids + "' --out '" + (dir / "a.npy").string() + "'").status, 0);
+  CliRun run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' --out '" + (dir / "b.npy").string() +
+                     "' --router-logits '" + (dir / "r.npy").string() + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_EQ(max_abs_diff(read_npy(dir / "a.npy"), read_npy(dir / "b.npy")), 0.0);
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router-logits --out '" +
+                  (dir / "t.npz").string() + "'").status, 0);
+  const NpyArray layered = read_npy(dir / "r.npy");  // [L, T, N]
+  const TraceArrays t = load_trace(dir / "t.npz");   // [T, L, N]
+  ASSERT_EQ(layered.shape, (std::vector<int64_t>{2, 5, 8}));
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t i = 0; i < 5; ++i)
+      for (int64_t e = 0; e < 8; ++e)
+        EXPECT_EQ(layered.data[static_cast<size_t>((l * 5 + i) * 8 + e)],
+                  t.router_logits.data[static_cast<size_t>((i * 2 + l) * 8 + e)]);
+}
+
+TEST(EngineCli, TraceWindowsRestartFromAnEmptyCache) {
+  const fs::path dir = scratch_dir();
+  // Tokens 4..7 traced in their own window equal the second window of a --window 4 trace.
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '1 306 465 278 659 310 283 338' --window 4 --router-logits --out '" +
+                  (dir / "w.npz").string() + "'").status, 0);
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '659 310 283 338' --router-logits --out '" +
+                  (dir / "s.npz").string() + "'").status, 0);
+  const TraceArrays w = load_trace(dir / "w.npz"), s = load_trace(dir / "s.npz");
+  const size_t half = s.router_logits.data.size();
+  ASSERT_EQ(w.router_logits.data.size(), 2 * half);
+  for (size_t i = 0; i < half; ++i) EXPECT_EQ(w.router_logits.data[half + i], s.router_logits.data[i]);
+}
+
+TEST(EngineCli, TraceAndPlotTraceRefuseBadInput) {
+  const fs::path dir = scratch_dir();
+  expect_user_error(bhmoe("trace " + model_arg() + " --out '" + (dir / "x.npz").string() + "'"), "--text-file or --ids");
+  expect_user_error(bhmoe("trace " + model_arg() + " --ids '1 99999' --out '" + (dir / "x.npz").string() + "'"), "99999");
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '1 2 3' --out '" + (dir / "n.npz").string() + "'").status, 0);
+  expect_user_error(bhmoe("route --logits '" + (dir / "n.npz").string() + "' --layer 0 --router topk:k=2"),
+                    "no router_logits");
+  std::ofstream(dir / "junk.npz") << "not a zip archive at all, just text";
+  expect_user_error(bhmoe("plot-trace --trace '" + (dir / "junk.npz").string() + "' --out '" +
+                          (dir / "p.png").string() + "'"),
+                    "junk.npz");
+}
+
+TEST(EngineCli, PlotTraceRendersPngAndSvgWithItsScript) {
+  const fs::path dir = scratch_dir();
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '1 306 465 278 659 310' --router topk:k=2 --out '" +
+                  (dir / "t.npz").string() + "'").status, 0);
+  CliRun run = bhmoe("plot-trace --trace '" + (dir / "t.npz").string() + "' --model '" + kGolden.string() +
+                     "' --out '" + (dir / "counts.png").string() + "'");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_GT(fs::file_size(dir / "counts.png"), 1000u);
+  EXPECT_TRUE(fs::exists(dir / "counts.svg"));
+  const std::string data = slurp(dir / "counts.dat");
+  EXPECT_NE(data.find("5\t1\t2\n"), std::string::npos) << data;  // token 5, layer 1: 2 experts
+  EXPECT_NE(slurp(dir / "counts.gp").find("with image"), std::string::npos);
+}
+
+TEST(EngineCli, CalibrateRuleReachesTheTargetAndPrintsTheSpecLast) {
+  const fs::path dir = scratch_dir();
+  std::ofstream(dir / "text.txt")
+      << "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. Every cloud "
+         "has a silver lining, and the early bird catches the worm while the cat is away.";
+  for (const std::string& rule : {std::string("topp:max_k=8"), std::string("bh:max_k=8")}) {
+    SCOPED_TRACE(rule);
+    CliRun run = bhmoe("calibrate-rule " + model_arg() + " --calibration '" +
+                       (kGolden / "calibration.json").string() + "' --text-file '" +
+                       (dir / "text.txt").string() + "' --rule " + rule +
+                       " --target-mean-experts 3 --tolerance 0.1 --window 32");
+    ASSERT_EQ(run.status, 0) << run.err << run.out;
+    std::string out = run.out;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    const std::string spec = out.substr(out.rfind('\n') + 1);
+    EXPECT_EQ(spec.rfind(rule.substr(0, rule.find(':')) + ":", 0), 0u) << spec;
+    const size_t at = run.out.rfind("mean experts ");
+    ASSERT_NE(at, std::string::npos);
+    const double reported = std::stod(run.out.substr(at + 13));
+    EXPECT_NEAR(reported, 3.0, 0.1) << run.out;
+    // The printed spec gives that mean when the model is run with it.
+    run = bhmoe("score " + model_arg() + " --calibration '" + (kGolden / "calibration.json").string() +
+                "' --text-file '" + (dir / "text.txt").string() + "' --router '" + spec +
+                "' --max-length 32 --json");
+    ASSERT_EQ(run.status, 0) << run.err;
+    EXPECT_NEAR(nlohmann::json::parse(run.out)["mean_experts"].get<double>(), reported, 0.15);
+  }
+  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
+                          "' --rule topk --target-mean-experts 3"),
+                    "no parameter");
+  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
+                          "' --rule topp:p=0.5 --target-mean-experts 3"),
+                    "sets p itself");
+  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
+                          "' --rule topp --target-mean-experts 9"),
+                    "outside (0, 8]");
 }
 
 }  // namespace

@@ -457,6 +457,7 @@ Analysis analyze(const std::vector<ResultRow>& input) {
       }
     }
   }
+  a.matched = matched_compute(rows);
   return a;
 }
 
@@ -528,6 +529,24 @@ json analysis_to_json(const Analysis& a) {
                            {"tokens", p.tokens},
                            {"texts", p.texts},
                            {"topk_perplexity_at_match", num(p.topk_perplexity_at_match)}});
+  }
+  j["matched_compute"] = json::array();
+  auto interval = [](const Interval& i) {
+    return json{{"estimate", num(i.estimate)}, {"lo", num(i.lo)}, {"hi", num(i.hi)}};
+  };
+  for (const MatchedPoint& m : a.matched) {
+    j["matched_compute"].push_back({{"scope", m.scope},
+                                    {"config_name", m.config_name},
+                                    {"router", m.router},
+                                    {"rule", m.rule},
+                                    {"tokens", m.tokens},
+                                    {"windows", m.windows},
+                                    {"mean_experts", interval(m.mean_experts)},
+                                    {"nll", interval(m.nll)},
+                                    {"topk_nll_at_match", interval(m.topk_nll_at_match)},
+                                    {"delta_nll", interval(m.delta_nll)},
+                                    {"p_value", num(m.p_value)},
+                                    {"p_holm", num(m.p_holm)}});
   }
   j["clamped_configs"] = a.clamped_configs;
   j["errors"] = json::array();

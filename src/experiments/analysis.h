@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "experiments/bootstrap.h"
 #include "experiments/results.h"
 #include "experiments/significance.h"
 
@@ -101,6 +102,9 @@ struct Analysis {
   std::vector<TTestResult> ttests;
   std::string baseline;  // "" when no topk_8 rows
   std::vector<ParetoPoint> pareto;
+  // Matched-compute comparisons with bootstrap intervals (experiments/bootstrap.h): scope "all"
+  // first, then one scope per text (domain).
+  std::vector<MatchedPoint> matched;
   std::vector<ConfigSummary> score_configs;  // text-scoring rows by config
   int num_layers = 0;
   // Distinct provenance objects seen in the rows (normally one each).

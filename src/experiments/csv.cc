@@ -148,4 +148,23 @@ std::string max_k_csv(const Analysis& analysis) {
   return out.str();
 }
 
+std::string matched_compute_csv(const Analysis& analysis) {
+  std::ostringstream out;
+  out << "scope,config_name,rule,router,tokens,windows,mean_experts,mean_experts_lo,"
+         "mean_experts_hi,nll,nll_lo,nll_hi,perplexity,topk_nll_at_match,delta_nll,delta_nll_lo,"
+         "delta_nll_hi,p_value,p_holm\n";
+  for (const MatchedPoint& m : analysis.matched) {
+    out << csv_field(m.scope) << "," << csv_field(m.config_name) << "," << csv_field(m.rule) << ","
+        << csv_field(m.router) << "," << m.tokens << "," << m.windows << ","
+        << csv_number(m.mean_experts.estimate) << "," << csv_number(m.mean_experts.lo) << ","
+        << csv_number(m.mean_experts.hi) << "," << csv_number(m.nll.estimate) << ","
+        << csv_number(m.nll.lo) << "," << csv_number(m.nll.hi) << ","
+        << csv_number(std::exp(m.nll.estimate)) << "," << csv_number(m.topk_nll_at_match.estimate)
+        << "," << csv_number(m.delta_nll.estimate) << "," << csv_number(m.delta_nll.lo) << ","
+        << csv_number(m.delta_nll.hi) << "," << csv_number(m.p_value) << ","
+        << csv_number(m.p_holm) << "\n";
+  }
+  return out.str();
+}
+
 }  // namespace bhmoe::experiments

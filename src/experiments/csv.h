@@ -24,4 +24,8 @@ std::string results_csv(const std::vector<ResultRow>& rows);
 // max_k_comparison.csv: max_k,baseline_experts,bh_mean_experts,reduction_pct
 std::string max_k_csv(const Analysis& analysis);
 
+// matched_compute.csv: one row per scope and config (experiments/bootstrap.h), flat columns with
+// the 95% interval ends beside each estimate; delta_nll > 0 means better than top-k.
+std::string matched_compute_csv(const Analysis& analysis);
+
 }  // namespace bhmoe::experiments

@@ -465,28 +465,50 @@ PlotScript pareto(const Analysis& a) {
   PlotScript p;
   p.file = {"pareto_perplexity", "Perplexity against mean experts per token, per rule",
             "Held-out text: token-weighted perplexity of each config against its measured mean "
-            "experts per token; one line per rule (lower-left is better)."};
+            "experts per token; one line per rule (lower-left is better). Bars: 95% bootstrap "
+            "intervals over scoring windows (when the rows carry them)."};
+  // Points: the bootstrap's pooled scope when present, else the plain pareto points.
+  struct Point {
+    std::string rule, name;
+    double x, y, x_lo, x_hi, y_lo, y_hi;
+  };
+  std::vector<Point> all;
+  if (!a.matched.empty()) {
+    for (const MatchedPoint& m : a.matched) {
+      if (m.scope != "all" || !std::isfinite(m.mean_experts.estimate)) continue;
+      all.push_back({m.rule, m.config_name, m.mean_experts.estimate, std::exp(m.nll.estimate),
+                     m.mean_experts.lo, m.mean_experts.hi, std::exp(m.nll.lo), std::exp(m.nll.hi)});
+    }
+  } else {
+    for (const ParetoPoint& pt : a.pareto) {
+      if (!std::isfinite(pt.mean_experts)) continue;
+      all.push_back({pt.rule, pt.config_name, pt.mean_experts, pt.perplexity, pt.mean_experts,
+                     pt.mean_experts, pt.perplexity, pt.perplexity});
+    }
+  }
   std::vector<std::string> rules;
-  for (const ParetoPoint& pt : a.pareto) {
+  for (const Point& pt : all) {
     if (std::find(rules.begin(), rules.end(), pt.rule) == rules.end()) rules.push_back(pt.rule);
   }
   std::ostringstream data, plot;
   for (size_t i = 0; i < rules.size(); ++i) {
-    std::vector<const ParetoPoint*> points;
-    for (const ParetoPoint& pt : a.pareto) {
-      if (pt.rule == rules[i] && std::isfinite(pt.mean_experts)) points.push_back(&pt);
+    std::vector<const Point*> points;
+    for (const Point& pt : all) {
+      if (pt.rule == rules[i]) points.push_back(&pt);
     }
-    std::sort(points.begin(), points.end(), [](const ParetoPoint* x, const ParetoPoint* y) {
-      return x->mean_experts < y->mean_experts;
-    });
-    for (const ParetoPoint* pt : points) {
-      data << number(pt->mean_experts) << "\t" << number(pt->perplexity) << "\t"
-           << field(pt->config_name) << "\n";
+    std::sort(points.begin(), points.end(),
+              [](const Point* x, const Point* y) { return x->x < y->x; });
+    for (const Point* pt : points) {
+      data << number(pt->x) << "\t" << number(pt->y) << "\t" << number(pt->x_lo) << "\t"
+           << number(pt->x_hi) << "\t" << number(pt->y_lo) << "\t" << number(pt->y_hi) << "\t"
+           << field(pt->name) << "\n";
     }
     data << "\n\n";
+    const std::string color = gp_string(rule_color(rules[i]));
     plot << (i ? ", \\\n  " : "") << gp_string(p.file.name + ".dat") << " index " << i
-         << " using 1:2 with linespoints lw 2 pt 7 lc rgb " << gp_string(rule_color(rules[i]))
-         << " title " << gp_string(rule_label(rules[i]));
+         << " using 1:2 with lines lw 2 lc rgb " << color << " title " << gp_string(rule_label(rules[i]))
+         << ", \\\n  " << gp_string(p.file.name + ".dat") << " index " << i
+         << " using 1:2:3:4:5:6 with xyerrorbars pt 7 ps 0.8 lc rgb " << color << " notitle";
   }
   p.data = data.str();
   std::ostringstream s;
@@ -495,6 +517,49 @@ PlotScript pareto(const Analysis& a) {
        "token-weighted)\"\n"
     << "set offsets 0, 0, graph 0.05, graph 0.05\nset grid\nset key outside top center "
        "horizontal\nset xrange [0:*]\n"
+    << "plot " << plot.str() << "\n";
+  p.script = s.str();
+  return p;
+}
+
+// The matched-compute differences of every adaptive config (all texts pooled) with their intervals:
+// right of the zero line is better than top-k at equal compute.
+PlotScript matched_delta(const Analysis& a) {
+  PlotScript p;
+  p.file = {"matched_compute_delta", "Quality gain over top-k at matched compute (95% bootstrap)",
+            "Δ NLL = top-k's NLL at the config's mean experts − the config's NLL (nats per token), "
+            "with its 95% bootstrap interval; right of 0 is better than top-k at equal compute."};
+  std::vector<const MatchedPoint*> points;
+  for (const MatchedPoint& m : a.matched) {
+    if (m.scope == "all" && std::isfinite(m.delta_nll.estimate)) points.push_back(&m);
+  }
+  std::ostringstream data, ytics;
+  std::vector<std::string> rules;
+  for (const MatchedPoint* m : points) {
+    if (std::find(rules.begin(), rules.end(), m->rule) == rules.end()) rules.push_back(m->rule);
+  }
+  std::ostringstream plot;
+  int row = 0;
+  for (size_t i = 0; i < rules.size(); ++i) {
+    for (const MatchedPoint* m : points) {
+      if (m->rule != rules[i]) continue;
+      data << number(m->delta_nll.estimate) << "\t" << row << "\t" << number(m->delta_nll.lo)
+           << "\t" << number(m->delta_nll.hi) << "\n";
+      ytics << (row ? ", " : "") << gp_string(m->config_name) << " " << row;
+      ++row;
+    }
+    data << "\n\n";
+    plot << (i ? ", \\\n  " : "") << gp_string(p.file.name + ".dat") << " index " << i
+         << " using 1:2:3:4 with xerrorbars pt 7 ps 1 lw 2 lc rgb " << gp_string(rule_color(rules[i]))
+         << " title " << gp_string(rule_label(rules[i]));
+  }
+  p.data = data.str();
+  std::ostringstream s;
+  s << "set title " << gp_string(p.file.title) << "\n"
+    << "set xlabel \"Δ NLL vs top-k at matched compute (nats per token; > 0: better than top-k)\"\n"
+    << "set ytics (" << ytics.str() << ") font \",10\"\n"
+    << "set yrange [-1:" << row << "]\nset grid x\nset key outside top center horizontal\n"
+    << "set arrow from 0, graph 0 to 0, graph 1 nohead lc rgb \"#444444\" dt 2\n"
     << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
@@ -532,6 +597,9 @@ std::vector<PlotScript> scripts_for(const Analysis& a, const std::vector<ResultR
                     &ConfigSummary::kl_to_native, nullptr));
   }
   if (!a.pareto.empty()) out.push_back(pareto(a));
+  bool any_delta = false;
+  for (const MatchedPoint& m : a.matched) any_delta |= m.scope == "all" && std::isfinite(m.delta_nll.estimate);
+  if (any_delta) out.push_back(matched_delta(a));
   return out;
 }
 
@@ -561,47 +629,116 @@ std::string find_gnuplot() {
   return exe;
 }
 
+void render_plot(const PlotScript& plot, const std::filesystem::path& dir, const std::string& gnuplot,
+                 const std::string& size) {
+  std::filesystem::create_directories(dir);
+  const std::string& name = plot.file.name;
+  std::ostringstream script;
+  script << "# " << plot.file.title << "\n"
+         << "# Made by bhmoe; re-render from this folder with: gnuplot " << name << ".gp\n"
+         << "set encoding utf8\nset datafile separator \"\\t\"\nset datafile missing \"NaN\"\n"
+         << "set terminal pngcairo size " << size << " noenhanced font \"sans,11\"\n"
+         << "set output " << gp_string(name + ".png") << "\n"
+         << plot.script << "set terminal svg size " << size
+         << " noenhanced font \"sans,11\" background \"white\"\n"
+         << "set output " << gp_string(name + ".svg") << "\nreplot\nunset output\n";
+  write_file_atomic(dir / (name + ".dat"), plot.data);
+  write_file_atomic(dir / (name + ".gp"), script.str());
+  std::filesystem::path log = dir / (name + ".log");
+  std::filesystem::remove(dir / (name + ".png"));
+  std::filesystem::remove(dir / (name + ".svg"));
+  int status = 0;
+  // gnuplot runs inside `dir` (the scripts name their outputs relative to it), so the log is
+  // named relative to it too: `dir` itself may be relative to our working directory.
+  run_command("cd " + shell_quote(dir.string()) + " && " + shell_quote(gnuplot) + " " +
+                  shell_quote(name + ".gp") + " >" + shell_quote(name + ".log") + " 2>&1",
+              status);
+  std::string messages = std::filesystem::exists(log) ? read_file(log) : "";
+  bool rendered = std::filesystem::exists(dir / (name + ".png")) &&
+                  std::filesystem::file_size(dir / (name + ".png")) > 0 &&
+                  std::filesystem::exists(dir / (name + ".svg"));
+  if (status != 0 || !rendered) {
+    fail("gnuplot failed on ", (dir / (name + ".gp")).string(), " (exit status ",
+         WIFEXITED(status) ? WEXITSTATUS(status) : -1, "): ", messages.substr(0, 2000));
+  }
+  if (messages.empty()) std::filesystem::remove(log);
+}
+
 std::vector<PlotFile> render_plots(const Analysis& analysis, const std::vector<ResultRow>& rows,
                                    const std::filesystem::path& dir) {
-  std::string gnuplot = find_gnuplot();
-  std::filesystem::create_directories(dir);
+  const std::string gnuplot = find_gnuplot();
   std::vector<PlotFile> files;
   for (const PlotScript& plot : scripts_for(analysis, &rows)) {
     const std::string& name = plot.file.name;
-    bool wide = name == "experts_by_category" || name == "layer_heatmap";
-    std::string size = wide ? "1400,700" : "1000,650";
-    std::ostringstream script;
-    script << "# " << plot.file.title << "\n"
-           << "# Made by bhmoe; re-render from this folder with: gnuplot " << name << ".gp\n"
-           << "set encoding utf8\nset datafile separator \"\\t\"\nset datafile missing \"NaN\"\n"
-           << "set terminal pngcairo size " << size << " noenhanced font \"sans,11\"\n"
-           << "set output " << gp_string(name + ".png") << "\n"
-           << plot.script << "set terminal svg size " << size
-           << " noenhanced font \"sans,11\" background \"white\"\n"
-           << "set output " << gp_string(name + ".svg") << "\nreplot\nunset output\n";
-    write_file_atomic(dir / (name + ".dat"), plot.data);
-    write_file_atomic(dir / (name + ".gp"), script.str());
-    std::filesystem::path log = dir / (name + ".log");
-    std::filesystem::remove(dir / (name + ".png"));
-    std::filesystem::remove(dir / (name + ".svg"));
-    int status = 0;
-    // gnuplot runs inside `dir` (the scripts name their outputs relative to it), so the log is
-    // named relative to it too: `dir` itself may be relative to our working directory.
-    run_command("cd " + shell_quote(dir.string()) + " && " + shell_quote(gnuplot) + " " +
-                    shell_quote(name + ".gp") + " >" + shell_quote(name + ".log") + " 2>&1",
-                status);
-    std::string messages = std::filesystem::exists(log) ? read_file(log) : "";
-    bool rendered = std::filesystem::exists(dir / (name + ".png")) &&
-                    std::filesystem::file_size(dir / (name + ".png")) > 0 &&
-                    std::filesystem::exists(dir / (name + ".svg"));
-    if (status != 0 || !rendered) {
-      fail("gnuplot failed on ", (dir / (name + ".gp")).string(), " (exit status ",
-           WIFEXITED(status) ? WEXITSTATUS(status) : -1, "): ", messages.substr(0, 2000));
-    }
-    if (messages.empty()) std::filesystem::remove(log);
+    const bool wide = name == "experts_by_category" || name == "layer_heatmap";
+    render_plot(plot, dir, gnuplot, wide ? "1400,700" : "1000,650");
     files.push_back(plot.file);
   }
   return files;
+}
+
+PlotScript trace_counts_plot(const std::vector<int32_t>& counts, int64_t num_tokens,
+                             int num_layers, int max_k, const std::string& router,
+                             const std::vector<std::string>& token_labels, std::string name) {
+  if (static_cast<int64_t>(counts.size()) != num_tokens * num_layers) {
+    fail("trace plot: counts holds ", counts.size(), " values, not ", num_tokens, " x ", num_layers);
+  }
+  PlotScript p;
+  p.file.name = std::move(name);
+  p.file.title = "Experts per token and layer: " + router;
+  p.file.caption =
+      "Top: experts selected for each token (x) in each layer (y), darker is more. Bottom: the "
+      "mean over layers per token, with the range across layers shaded.";
+  std::ostringstream data;
+  // Block 0: "token layer count" cells for the heatmap.
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int l = 0; l < num_layers; ++l) {
+      data << t << '\t' << l << '\t' << counts[static_cast<size_t>(t * num_layers + l)] << '\n';
+    }
+  }
+  // Block 1: "token mean min max" over layers.
+  data << "\n\n";
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    double sum = 0;
+    int lo = max_k, hi = 0;
+    for (int l = 0; l < num_layers; ++l) {
+      const int c = counts[static_cast<size_t>(t * num_layers + l)];
+      sum += c;
+      lo = std::min(lo, c);
+      hi = std::max(hi, c);
+    }
+    data << t << '\t' << number(sum / num_layers) << '\t' << lo << '\t' << hi << '\n';
+  }
+  p.data = data.str();
+  const std::string file = gp_string(p.file.name + ".dat");
+  std::string xtics;
+  if (!token_labels.empty() && static_cast<int64_t>(token_labels.size()) == num_tokens &&
+      num_tokens <= 96) {
+    xtics = "set xtics rotate by 60 right font \",9\" (" ;
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      xtics += (t ? ", " : "") + gp_string(token_labels[static_cast<size_t>(t)]) + " " +
+               std::to_string(t);
+    }
+    xtics += ")\n";
+  } else {
+    xtics = "set xtics auto\n";
+  }
+  std::ostringstream s;
+  s << "set multiplot layout 2,1 title " << gp_string(p.file.title) << "\n"
+    << "set xrange [-0.5:" << number(static_cast<double>(num_tokens) - 0.5) << "]\n"
+    << "set yrange [-0.5:" << number(num_layers - 0.5) << "]\n"
+    << "set ylabel \"layer\"\nset xlabel \"\"\n" << xtics
+    << "set cbrange [0:" << max_k << "]\nset cblabel \"experts selected\"\n"
+    << "set palette defined (0 \"#F7FBFF\", 1 \"#9ECAE1\", 2 \"#3182BD\", 3 \"#08306B\")\n"
+    << "plot " << file << " index 0 using 1:2:3 with image notitle\n"
+    << "unset colorbox\nset autoscale y\nset yrange [0:" << max_k << "]\n"
+    << "set ylabel \"experts (mean over layers)\"\nset xlabel \"token\"\n"
+    << "plot " << file << " index 1 using 1:3:4 with filledcurves fc rgb \"#C6DBEF\" "
+    << "title \"range across layers\", \\\n  " << file
+    << " index 1 using 1:2 with lines lw 2 lc rgb \"#08306B\" title \"mean\"\n"
+    << "unset multiplot\n";
+  p.script = s.str();
+  return p;
 }
 
 }  // namespace bhmoe::experiments

@@ -4,6 +4,7 @@
 // re-run them.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -34,5 +35,17 @@ std::string find_gnuplot();
 // and quoting gnuplot's messages when a rendering fails.
 std::vector<PlotFile> render_plots(const Analysis& analysis, const std::vector<ResultRow>& rows,
                                    const std::filesystem::path& dir);
+
+// Writes `plot` into `dir` (created if needed) and renders it with `gnuplot` at `size` pixels
+// ("1000,650"). Throws bhmoe::Error naming the script and quoting gnuplot when rendering fails.
+void render_plot(const PlotScript& plot, const std::filesystem::path& dir, const std::string& gnuplot,
+                 const std::string& size);
+
+// The picture of a routing trace: a heatmap of experts selected per token (x) and layer (y) above
+// the per-token mean over layers with its range. counts is [num_tokens, num_layers]; token_labels
+// (optional, one per token) label the x axis when there are at most 96 tokens.
+PlotScript trace_counts_plot(const std::vector<int32_t>& counts, int64_t num_tokens,
+                             int num_layers, int max_k, const std::string& router,
+                             const std::vector<std::string>& token_labels, std::string name);
 
 }  // namespace bhmoe::experiments

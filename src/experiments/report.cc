@@ -57,6 +57,106 @@ std::string code(const std::string& text) {
   return out;
 }
 
+std::string with_interval(const Interval& i, int digits) {
+  if (!std::isfinite(i.estimate)) return "–";
+  return fixed(i.estimate, digits) + " [" + fixed(i.lo, digits) + ", " + fixed(i.hi, digits) + "]";
+}
+
+// "better" / "worse" when the interval of the matched difference excludes 0, else "no difference".
+const char* verdict(const MatchedPoint& m) {
+  if (!std::isfinite(m.delta_nll.estimate)) return "–";
+  if (m.delta_nll.lo > 0) return "better";
+  if (m.delta_nll.hi < 0) return "worse";
+  return "no difference";
+}
+
+// The matched-compute section: the overall table, then the difference per text (domain).
+void matched_section(std::ostringstream& md, const Analysis& a) {
+  md << "### Held-out text: quality at matched compute, with 95% bootstrap intervals
+
+"
+        "For each config: mean experts per token and layer, and NLL (nats per predicted token, "
+        "token-weighted). **Δ NLL vs top-k** is top-k's NLL read off its curve (linear between "
+        "adjacent k) at the config's own mean experts, minus the config's NLL: **positive means the "
+        "rule is better than top-k at equal compute**. Intervals: 95% percentile bootstrap, "
+        "resampling scoring windows with replacement within each text (never tokens), every config "
+        "on the same draws, fixed seed; p: two-sided bootstrap p of Δ = 0, Holm-adjusted over the "
+        "configs of the table. Configs outside top-k's range of expert counts have no Δ. Also in "
+        "`matched_compute.csv`.\n\n";
+  md << "| config | rule | mean experts [95% CI] | NLL [95% CI] | perplexity | top-k NLL at match | "
+        "Δ NLL vs top-k [95% CI] | p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|\n";
+  std::vector<std::string> scopes;
+  for (const MatchedPoint& m : a.matched) {
+    if (std::find(scopes.begin(), scopes.end(), m.scope) == scopes.end()) scopes.push_back(m.scope);
+    if (m.scope != "all") continue;
+    md << "| " << code(m.config_name) << " | " << m.rule << " | " << with_interval(m.mean_experts, 2)
+       << " | " << with_interval(m.nll, 3) << " | " << fixed(std::exp(m.nll.estimate), 2) << " | "
+       << fixed(m.topk_nll_at_match.estimate, 3) << " | " << with_interval(m.delta_nll, 3) << " | "
+       << (std::isfinite(m.p_holm) ? p_value_text(m.p_holm) : "–") << " | " << verdict(m) << " |\n";
+  }
+  if (scopes.size() > 1) {
+    md << "\nΔ NLL vs top-k [95% CI] per text (domain); each text bootstrapped on its own, Holm over "
+          "the configs of each text:\n\n| config |";
+    for (size_t i = 1; i < scopes.size(); ++i) md << " " << scopes[i] << " |";
+    md << "\n|---|";
+    for (size_t i = 1; i < scopes.size(); ++i) md << "---|";
+    md << "\n";
+    std::vector<std::string> configs;
+    for (const MatchedPoint& m : a.matched) {
+      if (m.rule != "topk" && std::find(configs.begin(), configs.end(), m.config_name) == configs.end()) {
+        configs.push_back(m.config_name);
+      }
+    }
+    for (const std::string& c : configs) {
+      md << "| " << code(c) << " |";
+      for (size_t i = 1; i < scopes.size(); ++i) {
+        const MatchedPoint* found = nullptr;
+        for (const MatchedPoint& m : a.matched) {
+          if (m.scope == scopes[i] && m.config_name == c) found = &m;
+        }
+        md << " " << (found ? with_interval(found->delta_nll, 3) : std::string("–"))
+           << (found && std::string(verdict(*found)) == "better"  ? " ▲"
+               : found && std::string(verdict(*found)) == "worse" ? " ▼"
+                                                                   : "")
+           << " |";
+      }
+      md << "\n";
+    }
+    md << "\n▲ better than top-k at matched compute (interval above 0), ▼ worse (below 0).\n";
+  }
+  md << "\n";
+}
+
+// One line per rule: which of its configs beat top-k at matched compute and which did not.
+void matched_conclusions(std::ostringstream& md, const Analysis& a) {
+  std::vector<std::string> rules;
+  for (const MatchedPoint& m : a.matched) {
+    if (m.scope == "all" && m.rule != "topk" &&
+        std::find(rules.begin(), rules.end(), m.rule) == rules.end()) {
+      rules.push_back(m.rule);
+    }
+  }
+  for (const std::string& rule : rules) {
+    std::vector<std::string> better, worse, same, unmatched;
+    for (const MatchedPoint& m : a.matched) {
+      if (m.scope != "all" || m.rule != rule) continue;
+      const std::string v = verdict(m);
+      (v == "better" ? better : v == "worse" ? worse : v == "no difference" ? same : unmatched)
+          .push_back(code(m.config_name));
+    }
+    auto list = [](const std::vector<std::string>& names) {
+      std::string out;
+      for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+      return out.empty() ? std::string("none") : out;
+    };
+    md << "- Held-out text, rule " << rule << " against top-k at matched compute (95% bootstrap "
+       << "interval of Δ NLL): better: " << list(better) << "; worse: " << list(worse)
+       << "; no detectable difference: " << list(same);
+    if (!unmatched.empty()) md << "; outside top-k's range: " << list(unmatched);
+    md << ".\n";
+  }
+}
+
 std::string duration(double seconds) {
   if (!std::isfinite(seconds)) return "—";
   char buffer[64];
@@ -242,7 +342,8 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
     }
     md << "\n";
   }
-  if (!a.pareto.empty()) {
+  if (!a.matched.empty()) matched_section(md, a);
+  if (!a.pareto.empty() && a.matched.empty()) {
     md << "### Held-out text: perplexity at matched expert use (pareto)\n\n";
     std::string protocol;
     for (const ResultRow& r : rows) {
@@ -447,7 +548,9 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
       }
     }
   }
+  matched_conclusions(md, a);
   for (const std::string rule : {"bh", "topp"}) {
+    if (!a.matched.empty()) break;  // the matched-compute verdicts above replace these lines
     int matched = 0, better = 0;
     double sum_pct = 0;
     for (const ParetoPoint& p : a.pareto) {
@@ -498,7 +601,8 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
   appendix(a.configs);
   appendix(a.score_configs);
   md << "\nFiles: `results.jsonl` (one JSON object per experiment), `bh_routing_results.csv`, "
-        "`max_k_comparison.csv`, `analysis_summary.json`, `run.log`, `plots/`.\n";
+        "`max_k_comparison.csv`, `matched_compute.csv` (text scoring), `analysis_summary.json`, "
+        "`run.log`, `plots/`.\n";
   return md.str();
 }
 
@@ -509,6 +613,9 @@ OutputSummary write_outputs(const std::filesystem::path& out_dir, std::vector<Re
   std::filesystem::create_directories(out_dir);
   write_file_atomic(out_dir / "bh_routing_results.csv", results_csv(rows));
   write_file_atomic(out_dir / "max_k_comparison.csv", max_k_csv(summary.analysis));
+  if (!summary.analysis.matched.empty()) {
+    write_file_atomic(out_dir / "matched_compute.csv", matched_compute_csv(summary.analysis));
+  }
   write_file_atomic(
       out_dir / "analysis_summary.json",
       analysis_to_json(summary.analysis).dump(2, ' ', false, json::error_handler_t::replace) +

@@ -138,6 +138,9 @@ json to_json(const ResultRow& row) {
       {"nll_mean", number_or_null(row.nll_mean)},
       {"perplexity", number_or_null(row.perplexity)},
       {"protocol", row.protocol},
+      {"window_tokens", row.window_tokens},
+      {"window_nll_sum", row.window_nll_sum},
+      {"window_experts", row.window_experts},
       {"inference_time_sec", row.inference_time_sec},
       {"prefill_time_sec", row.prefill_time_sec},
       {"decode_time_sec", row.decode_time_sec},
@@ -214,6 +217,15 @@ ResultRow row_from_json(const json& j, const std::string& source) {
   r.get("nll_mean", row.nll_mean);
   r.get("perplexity", row.perplexity);
   r.get("protocol", row.protocol);
+  r.get("window_tokens", row.window_tokens);
+  r.get("window_nll_sum", row.window_nll_sum);
+  r.get("window_experts", row.window_experts);
+  if (row.window_nll_sum.size() != row.window_tokens.size() ||
+      row.window_experts.size() != row.window_tokens.size()) {
+    fail(source, ": keys 'window_tokens', 'window_nll_sum' and 'window_experts' must have one entry "
+         "per window (", row.window_tokens.size(), ", ", row.window_nll_sum.size(), ", ",
+         row.window_experts.size(), ")");
+  }
   r.get("inference_time_sec", row.inference_time_sec);
   r.get("prefill_time_sec", row.prefill_time_sec);
   r.get("decode_time_sec", row.decode_time_sec);

@@ -67,6 +67,12 @@ struct ResultRow : RouterConfig {
   double nll_mean = kNaN;    // token-weighted mean negative log-likelihood (nats)
   double perplexity = kNaN;  // exp(nll_mean)
   std::string protocol;
+  // Per scoring window (the bootstrap resamples these): tokens in the window (the first is context
+  // only, so it predicts tokens − 1), summed NLL of its predictions, and experts selected over its
+  // tokens summed over every layer.
+  std::vector<int64_t> window_tokens;
+  std::vector<double> window_nll_sum;
+  std::vector<int64_t> window_experts;
 
   // Timing (seconds). inference = prefill + decode of the config's own run; wall includes the
   // quality passes too.

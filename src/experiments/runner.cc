@@ -192,23 +192,19 @@ class Runner {
     session_.set_router(config.router.get());
     session_.set_observer(&observer);
     auto start = Clock::now();
-    double nll = 0;
-    int64_t scored = 0, windows = 0;
-    std::span<const int32_t> all(ids);
-    for (size_t begin = 0; begin < ids.size(); begin += window) {
-      size_t n = std::min(window, ids.size() - begin);
-      if (n < 2) break;
-      for (double logp : model::score_tokens(session_, all.subspan(begin, n))) {
-        nll -= logp;
-        ++scored;
-      }
-      ++windows;
+    const std::vector<model::WindowScore> windows =
+        model::score_windows(session_, ids, static_cast<int64_t>(window));
+    const model::ScoreTotals totals = model::total_score(windows);
+    for (const model::WindowScore& w : windows) {
+      row.window_tokens.push_back(w.tokens);
+      row.window_nll_sum.push_back(w.nll_sum);
+      row.window_experts.push_back(w.experts_selected);
     }
     session_.set_observer(nullptr);
     row.prefill_time_sec = row.inference_time_sec = seconds_since(start);
-    row.num_scored_tokens = scored;
+    row.num_scored_tokens = totals.predicted;
     row.num_input_tokens = static_cast<int64_t>(ids.size());
-    row.nll_mean = nll / static_cast<double>(scored);
+    row.nll_mean = totals.mean_nll();
     row.perplexity = std::exp(row.nll_mean);
     row.tokens_per_sec =
         row.inference_time_sec > 0 ? static_cast<double>(ids.size()) / row.inference_time_sec : 0;
@@ -222,7 +218,6 @@ class Runner {
             "split into non-overlapping windows of ", window,
             " tokens, each scored from an empty cache (a window's first token is context only, not "
             "scored); the config routes every layer");
-    (void)windows;
     fill_stats(stats, row);
   }
 

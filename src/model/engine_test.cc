@@ -433,6 +433,81 @@ TEST_F(EngineTest, CollectRouterLogitsPoolsEveryLayerWindowByWindow) {
   EXPECT_THROW(collect_router_logits(session, long_ids_, 0), Error);
 }
 
+TEST_F(EngineTest, ScoreWindowsCutsTheSequenceAndCountsExpertsPerWindow) {
+  const auto router = routing::make_router(routing::parse_router_spec("topk:k=3"), N());
+  Session session(model_, router.get(), nullptr, 5);
+  const std::span<const int32_t> all(long_ids_);
+  const auto windows = score_windows(session, all, 5);
+  const size_t T = long_ids_.size();
+  // Windows of 5 tokens; a final window of one token predicts nothing and is dropped.
+  ASSERT_EQ(windows.size(), T % 5 == 1 ? T / 5 : (T + 4) / 5);
+  int64_t predicted = 0;
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const WindowScore& ws = windows[w];
+    EXPECT_EQ(ws.begin, static_cast<int64_t>(5 * w));
+    EXPECT_EQ(ws.predicted, ws.tokens - 1);
+    EXPECT_EQ(ws.experts_selected, ws.tokens * 3 * L());  // top-3 in every layer
+    double want = 0;
+    Session reference(model_, router.get(), nullptr, 5);
+    for (double lp : score_tokens(reference, all.subspan(static_cast<size_t>(ws.begin),
+                                                          static_cast<size_t>(ws.tokens)))) {
+      want -= lp;
+    }
+    EXPECT_DOUBLE_EQ(ws.nll_sum, want);
+    predicted += ws.predicted;
+  }
+  const ScoreTotals totals = total_score(windows);
+  EXPECT_EQ(totals.predicted, predicted);
+  EXPECT_EQ(totals.windows, static_cast<int64_t>(windows.size()));
+  EXPECT_THROW(score_windows(session, all, 6), Error);  // beyond the KV cache
+  EXPECT_THROW(score_windows(session, all, 1), Error);
+  EXPECT_THROW(score_windows(session, all.subspan(0, 1), 5), Error);
+}
+
+TEST_F(EngineTest, TraceRoutingRecordsWhatTheObserverSees) {
+  const auto router = routing::make_router(routing::parse_router_spec("bh:alpha=0.3,max_k=4"), N(),
+                                           calibration_);
+  Session session(model_, router.get(), nullptr, 8);
+  std::vector<float> logits(long_ids_.size() * V());
+  const Trace trace = trace_routing(session, long_ids_, 8, true, logits);
+  const int64_t T = static_cast<int64_t>(long_ids_.size());
+  ASSERT_EQ(trace.num_tokens, T);
+  ASSERT_EQ(trace.max_k, 4);
+  EXPECT_EQ(trace.tokens, long_ids_);
+  Recorder recorder;
+  Session reference(model_, router.get(), nullptr, 8);
+  reference.set_observer(&recorder);
+  std::vector<float> want_logits;
+  for (int64_t begin = 0; begin < T; begin += 8) {
+    reference.reset();
+    const auto piece = std::span<const int32_t>(long_ids_).subspan(
+        static_cast<size_t>(begin), static_cast<size_t>(std::min<int64_t>(8, T - begin)));
+    const auto rows = prefill_logits(reference, std::vector<int32_t>(piece.begin(), piece.end()));
+    want_logits.insert(want_logits.end(), rows.begin(), rows.end());
+  }
+  EXPECT_EQ(logits, want_logits);
+  ASSERT_EQ(static_cast<int64_t>(recorder.events.size()), T * L());
+  int64_t window_start = 0;
+  for (size_t i = 0; i < recorder.events.size(); ++i) {
+    const auto& e = recorder.events[i];
+    if (i > 0 && e.layer == 0 && e.position == 0) window_start += 8;  // the next window began
+    const int64_t t = window_start + e.position;
+    const int64_t row = t * L() + e.layer;
+    ASSERT_EQ(trace.counts[static_cast<size_t>(row)], static_cast<int>(e.ids.size()));
+    for (size_t j = 0; j < e.ids.size(); ++j) {
+      EXPECT_EQ(trace.ids[static_cast<size_t>(row * 4) + j], e.ids[j]);
+      EXPECT_EQ(trace.weights[static_cast<size_t>(row * 4) + j], e.weights[j]);
+    }
+    for (size_t j = e.ids.size(); j < 4; ++j) EXPECT_EQ(trace.ids[static_cast<size_t>(row * 4) + j], -1);
+    EXPECT_TRUE(std::equal(e.logits.begin(), e.logits.end(),
+                           trace.router_logits.begin() + row * N()));
+  }
+  EXPECT_EQ(session.router().spec(), router->spec());
+  EXPECT_THROW(trace_routing(session, long_ids_, 9, false), Error);
+  std::vector<float> short_logits(V());
+  EXPECT_THROW(trace_routing(session, long_ids_, 8, false, short_logits), Error);
+}
+
 TEST_F(EngineTest, MakeModelRouterChecksCalibrationCoverage) {
   const auto bh = routing::parse_router_spec("bh:alpha=0.05,max_k=4");
   const auto topk = routing::parse_router_spec("topk:k=2");

@@ -95,6 +95,52 @@ std::vector<double> score_tokens(Session& session, std::span<const int32_t> toke
 
 namespace {
 
+int64_t total_selected(const Session& session) {
+  int64_t sum = 0;
+  for (int64_t s : session.selected_experts_per_layer()) sum += s;
+  return sum;
+}
+
+}  // namespace
+
+std::vector<WindowScore> score_windows(Session& session, std::span<const int32_t> ids,
+                                       int64_t window) {
+  if (window < 2 || window > session.max_tokens()) {
+    fail("score: window ", window, " is outside [2, ", session.max_tokens(),
+         "] (the session's KV cache)");
+  }
+  if (ids.size() < 2) fail("score: ", ids.size(), " token(s); at least 2 are needed");
+  std::vector<WindowScore> windows;
+  const int64_t T = static_cast<int64_t>(ids.size());
+  for (int64_t begin = 0; begin + 1 < T; begin += window) {
+    const int64_t n = std::min(window, T - begin);
+    WindowScore w;
+    w.begin = begin;
+    w.tokens = n;
+    const int64_t selected_before = total_selected(session);
+    for (double lp : score_tokens(session, ids.subspan(static_cast<size_t>(begin),
+                                                       static_cast<size_t>(n)))) {
+      w.nll_sum -= lp;
+    }
+    w.predicted = n - 1;
+    w.experts_selected = total_selected(session) - selected_before;
+    windows.push_back(w);
+  }
+  return windows;
+}
+
+ScoreTotals total_score(std::span<const WindowScore> windows) {
+  ScoreTotals totals;
+  for (const WindowScore& w : windows) {
+    totals.nll_sum += w.nll_sum;
+    totals.predicted += w.predicted;
+    ++totals.windows;
+  }
+  return totals;
+}
+
+namespace {
+
 // Pools every raw router logit of each layer.
 class LogitCollector final : public RouterObserver {
  public:
@@ -131,6 +177,78 @@ std::map<int, std::vector<float>> collect_router_logits(Session& session,
   }
   session.set_observer(nullptr);
   return std::move(collector.samples);
+}
+
+namespace {
+
+// Writes each decision into the trace's [T, L, ...] arrays; `offset` is the sequence index of the
+// current window's position 0.
+class TraceRecorder final : public RouterObserver {
+ public:
+  explicit TraceRecorder(Trace* trace) : trace_(trace) {}
+  void set_offset(int64_t offset) { offset_ = offset; }
+  void on_route(const RouterEvent& event) override {
+    Trace& t = *trace_;
+    const int64_t row = (offset_ + event.position) * t.num_layers + event.layer;
+    const int count = std::min(event.count, t.max_k);
+    t.counts[static_cast<size_t>(row)] = event.count;
+    int32_t* ids = t.ids.data() + row * t.max_k;
+    float* weights = t.weights.data() + row * t.max_k;
+    std::copy(event.ids, event.ids + count, ids);
+    std::copy(event.weights, event.weights + count, weights);
+    if (!t.router_logits.empty()) {
+      std::copy(event.logits, event.logits + event.num_experts,
+                t.router_logits.data() + row * t.num_experts);
+    }
+  }
+
+ private:
+  Trace* trace_;
+  int64_t offset_ = 0;
+};
+
+}  // namespace
+
+Trace trace_routing(Session& session, std::span<const int32_t> ids, int64_t window,
+                    bool keep_router_logits, std::span<float> logits) {
+  if (window < 1 || window > session.max_tokens()) {
+    fail("trace: window ", window, " is outside [1, ", session.max_tokens(),
+         "] (the session's KV cache)");
+  }
+  if (ids.empty()) fail("trace: empty token sequence");
+  const ModelConfig& config = session.model().config();
+  const size_t V = static_cast<size_t>(config.vocab_size);
+  if (!logits.empty() && logits.size() < ids.size() * V) {
+    fail("trace: the logits buffer holds ", logits.size(), " floats; ", ids.size(),
+         " tokens need ", ids.size() * V);
+  }
+  Trace trace;
+  trace.num_tokens = static_cast<int64_t>(ids.size());
+  trace.num_layers = config.num_layers;
+  trace.max_k = session.router().max_count();
+  trace.num_experts = config.num_experts;
+  trace.tokens.assign(ids.begin(), ids.end());
+  const size_t rows = static_cast<size_t>(trace.num_tokens) * static_cast<size_t>(trace.num_layers);
+  trace.ids.assign(rows * static_cast<size_t>(trace.max_k), -1);
+  trace.weights.assign(rows * static_cast<size_t>(trace.max_k), 0.0f);
+  trace.counts.assign(rows, 0);
+  if (keep_router_logits) trace.router_logits.assign(rows * static_cast<size_t>(trace.num_experts), 0.0f);
+
+  TraceRecorder recorder(&trace);
+  session.set_observer(&recorder);
+  try {
+    for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(window)) {
+      const size_t n = std::min(ids.size() - begin, static_cast<size_t>(window));
+      session.reset();
+      recorder.set_offset(static_cast<int64_t>(begin));
+      session.prefill(ids.subspan(begin, n), logits.empty() ? nullptr : logits.data() + begin * V);
+    }
+  } catch (...) {
+    session.set_observer(nullptr);
+    throw;
+  }
+  session.set_observer(nullptr);
+  return trace;
 }
 
 std::unique_ptr<routing::Router> make_model_router(

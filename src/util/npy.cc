@@ -100,11 +100,27 @@ std::string_view dict_value(std::string_view dict, std::string_view key, std::st
   return trim(dict.substr(colon + 1, end - colon - 1));
 }
 
+// What a .npy header says: the dtype text, the shape and where the data starts.
+struct NpyHeader {
+  std::string descr;
+  std::vector<int64_t> shape;
+  size_t data_offset = 0;
+};
+
+NpyHeader parse_header(std::string_view bytes, std::string_view source);
+
+// Checks that the data after the header holds exactly product(shape) items of item_size bytes
+// (before anything is allocated) and returns that product.
+int64_t checked_count(std::string_view bytes, const NpyHeader& header, size_t item_size,
+                      std::string_view source);
+
 enum class Dtype { kF32, kF16, kU16 };
 
 }  // namespace
 
-NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) {
+namespace {
+
+NpyHeader parse_header(std::string_view bytes, std::string_view source) {
   static constexpr char kMagic[] = "\x93NUMPY";
   if (bytes.size() < 10 || bytes.substr(0, 6) != std::string_view(kMagic, 6)) {
     fail(source, ": not a .npy file (missing the \\x93NUMPY magic)");
@@ -138,17 +154,8 @@ NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) 
   if (descr.size() >= 2 && (descr.front() == '\'' || descr.front() == '"')) {
     descr = descr.substr(1, descr.size() - 2);
   }
-  Dtype dtype;
-  if (descr == "<f4" || descr == "=f4") {
-    dtype = Dtype::kF32;
-  } else if (descr == "<f2" || descr == "=f2") {
-    dtype = Dtype::kF16;
-  } else if (descr == "<u2" || descr == "=u2") {
-    dtype = Dtype::kU16;
-  } else {
-    fail(source, ": unsupported .npy dtype '", descr,
-         "' (supported: little-endian float32 <f4, float16 <f2, bfloat16 bits as uint16 <u2)");
-  }
+  NpyHeader header;
+  header.descr = std::string(descr);
   std::string_view order = dict_value(dict, "fortran_order", source);
   if (order == "True") {
     fail(source,
@@ -161,7 +168,6 @@ NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) 
   if (shape_text.size() < 2 || shape_text.front() != '(' || shape_text.back() != ')') {
     fail(source, ": npy header 'shape' is not a tuple: ", shape_text);
   }
-  NpyArray array;
   std::string_view inner = shape_text.substr(1, shape_text.size() - 2);
   while (!trim(inner).empty()) {
     size_t comma = inner.find(',');
@@ -176,24 +182,51 @@ NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) 
       dim = dim * 10 + (c - '0');
       if (dim > (int64_t{1} << 40)) fail(source, ": npy shape entry '", item, "' is too large");
     }
-    array.shape.push_back(dim);
+    header.shape.push_back(dim);
   }
-  // Sizes are checked against the file before anything is allocated: the product of the dims
-  // must fit 64 bits, and the bytes it needs must be in the file.
-  const int64_t count = checked_product(array.shape);
-  const size_t item_size = dtype == Dtype::kF32 ? 4 : 2;
-  const size_t data_offset = offset + header_len;
-  const size_t available = bytes.size() - data_offset;
+  header.data_offset = offset + header_len;
+  return header;
+}
+
+int64_t checked_count(std::string_view bytes, const NpyHeader& header, size_t item_size,
+                      std::string_view source) {
+  // The product of the dims must fit 64 bits, and the bytes it needs must be in the file.
+  const int64_t count = checked_product(header.shape);
+  const size_t available = bytes.size() - header.data_offset;
   if (count < 0 || static_cast<uint64_t>(count) > available / item_size) {
-    fail(source, ": truncated .npy data: shape ", dims_text(array.shape), " needs ",
+    fail(source, ": truncated .npy data: shape ", dims_text(header.shape), " needs ",
          count < 0 ? std::string("more than 2^63 values") : cat(count, " values"), " of ",
          item_size, " bytes, the file has ", available, " data bytes");
   }
   const size_t need = static_cast<size_t>(count) * item_size;
-  if (bytes.size() - data_offset > need) {
-    fail(source, ": .npy file has ", bytes.size() - data_offset - need,
-         " bytes after the data its shape describes");
+  if (available > need) {
+    fail(source, ": .npy file has ", available - need, " bytes after the data its shape describes");
   }
+  return count;
+}
+
+}  // namespace
+
+NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16) {
+  const NpyHeader header = parse_header(bytes, source);
+  const std::string_view descr = header.descr;
+  Dtype dtype;
+  if (descr == "<f4" || descr == "=f4") {
+    dtype = Dtype::kF32;
+  } else if (descr == "<f2" || descr == "=f2") {
+    dtype = Dtype::kF16;
+  } else if (descr == "<u2" || descr == "=u2") {
+    dtype = Dtype::kU16;
+  } else {
+    fail(source, ": unsupported .npy dtype '", descr,
+         "' (supported: little-endian float32 <f4, float16 <f2, bfloat16 bits as uint16 <u2)");
+  }
+  NpyArray array;
+  array.shape = header.shape;
+  const size_t item_size = dtype == Dtype::kF32 ? 4 : 2;
+  const int64_t count = checked_count(bytes, header, item_size, source);
+  const size_t need = static_cast<size_t>(count) * item_size;
+  const size_t data_offset = header.data_offset;
   array.data.resize(static_cast<size_t>(count));
   const char* data = bytes.data() + data_offset;
   static_assert(std::endian::native == std::endian::little,
@@ -219,20 +252,23 @@ NpyArray read_npy(const std::filesystem::path& path, NpyU16 u16) {
   return parse_npy(bytes, path.string(), u16);
 }
 
-std::string npy_bytes(const NpyArray& array) {
-  for (int64_t d : array.shape) {
+static std::string npy_bytes_raw(std::string_view descr, const std::vector<int64_t>& dims,
+                                 const void* data, size_t element_size, size_t count) {
+  int64_t product = 1;
+  for (int64_t d : dims) {
     if (d < 0) fail("write_npy: negative dimension ", d);
+    product *= d;
   }
-  if (array.size() != static_cast<int64_t>(array.data.size())) {
-    fail("write_npy: shape holds ", array.size(), " values but data has ", array.data.size());
+  if (product != static_cast<int64_t>(count)) {
+    fail("write_npy: shape holds ", product, " values but data has ", count);
   }
   std::string shape = "(";
-  for (size_t i = 0; i < array.shape.size(); ++i) {
-    shape += std::to_string(array.shape[i]);
-    shape += array.shape.size() == 1 ? "," : (i + 1 < array.shape.size() ? ", " : "");
+  for (size_t i = 0; i < dims.size(); ++i) {
+    shape += std::to_string(dims[i]);
+    shape += dims.size() == 1 ? "," : (i + 1 < dims.size() ? ", " : "");
   }
   shape += ")";
-  std::string dict = cat("{'descr': '<f4', 'fortran_order': False, 'shape': ", shape, ", }");
+  std::string dict = cat("{'descr': '", descr, "', 'fortran_order': False, 'shape': ", shape, ", }");
   // Pad with spaces so the data starts on a 64-byte boundary; the header ends with a newline.
   size_t prefix = 10;
   size_t total = prefix + dict.size() + 1;
@@ -256,10 +292,85 @@ std::string npy_bytes(const NpyArray& array) {
     out.push_back(static_cast<char>((header_len >> 8) & 0xff));
   }
   out += dict;
-  if (!array.data.empty()) {
-    out.append(reinterpret_cast<const char*>(array.data.data()), array.data.size() * sizeof(float));
-  }
+  if (count > 0) out.append(static_cast<const char*>(data), count * element_size);
   return out;
+}
+
+std::string npy_bytes(const NpyArray& array) {
+  return npy_bytes_raw("<f4", array.shape, array.data.data(), sizeof(float), array.data.size());
+}
+
+std::string npy_bytes_int32(const std::vector<int64_t>& shape, std::span<const int32_t> data) {
+  return npy_bytes_raw("<i4", shape, data.data(), sizeof(int32_t), data.size());
+}
+
+
+NpyInt32Array parse_npy_int32(std::string_view bytes, std::string_view source) {
+  const NpyHeader header = parse_header(bytes, source);
+  const bool wide = header.descr == "<i8" || header.descr == "=i8";
+  if (!wide && header.descr != "<i4" && header.descr != "=i4") {
+    fail(source, ": unsupported .npy dtype '", header.descr,
+         "' for integers (supported: little-endian int32 <i4, int64 <i8)");
+  }
+  const size_t item_size = wide ? 8 : 4;
+  const int64_t count = checked_count(bytes, header, item_size, source);
+  NpyInt32Array array;
+  array.shape = header.shape;
+  array.data.resize(static_cast<size_t>(count));
+  const char* data = bytes.data() + header.data_offset;
+  for (int64_t i = 0; i < count; ++i) {
+    if (wide) {
+      int64_t v;
+      std::memcpy(&v, data + 8 * i, 8);
+      if (v < INT32_MIN || v > INT32_MAX) {
+        fail(source, ": value ", v, " at index ", i, " does not fit int32");
+      }
+      array.data[static_cast<size_t>(i)] = static_cast<int32_t>(v);
+    } else {
+      std::memcpy(&array.data[static_cast<size_t>(i)], data + 4 * i, 4);
+    }
+  }
+  return array;
+}
+
+std::string npy_bytes_string(std::string_view ascii) {
+  std::string utf32;
+  for (char c : ascii) {
+    if (static_cast<unsigned char>(c) > 0x7f) fail("write_npy: string is not ASCII: ", ascii);
+    utf32.push_back(c);
+    utf32.append(3, '\0');
+  }
+  if (ascii.empty()) utf32.assign(4, '\0');  // numpy stores "" as <U1 holding one NUL
+  // A 0-d array: one element of 4 * chars bytes.
+  return npy_bytes_raw(cat("<U", utf32.size() / 4), {}, utf32.data(), utf32.size(), 1);
+}
+
+std::string parse_npy_string(std::string_view bytes, std::string_view source) {
+  const NpyHeader header = parse_header(bytes, source);
+  const std::string_view descr = header.descr;
+  if (descr.size() < 3 || (descr[0] != '<' && descr[0] != '=') || descr[1] != 'U') {
+    fail(source, ": expected a unicode string (<U), got dtype '", descr, "'");
+  }
+  if (!header.shape.empty()) fail(source, ": expected a 0-d string, got shape ", dims_text(header.shape));
+  size_t chars = 0;
+  for (char c : descr.substr(2)) {
+    if (!std::isdigit(static_cast<unsigned char>(c)) || chars > 1'000'000) {
+      fail(source, ": malformed string dtype '", descr, "'");
+    }
+    chars = chars * 10 + static_cast<size_t>(c - '0');
+  }
+  NpyHeader one = header;
+  one.shape = {static_cast<int64_t>(chars)};
+  checked_count(bytes, one, 4, source);
+  std::string text;
+  for (size_t i = 0; i < chars; ++i) {
+    uint32_t code;
+    std::memcpy(&code, bytes.data() + header.data_offset + 4 * i, 4);
+    if (code == 0) break;  // numpy pads shorter strings with NULs
+    if (code > 0x7f) fail(source, ": string holds non-ASCII code point ", code);
+    text.push_back(static_cast<char>(code));
+  }
+  return text;
 }
 
 void write_npy(const std::filesystem::path& path, const NpyArray& array) {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +35,21 @@ NpyArray parse_npy(std::string_view bytes, std::string_view source, NpyU16 u16 =
 // Float32, C order; fails if data.size() != product(shape).
 void write_npy(const std::filesystem::path& path, const NpyArray& array);
 std::string npy_bytes(const NpyArray& array);
+// An int32 (<i4) array, C order; fails if data.size() != product(shape).
+std::string npy_bytes_int32(const std::vector<int64_t>& shape, std::span<const int32_t> data);
+
+// Integer arrays (token and expert ids): <i4, or <i8 (numpy's default integer) when every value
+// fits int32; anything else is an error naming the source.
+struct NpyInt32Array {
+  std::vector<int64_t> shape;
+  std::vector<int32_t> data;
+};
+NpyInt32Array parse_npy_int32(std::string_view bytes, std::string_view source);
+
+// A 0-d unicode array ('<U n'), as numpy.array("text") stores it; `str(a)` in Python gives the
+// text back. ASCII only (router specs, names); other bytes are an error.
+std::string npy_bytes_string(std::string_view ascii);
+std::string parse_npy_string(std::string_view bytes, std::string_view source);
 
 // Conversions used by the reader (exposed for tests).
 float half_to_float(uint16_t bits);

@@ -198,5 +198,43 @@ TEST(Npy, ReadsTheSharedRoutingCases) {
   for (float v : a.data) EXPECT_TRUE(std::isfinite(v));
 }
 
+TEST(NpyInt32, RoundTripsAndWidensInt64WhenEveryValueFits) {
+  const std::vector<int32_t> values = {-1, 0, 7, INT32_MAX, INT32_MIN};
+  const NpyInt32Array a = parse_npy_int32(npy_bytes_int32({5}, values), "ids.npy");
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{5}));
+  EXPECT_EQ(a.data, values);
+
+  std::string wide;
+  for (int64_t v : {int64_t{3}, int64_t{-2}}) wide.append(reinterpret_cast<const char*>(&v), 8);
+  EXPECT_EQ(parse_npy_int32(npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", wide),
+                            "w.npy")
+                .data,
+            (std::vector<int32_t>{3, -2}));
+  std::string big;
+  const int64_t too_big = int64_t{1} << 40;
+  big.append(reinterpret_cast<const char*>(&too_big), 8);
+  EXPECT_THROW(parse_npy_int32(npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", big),
+                               "w.npy"),
+               Error);
+  // Floats are not silently read as ids.
+  EXPECT_THROW(parse_npy_int32(npy_bytes(NpyArray{{1}, {1.0f}}), "f.npy"), Error);
+  // A shape that needs more bytes than the file has.
+  EXPECT_THROW(parse_npy_int32(npy_file("{'descr': '<i4', 'fortran_order': False, 'shape': (9,), }",
+                                        std::string(8, '\0')),
+                               "short.npy"),
+               Error);
+}
+
+TEST(NpyString, RoundTripsAZeroDimensionalUnicodeArray) {
+  const std::string spec = "bh:alpha=0.05,max_k=16";
+  const std::string bytes = npy_bytes_string(spec);
+  EXPECT_NE(bytes.find("'descr': '<U22'"), std::string::npos);
+  EXPECT_NE(bytes.find("'shape': ()"), std::string::npos);
+  EXPECT_EQ(parse_npy_string(bytes, "s.npy"), spec);
+  EXPECT_EQ(parse_npy_string(npy_bytes_string(""), "e.npy"), "");
+  EXPECT_THROW(npy_bytes_string("caf\xc3\xa9"), Error);
+  EXPECT_THROW(parse_npy_string(npy_bytes(NpyArray{{}, {1.0f}}), "f.npy"), Error);
+}
+
 }  // namespace
 }  // namespace bhmoe
