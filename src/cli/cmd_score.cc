@@ -42,7 +42,9 @@ CommandRegistration reg{
           fail("--text-file ", o->text_file, ": ", ids.size(),
                " token(s); at least 2 are needed to score anything");
         }
-        model::Session session(engine.model, engine.router.get(), engine.pool.get(), o->max_length);
+        // Windows are never longer than the text, so neither is the KV cache.
+        model::Session session(engine.model, engine.router.get(), engine.pool.get(),
+                               std::min<int64_t>(o->max_length, static_cast<int64_t>(ids.size())));
         double nll_sum = 0;
         int64_t predicted = 0, windows = 0;
         const auto start = std::chrono::steady_clock::now();
