@@ -330,7 +330,13 @@ class PyModel {
  private:
   std::unique_ptr<routing::Router> make_router(const py::object& router, const py::object& calibration) {
     if (router.is_none()) return nullptr;
-    return model::make_model_router(model_->config(), to_spec(router), to_calibration(calibration));
+    auto loaded = to_calibration(calibration);
+    // A calibration given as a path is named by it in messages.
+    const std::string source =
+        calibration.is_none() || py::isinstance<routing::Calibration>(calibration)
+            ? std::string("(a bhmoe.Calibration)")
+            : std::string(py::str(py::module_::import("os").attr("fspath")(calibration)));
+    return model::make_model_router(model_->config(), to_spec(router), std::move(loaded), source);
   }
 
   std::shared_ptr<const model::Model> model_;

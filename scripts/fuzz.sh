@@ -18,7 +18,7 @@ shared=${BHMOE_SHARED_DIR:-$root/../shared}
 out=${FUZZ_DIR:-$root/build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 cxx=${FUZZ_CXX:-clang++}
-all_targets=(safetensors config tokenizer npy calibration router_spec)
+all_targets=(safetensors config tokenizer npy calibration router_spec experiment)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
@@ -32,7 +32,7 @@ mkdir -p "$out/obj" "$out/bin" "$out/logs" "$out/artifacts"
 # The parsers under test and what they need; only these are compiled (with coverage
 # instrumentation), archived, and linked into each target as needed.
 sources=(util/file.cc util/json.cc util/npy.cc routing/calibration.cc routing/spec.cc
-         model/safetensors.cc model/config.cc model/tokenizer.cc)
+         model/safetensors.cc model/config.cc model/tokenizer.cc experiments/experiment.cc)
 newest_header=$(find "$root/src" -name '*.h' -printf '%T@\n' | sort -n | tail -1)
 stale() {  # stale OUTPUT INPUT: OUTPUT is missing or older than INPUT or than any header
   [ ! -e "$1" ] && return 0
@@ -69,7 +69,7 @@ done
 # mutations reach the parsers' checks rather than spending the time on megabytes of valid data).
 seeds="$out/seeds"
 rm -rf "$seeds"
-mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,calibration,router_spec}
+mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,calibration,router_spec,experiment}
 for f in "$shared"/olmoe/config.json "$shared"/golden/*/config.json; do
   [ -f "$f" ] && cp "$f" "$seeds/config/$(echo "$f" | md5sum | cut -c1-12).json"
 done
@@ -116,14 +116,30 @@ for i, path in enumerate(sorted(glob.glob(f"{shared}/golden/*/model.safetensors"
     text = json.dumps(out).encode()
     text += b" " * (-len(text) % 8)
     open(f"{seeds}/safetensors/{i}.safetensors", "wb").write(struct.pack("<Q", len(text)) + text + data)
+# Experiment files: every key of the format (experiment.h), with the shared routing cases' specs.
+specs = ["topk:k=8", "bh:alpha=0.05,max_k=16", "topp:p=0.7,max_k=16"]
+experiments = [
+    {"name": "seed-like", "routers": specs, "prompts": ["The cat sat on the", "Once upon a time"]},
+    {"name": "full", "routers": ["topk:k=8", {"name": "bh_a005", "spec": specs[1]}],
+     "prompts": [{"text": "The cat sat", "category": "simple", "description": "d", "id": "cat"}],
+     "prompt_files": [{"path": "prompts.txt", "category": "domain"}],
+     "texts": ["heldout.txt", {"name": "wiki", "path": "wiki.txt"}], "score_routers": specs,
+     "generation": {"max_new_tokens": 50, "temperature": 0, "top_p": 1, "seed": 0,
+                    "stop_at_eos": True},
+     "scoring": {"window": 512, "max_tokens": 0}, "calibration": {"file": "calibration.json"}},
+    {"name": "text", "texts": ["/dev/null"], "score_routers": ["topk:k=2"],
+     "calibration": {"text": "calib.txt", "method": "kde"}},
+]
+for i, doc in enumerate(experiments):
+    open(f"{seeds}/experiment/{i}.json", "w").write(json.dumps(doc))
 PY
 
 [ -n "${FUZZ_BUILD_ONLY:-}" ] && exit 0
 
 declare -A max_len=([safetensors]=16384 [config]=4096 [tokenizer]=65536 [npy]=65536
-                    [calibration]=16384 [router_spec]=256)
+                    [calibration]=16384 [router_spec]=256 [experiment]=4096)
 declare -A dict=([safetensors]=json [config]=json [tokenizer]=json [npy]=npy [calibration]=json
-                 [router_spec]=spec)
+                 [router_spec]=spec [experiment]=experiment)
 status=0
 printf '%-12s %10s %8s %6s %7s %6s  %s\n' target runs exec/s cov ft corpus outcome
 for t in "${targets[@]}"; do

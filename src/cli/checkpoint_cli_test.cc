@@ -4,9 +4,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -142,6 +145,64 @@ TEST_F(CheckpointCli, InspectCorruptWeights) {
   EXPECT_THAT(r.err, AllOf(HasSubstr("model.safetensors"), HasSubstr("truncated")));
 }
 
+// Writes the f32 `value` over flat element `index` of `tensor` in a safetensors file, in place.
+void plant_f32(const fs::path& file, const std::string& tensor, int64_t index, float value) {
+  std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t header_size = 0;
+  io.read(reinterpret_cast<char*>(&header_size), 8);
+  std::string header(header_size, '\0');
+  io.read(header.data(), static_cast<std::streamsize>(header_size));
+  const nlohmann::json entry = nlohmann::json::parse(header).at(tensor);
+  ASSERT_EQ(entry.at("dtype"), "F32");
+  const uint64_t begin = entry.at("data_offsets")[0].get<uint64_t>();
+  io.seekp(static_cast<std::streamoff>(8 + header_size + begin + index * 4));
+  io.write(reinterpret_cast<const char*>(&value), 4);
+  ASSERT_TRUE(io.good());
+}
+
+TEST_F(CheckpointCli, InspectCheckWeightsFindsTheFirstNonFiniteValue) {
+  ASSERT_EQ(run("make-model " + path("m") + " --dtype f32").status, 0);
+  CliResult clean = run("inspect --model " + path("m") + " --check-weights");
+  ASSERT_EQ(clean.status, 0) << clean.err;
+  EXPECT_THAT(clean.out, HasSubstr("all finite"));
+  CliResult clean_json = run("inspect --model " + path("m") + " --check-weights --json");
+  ASSERT_EQ(clean_json.status, 0) << clean_json.err;
+  EXPECT_EQ(nlohmann::json::parse(clean_json.out)["weights_finite"], true);
+
+  // Expert 3's up projection of layer 1 is [F 32, D 64]: [2, 5] is flat element 133. An infinity
+  // planted later in the file must not be the one reported.
+  const std::string tensor = "model.layers.1.mlp.experts.3.up_proj.weight";
+  plant_f32(dir_ / "m" / "model.safetensors", tensor, 133, std::nanf(""));
+  plant_f32(dir_ / "m" / "model.safetensors", "lm_head.weight", 9,
+            std::numeric_limits<float>::infinity());
+  // Without the flag the values are not read.
+  EXPECT_EQ(run("inspect --model " + path("m")).status, 0);
+  CliResult r = run("inspect --model " + path("m") + " --check-weights");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, AllOf(HasSubstr("bhmoe: error: --check-weights: "),
+                           HasSubstr("model.safetensors: tensor " + tensor +
+                                     " element [2, 5] (flat index 133) is nan")));
+  EXPECT_EQ(r.out, "");
+}
+
+// A NaN in the weights that reaches the logits is an error naming the position, not garbage text
+// or a perplexity of nan.
+TEST_F(CheckpointCli, NonFiniteLogitsAreAnErrorNotGarbage) {
+  ASSERT_EQ(run("make-model " + path("m") + " --dtype f32").status, 0);
+  plant_f32(dir_ / "m" / "model.safetensors", "lm_head.weight", 65, std::nanf(""));  // row 1
+  CliResult generated =
+      run("generate --model " + path("m") + " --threads 1 --prompt abc --max-new-tokens 4");
+  EXPECT_EQ(generated.status, 1);
+  EXPECT_THAT(generated.err, AllOf(HasSubstr("bhmoe: error:"), HasSubstr("non-finite logit"),
+                                   HasSubstr("at position 2"), HasSubstr("--check-weights")));
+  std::ofstream(dir_ / "text.txt") << "some text to score";
+  CliResult scored =
+      run("score --model " + path("m") + " --threads 1 --text-file " + path("text.txt"));
+  EXPECT_EQ(scored.status, 1);
+  EXPECT_THAT(scored.err, AllOf(HasSubstr("non-finite logit"), HasSubstr("at position 0")));
+  EXPECT_THAT(scored.out, Not(HasSubstr("perplexity")));
+}
+
 TEST_F(CheckpointCli, MakeModelRefusesNonEmptyDirectory) {
   ASSERT_EQ(run("make-model " + path("m")).status, 0);
   std::string before = slurp(dir_ / "m" / "model.safetensors");
@@ -158,6 +219,12 @@ TEST_F(CheckpointCli, MakeModelBadOptions) {
   CliResult dtype = run("make-model " + path("m") + " --dtype int8");
   EXPECT_NE(dtype.status, 0);
   EXPECT_THAT(dtype.err, HasSubstr("int8"));
+  for (const char* args : {"--seed -1", "--seed 18446744073709551616", "--threads 5000"}) {
+    CliResult r = run("make-model " + path("m") + " " + args);
+    EXPECT_EQ(r.status, 1) << args;
+    EXPECT_THAT(r.err, HasSubstr(std::string("bhmoe: error: ") + std::string(args).substr(0, 6)))
+        << args;
+  }
   CliResult tokenizer = run("make-model " + path("m") + " --tokenizer " + path("none.json"));
   EXPECT_EQ(tokenizer.status, 1);
   EXPECT_THAT(tokenizer.err, HasSubstr("none.json"));

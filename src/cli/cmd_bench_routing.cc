@@ -159,9 +159,15 @@ CommandRegistration registration{
                      cat("calibration JSON for bh (default: ", kDefaultCalibration,
                          " if it exists, else a KDE fitted on random logits)"));
       app.add_option("--layer", o->layer, "layer to route")->capture_default_str();
-      app.add_option("--tokens", o->tokens, "batch size")->capture_default_str();
-      app.add_option("--seconds", o->seconds, "time budget per measurement")->capture_default_str();
-      app.add_option("--seed", o->seed, "random seed of the logits")->capture_default_str();
+      app.add_option("--tokens", o->tokens, "batch size (at most 1048576)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+      app.add_option("--seconds", o->seconds, "time budget per measurement (at most 3600)")
+          ->capture_default_str()
+          ->check(finite_range(0.0, 3600.0));
+      app.add_option("--seed", o->seed, "random seed of the logits")
+          ->capture_default_str()
+          ->check(unsigned_integer());
       app.add_option(
              "--logits-from", o->logits_from,
              "normal: standard normal logits; calibration: drawn from the layer's calibrated "

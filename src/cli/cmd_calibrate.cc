@@ -47,9 +47,11 @@ CommandRegistration reg{
         if (ids.empty()) fail("--text-file ", o->text_file, ": the text encodes to no tokens");
         if (static_cast<int64_t>(ids.size()) > o->max_tokens)
           ids.resize(static_cast<size_t>(o->max_tokens));
-        model::Session session(engine.model, nullptr, engine.pool.get(), o->max_length);
+        // A window longer than the text is the text: the KV cache is never sized beyond it.
+        const int64_t window = std::min<int64_t>(o->max_length, static_cast<int64_t>(ids.size()));
+        model::Session session(engine.model, nullptr, engine.pool.get(), window);
         const std::map<int, std::vector<float>> samples =
-            model::collect_router_logits(session, ids, o->max_length);
+            model::collect_router_logits(session, ids, window);
         routing::Calibration calibration =
             routing::fit_calibration(samples, method, o->grid_points);
         calibration.model = config.model_type + " " + engine.model->dir().filename().string();

@@ -7,6 +7,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_common.h"
+#include "util/file.h"
 
 namespace bhmoe::cli {
 namespace {
@@ -14,6 +15,7 @@ namespace {
 struct GenerateCliOptions {
   EngineOptions engine;
   std::string prompt;
+  std::string prompt_file;
   int max_new_tokens = 50;
   float temperature = 0.0f;
   float top_p = 1.0f;
@@ -25,26 +27,53 @@ CommandRegistration reg{
     "generate", "Generate text from a prompt with any router", [](CLI::App& app) {
       auto o = std::make_shared<GenerateCliOptions>();
       add_engine_options(app, o->engine);
-      app.add_option("--prompt", o->prompt, "Prompt text")->required();
+      auto* prompt = app.add_option("--prompt", o->prompt, "Prompt text");
+      auto* prompt_file =
+          app.add_option("--prompt-file", o->prompt_file, "A file holding the prompt text");
+      prompt->excludes(prompt_file);
       app.add_option("--max-new-tokens", o->max_new_tokens,
-                     "Tokens to generate (stops early at EOS)")
+                     "Tokens to generate (stops early at EOS); the prompt and these must fit the "
+                     "model's context (max_position_embeddings)")
           ->check(CLI::NonNegativeNumber);
       app.add_option("--temperature", o->temperature, "0: greedy; > 0: sampling temperature");
       app.add_option("--top-p", o->top_p, "Nucleus sampling mass in (0, 1]");
-      app.add_option("--seed", o->seed, "Sampling seed");
+      app.add_option("--seed", o->seed, "Sampling seed")->check(unsigned_integer());
       app.add_flag("--json", o->json, "Print one JSON line instead of streaming text");
-      return [o]() {
+      return [o, prompt, prompt_file]() {
+        if (prompt->count() == 0 && prompt_file->count() == 0) {
+          fail("give the prompt as --prompt TEXT or --prompt-file FILE");
+        }
         // The sampler checks these too, in its own words; checking first names the flags.
         if (!(o->temperature >= 0.0f) || !std::isfinite(o->temperature)) {
           fail("--temperature ", o->temperature, ": must be a finite value >= 0");
         }
-        if (!(o->top_p > 0.0f && o->top_p <= 1.0f)) fail("--top-p ", o->top_p, ": must be in (0, 1]");
+        if (!(o->top_p > 0.0f && o->top_p <= 1.0f))
+          fail("--top-p ", o->top_p, ": must be in (0, 1]");
+        const std::string flag =
+            o->prompt_file.empty() ? std::string("--prompt") : "--prompt-file " + o->prompt_file;
+        const std::string prompt_text =
+            o->prompt_file.empty() ? o->prompt : read_regular_file(o->prompt_file);
         Engine engine = open_engine(o->engine);
         const model::Tokenizer& tokenizer = engine.model->tokenizer();
-        const std::vector<int32_t> prompt = tokenizer.encode(o->prompt);
-        if (prompt.empty()) fail("--prompt: empty prompt (it encodes to no tokens)");
+        const std::vector<int32_t> prompt = tokenizer.encode(prompt_text);
+        if (prompt.empty()) fail(flag, ": empty prompt (it encodes to no tokens)");
+        // The session (its KV cache) is sized by the prompt and the new tokens, so both are bounded
+        // by the model's context before it is allocated.
+        const int64_t context = engine.model->config().max_position_embeddings;
+        const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
+        if (prompt_tokens > context) {
+          fail(flag, ": the prompt is ", prompt_tokens,
+               " tokens, longer than the model's context of ", context,
+               " tokens (max_position_embeddings)");
+        }
+        if (prompt_tokens + o->max_new_tokens > context) {
+          fail("--max-new-tokens ", o->max_new_tokens, ": with the ", prompt_tokens,
+               "-token prompt this exceeds the model's context of ", context,
+               " tokens (max_position_embeddings); at most ", context - prompt_tokens,
+               " new tokens fit");
+        }
         model::Session session(engine.model, engine.router.get(), engine.pool.get(),
-                               static_cast<int64_t>(prompt.size()) + o->max_new_tokens);
+                               prompt_tokens + o->max_new_tokens);
         model::GenerateOptions options;
         options.max_new_tokens = o->max_new_tokens;
         options.temperature = o->temperature;

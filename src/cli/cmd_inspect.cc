@@ -1,8 +1,10 @@
 // bhmoe inspect: what a checkpoint directory holds (config, parameter counts, dtypes, files,
 // layout).
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -11,6 +13,7 @@
 #include "cli/command.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/safetensors.h"
 #include "util/error.h"
 
 namespace {
@@ -32,8 +35,20 @@ std::string with_units(double count) {
   return text;
 }
 
-int inspect(const std::string& dir, bool as_json) {
+// --check-weights: every value of every floating-point tensor must be finite. The first NaN or
+// infinity is an error naming the file, the tensor and the element.
+void check_weights(const model::Checkpoint& checkpoint) {
+  const std::optional<model::NonFiniteValue> bad = checkpoint.find_non_finite();
+  if (!bad) return;
+  const char* value = std::isnan(bad->value) ? "nan" : bad->value > 0 ? "inf" : "-inf";
+  fail("--check-weights: ", bad->file.string(), ": tensor ", bad->tensor, " element ",
+       model::element_index_text(bad->shape, bad->index), " (flat index ", bad->index, ") is ",
+       value, " (the first non-finite value; the weights are corrupt)");
+}
+
+int inspect(const std::string& dir, bool as_json, bool weights) {
   auto checkpoint = model::Checkpoint::open(dir);
+  if (weights) check_weights(*checkpoint);
   const model::ModelConfig& c = checkpoint->config();
   const model::ParameterCounts p = model::count_parameters(c);
   std::set<std::string> dtypes;
@@ -64,6 +79,7 @@ int inspect(const std::string& dir, bool as_json) {
     out["tokenizer"] = has_tokenizer ? nlohmann::json{{"name", "tokenizer.json"},
                                                       {"bytes", fs::file_size(tokenizer)}}
                                      : nlohmann::json(nullptr);
+    if (weights) out["weights_finite"] = true;
     std::cout << out.dump() << "\n";
     return 0;
   }
@@ -102,6 +118,7 @@ int inspect(const std::string& dir, bool as_json) {
     std::printf("  %-40s %15zu bytes  %5zu tensors  %s\n", f.path.filename().c_str(), f.bytes,
                 f.tensors, file_dtypes.c_str());
   }
+  if (weights) std::printf("values       all finite (checked every floating-point tensor)\n");
   if (has_tokenizer) {
     std::printf("tokenizer    tokenizer.json, %ju bytes\n",
                 static_cast<uintmax_t>(fs::file_size(tokenizer)));
@@ -116,9 +133,13 @@ cli::CommandRegistration inspect_command{
     [](CLI::App& app) {
       auto dir = std::make_shared<std::string>();
       auto as_json = std::make_shared<bool>(false);
+      auto weights = std::make_shared<bool>(false);
       app.add_option("--model", *dir, "Checkpoint directory")->required();
       app.add_flag("--json", *as_json, "Print one JSON object");
-      return [dir, as_json]() { return inspect(*dir, *as_json); };
+      app.add_flag("--check-weights", *weights,
+                   "Read every weight and fail (exit 1) at the first NaN or infinity, naming the "
+                   "tensor and element");
+      return [dir, as_json, weights]() { return inspect(*dir, *as_json, *weights); };
     }};
 
 }  // namespace

@@ -30,6 +30,13 @@ CommandRegistration reg{
         const std::vector<int32_t> ids = parse_ids(o->ids);
         Engine engine = open_engine(o->engine);
         const int V = engine.model->config().vocab_size;
+        // The [T, V] output and the KV cache grow with T: bounded by the context before either is
+        // allocated.
+        const int64_t context = engine.model->config().max_position_embeddings;
+        if (static_cast<int64_t>(ids.size()) > context) {
+          fail("--ids: ", ids.size(), " tokens, more than the model's context of ", context,
+               " tokens (max_position_embeddings)");
+        }
         model::Session session(engine.model, engine.router.get(), engine.pool.get(),
                                static_cast<int64_t>(ids.size()));
         NpyArray array;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "kernels/thread_pool.h"
 #include "model/config.h"
 #include "model/make_model.h"
 #include "util/error.h"
@@ -39,7 +40,8 @@ cli::CommandRegistration make_model_command{
           ->check(CLI::PositiveNumber);
       app.add_option("--dtype", args->dtype, "Weight dtype: bf16 (default), f16 or f32")
           ->check(CLI::IsMember({"bf16", "f16", "f32"}));
-      app.add_option("--seed", args->seed, "Random seed (default 0)");
+      app.add_option("--seed", args->seed, "Random seed (default 0)")
+          ->check(cli::unsigned_integer());
       app.add_option(
           "--tokenizer", args->tokenizer,
           "tokenizer.json to copy (default: a byte-level tokenizer, 256 bytes + <|endoftext|>)");
@@ -48,8 +50,10 @@ cli::CommandRegistration make_model_command{
       app.add_option("--max-shard-bytes", args->max_shard_bytes,
                      "Tensor bytes per safetensors shard (default 5000000000, as the hub)")
           ->check(CLI::PositiveNumber);
-      app.add_option("--threads", args->threads, "Generator threads (default 2)")
-          ->check(CLI::PositiveNumber);
+      app.add_option(
+             "--threads", args->threads,
+             "Generator threads (default 2; at most " + std::to_string(kernels::kMaxThreads) + ")")
+          ->check(CLI::Range(1, kernels::kMaxThreads));
       return [args]() {
         model::MakeModelOptions options;
         options.preset = args->preset;

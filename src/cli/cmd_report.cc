@@ -6,6 +6,7 @@
 #include "experiments/report.h"
 #include "experiments/results.h"
 #include "util/error.h"
+#include "util/file.h"
 
 namespace bhmoe::cli {
 namespace {
@@ -16,9 +17,17 @@ CommandRegistration reg{
       auto out = std::make_shared<std::filesystem::path>();
       app.add_option("--out", *out, "The run's output folder (holding results.jsonl)")->required();
       return [out]() {
+        if (std::filesystem::exists(*out)) {
+          try {
+            require_directory(*out);
+          } catch (const Error& e) {
+            fail("--out: ", e.what());
+          }
+        }
         std::filesystem::path results = *out / "results.jsonl";
         if (!std::filesystem::is_regular_file(results))
           fail("report: ", results.string(), " does not exist");
+        const DirectoryLock lock(*out);  // a run or merge writing the folder would race the report
         experiments::LoadedResults loaded = experiments::load_results(results);
         if (loaded.torn_tail) {
           std::fprintf(stderr, "bhmoe report: ignored an incomplete last line in %s\n",

@@ -38,8 +38,7 @@ CommandRegistration reg{
       app.add_option(
           "--shard", *shard,
           "I/N: run only grid items whose index % N == I (0-based), e.g. a Slurm array task");
-      app.add_option("--threads", o->threads, "Worker threads (0: all cores)")
-          ->check(CLI::NonNegativeNumber);
+      add_threads_option(app, o->threads);
       app.add_option("--weights", o->weights, kWeightsHelp)
           ->check(CLI::IsMember({"native", "bf16", "q8"}));
       app.add_option("--limit", o->limit,

@@ -42,10 +42,12 @@ CommandRegistration reg{
           fail("--text-file ", o->text_file, ": ", ids.size(),
                " token(s); at least 2 are needed to score anything");
         }
-        model::Session session(engine.model, engine.router.get(), engine.pool.get(), o->max_length);
+        // Windows are never longer than the text, so neither is the KV cache.
+        const int64_t window = std::min<int64_t>(o->max_length, static_cast<int64_t>(ids.size()));
+        model::Session session(engine.model, engine.router.get(), engine.pool.get(), window);
         const auto start = std::chrono::steady_clock::now();
         const model::ScoreTotals totals =
-            model::total_score(model::score_windows(session, ids, o->max_length));
+            model::total_score(model::score_windows(session, ids, window));
         const int64_t predicted = totals.predicted, windows = totals.windows;
         const double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

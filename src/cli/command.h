@@ -31,6 +31,15 @@ std::vector<CommandInfo>& command_registry();
 // naming the option and the item at fault.
 std::vector<int> parse_positive_int_list(const std::string& text, const char* option);
 
+// A validator for a floating-point option: the value must be finite and in [min, max].
+// CLI::Range alone lets nan through (every comparison with it is false) and inf up to an infinite
+// max; a time budget of nan or inf seconds would never end.
+CLI::Validator finite_range(double min, double max);
+
+// A validator for a seed (uint64_t): decimal digits only, at most 2^64 - 1. CLI11 itself converts
+// "-1" to 2^64 - 1 without a word.
+CLI::Validator unsigned_integer();
+
 struct CommandRegistration {
   CommandRegistration(std::string path, std::string description, Setup setup) {
     command_registry().push_back({std::move(path), std::move(description), std::move(setup)});

@@ -255,6 +255,62 @@ TEST(EngineCli, BenchModelPrintsOneJsonLine) {
   EXPECT_NE(slurp(err).find("no matching bench model lines"), std::string::npos) << slurp(err);
 }
 
+// Numbers from the command line are bounded before they size anything, and every parse error
+// (CLI11's included) is "bhmoe: error: ..." naming the flag, with status 1.
+TEST(EngineCli, NumericOptionsAreBoundedAndNamed) {
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --threads 5000"),
+                    "--threads: Value 5000 not in range 0 to 1024");
+  expect_user_error(bhmoe("generate --model '" + kGolden.string() + "' --prompt hi --threads -1"),
+                    "--threads");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --seed -1"), "--seed");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --seed 1e30"), "--seed");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --max-new-tokens 99999999999"),
+                    "--max-new-tokens");
+  // Within int, but beyond the context: refused before the KV cache is sized by it.
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --max-new-tokens 2000000000"),
+                    "--max-new-tokens 2000000000: with the 2-token prompt this exceeds the "
+                    "model's context of 4096 tokens (max_position_embeddings); at most 4094");
+  expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --no-such-flag"),
+                    "--no-such-flag");
+  expect_user_error(bhmoe("generate " + model_arg()), "--prompt");
+  expect_user_error(bhmoe("score " + model_arg() + " --text-file x --max-length 1"),
+                    "--max-length");
+
+  // A 100 KB prompt file is beyond the 4096-token context: a clear error, not a crash.
+  const fs::path long_prompt = scratch_dir() / "long_prompt.txt";
+  {
+    std::ofstream out(long_prompt);
+    for (size_t n = 0; n < 100 * 1024; n += 23) out << "the cat sat on the mat ";
+  }
+  const CliRun too_long = bhmoe("generate " + model_arg() + " --prompt-file '" +
+                                long_prompt.string() + "' --max-new-tokens 5");
+  expect_user_error(too_long, "--prompt-file " + long_prompt.string() + ": the prompt is ");
+  expect_user_error(too_long, "longer than the model's context of 4096 tokens");
+  const CliRun as_flag = bhmoe("generate " + model_arg() + " --prompt \"$(cat '" +
+                               long_prompt.string() + "')\" --max-new-tokens 5");
+  expect_user_error(as_flag, "--prompt: the prompt is ");
+  expect_user_error(bhmoe("logits " + model_arg() +
+                          " --ids \"$(seq -s ' ' 1 5000 | tr -d '\\n')\" "
+                          "--out '" +
+                          (scratch_dir() / "l.npy").string() + "'"),
+                    "--ids: 5000 tokens, more than the model's context of 4096");
+
+  // The prompt file gives the same tokens as the flag.
+  const fs::path short_prompt = scratch_dir() / "short_prompt.txt";
+  std::ofstream(short_prompt) << "Hello world";
+  const CliRun from_file = bhmoe("generate " + model_arg() + " --prompt-file '" +
+                                 short_prompt.string() + "' --max-new-tokens 3 --json");
+  const CliRun from_flag =
+      bhmoe("generate " + model_arg() + " --prompt 'Hello world' --max-new-tokens 3 --json");
+  ASSERT_EQ(from_file.status, 0) << from_file.err;
+  ASSERT_EQ(from_flag.status, 0) << from_flag.err;
+  EXPECT_EQ(nlohmann::json::parse(from_file.out)["token_ids"],
+            nlohmann::json::parse(from_flag.out)["token_ids"]);
+  expect_user_error(
+      bhmoe("generate " + model_arg() + " --prompt-file '" + scratch_dir().string() + "'"),
+      "is a directory, not a regular file");
+}
+
 TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
   const fs::path out = scratch_dir() / "x.npy";
   expect_user_error(bhmoe("logits " + model_arg() + " --ids '1 x 3' --out '" + out.string() + "'"),
@@ -272,8 +328,25 @@ TEST(EngineCli, BadInputGivesAClearErrorAndExitStatus1) {
                     "/nonexistent/text.txt");
   expect_user_error(bhmoe("generate " + model_arg() + " --prompt hi --top-p 2 --temperature 1"),
                     "top-p");
-  // Command-line syntax errors (CLI11) also exit non-zero.
-  EXPECT_NE(bhmoe("logits " + model_arg() + " --ids 1").status, 0);
+  // A calibration that does not fit the model (tiny-f32 has layers 0 and 1) is refused by name.
+  const fs::path partial = scratch_dir() / "layer0_only.json";
+  std::ofstream(partial) << R"({"format": "bh-calibration-grid/1", "layers": [)"
+                         << R"({"layer": 0, "x": [-1, 1], "cdf": [0, 1]}]})";
+  const CliRun no_layer1 =
+      bhmoe("generate " + model_arg() +
+            " --prompt hi --router bh:alpha=0.05,max_k=4 --calibration '" + partial.string() + "'");
+  expect_user_error(no_layer1, partial.string());
+  expect_user_error(no_layer1, "has no layer 1 of the model's 2 layers");
+  // Command-line syntax errors (CLI11) exit 1 too, in the same form.
+  expect_user_error(bhmoe("logits " + model_arg() + " --ids 1"), "--out");
+  // --help is not an error.
+  const CliRun help = bhmoe("generate --help");
+  EXPECT_EQ(help.status, 0) << help.err;
+  EXPECT_NE(help.out.find("--max-new-tokens"), std::string::npos);
+  // --model naming a file.
+  expect_user_error(
+      bhmoe("generate --model '" + (kGolden / "config.json").string() + "' --prompt hi"),
+      (kGolden / "config.json").string() + " is not a directory (it is a regular file)");
 }
 
 // A trace as numpy.load sees it, read with the util layer only (not the writer's own reader).

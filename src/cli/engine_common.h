@@ -28,6 +28,16 @@ inline constexpr const char* kWeightsHelp =
     "native (zero-copy mmap as stored), bf16 (a bf16 copy in huge pages: faster prefill, load-time "
     "copy) or q8 (8-bit, quantised at load, in huge pages)";
 
+// --threads: 0 (all cores) to kernels::kMaxThreads; CLI11 names the flag and the range when a
+// value is outside it.
+inline CLI::Option* add_threads_option(CLI::App& app, int& threads) {
+  return app
+      .add_option(
+          "--threads", threads,
+          "Worker threads (0: all cores; at most " + std::to_string(kernels::kMaxThreads) + ")")
+      ->check(CLI::Range(0, kernels::kMaxThreads));
+}
+
 struct EngineOptions {
   std::string model_dir;
   std::string router_spec;  // empty: the model's native rule
@@ -47,8 +57,7 @@ inline void add_engine_options(CLI::App& app, EngineOptions& o, bool with_router
     app.add_option("--calibration", o.calibration,
                    "Calibration file (bh-calibration-grid/1) for bh");
   }
-  app.add_option("--threads", o.threads, "Worker threads (0: all cores)")
-      ->check(CLI::NonNegativeNumber);
+  add_threads_option(app, o.threads);
   app.add_option("--weights", o.weights, kWeightsHelp)
       ->check(CLI::IsMember({"native", "bf16", "q8"}));
 }
@@ -64,8 +73,9 @@ struct Engine {
   }
 };
 
-// Builds --router for the model (model::make_model_router checks the calibration covers every
-// layer); the engine's message gains the flags that supplied the values.
+// Builds --router for the model (model::make_model_router checks the calibration fits the model:
+// every layer, none beyond); the engine's message gains the flags that supplied the values and
+// names the calibration file.
 inline std::unique_ptr<routing::Router> make_cli_router(
     const model::ModelConfig& config, const std::string& spec_text,
     const std::shared_ptr<const routing::Calibration>& calibration,
@@ -73,10 +83,10 @@ inline std::unique_ptr<routing::Router> make_cli_router(
   const routing::RouterSpec spec = routing::parse_router_spec(spec_text);
   if (spec.uses_calibration() && !calibration) fail("--router ", spec_text, " needs --calibration");
   try {
-    return model::make_model_router(config, spec, calibration);
+    return model::make_model_router(config, spec, calibration, calibration_path);
   } catch (const Error& e) {
     if (!spec.uses_calibration()) throw;
-    fail("--router ", spec_text, " with --calibration ", calibration_path, ": ", e.what());
+    fail("--router ", spec_text, " with --calibration: ", e.what());
   }
 }
 

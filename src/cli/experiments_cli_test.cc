@@ -1,6 +1,8 @@
 // bhmoe run / merge / report end to end, on a small random OLMoE-shaped model with 64 experts and
 // native top-8 (written here, so the seed grid's topk_16/32/64 are meaningful without clamping).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -406,6 +408,115 @@ TEST_F(ExperimentsCli, AFailingExperimentIsRecordedAndTheSuiteContinues) {
   EXPECT_NE(report.find("## Errors"), std::string::npos);
   EXPECT_NE(report.find("fewer than 2 tokens"), std::string::npos);
   EXPECT_NE(slurp(out / "run.log").find("FAILED"), std::string::npos);
+}
+
+// A calibration must fit the model (two layers here): one missing a layer, or one of a deeper
+// model, is refused before any experiment runs, naming the file and the layer.
+TEST_F(ExperimentsCli, ACalibrationThatDoesNotFitTheModelIsRefused) {
+  fs::path io = scratch("calibration_fit_io");
+  auto calibration = [](std::vector<int> layers) {
+    json out = {{"format", "bh-calibration-grid/1"}, {"layers", json::array()}};
+    for (int layer : layers) {
+      out["layers"].push_back({{"layer", layer}, {"x", {-1.0, 1.0}}, {"cdf", {0.0, 1.0}}});
+    }
+    return out.dump();
+  };
+  spit(io / "only_layer0.json", calibration({0}));
+  spit(io / "three_layers.json", calibration({0, 1, 2}));
+  spit(io / "bh.json", json({{"routers", {"bh:alpha=0.05,max_k=8"}}, {"prompts", {"hi"}}}).dump());
+  struct Case {
+    std::string file;
+    std::string expect;
+  };
+  for (const Case& c : {Case{"only_layer0.json", "has no layer 1 of the model's 2 layers"},
+                        Case{"three_layers.json", "layer 2 is beyond the model's 2 layers"}}) {
+    fs::path out = io / ("out_" + c.file);
+    Result r =
+        run_bhmoe("run --model " + model().string() + " --out " + out.string() + " --experiment " +
+                      (io / "bh.json").string() + " --calibration " + (io / c.file).string(),
+                  io);
+    EXPECT_EQ(r.status, 1) << c.file << ": " << r.err;
+    EXPECT_NE(r.err.find((io / c.file).string()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out / "results.jsonl")) << c.file << " started work";
+  }
+}
+
+// Two runs on one --out: the second fails at once, naming the folder, while the first holds the
+// folder's lock (held here by the test, as a running `bhmoe run` would hold it).
+TEST_F(ExperimentsCli, ASecondRunOnTheSameOutputFolderFailsFast) {
+  fs::path io = scratch("lock_io");
+  fs::path out = io / "out";
+  fs::create_directories(out);
+  spit(io / "e.json", json({{"routers", {"topk:k=8"}},
+                            {"prompts", {"hi"}},
+                            {"generation", {{"max_new_tokens", 2}}}})
+                          .dump());
+  const std::string args = "run --model " + model().string() + " --threads 1 --quiet --out " +
+                           out.string() + " --experiment " + (io / "e.json").string();
+  {
+    const int fd = ::open((out / "bhmoe.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+    Result r = run_bhmoe(args, io);
+    ::close(fd);
+    EXPECT_EQ(r.status, 1) << r.err;
+    EXPECT_NE(r.err.find("the folder " + out.string() + " is in use"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("another bhmoe process"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out / "results.jsonl"));
+    EXPECT_FALSE(fs::exists(out / "run.log"));
+  }
+  // Released, the same command runs.
+  Result r = run_bhmoe(args, io);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out / "results.jsonl"));
+}
+
+// Folders given as files, and a prompt beyond the model's context, are clear errors before work.
+TEST_F(ExperimentsCli, PathsAndPromptsThatCannotWorkAreRefused) {
+  fs::path io = scratch("paths_io");
+  spit(io / "a-file", "x");
+  Result out_file =
+      run_bhmoe("run --model " + model().string() + " --out " + (io / "a-file").string(), io);
+  EXPECT_EQ(out_file.status, 1);
+  EXPECT_NE(out_file.err.find("--out: " + (io / "a-file").string() +
+                              " is not a directory (it is a regular file)"),
+            std::string::npos)
+      << out_file.err;
+  Result model_file = run_bhmoe(
+      "run --model " + (model() / "config.json").string() + " --out " + (io / "o").string(), io);
+  EXPECT_EQ(model_file.status, 1);
+  EXPECT_NE(model_file.err.find("--model: " + (model() / "config.json").string() +
+                                " is not a directory (it is a regular file)"),
+            std::string::npos)
+      << model_file.err;
+  Result merge_into_file =
+      run_bhmoe("merge --out " + (io / "a-file").string() + " " + io.string(), io);
+  EXPECT_EQ(merge_into_file.status, 1);
+  EXPECT_NE(merge_into_file.err.find((io / "a-file").string() + " is not a directory"),
+            std::string::npos)
+      << merge_into_file.err;
+  Result merge_from_file =
+      run_bhmoe("merge --out " + (io / "merged").string() + " " + (io / "a-file").string(), io);
+  EXPECT_EQ(merge_from_file.status, 1);
+  EXPECT_NE(merge_from_file.err.find((io / "a-file").string() + " is not a directory"),
+            std::string::npos)
+      << merge_from_file.err;
+
+  // A 100 KB prompt (one line of a prompt file) is far beyond the 4096-token context.
+  std::string long_prompt;
+  while (long_prompt.size() < 100 * 1024) long_prompt += "the cat sat on the mat ";
+  spit(io / "long.txt", long_prompt + "\n");
+  spit(io / "long.json",
+       json({{"routers", {"topk:k=8"}}, {"prompt_files", {{{"path", "long.txt"}}}}}).dump());
+  fs::path out = io / "long_out";
+  Result r = run_bhmoe("run --model " + model().string() + " --out " + out.string() +
+                           " --experiment " + (io / "long.json").string(),
+                       io);
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("prompt 'long:1' is"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("exceeds the model's context of 4096 tokens"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out / "results.jsonl"));
 }
 
 TEST_F(ExperimentsCli, BadExperimentFilesFailBeforeAnyWork) {

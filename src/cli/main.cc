@@ -51,7 +51,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version arrive as "errors" with exit code 0; CLI11 prints them. Every other
+    // parse error (an unknown flag, a value out of range, a missing required option) is reported
+    // like any other error: "bhmoe: error:" with CLI11's message, which names the flag, and status
+    // 1, not CLI11's own codes (105, 106, ...).
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    std::cerr << "bhmoe: error: " << e.what() << "\nRun with --help for more information.\n";
+    return 1;
   }
 
   try {

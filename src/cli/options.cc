@@ -1,4 +1,6 @@
 #include <charconv>
+#include <cmath>
+#include <cstdint>
 #include <string_view>
 
 #include "cli/command.h"
@@ -23,6 +25,33 @@ std::vector<int> parse_positive_int_list(const std::string& text, const char* op
     rest = rest.substr(comma + 1);
   }
   return out;
+}
+
+CLI::Validator finite_range(double min, double max) {
+  return CLI::Validator(
+      [min, max](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return "\"" + text + "\" is not a number";
+        if (!std::isfinite(value) || value < min || value > max) {
+          return "value " + text + " is not a finite number in [" + CLI::detail::to_string(min) +
+                 ", " + CLI::detail::to_string(max) + "]";
+        }
+        return {};
+      },
+      "FINITE in [" + CLI::detail::to_string(min) + " - " + CLI::detail::to_string(max) + "]");
+}
+
+CLI::Validator unsigned_integer() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        uint64_t value = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
+          return "value " + text + " is not an integer in [0, 18446744073709551615]";
+        }
+        return {};
+      },
+      "UINT64");
 }
 
 }  // namespace bhmoe::cli

@@ -286,4 +286,77 @@ TEST_F(RoutingCli, DemoGeneratesLogitsWithoutCases) {
   EXPECT_THAT(zero.err, HasSubstr("0 must be >= 1"));
 }
 
+// A cases folder whose cases.json is malformed: an error naming the file and the key at fault,
+// before any table is printed; a file where the folder should be is named too.
+TEST_F(RoutingCli, DemoRejectsMalformedCasesByFileAndKey) {
+  if (!fs::exists(kCalibration)) GTEST_SKIP();
+  const fs::path cases = dir_ / "cases";
+  fs::create_directories(cases);
+  fs::create_directories(dir_ / "calibration");
+  fs::copy_file(kCalibration, dir_ / "calibration" / "c.json");
+  logits_file("cases/l.npy", 3, 64, 1);
+  const nlohmann::json good = {{"logits", "l.npy"},   {"layer", 0},
+                               {"alpha", 0.05},       {"max_k", 8},
+                               {"min_k", 1},          {"temperature", 1.0},
+                               {"counts", {1, 1, 1}}, {"experts", {{0}, {0}, {0}}}};
+  auto with = [&](const char* key, const nlohmann::json& value) {
+    nlohmann::json c = good;
+    if (value.is_discarded()) {
+      c.erase(key);
+    } else {
+      c[key] = value;
+    }
+    return nlohmann::json{{"calibration", "calibration/c.json"}, {"cases", {good, c}}}.dump();
+  };
+  struct Case {
+    std::string text;
+    std::string expect;
+  };
+  const std::string file = (cases / "cases.json").string();
+  const std::vector<Case> bad = {
+      {"{\"cases\": [", "malformed JSON"},
+      {R"({"cases": []})", "missing key \"calibration\""},
+      {with("max_k", "eight"), "cases[1].max_k: \"eight\" is not an integer"},
+      {with("layer", nlohmann::json::value_t::discarded), "cases[1]: missing key \"layer\""},
+      {with("alpha", 1.5), "cases[1]: router"},
+      {with("counts", {1, 1}), "cases[1]: counts and experts must have one entry per token"},
+      {with("experts", {{0}, {"x"}, {0}}), "cases[1].experts[1][0]: \"x\" is not an expert id"},
+      {with("layer", 99), "cases[1].layer: 99 is not a layer of the calibration"},
+      {with("logits", "nothere.npy"), "nothere.npy"},
+  };
+  for (const Case& c : bad) {
+    std::ofstream(cases / "cases.json") << c.text;
+    RoutingCliResult r = run("demo --cases " + cases.string());
+    EXPECT_EQ(r.status, 1) << c.text << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr("bhmoe: error: " + file)) << c.text;
+    EXPECT_THAT(r.err, HasSubstr(c.expect)) << c.text;
+  }
+  // The same folder with a well-formed file runs to the comparison (these made-up selections are
+  // not BH's, so they do not match).
+  std::ofstream(cases / "cases.json") << with("max_k", 8);
+  RoutingCliResult ran = run("demo --cases " + cases.string());
+  EXPECT_THAT(ran.out, HasSubstr("/2 routing cases match"));
+  EXPECT_THAT(ran.err, HasSubstr("routing cases do not match"));
+
+  std::ofstream(dir_ / "a-file") << "x";
+  RoutingCliResult not_dir = run("demo --cases " + path("a-file"));
+  EXPECT_EQ(not_dir.status, 1);
+  EXPECT_THAT(not_dir.err,
+              HasSubstr(path("a-file") + " is not a directory (it is a regular file)"));
+}
+
+// Numeric options out of range name the flag and exit 1 like every other error.
+TEST_F(RoutingCli, BenchRoutingBoundsItsNumbers) {
+  for (const char* args : {"--seconds nan", "--seconds inf", "--seconds -1", "--seconds 1e9"}) {
+    RoutingCliResult r = run(std::string("bench routing ") + args);
+    EXPECT_EQ(r.status, 1) << args;
+    EXPECT_THAT(r.err, HasSubstr("bhmoe: error: --seconds")) << args << ": " << r.err;
+  }
+  RoutingCliResult tokens = run("bench routing --tokens 100000000000");
+  EXPECT_EQ(tokens.status, 1);
+  EXPECT_THAT(tokens.err, HasSubstr("--tokens"));
+  RoutingCliResult seed = run("bench routing --seed -1");
+  EXPECT_EQ(seed.status, 1);
+  EXPECT_THAT(seed.err, HasSubstr("--seed"));
+}
 }  // namespace

@@ -48,6 +48,7 @@ ResolvedCalibration fit_and_cache(const std::shared_ptr<const model::Model>& mod
   }
   auto calibration = std::make_shared<routing::Calibration>(routing::Calibration::load(cache));
   r.calibration = calibration;
+  r.path = cache.string();
   // The cache's file name only: shards and resumed runs of one definition share the identity
   // whatever folder they write to.
   r.identity = {{"source", std::move(source)},
@@ -63,6 +64,7 @@ ResolvedCalibration load_calibration_file(const fs::path& path, std::string sour
   ResolvedCalibration r;
   auto calibration = std::make_shared<routing::Calibration>(routing::Calibration::load(path));
   r.calibration = calibration;
+  r.path = path.string();
   r.identity = {{"source", std::move(source)},
                 {"path", fs::absolute(path).lexically_normal().string()},
                 {"method", "file"},

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "experiments/experiment.h"
 #include "experiments/runner.h"
@@ -19,10 +20,12 @@ namespace bhmoe::experiments {
 struct ResolvedCalibration {
   std::shared_ptr<const routing::Calibration> calibration;
   nlohmann::json identity = nullptr;  // source, path, method, fingerprint, description
+  std::string path;                   // the file it was read from, named in messages
 };
 
 // `model_id` is model_identity(*model) (its fingerprint keys the cache). Throws bhmoe::Error when
-// no source is found, naming the flags that would give one.
+// no source is found, naming the flags that would give one. Whether the calibration fits the model
+// is checked where it meets the model's routers (model::make_model_router, given `path`).
 ResolvedCalibration resolve_calibration(const RunOptions& o, const Experiment& e,
                                         const std::shared_ptr<const model::Model>& model,
                                         kernels::ThreadPool* pool, const nlohmann::json& model_id);

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <set>
 
 #include "routing/spec.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/json.h"
 
 namespace bhmoe::experiments {
 namespace {
@@ -36,6 +38,18 @@ void check_keys(const json& object, const std::set<std::string>& allowed,
       fail(where, ": unknown key '", it.key(), "' (allowed: ", list, ")");
     }
   }
+}
+
+// The integer at `key` (which the object holds), if it fits an int: a larger one (4294967297)
+// would otherwise wrap silently into range (to 1) before validate_experiment's range checks.
+int get_int(const json& object, const char* key, const std::string& where) {
+  const json& v = *object.find(key);
+  if (!v.is_number_integer()) fail(where, ": key '", key, "' should be an integer");
+  if (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t{INT32_MAX}
+                             : v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX) {
+    fail(where, ": key '", key, "' value ", v.dump(), " is out of range");
+  }
+  return v.get<int>();
 }
 
 std::string get_string(const json& object, const char* key, const std::string& where,
@@ -100,8 +114,8 @@ std::vector<PromptEntry> read_prompt_file(const fs::path& path, const std::strin
     std::string at = path.string() + " line " + std::to_string(line_number);
     PromptEntry p;
     if (jsonl) {
-      json j = json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) fail(at, ": not a JSON object");
+      const json j = parse_json(line, at);
+      if (!j.is_object()) fail(at, ": not a JSON object");
       check_keys(j, {"id", "text", "category", "description"}, at);
       p.text = get_string(j, "text", at, true);
       p.category = get_string(j, "category", at, false);
@@ -348,9 +362,7 @@ Experiment parse_experiment(const json& j, const fs::path& base, const std::stri
       out = g[key].get<double>();
     };
     if (g.contains("max_new_tokens")) {
-      if (!g["max_new_tokens"].is_number_integer())
-        fail(at, ": key 'max_new_tokens' should be an integer");
-      e.generation.max_new_tokens = g["max_new_tokens"].get<int>();
+      e.generation.max_new_tokens = get_int(g, "max_new_tokens", at);
     }
     number("temperature", e.generation.temperature);
     number("top_p", e.generation.top_p);
@@ -369,10 +381,7 @@ Experiment parse_experiment(const json& j, const fs::path& base, const std::stri
     std::string at = source + ": scoring";
     if (!s.is_object()) fail(at, ": should be an object");
     check_keys(s, {"window", "max_tokens"}, at);
-    if (s.contains("window")) {
-      if (!s["window"].is_number_integer()) fail(at, ": key 'window' should be an integer");
-      e.scoring.window = s["window"].get<int>();
-    }
+    if (s.contains("window")) e.scoring.window = get_int(s, "window", at);
     if (s.contains("max_tokens")) {
       if (!s["max_tokens"].is_number_integer()) fail(at, ": key 'max_tokens' should be an integer");
       e.scoring.max_tokens = s["max_tokens"].get<int64_t>();
@@ -406,8 +415,8 @@ Experiment load_experiment(const std::string& name_or_path, const fs::path& mode
     fail("--experiment ", name_or_path,
          ": TOML experiment files are not supported; write it as JSON");
   }
-  json j = json::parse(read_file(path), nullptr, false);
-  if (j.is_discarded()) fail("--experiment ", name_or_path, ": not valid JSON");
+  // Strict parsing: errors give the line, column and key path, and a key given twice is an error.
+  const json j = read_json_file(path);
   Experiment e = parse_experiment(j, path.parent_path(), path.string());
   return e;
 }

@@ -15,11 +15,13 @@ namespace fs = std::filesystem;
 MergeSummary merge_results(const fs::path& out_dir, const std::vector<fs::path>& shard_dirs,
                            bool report) {
   if (shard_dirs.empty()) fail("merge: no shard folders given");
+  if (fs::exists(out_dir)) require_directory(out_dir);  // before any shard is read
   MergeSummary summary;
   std::map<std::string, ResultRow> by_key;
   std::map<std::string, std::string> hash_of_experiment;
   std::map<std::string, int64_t> grid_size;
   for (const fs::path& dir : shard_dirs) {
+    require_directory(dir);
     fs::path path = dir / "results.jsonl";
     if (!fs::is_regular_file(path)) fail("merge: ", path.string(), " does not exist");
     if (fs::equivalent(dir, out_dir))
@@ -61,7 +63,8 @@ MergeSummary merge_results(const fs::path& out_dir, const std::vector<fs::path>&
               " grid items present; the missing ones were not run by any shard"));
     }
   }
-  fs::create_directories(out_dir);
+  ensure_directory(out_dir);
+  const DirectoryLock lock(out_dir);  // no run, merge or report writes it meanwhile
   std::string text;
   for (const ResultRow& row : rows) text += to_jsonl_line(row) + "\n";
   write_file_atomic(out_dir / "results.jsonl", text);

@@ -52,8 +52,7 @@ struct PreparedRouter {
 };
 
 PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig& model_config,
-                              const std::shared_ptr<const routing::Calibration>& calibration,
-                              const std::string& where) {
+                              const ResolvedCalibration& calibration, const std::string& where) {
   const int num_experts = model_config.num_experts;
   PreparedRouter p;
   RouterConfig& r = p.recorded;
@@ -69,7 +68,8 @@ PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig
   spec = routing::resolve_router_spec(spec, num_experts);
   if (r.max_k_requested == 0) r.max_k_requested = spec.max_k;
   try {
-    p.router = model::make_model_router(model_config, spec, calibration);
+    p.router =
+        model::make_model_router(model_config, spec, calibration.calibration, calibration.path);
   } catch (const Error& e) {
     fail(where, ": router '", entry.name, "' (", entry.spec, "): ", e.what());
   }
@@ -274,7 +274,11 @@ void check_options(const RunOptions& o) {
     fail("--shard ", o.shard_index, "/", o.shard_count, ": expected 0 <= I < N");
   }
   if (o.threads < 0) fail("--threads ", o.threads, ": must be >= 0");
-  if (!fs::is_directory(o.model_dir)) fail("--model ", o.model_dir.string(), ": no such folder");
+  try {
+    require_directory(o.model_dir);
+  } catch (const Error& e) {
+    fail("--model: ", e.what());
+  }
   if (!o.calibration.empty() && !fs::is_regular_file(o.calibration)) {
     fail("--calibration ", o.calibration.string(), ": no such file");
   }
@@ -292,7 +296,7 @@ std::vector<PreparedRouter> prepare_routers(const std::vector<RouterEntry>& entr
                                             std::vector<std::string>& clamped) {
   std::vector<PreparedRouter> routers;
   for (const RouterEntry& r : entries) {
-    routers.push_back(prepare_router(r, mc, calibration.calibration, where));
+    routers.push_back(prepare_router(r, mc, calibration, where));
     if (routers.back().recorded.clamped()) clamped.push_back(r.name);
   }
   return routers;
@@ -324,13 +328,21 @@ std::set<std::string> finished_keys(const LoadedResults& existing, const fs::pat
   return done;
 }
 
-// The session's KV cache: the longest prompt plus the new tokens, or the scoring window.
+// The session's KV cache: the longest prompt plus the new tokens, or the scoring window. Every
+// prompt with its new tokens must fit the model's context: a prompt that does not (a 100 KB prompt
+// file, say) is an error naming it before any work, not a giant KV cache.
 int64_t session_tokens(const Experiment& experiment, const model::Model& model) {
   int64_t max_tokens = 2;
+  const int64_t context = model.config().max_position_embeddings;
   for (const PromptEntry& p : experiment.prompts) {
-    max_tokens = std::max<int64_t>(max_tokens,
-                                   static_cast<int64_t>(model.tokenizer().encode(p.text).size()) +
-                                       experiment.generation.max_new_tokens);
+    const int64_t prompt_tokens = static_cast<int64_t>(model.tokenizer().encode(p.text).size());
+    if (prompt_tokens + experiment.generation.max_new_tokens > context) {
+      fail(experiment.source, ": prompt '", p.id, "' is ", prompt_tokens, " tokens; with ",
+           experiment.generation.max_new_tokens, " new tokens that exceeds the model's context of ",
+           context, " tokens (max_position_embeddings)");
+    }
+    max_tokens =
+        std::max<int64_t>(max_tokens, prompt_tokens + experiment.generation.max_new_tokens);
   }
   if (!experiment.texts.empty()) {
     max_tokens = std::max<int64_t>(
@@ -408,7 +420,14 @@ RunSummary run_experiments(const RunOptions& o) {
   Experiment experiment = load_experiment(o.experiment, o.model_dir);
   if (o.max_new_tokens) experiment.generation.max_new_tokens = *o.max_new_tokens;
   validate_experiment(experiment);
-  fs::create_directories(o.out_dir);
+  try {
+    ensure_directory(o.out_dir);
+  } catch (const Error& e) {
+    fail("--out: ", e.what());
+  }
+  // Held until the run returns: a second run on this folder fails here, before reading or writing
+  // anything in it (results.jsonl, the calibration cache, run.log).
+  const DirectoryLock lock(o.out_dir);
   const fs::path results_path = o.out_dir / "results.jsonl";
   LoadedResults existing = load_results(results_path);
 

@@ -144,7 +144,9 @@ struct ThreadPool::Impl {
 };
 
 ThreadPool::ThreadPool(int num_threads) : impl_(std::make_unique<Impl>()) {
-  if (num_threads < 0) fail("ThreadPool: invalid thread count ", num_threads);
+  if (num_threads < 0 || num_threads > kMaxThreads) {
+    fail("ThreadPool: thread count ", num_threads, " is outside [0, ", kMaxThreads, "]");
+  }
   if (num_threads == 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
   if (num_threads <= 0) num_threads = 1;
   impl_->num_threads = num_threads;

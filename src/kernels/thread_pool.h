@@ -35,9 +35,14 @@ class FunctionRef<R(Args...)> {
   R (*call_)(const void*, Args...);
 };
 
+// The most threads a pool takes: far beyond any core count this code runs on, low enough that a
+// typo (--threads 100000) is an error instead of a process starting that many threads.
+inline constexpr int kMaxThreads = 1024;
+
 class ThreadPool {
  public:
-  // num_threads includes the calling thread; 0 means all hardware threads.
+  // num_threads includes the calling thread; 0 means all hardware threads. Outside
+  // [0, kMaxThreads] it is a bhmoe::Error.
   explicit ThreadPool(int num_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;

@@ -39,6 +39,12 @@ class CheckpointImpl final : public Checkpoint {
   size_t mapped_bytes() const override { return mapped_bytes_; }
   const std::vector<WeightFileInfo>& weight_files() const override { return file_infos_; }
   ExpertLayout expert_layout() const override { return layout_; }
+  std::optional<NonFiniteValue> find_non_finite() const override {
+    for (const auto& file : files_) {
+      if (auto found = model::find_non_finite(*file)) return found;
+    }
+    return std::nullopt;
+  }
 
  private:
   void open_weight_files();
@@ -65,7 +71,7 @@ class CheckpointImpl final : public Checkpoint {
 };
 
 CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
-  if (!fs::is_directory(dir)) fail(dir.string(), ": not a directory");
+  require_directory(dir);
   fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) fail(dir.string(), ": no config.json");
   config_ = load_config(config_path);

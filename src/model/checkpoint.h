@@ -5,10 +5,12 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "model/config.h"
+#include "model/safetensors.h"
 #include "model/weights.h"
 
 namespace bhmoe::model {
@@ -39,6 +41,11 @@ class Checkpoint {
   // What was loaded, for `bhmoe inspect` and messages.
   virtual const std::vector<WeightFileInfo>& weight_files() const = 0;
   virtual ExpertLayout expert_layout() const = 0;
+
+  // The first NaN or infinity in any floating-point tensor of the weight files (in file order, then
+  // offset order), or nullopt when every value is finite. Loading does not look at values (a
+  // 14 GB checkpoint would be read whole); this reads every byte once.
+  virtual std::optional<NonFiniteValue> find_non_finite() const = 0;
 };
 
 }  // namespace bhmoe::model

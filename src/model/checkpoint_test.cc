@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "model/make_model.h"
 #include "model/safetensors.h"
@@ -402,6 +404,53 @@ TEST_F(CheckpointTest, TruncatedWeights) {
   fs::resize_file(dir / "model.safetensors", fs::file_size(dir / "model.safetensors") - 100);
   EXPECT_THAT(error_of(dir), AllOf(HasSubstr("model.safetensors"), HasSubstr("lm_head.weight"),
                                    HasSubstr("past the end")));
+}
+
+// Loading looks at no values; find_non_finite reads them all and names the first bad one.
+TEST_F(CheckpointTest, FindNonFiniteNamesTheTensorAndElement) {
+  ModelConfig c = small_config();
+  EXPECT_FALSE(Checkpoint::open(write("clean", c, build(c, "BF16", false)))->find_non_finite());
+
+  // BF16: a NaN at [2, 3] of a router (D = 16 columns: flat index 35), and a later infinity that
+  // must not be the one reported.
+  Tensors t = build(c, "BF16", false);
+  const std::string router = "model.layers.1.mlp.gate.weight";
+  std::string bytes = contents(router, int64_t{c.num_experts} * c.hidden_size, "BF16");
+  const uint16_t nan = 0xFFC1, inf = 0x7F80;  // a negative NaN with a payload; +inf
+  std::memcpy(bytes.data() + 35 * 2, &nan, 2);
+  std::memcpy(bytes.data() + 40 * 2, &inf, 2);
+  t.replace(router, {router, "BF16", {c.num_experts, c.hidden_size}}, bytes);
+  auto found = Checkpoint::open(write("nan", c, t))->find_non_finite();
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->tensor, router);
+  EXPECT_EQ(found->index, 35);
+  EXPECT_TRUE(std::isnan(found->value));
+  EXPECT_EQ(found->file.filename(), "model.safetensors");
+  EXPECT_EQ(element_index_text(found->shape, found->index), "[2, 3]");
+
+  // F32 and F16 infinities (F16 in a mixed-dtype file), with their signs.
+  Tensors f = build(c, "F32", false);
+  std::string head = contents("lm_head.weight", int64_t{c.vocab_size} * c.hidden_size, "F32");
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  std::memcpy(head.data() + 17 * 4, &minus_inf, 4);
+  f.replace("lm_head.weight", {"lm_head.weight", "F32", {c.vocab_size, c.hidden_size}}, head);
+  found = Checkpoint::open(write("inf32", c, f))->find_non_finite();
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->tensor, "lm_head.weight");
+  EXPECT_EQ(found->index, 17);
+  EXPECT_EQ(found->value, -std::numeric_limits<double>::infinity());
+
+  Tensors h = build(c, "F32", false);
+  std::string norm(static_cast<size_t>(c.hidden_size) * 2, '\0');  // F16 zeros
+  const uint16_t f16_inf = 0x7C00;
+  std::memcpy(norm.data() + 5 * 2, &f16_inf, 2);
+  h.replace("model.norm.weight", {"model.norm.weight", "F16", {c.hidden_size}}, norm);
+  found = Checkpoint::open(write("inf16", c, h))->find_non_finite();
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->tensor, "model.norm.weight");
+  EXPECT_EQ(found->index, 5);
+  EXPECT_EQ(found->value, std::numeric_limits<double>::infinity());
+  EXPECT_EQ(element_index_text(found->shape, found->index), "[5]");
 }
 
 TEST_F(CheckpointTest, MoreLayersThanConfig) {

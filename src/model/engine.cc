@@ -20,6 +20,8 @@
 #include <cstring>
 #include <optional>
 
+#include <unistd.h>
+
 #include "kernels/ops.h"
 #include "model/materialize.h"
 #include "util/error.h"
@@ -153,6 +155,7 @@ struct Session::Impl {
       fail("model config: num_experts ", N, " exceeds ", routing::kMaxExperts);
     num_threads = pool ? pool->num_threads() : 1;
     chunk = std::min(max_tokens, kMaxChunk);
+    check_cache_fits();
 
     native_router = routing::make_router(cfg.native_router_spec(), N);
     router = native_router.get();
@@ -186,6 +189,22 @@ struct Session::Impl {
     logits = raw_array<float>(V);
     std::fill_n(logits.get(), V, 0.0f);
     selected_per_layer.assign(L, 0);
+  }
+
+  // The buffers sized by max_tokens (KV cache, RoPE tables, attention scores) must fit this
+  // machine's memory: a max_tokens from a user's flag (a giant --max-new-tokens, a 10^6-token
+  // window) is refused here with the sizes, before anything is allocated, instead of ending in
+  // std::bad_alloc or the OOM killer.
+  void check_cache_fits() const {
+    const double per_token =
+        sizeof(float) * (2.0 * L * Dkv + 2.0 * (hd / 2) + static_cast<double>(num_threads));
+    const double need = per_token * static_cast<double>(max_tokens);
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    const double have = pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0.0;
+    if (have > 0 && need > have) {
+      fail("session: a KV cache of ", max_tokens, " tokens needs ", need / 1e9,
+           " GB, more than this machine's ", have / 1e9, " GB of memory");
+    }
   }
 
   // Runs fn(thread, begin, end) over a static split of [0, n). The pool takes a non-owning
@@ -315,12 +334,20 @@ struct Session::Impl {
       project(lw.router, h.get(), D, T, router_logits.get(), N, begin, end);
     });
     const int stride = router->max_count();
-    if (T == 1) {
-      route_counts[0] =
-          router->route(router_logits.get(), layer, route_ids.get(), route_weights.get());
-    } else {
-      router->route_batch(router_logits.get(), T, layer, route_ids.get(), route_weights.get(),
-                          route_counts.get());
+    try {
+      if (T == 1) {
+        route_counts[0] =
+            router->route(router_logits.get(), layer, route_ids.get(), route_weights.get());
+      } else {
+        router->route_batch(router_logits.get(), T, layer, route_ids.get(), route_weights.get(),
+                            route_counts.get());
+      }
+    } catch (const Error& e) {
+      // The router names the layer (and a non-finite logit, and for a batch the token in it); the
+      // positions are known only here.
+      if (T == 1) fail("position ", pos, ": ", e.what());
+      fail("positions ", pos, "..", pos + T - 1, " (token i of the batch is position ", pos,
+           " + i): ", e.what());
     }
     int64_t selected = 0;
     for (int64_t t = 0; t < T; ++t) selected += route_counts[t];
@@ -404,6 +431,24 @@ struct Session::Impl {
     }
   }
 
+  // NaN or infinity in the logits means non-finite weights or an overflow upstream; whatever is
+  // sampled or scored from them would be garbage, so it is an error naming the position. Only the
+  // logits rows are checked (V values per row, nothing beside the lm_head matmul), not every
+  // activation: a non-finite activation reaches them (or fails routing, which checks its logits).
+  void check_logits(const float* rows, int64_t n, int64_t first_position) const {
+    for (int64_t t = 0; t < n; ++t) {
+      const float* row = rows + t * V;
+      for (int i = 0; i < V; ++i) {
+        if (!std::isfinite(row[i])) {
+          fail("the forward pass gave a non-finite logit (", row[i], " for token id ", i,
+               ") at position ", first_position + t,
+               ": the weights hold NaN or infinity or the activations overflowed (bhmoe inspect "
+               "--check-weights scans the weights)");
+        }
+      }
+    }
+  }
+
   // Runs T <= chunk tokens at positions pos.. through the model; fills `out_logits` ([T, V]) when
   // given, else only the last position's logits.
   void forward(const int32_t* ids, int64_t T, float* out_logits, bool need_logits) {
@@ -430,6 +475,7 @@ struct Session::Impl {
     parallel(V, [&](int, int64_t begin, int64_t end) {
       project(w.lm_head, h.get() + first * D, D, T - first, out, V, begin, end);
     });
+    check_logits(out, T - first, pos + first);
     if (out_logits) std::memcpy(logits.get(), out_logits + (T - 1) * V, sizeof(float) * V);
     pos += T;
   }

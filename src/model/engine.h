@@ -67,7 +67,8 @@ class Session {
  public:
   // router == nullptr: the model's native rule (config's top-k, renorm per norm_topk_prob).
   // The router must outlive the session; its num_experts() must equal the model's.
-  // pool == nullptr: single-threaded. max_tokens bounds the KV cache.
+  // pool == nullptr: single-threaded. max_tokens bounds the KV cache; a cache larger than the
+  // machine's physical memory is refused (bhmoe::Error with the sizes) before any allocation.
   Session(std::shared_ptr<const Model> model, const routing::Router* router,
           kernels::ThreadPool* pool, int64_t max_tokens = 4096);
   ~Session();

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <new>
@@ -16,6 +18,8 @@
 #include <vector>
 
 #include "model/engine.h"
+#include "model/make_model.h"
+#include "model/safetensors.h"
 #include "model/sampler.h"
 #include "model/verbs.h"
 #include "routing/calibration.h"
@@ -252,6 +256,9 @@ TEST_F(EngineTest, BadInputIsAClearError) {
   auto wrong = routing::make_router("topk:k=2", N() + 1);
   expect_error([&] { session.set_router(wrong.get()); }, "experts");
   expect_error([&] { Session s(model_, nullptr, nullptr, 0); }, "max_tokens");
+  // A cache beyond any machine's memory is refused before it is allocated.
+  expect_error([&] { Session s(model_, nullptr, nullptr, int64_t{1} << 50); },
+               cat("a KV cache of ", int64_t{1} << 50, " tokens needs"));
 }
 
 TEST_F(EngineTest, DecodeAllocatesNothing) {
@@ -263,6 +270,76 @@ TEST_F(EngineTest, DecodeAllocatesNothing) {
   const int64_t before = g_allocations.load();
   for (int i = 0; i < 10; ++i) session.decode(static_cast<int32_t>(10 + i));
   EXPECT_EQ(g_allocations.load() - before, 0);
+}
+
+// A tiny make-model checkpoint (f32) with `value` planted at flat element `index` of `tensor`, in
+// place in its safetensors file.
+fs::path tiny_model_with(const std::string& name, const std::string& tensor, int64_t index,
+                         float value) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("bhmoe-engine-nonfinite-" + name);
+  fs::remove_all(dir);
+  make_model(dir, {.preset = "tiny", .dtype = kernels::DType::F32, .seed = 3});
+  const fs::path weights = dir / "model.safetensors";
+  uint64_t offset = 0;
+  {
+    const SafetensorsFile file = SafetensorsFile::open(weights);
+    const SafetensorsTensor* t = file.find(tensor);
+    EXPECT_TRUE(t != nullptr && t->dtype == "F32") << tensor;
+    offset = 8 + file.header_size() + t->begin + static_cast<uint64_t>(index) * 4;
+  }
+  std::fstream out(weights, std::ios::in | std::ios::out | std::ios::binary);
+  out.seekp(static_cast<std::streamoff>(offset));
+  out.write(reinterpret_cast<const char*>(&value), 4);
+  EXPECT_TRUE(out.good());
+  return dir;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// NaN in the weights must not turn into sampled or scored garbage: the logits rows are checked
+// (naming the position), and routing refuses non-finite router logits (naming the layer, to which
+// the engine adds the positions).
+TEST(NonFiniteWeights, AreAnErrorNamingThePosition) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // lm_head row 7: the logit of token 7 is NaN at every position, nothing upstream is.
+  auto head = Model::load(tiny_model_with("head", "lm_head.weight", 7 * 64 + 3, nan));
+  Session session(head, nullptr, nullptr, 16);
+  const std::vector<int32_t> prompt = {10, 11, 12};
+  GenerateOptions options;
+  options.max_new_tokens = 3;
+  std::string e = error_of([&] { generate(session, prompt, options); });
+  EXPECT_NE(e.find("non-finite logit (nan for token id 7) at position 2"), std::string::npos) << e;
+  // Scoring takes every row: the first is position 0.
+  e = error_of([&] { score_tokens(session, prompt); });
+  EXPECT_NE(e.find("at position 0"), std::string::npos) << e;
+  // So does a prefill that returns every row, and a decode names its own position.
+  session.reset();
+  std::vector<float> logits(prompt.size() * 1024);
+  e = error_of([&] { session.prefill(prompt, logits.data()); });
+  EXPECT_NE(e.find("at position 0"), std::string::npos) << e;
+  session.reset();
+  e = error_of([&] { session.decode(5); });
+  EXPECT_NE(e.find("at position 0"), std::string::npos) << e;
+
+  // An attention output weight: layer 0's hidden state is NaN, so its router logits are.
+  auto attention =
+      Model::load(tiny_model_with("attention", "model.layers.0.self_attn.o_proj.weight", 0, nan));
+  Session routed(attention, nullptr, nullptr, 16);
+  e = error_of([&] { generate(routed, prompt, options); });
+  EXPECT_NE(e.find("positions 0..2 (token i of the batch is position 0 + i): token 0: layer 0: "
+                   "router logit of expert 0 is nan"),
+            std::string::npos)
+      << e;
+  routed.reset();
+  e = error_of([&] { routed.decode(5); });
+  EXPECT_NE(e.find("position 0: layer 0"), std::string::npos) << e;
 }
 
 TEST(SamplerTest, GreedyIsArgmaxWithTiesToTheLowerId) {
@@ -524,11 +601,25 @@ TEST_F(EngineTest, MakeModelRouterChecksCalibrationCoverage) {
   auto partial = std::make_shared<routing::Calibration>();
   for (int layer = 0; layer + 1 < L(); ++layer) partial->set_layer(layer, {-1.0, 1.0}, {0.0, 1.0});
   try {
-    make_model_router(model_->config(), bh, partial);
+    make_model_router(model_->config(), bh, partial, "partial-calibration.json");
     ADD_FAILURE() << "no error for a calibration without layer " << L() - 1;
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(cat("no layer ", L() - 1)), std::string::npos)
         << e.what();
+    EXPECT_NE(std::string(e.what()).find("partial-calibration.json"), std::string::npos)
+        << e.what();
+  }
+  // A calibration of a deeper model: every layer is there, and one more the model does not have.
+  auto deeper = std::make_shared<routing::Calibration>();
+  for (int layer = 0; layer <= L(); ++layer) deeper->set_layer(layer, {-1.0, 1.0}, {0.0, 1.0});
+  try {
+    make_model_router(model_->config(), bh, deeper, "deeper-calibration.json");
+    ADD_FAILURE() << "no error for a calibration with a layer " << L();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(cat("layer ", L(), " is beyond the model's ", L())),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("deeper-calibration.json"), std::string::npos) << e.what();
   }
 }
 

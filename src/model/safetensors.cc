@@ -80,6 +80,83 @@ const char* safetensors_dtype_name(kernels::DType dtype) {
   }
 }
 
+namespace {
+
+// Bit tests of the IEEE formats: an all-ones exponent is NaN or infinity. E4M3 (the "fn" variant
+// safetensors means) has no infinity, and NaN only as S.1111.111.
+template <typename Bits>
+int64_t first_non_finite_bits(const uint8_t* data, int64_t n, Bits exponent_mask) {
+  for (int64_t i = 0; i < n; ++i) {
+    Bits bits;
+    std::memcpy(&bits, data + i * int64_t{sizeof(Bits)}, sizeof(Bits));
+    if ((bits & exponent_mask) == exponent_mask) return i;
+  }
+  return -1;
+}
+
+double element_value(const SafetensorsTensor& t, int64_t i) {
+  const size_t size = safetensors_dtype_size(t.dtype);
+  const uint8_t* p = t.data + i * static_cast<int64_t>(size);
+  if (t.dtype == "F64") {
+    double v;
+    std::memcpy(&v, p, 8);
+    return v;
+  }
+  if (t.dtype == "F32") {
+    float v;
+    std::memcpy(&v, p, 4);
+    return v;
+  }
+  // The narrower formats are non-finite here, so only the sign and NaN-or-infinity matter: a
+  // non-zero mantissa is NaN (and every non-finite E4M3 value is NaN).
+  const double sign = (p[size - 1] & 0x80) ? -1.0 : 1.0;  // little-endian: in the last byte
+  bool nan = true;
+  if (t.dtype == "BF16" || t.dtype == "F16") {
+    uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    nan = (bits & (t.dtype == "BF16" ? 0x007F : 0x03FF)) != 0;
+  } else if (t.dtype == "F8_E5M2") {
+    nan = (p[0] & 0x03) != 0;
+  }
+  return nan ? std::numeric_limits<double>::quiet_NaN()
+             : sign * std::numeric_limits<double>::infinity();
+}
+
+}  // namespace
+
+std::optional<NonFiniteValue> find_non_finite(const SafetensorsFile& file) {
+  for (const SafetensorsTensor& t : file.tensors()) {
+    const int64_t n = t.numel();
+    int64_t at = -1;
+    if (t.dtype == "F64") {
+      at = first_non_finite_bits<uint64_t>(t.data, n, 0x7FF0000000000000ull);
+    } else if (t.dtype == "F32") {
+      at = first_non_finite_bits<uint32_t>(t.data, n, 0x7F800000u);
+    } else if (t.dtype == "BF16") {
+      at = first_non_finite_bits<uint16_t>(t.data, n, 0x7F80);
+    } else if (t.dtype == "F16") {
+      at = first_non_finite_bits<uint16_t>(t.data, n, 0x7C00);
+    } else if (t.dtype == "F8_E5M2") {
+      at = first_non_finite_bits<uint8_t>(t.data, n, 0x7C);
+    } else if (t.dtype == "F8_E4M3") {
+      at = first_non_finite_bits<uint8_t>(t.data, n, 0x7F);
+    }
+    if (at >= 0) return NonFiniteValue{file.path(), t.name, t.shape, at, element_value(t, at)};
+  }
+  return std::nullopt;
+}
+
+std::string element_index_text(const std::vector<int64_t>& shape, int64_t index) {
+  std::vector<int64_t> at(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] > 0) {
+      at[d] = index % shape[d];
+      index /= shape[d];
+    }
+  }
+  return shape_text(at);
+}
+
 int64_t SafetensorsTensor::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;

@@ -64,6 +64,23 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// A NaN or infinity found in a floating-point tensor.
+struct NonFiniteValue {
+  std::filesystem::path file;
+  std::string tensor;
+  std::vector<int64_t> shape;
+  int64_t index = 0;  // flat, row-major
+  double value = 0;   // NaN, +inf or -inf
+};
+
+// Scans every floating-point tensor of `file` (F16, BF16, F32, F64, F8_E5M2, F8_E4M3) in offset
+// order and returns the first NaN or infinity; nullopt when every value is finite. Integer and
+// bool tensors have no such values and are skipped. Reads the whole data region once.
+std::optional<NonFiniteValue> find_non_finite(const SafetensorsFile& file);
+
+// "[3, 5]": the multi-dimensional index of flat element `index` of `shape` (row-major).
+std::string element_index_text(const std::vector<int64_t>& shape, int64_t index);
+
 // --- writing ---
 
 struct TensorSpec {

@@ -253,16 +253,15 @@ Trace trace_routing(Session& session, std::span<const int32_t> ids, int64_t wind
 
 std::unique_ptr<routing::Router> make_model_router(
     const ModelConfig& config, const routing::RouterSpec& spec,
-    std::shared_ptr<const routing::Calibration> calibration) {
+    std::shared_ptr<const routing::Calibration> calibration, std::string_view calibration_source) {
   if (!spec.uses_calibration()) return routing::make_router(spec, config.num_experts);
   if (!calibration) {
     fail("router \"", routing::canonical_spec(spec), "\" needs a calibration (none was given)");
   }
-  for (int layer = 0; layer < config.num_layers; ++layer) {
-    if (!calibration->has_layer(layer)) {
-      fail("router \"", routing::canonical_spec(spec), "\": the calibration has no layer ", layer,
-           " (the model has ", config.num_layers, " layers)");
-    }
+  try {
+    calibration->check_covers_model(config.num_layers, calibration_source);
+  } catch (const Error& e) {
+    fail("router \"", routing::canonical_spec(spec), "\": ", e.what());
   }
   return routing::make_router(spec, config.num_experts, std::move(calibration));
 }

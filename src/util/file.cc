@@ -1,6 +1,7 @@
 #include "util/file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -160,6 +161,77 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+namespace {
+
+// "(it is a regular file)" / "(it does not exist)" for a path that should be a directory, or
+// empty when it is one.
+std::string not_a_directory(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return path.string() + " is not a directory (it does not exist)";
+    return path.string() + " is not a directory (cannot stat it: " + errno_text() + ")";
+  }
+  if (S_ISDIR(st.st_mode)) return {};
+  return path.string() + " is not a directory (it is " + file_kind_name(st.st_mode) + ")";
+}
+
+}  // namespace
+
+void require_directory(const std::filesystem::path& path) {
+  if (std::string why = not_a_directory(path); !why.empty()) fail(why);
+}
+
+void ensure_directory(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) {
+    require_directory(path);
+    return;
+  }
+  std::filesystem::create_directories(path, ec);
+  // create_directories also fails when a parent is a regular file; name the path asked for.
+  if (ec) fail("cannot create directory ", path.string(), ": ", ec.message());
+}
+
+DirectoryLock::DirectoryLock(const std::filesystem::path& dir) {
+  const std::filesystem::path lock = dir / kFileName;
+  fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd_ < 0) fail("cannot open the lock file ", lock.string(), ": ", errno_text());
+  int rc;
+  do {
+    rc = ::flock(fd_, LOCK_EX | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    const bool held = errno == EWOULDBLOCK;
+    const std::string why = errno_text();
+    ::close(fd_);
+    fd_ = -1;
+    if (held) {
+      fail("the folder ", dir.string(),
+           " is in use: another bhmoe process (a run, merge or report ",
+           "writing to it) holds its lock ", lock.string(),
+           "; wait for it to finish or choose another folder");
+    }
+    fail("cannot lock ", lock.string(), ": ", why);
+  }
+}
+
+DirectoryLock::DirectoryLock(DirectoryLock&& other) noexcept : fd_(other.fd_) {
+  other.fd_ = -1;
+}
+
+DirectoryLock& DirectoryLock::operator=(DirectoryLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the only descriptor releases the flock
 }
 
 }  // namespace bhmoe

@@ -20,6 +20,15 @@ std::string read_regular_file(const std::filesystem::path& path);
 // What kind of file a stat mode is, in words ("a FIFO", "a directory", ...), for messages.
 const char* file_kind_name(unsigned mode);
 
+// An input folder (a checkpoint, a shard, a cases folder) must exist and be a directory: otherwise
+// an error "<path> is not a directory (it is a regular file)" / "(it does not exist)".
+void require_directory(const std::filesystem::path& path);
+
+// An output folder: created with its parents when missing; an existing non-directory at `path` is
+// an error "<path> is not a directory (it is a regular file)", as is a failure to create it (with
+// the system's reason).
+void ensure_directory(const std::filesystem::path& path);
+
 // Writes `contents` to a temporary file beside `path`, fsyncs it, then renames it over `path`.
 void write_file_atomic(const std::filesystem::path& path, std::string_view contents);
 
@@ -28,6 +37,16 @@ void append_file_durable(const std::filesystem::path& path, std::string_view rec
 
 // Read-only private mapping of a whole regular file (anything else is an error naming the path,
 // raised without blocking). Movable, not copyable; unmaps on destruction.
+//
+// The size is fixed when the file is mapped, and readers (safetensors) check everything they index
+// against it. What cannot be prevented is another process truncating the file in place while it is
+// mapped: MAP_PRIVATE copies pages only on write, so reading a page that now lies beyond the end of
+// the file raises SIGBUS, and no check made before the read can rule that out (the file can shrink
+// between any check and the load). Replacing the file by rename, as make-model, write_file_atomic
+// and every download tool do, is safe: the mapping keeps the old inode alive. Catching SIGBUS would
+// need a process-wide handler and a siglongjmp out of a kernel in mid-loop on any thread, which
+// would leave locks and the thread pool in an undefined state, so the process is left to die with
+// the signal: a file must not be truncated while a process uses it.
 class MappedFile {
  public:
   MappedFile() = default;
@@ -46,6 +65,27 @@ class MappedFile {
   std::filesystem::path path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+};
+
+// An exclusive advisory lock (flock) on the file `dir`/bhmoe.lock, held for the object's lifetime,
+// so that two processes writing one output folder cannot interleave: the second fails at once with
+// an error naming the folder and saying another process holds it, rather than waiting or
+// corrupting results. The kernel releases the lock when the holder exits, however it exits (a
+// killed run leaves no stale lock; the empty file stays and is harmless). Advisory: it excludes
+// only writers that take it. `dir` must exist. Movable, not copyable.
+class DirectoryLock {
+ public:
+  explicit DirectoryLock(const std::filesystem::path& dir);
+  DirectoryLock(DirectoryLock&& other) noexcept;
+  DirectoryLock& operator=(DirectoryLock&& other) noexcept;
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  ~DirectoryLock();
+
+  static constexpr const char* kFileName = "bhmoe.lock";
+
+ private:
+  int fd_ = -1;
 };
 
 }  // namespace bhmoe

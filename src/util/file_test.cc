@@ -87,5 +87,36 @@ TEST_F(FileTest, MappedFileMapsRegularFile) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(mapped.data()), 6), "abcdef");
 }
 
+TEST_F(FileTest, RequireAndEnsureDirectoryNameThePath) {
+  write_file_atomic(dir_ / "file", "x");
+  EXPECT_EQ(error_of([&] { require_directory(dir_ / "file"); }),
+            (dir_ / "file").string() + " is not a directory (it is a regular file)");
+  EXPECT_EQ(error_of([&] { require_directory(dir_ / "absent"); }),
+            (dir_ / "absent").string() + " is not a directory (it does not exist)");
+  EXPECT_EQ(error_of([&] { require_directory(dir_); }), "(no error)");
+  EXPECT_EQ(error_of([&] { ensure_directory(dir_ / "file"); }),
+            (dir_ / "file").string() + " is not a directory (it is a regular file)");
+  EXPECT_THAT(error_of([&] { ensure_directory(dir_ / "file" / "sub"); }),
+              HasSubstr("cannot create directory " + (dir_ / "file" / "sub").string()));
+  EXPECT_EQ(error_of([&] { ensure_directory(dir_ / "new" / "sub"); }), "(no error)");
+  EXPECT_TRUE(fs::is_directory(dir_ / "new" / "sub"));
+}
+
+TEST_F(FileTest, DirectoryLockExcludesASecondHolderUntilReleased) {
+  {
+    DirectoryLock first(dir_);
+    // flock locks belong to open file descriptions: a second open, even in this process, conflicts
+    // exactly as another process would.
+    EXPECT_THAT(error_of([&] { DirectoryLock second(dir_); }),
+                AllOf(HasSubstr("the folder " + dir_.string() + " is in use"),
+                      HasSubstr("another bhmoe process"),
+                      HasSubstr((dir_ / DirectoryLock::kFileName).string())));
+    DirectoryLock moved(std::move(first));  // the lock moves with the object
+    EXPECT_THAT(error_of([&] { DirectoryLock second(dir_); }), HasSubstr("is in use"));
+  }
+  EXPECT_EQ(error_of([&] { DirectoryLock again(dir_); }), "(no error)");
+  EXPECT_THAT(error_of([&] { DirectoryLock absent(dir_ / "absent"); }),
+              HasSubstr("cannot open the lock file"));
+}
 }  // namespace
 }  // namespace bhmoe
