@@ -212,7 +212,14 @@ class PyModel {
 
   std::vector<int32_t> tokenize(const std::string& text) const { return model().tokenizer().encode(text); }
 
-  std::string detokenize(const std::vector<int32_t>& ids) const { return model().tokenizer().decode(ids); }
+  // Tokens are bytes: a few ids can end inside a multi-byte character, so invalid UTF-8 becomes
+  // U+FFFD instead of an exception (as bytes.decode(errors="replace") does).
+  py::str detokenize(const std::vector<int32_t>& ids) const {
+    const std::string bytes = model().tokenizer().decode(ids);
+    PyObject* text = PyUnicode_DecodeUTF8(bytes.data(), static_cast<Py_ssize_t>(bytes.size()), "replace");
+    if (!text) throw py::error_already_set();
+    return py::reinterpret_steal<py::str>(text);
+  }
 
   // float32 [T, V] logits of one prefill of ids under a router spec (None: native).
   py::array_t<float> logits(const std::vector<int32_t>& ids, const py::object& router,
@@ -238,7 +245,8 @@ class PyModel {
                                                                     : input.cast<std::vector<int32_t>>();
     if (ids.empty()) throw Error("trace: no tokens");
     if (window < 1) throw Error("trace: window " + std::to_string(window) + " is below 1");
-    window = std::min<int64_t>(window, static_cast<int64_t>(ids.size()));
+    window = std::min<int64_t>({window, static_cast<int64_t>(ids.size()),
+                                static_cast<int64_t>(model_->config().max_position_embeddings)});
     auto r = make_router(router, calibration);
     model::Trace t;
     std::string spec;

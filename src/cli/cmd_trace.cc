@@ -30,12 +30,14 @@ CommandRegistration reg{
       auto* ids = app.add_option("--ids", o->ids, "Token ids instead of a text, e.g. \"1 2 3\"");
       text->excludes(ids);
       app.add_option("--out", o->out, "Output .npz (numpy.load reads it)")->required();
-      app.add_option("--window", o->window,
-                     "Tokens per window; each window runs from an empty cache (as `bhmoe score`)")
-          ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+      auto* window = app.add_option(
+          "--window", o->window,
+          "Tokens per window (default: 512, or the model's context if shorter); each window runs "
+          "from an empty cache (as `bhmoe score`)");
+      window->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
       app.add_flag("--router-logits", o->router_logits,
                    "Also store the raw router logits [T, L, N] (float32)");
-      return [o]() {
+      return [o, window]() {
         if (o->text_file.empty() && o->ids.empty()) fail("give --text-file or --ids");
         Engine engine = open_engine(o->engine);
         const std::vector<int32_t> ids =
@@ -44,12 +46,13 @@ CommandRegistration reg{
         if (ids.empty()) fail(o->ids.empty() ? "--text-file " + o->text_file : std::string("--ids"),
                               ": no tokens to trace");
         const int64_t context = engine.model->config().max_position_embeddings;
-        if (o->window > context) {
+        if (window->count() > 0 && o->window > context) {
           fail("--window ", o->window, " exceeds the model's context of ", context, " tokens");
         }
-        const int64_t window = std::min<int64_t>(o->window, static_cast<int64_t>(ids.size()));
-        model::Session session(engine.model, engine.router.get(), engine.pool.get(), window);
-        const model::Trace trace = model::trace_routing(session, ids, window, o->router_logits);
+        const int64_t length =
+            std::min({o->window, context, static_cast<int64_t>(ids.size())});
+        model::Session session(engine.model, engine.router.get(), engine.pool.get(), length);
+        const model::Trace trace = model::trace_routing(session, ids, length, o->router_logits);
         model::write_trace(o->out, trace, engine.router_spec());
         int64_t selected = 0;
         for (int32_t c : trace.counts) selected += c;

@@ -71,11 +71,19 @@ bool has_windows(const ResultRow& r) {
 
 std::vector<MatchedPoint> matched_compute(const std::vector<ResultRow>& rows,
                                           const BootstrapOptions& options) {
+  std::vector<const ResultRow*> pointers;
+  for (const ResultRow& r : rows) pointers.push_back(&r);
+  return matched_compute(pointers, options);
+}
+
+std::vector<MatchedPoint> matched_compute(const std::vector<const ResultRow*>& rows,
+                                          const BootstrapOptions& options) {
   // Configs in order of first appearance, each with its row per text.
   std::vector<ConfigData> configs;
   std::map<std::string, size_t> config_index;
   std::map<std::string, std::vector<int64_t>> text_windows;  // the window lengths of each text
-  for (const ResultRow& r : rows) {
+  for (const ResultRow* row : rows) {
+    const ResultRow& r = *row;
     if (r.kind != "score_text" || !r.ok() || !has_windows(r)) continue;
     auto [it, added] = config_index.emplace(r.config_name, configs.size());
     if (added) configs.push_back({r.config_name, r.router, r.rule, r.num_layers, {}});

@@ -46,6 +46,8 @@ struct BootstrapOptions {
 // Points for the score_text rows of `rows` (others are ignored), scope "all" first and then each
 // text in name order, configs in order of first appearance. A config that lacks a text, or whose
 // windows differ from the other configs' on it, is left out of that text's scope and of "all".
+std::vector<MatchedPoint> matched_compute(const std::vector<const ResultRow*>& rows,
+                                          const BootstrapOptions& options = {});
 std::vector<MatchedPoint> matched_compute(const std::vector<ResultRow>& rows,
                                           const BootstrapOptions& options = {});
 

@@ -724,14 +724,17 @@ PlotScript trace_counts_plot(const std::vector<int32_t>& counts, int64_t num_tok
     xtics = "set xtics auto\n";
   }
   std::ostringstream s;
+  // Fixed margins so both panels share the token axis (the colour box would shrink the top one).
   s << "set multiplot layout 2,1 title " << gp_string(p.file.title) << "\n"
+    << "set lmargin at screen 0.07\nset rmargin at screen 0.88\n"
     << "set xrange [-0.5:" << number(static_cast<double>(num_tokens) - 0.5) << "]\n"
     << "set yrange [-0.5:" << number(num_layers - 0.5) << "]\n"
-    << "set ylabel \"layer\"\nset xlabel \"\"\n" << xtics
+    << "set ytics 1\nset ylabel \"layer\"\nset xlabel \"\"\n" << xtics
     << "set cbrange [0:" << max_k << "]\nset cblabel \"experts selected\"\n"
+    << (max_k <= 16 ? "set cbtics 1\n" : "set cbtics auto\n")
     << "set palette defined (0 \"#F7FBFF\", 1 \"#9ECAE1\", 2 \"#3182BD\", 3 \"#08306B\")\n"
     << "plot " << file << " index 0 using 1:2:3 with image notitle\n"
-    << "unset colorbox\nset autoscale y\nset yrange [0:" << max_k << "]\n"
+    << "unset colorbox\nset ytics auto\nset yrange [0:" << number(max_k * 1.05) << "]\n"
     << "set ylabel \"experts (mean over layers)\"\nset xlabel \"token\"\n"
     << "plot " << file << " index 1 using 1:3:4 with filledcurves fc rgb \"#C6DBEF\" "
     << "title \"range across layers\", \\\n  " << file

@@ -72,9 +72,7 @@ const char* verdict(const MatchedPoint& m) {
 
 // The matched-compute section: the overall table, then the difference per text (domain).
 void matched_section(std::ostringstream& md, const Analysis& a) {
-  md << "### Held-out text: quality at matched compute, with 95% bootstrap intervals
-
-"
+  md << "### Held-out text: quality at matched compute, with 95% bootstrap intervals\n\n"
         "For each config: mean experts per token and layer, and NLL (nats per predicted token, "
         "token-weighted). **Δ NLL vs top-k** is top-k's NLL read off its curve (linear between "
         "adjacent k) at the config's own mean experts, minus the config's NLL: **positive means the "
