@@ -415,7 +415,8 @@ TEST(Entropy, CalibrationWithoutEntropyDataIsAnErrorNamingTheLayer) {
     make_router("entropy:ks=1/8", n, normal_calibration());
     ADD_FAILURE() << "accepted a calibration without entropy quantiles";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no entropy quantiles"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no entropy quantiles for any layer"), std::string::npos)
+        << e.what();
   }
   EXPECT_THROW(make_router("entropy:ks=1/8", n), Error);  // no calibration at all
   auto router = make_router("entropy:ks=1/8", n, entropy_calibration(n, 1.0f, 440));

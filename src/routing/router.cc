@@ -455,7 +455,9 @@ class EntropyRouter final : public Router {
       has_[layer] = true;
     }
     if (thresholds_.empty()) {
-      fail("router spec \"", canonical_spec(spec), "\": ", calibration_error(*calibration, -1));
+      fail("router spec \"", canonical_spec(spec),
+           "\": the calibration has no entropy quantiles for any layer (fit one with bhmoe "
+           "calibrate, calibrate-logits on [T, N] logits or bhmoe.Calibration.fit)");
     }
     calibration_ = std::move(calibration);
   }
