@@ -8,6 +8,7 @@
 
 #include "cli/command.h"
 #include "routing/calibration.h"
+#include "routing/router.h"
 #include "util/error.h"
 #include "util/npy.h"
 
@@ -39,9 +40,25 @@ int run(const CalibrateOptions& o) {
     if (layer < 0) fail("--layer ", layer, " must be >= 0");
   }
   std::map<int, std::vector<float>> samples;
+  // N, the row width, when every file gives it ([T, N] or [layers, T, N]): the fit then adds the
+  // per-layer router entropy quantiles of the entropy rule. A 1-D dump has no rows; its
+  // calibration has none.
+  int num_experts = 0;
+  bool rows_known = true;
+  auto note_rows = [&](const std::string& path, int64_t n) {
+    if (n < 1 || n > kMaxExperts) {
+      fail(path, ": rows of ", n, " logits (N must be in [1, ", kMaxExperts, "])");
+    }
+    if (num_experts != 0 && n != num_experts) {
+      fail(path, ": rows of ", n, " logits, but an earlier file has N = ", num_experts,
+           " (one model's router logits expected)");
+    }
+    num_experts = static_cast<int>(n);
+  };
   if (o.logits.size() == 1 && read_npy(o.logits[0]).rank() == 3) {
     // One [layers, T, N] file: slice i is layer --layer[i] (default: 0, 1, ...).
     NpyArray a = read_npy(o.logits[0]);
+    note_rows(o.logits[0], a.dim(2));
     const int64_t num = a.dim(0);
     const int64_t per = num ? a.size() / num : 0;
     if (!o.layers.empty() && static_cast<int64_t>(o.layers.size()) != num) {
@@ -64,13 +81,18 @@ int run(const CalibrateOptions& o) {
         fail(o.logits[i], ": expected [T, N] router logits for layer ", o.layers[i], ", got ",
              shape_text(a));
       }
+      if (a.rank() == 2) {
+        note_rows(o.logits[i], a.dim(1));
+      } else {
+        rows_known = false;
+      }
       auto& pool = samples[o.layers[i]];  // files for the same layer are pooled
       pool.insert(pool.end(), a.data.begin(), a.data.end());
     }
   }
   Calibration calibration;
   try {
-    calibration = fit_calibration(samples, method, o.grid_points);
+    calibration = fit_calibration(samples, method, o.grid_points, rows_known ? num_experts : 0);
   } catch (const Error& e) {
     fail("calibrate-logits: ", e.what());
   }
@@ -82,7 +104,12 @@ int run(const CalibrateOptions& o) {
   for (const auto& [layer, pool] : samples) {
     const CalibrationGrid& g = calibration.grid(layer);
     std::cout << "layer " << layer << ": " << pool.size() << " logits -> " << g.x.size()
-              << " points, x in [" << g.x.front() << ", " << g.x.back() << "]\n";
+              << " points, x in [" << g.x.front() << ", " << g.x.back() << "]";
+    if (calibration.has_entropy_quantiles(layer)) {
+      const std::vector<double>& q = calibration.entropy_quantiles(layer);
+      std::cout << ", entropy median " << q[q.size() / 2] << " nats";
+    }
+    std::cout << "\n";
   }
   std::cout << "calibration (" << fit_method_name(method) << "): " << o.out << "\n";
   return 0;

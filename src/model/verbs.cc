@@ -145,6 +145,13 @@ std::unique_ptr<routing::Router> make_model_router(
       fail("router \"", routing::canonical_spec(spec), "\": the calibration has no layer ", layer,
            " (the model has ", config.num_layers, " layers)");
     }
+    if (spec.rule == routing::RuleKind::kEntropy && !calibration->has_entropy_quantiles(layer)) {
+      try {
+        calibration->entropy_quantiles(layer);
+      } catch (const Error& e) {
+        fail("router \"", routing::canonical_spec(spec), "\": ", e.what());
+      }
+    }
   }
   return routing::make_router(spec, config.num_experts, std::move(calibration));
 }

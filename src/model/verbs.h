@@ -52,7 +52,8 @@ std::map<int, std::vector<float>> collect_router_logits(Session& session,
                                                         int64_t window);
 
 // Builds `spec` for a model with this config: N = config.num_experts, and a rule that uses a
-// calibration gets `calibration`, which must be given and cover every layer of the model. A rule
+// calibration gets `calibration`, which must be given and cover every layer of the model (the
+// entropy rule: with entropy quantiles for every layer). A rule
 // that uses none ignores it. Throws bhmoe::Error naming the spec and, for coverage, the layer.
 std::unique_ptr<routing::Router> make_model_router(
     const ModelConfig& config, const routing::RouterSpec& spec,
