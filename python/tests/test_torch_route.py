@@ -206,3 +206,34 @@ def test_half_precision_is_widened(olmoe_calibration):
     b = bhmoe.torch.route(x.to(torch.bfloat16).float(), "bh:alpha=0.1,max_k=16", olmoe_calibration, layer=1)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
+
+
+def test_values_exactly_at_the_bar_are_decided_as_the_library_decides(tmp_path):
+    """Rows whose probability equals tau, or whose entropy equals a bucket boundary, exactly: the
+    comparisons' direction (>= tau, > boundary) must be the library's."""
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((5, 64)).astype(np.float32) * np.float32([0.2, 0.7, 1.2, 2.0, 3.5])[:, None]
+    # Five tokens: the entropy quantiles at levels 1/4, 1/2, 3/4 are exactly tokens 1, 2 and 3's.
+    calibration = bhmoe.Calibration.fit({0: rows}, "ecdf", 100)
+    h = bhmoe.router_entropy(rows)
+    order = np.argsort(h)
+    t = calibration.entropy_thresholds(0, 4)
+    np.testing.assert_array_equal(t, h[order[1:4]])
+    path = str(tmp_path / "c.json")
+    calibration.save(path)
+    calibration = bhmoe.Calibration.load(path)
+    # Two experts with e = 1 and the rest underflowing to 0: both have probability 0.5 exactly.
+    half = np.full((1, 64), -200.0, dtype=np.float32)
+    half[0, [5, 9]] = 0.0
+    cases = [(rows, "entropy:ks=1/2/4/8"), (half, "threshold:tau=0.5"), (half, "threshold:tau=0.5,max_k=4,min_k=1"),
+             (half, "skip:beta=1")]
+    for x, spec in cases:
+        ids, weights, counts = bhmoe.Router(spec, calibration).route(x, layer=0)
+        t_ids, t_weights, t_counts = bhmoe.torch.route(torch.from_numpy(x), spec, calibration, layer=0)
+        np.testing.assert_array_equal(counts, t_counts.numpy(), err_msg=spec)
+        np.testing.assert_array_equal(ids, t_ids.numpy(), err_msg=spec)
+        np.testing.assert_array_equal(weights, t_weights.numpy(), err_msg=spec)
+    # The library's choices: at a boundary the lower bucket; a probability equal to tau passes.
+    counts = bhmoe.Router("entropy:ks=1/2/4/8", calibration).route(rows[order], layer=0)[2]
+    assert counts.tolist() == [1, 1, 2, 4, 8]
+    assert bhmoe.Router("threshold:tau=0.5", calibration).route(half)[0][0, :2].tolist() == [5, 9]
