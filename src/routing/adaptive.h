@@ -66,6 +66,9 @@ int hc_argmax(const float* sorted_p, int length, int num_experts);
 // Direct evaluation: every calibrated p-value, sorted ascending (equal p: larger logit, then lower
 // id, as bh_select_reference), HC over the first hc_search_length, argmax, clamp to
 // [min_k, max_k]; the selected experts are returned by logit descending, ties lower id first.
+// The router and bhmoe.torch instead take the p-values of the experts in logit order: the same
+// sequence whenever p is non-increasing in the logit (one pooled CDF per layer, as BH's cutoffs
+// assume); the tests check the two agree on a normal and the real OLMoE calibration.
 std::vector<int32_t> hc_select_reference(const float* logits, int num_experts,
                                          const CalibrationGrid& grid, double alpha0, int min_k,
                                          int max_k);
