@@ -26,7 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int n : {1, 8, 64}) {
     try {
       routing::RouterSpec r = routing::resolve_router_spec(spec, n);
-      if (r.rule == routing::RuleKind::kTopK ? r.k > n : (r.max_k > n || r.min_k > r.max_k))
+      if (routing::max_count(r) > n || routing::min_count(r) < 1 ||
+          routing::min_count(r) > routing::max_count(r))
         fuzz::crash("resolved spec out of range", canonical);
     } catch (const Error& e) {
       fuzz::check_message(e, text);

@@ -20,8 +20,10 @@
 #include "kernels/thread_pool.h"
 #include "model/engine.h"
 #include "model/verbs.h"
+#include "routing/adaptive.h"
 #include "routing/bh.h"
 #include "routing/calibration.h"
+#include "routing/kernels.h"
 #include "routing/router.h"
 #include "routing/spec.h"
 #include "util/error.h"
@@ -81,7 +83,8 @@ class PyRouter {
     routing::validate_router_spec(spec_);
     if (spec_.uses_calibration() && !calibration_) {
       throw Error("router spec \"" + routing::canonical_spec(spec_) +
-                  "\": pvalues=calibrated needs a calibration");
+                  (spec_.rule == routing::RuleKind::kEntropy ? "\": needs a calibration with entropy quantiles"
+                                                             : "\": pvalues=calibrated needs a calibration"));
     }
   }
 
@@ -364,12 +367,15 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::class_<routing::RouterSpec>(m, "RouterSpec")
-      .def_property_readonly("rule", [](const routing::RouterSpec& s) {
-        return s.rule == routing::RuleKind::kTopK ? "topk" : s.rule == routing::RuleKind::kBH ? "bh" : "topp";
-      })
+      .def_property_readonly("rule", [](const routing::RouterSpec& s) { return routing::rule_name(s.rule); },
+                             "topk, bh, topp, skip, threshold, hc or entropy")
       .def_readonly("k", &routing::RouterSpec::k)
       .def_readonly("alpha", &routing::RouterSpec::alpha)
       .def_readonly("p", &routing::RouterSpec::p)
+      .def_readonly("beta", &routing::RouterSpec::beta)
+      .def_readonly("tau", &routing::RouterSpec::tau)
+      .def_readonly("alpha0", &routing::RouterSpec::alpha0)
+      .def_readonly("ks", &routing::RouterSpec::ks)
       .def_readonly("min_k", &routing::RouterSpec::min_k)
       .def_readonly("max_k", &routing::RouterSpec::max_k)
       .def_readonly("temperature", &routing::RouterSpec::temperature)
@@ -378,9 +384,8 @@ PYBIND11_MODULE(_core, m) {
         return s.pvalues == routing::PValueKind::kCalibrated ? "calibrated" : "one-minus-prob";
       })
       .def_property_readonly("uses_calibration", &routing::RouterSpec::uses_calibration)
-      .def("max_count", [](const routing::RouterSpec& s) {
-        return s.rule == routing::RuleKind::kTopK ? s.k : s.max_k;
-      }, "Columns of the ids/weights arrays a router of this spec fills.")
+      .def("max_count", [](const routing::RouterSpec& s) { return routing::max_count(s); },
+           "Columns of the ids/weights arrays a router of this spec fills.")
       .def("__str__", [](const routing::RouterSpec& s) { return routing::canonical_spec(s); })
       .def("__repr__", [](const routing::RouterSpec& s) { return "RouterSpec('" + routing::canonical_spec(s) + "')"; });
   m.def("parse_router_spec", &routing::parse_router_spec, py::arg("text"),
@@ -404,17 +409,42 @@ PYBIND11_MODULE(_core, m) {
       .def("save", [](const routing::Calibration& c, const py::object& path) {
         c.save(py::str(py::module_::import("os").attr("fspath")(path)).cast<std::string>());
       }, py::arg("path"))
-      .def_static("fit", [](const py::dict& logits_by_layer, const std::string& method, int grid_points) {
+      .def_static("fit", [](const py::dict& logits_by_layer, const std::string& method, int grid_points,
+                            std::optional<int> num_experts) {
+        // N for the entropy quantiles: given, else the last axis of arrays of 2 or more dimensions
+        // ([T, N], [B, S, N]); flat arrays without num_experts get no entropy quantiles.
         std::map<int, std::vector<float>> samples;
+        int n = num_experts.value_or(0);
+        bool rows = true;
         for (auto item : logits_by_layer) {
           const int layer = item.first.cast<int>();
           py::array_t<float, py::array::c_style> a = as_float32(item.second.cast<py::array>(), "fit: logits");
+          if (!num_experts) {
+            const int width = a.ndim() >= 2 ? static_cast<int>(a.shape(a.ndim() - 1)) : 0;
+            if (width == 0 || (n != 0 && width != n)) rows = false;
+            n = width;
+          }
           samples[layer].assign(a.data(), a.data() + a.size());
         }
+        if (!rows) n = 0;
         const routing::FitMethod fm = routing::parse_fit_method(method);
         py::gil_scoped_release release;
-        return routing::fit_calibration(samples, fm, grid_points);
-      }, py::arg("logits_by_layer"), py::arg("method") = "ecdf", py::arg("grid_points") = 10000)
+        return routing::fit_calibration(samples, fm, grid_points, n);
+      }, py::arg("logits_by_layer"), py::arg("method") = "ecdf", py::arg("grid_points") = 10000,
+         py::arg("num_experts") = py::none(),
+         "Fits every layer's CDF grid and, when N is known (num_experts, or [..., N] arrays of one N), the "
+         "layer's router entropy quantiles for the entropy rule.")
+      .def("has_entropy_quantiles", &routing::Calibration::has_entropy_quantiles, py::arg("layer"))
+      .def("entropy_quantiles", [](const routing::Calibration& c, int layer) {
+        const std::vector<double>& q = c.entropy_quantiles(layer);
+        return py::array_t<double>(q.size(), q.data());
+      }, py::arg("layer"))
+      .def("entropy_thresholds", [](const routing::Calibration& c, int layer, int buckets) {
+        if (buckets < 1) throw Error("entropy_thresholds: buckets " + std::to_string(buckets) + " must be >= 1");
+        std::vector<float> t = routing::entropy_thresholds(c.entropy_quantiles(layer), buckets);
+        return py::array_t<float>(t.size(), t.data());
+      }, py::arg("layer"), py::arg("buckets"),
+         "float32 boundaries of `buckets` equal-mass entropy buckets: a token goes to bucket #{b : H > t[b]}.")
       .def_property_readonly("layers", &routing::Calibration::layers)
       .def_readwrite("model", &routing::Calibration::model)
       .def_readwrite("description", &routing::Calibration::description)
@@ -445,6 +475,21 @@ PYBIND11_MODULE(_core, m) {
         return py::array_t<float>(cut.size(), cut.data());
       }, py::arg("layer"), py::arg("alpha"), py::arg("num_experts"),
          "cut[k-1]: expert i passes BH's k-th critical value exactly when logit_i >= cut[k-1].");
+
+  m.def("router_entropy", [](const py::array& logits) {
+    py::array_t<float, py::array::c_style> a = as_float32(logits, "router_entropy: logits");
+    if (a.ndim() != 2) throw Error("router_entropy: logits must be [T, N]");
+    const int n = static_cast<int>(a.shape(1));
+    if (n < 1 || n > routing::kMaxExperts) throw Error("router_entropy: N=" + std::to_string(n) + " is outside [1, " + std::to_string(routing::kMaxExperts) + "]");
+    py::array_t<float> out(a.shape(0));
+    for (py::ssize_t t = 0; t < a.shape(0); ++t) {
+      const float* row = a.data() + t * n;
+      const int bad = routing::detail::first_non_finite(row, n);
+      if (bad >= 0) throw Error("router_entropy: token " + std::to_string(t) + ": logit of expert " + std::to_string(bad) + " is not finite");
+      out.mutable_data()[t] = routing::router_entropy(row, n);
+    }
+    return out;
+  }, py::arg("logits"), "Per-token entropy (nats) of softmax(logits), the entropy rule's arithmetic, float32 [T].");
 
   py::class_<PyRouter>(m, "Router")
       .def(py::init<const py::object&, const py::object&>(), py::arg("spec"), py::arg("calibration") = py::none())

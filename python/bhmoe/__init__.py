@@ -15,8 +15,8 @@ Errors are ValueError with the library's messages (the CLI's, without its flag n
 """
 
 from ._core import (Calibration, Model, Router, RouterSpec, bh_critical_values, canonical_spec,
-                    parse_router_spec, resolve_router_spec, run)
+                    parse_router_spec, resolve_router_spec, router_entropy, run)
 from .results import load_results
 
 __all__ = ["Calibration", "Model", "Router", "RouterSpec", "bh_critical_values", "canonical_spec",
-           "load_results", "parse_router_spec", "resolve_router_spec", "run"]
+           "load_results", "parse_router_spec", "resolve_router_spec", "router_entropy", "run"]

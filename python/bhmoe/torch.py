@@ -12,9 +12,16 @@ Bit-identity with the library (the tests check it on the shared routing cases an
 with ties): the softmax numerators use the library's exponential (Cephes' expf, same operations in the
 same order) and its summation order (eight lanes over blocks of eight experts, then the lanes, then
 the tail); BH compares logits against the library's own per-layer logit cutoffs (Calibration.logit_cutoffs, from _core);
-top-p accumulates probabilities one expert at a time in float32. The loops below run over experts or
-ranks (at most N), never over tokens.
+top-p accumulates probabilities one expert at a time in float32. skip compares the numerators with
+beta (the top one is exp(0) = 1), threshold the probabilities e * (1 / sum) with tau, both in float32.
+hc interpolates the calibration grid in float64 with numpy.interp's arithmetic (as the library does),
+rounds p to float32 and evaluates HC in float64 with the library's operations in its order. entropy
+computes ln S - sum(e x) / S with the library's logf (Cephes, float32, op for op) and the softmax's
+summation order, and buckets it with the library's own thresholds (Calibration.entropy_thresholds).
+The loops below run over experts or ranks (at most N), never over tokens.
 """
+
+import math
 
 import torch
 
@@ -71,6 +78,77 @@ def _softmax_numerators(logits, mx, temperature):
     return e, total
 
 
+def _f32(v, device):
+    return torch.tensor(v, dtype=torch.float32, device=device)
+
+
+def _lane_sum(v):
+    """Row sums of v [M, N] in the library's order: eight lanes over blocks of eight, lanes, tail."""
+    n = v.shape[1]
+    blocks = n // 8
+    acc = torch.zeros(v.shape[0], 8, dtype=torch.float32, device=v.device)
+    for b in range(blocks):
+        acc = acc + v[:, 8 * b:8 * b + 8]
+    total = acc[:, 0]
+    for lane in range(1, 8):
+        total = total + acc[:, lane]
+    for i in range(8 * blocks, n):
+        total = total + v[:, i]
+    return total
+
+
+def _log_cephes(x):
+    """The library's entropy_log (Cephes logf) of positive normal float32 x, op for op."""
+    f = lambda v: _f32(v, x.device)  # noqa: E731
+    m, exponent = torch.frexp(x)
+    low = m < f(0.707106781186547524)
+    exponent = torch.where(low, exponent - 1, exponent)
+    m = torch.where(low, (m + m) - f(1.0), m - f(1.0))
+    z = m * m
+    y = f(7.0376836292e-2) * m - f(1.1514610310e-1)
+    y = y * m + f(1.1676998740e-1)
+    y = y * m - f(1.2420140846e-1)
+    y = y * m + f(1.4249322787e-1)
+    y = y * m - f(1.6668057665e-1)
+    y = y * m + f(2.0000714765e-1)
+    y = y * m - f(2.4999993993e-1)
+    y = y * m + f(3.3333331174e-1)
+    y = y * m * z
+    fe = exponent.to(torch.float32)
+    y = y + f(-2.12194440e-4) * fe
+    y = y + f(-0.5) * z
+    result = m + y
+    return result + f(0.693359375) * fe
+
+
+def _router_entropy(r, mx, e1, total1):
+    """The library's router_entropy per row: ln S - sum(e x) / S, x = max(r - max, -87.33654), at T = 1."""
+    x = torch.clamp_min(r - mx[:, None], _f32(-87.33654, r.device))
+    weighted = _lane_sum(e1 * x)
+    return _log_cephes(total1) - weighted / total1
+
+
+def _calibrated_pvalues(v, calibration, layer):
+    """fl32(1 - F(v)) with F the layer's grid interpolated as the library's interpolate_cdf (float64)."""
+    gx, gy = calibration.grid(layer)
+    x = torch.from_numpy(np.asarray(gx, dtype=np.float64)).to(v.device)
+    y = torch.from_numpy(np.asarray(gy, dtype=np.float64)).to(v.device)
+    v = v.to(torch.float64)
+    last = x.shape[0] - 1
+    j = (torch.searchsorted(x, v, right=True) - 1).clamp(0, last - 1)
+    xj, xj1, yj, yj1 = x[j], x[j + 1], y[j], y[j + 1]
+    slope = (yj1 - yj) / (xj1 - xj)
+    res = slope * (v - xj) + yj
+    again = slope * (v - xj1) + yj1
+    again = torch.where(torch.isnan(again) & (yj == yj1), yj, again)
+    res = torch.where(torch.isnan(res), again, res)
+    res = torch.where(xj == v, yj, res)
+    res = torch.where(v == x[last], y[last].expand_as(res), res)
+    res = torch.where(v > x[last], torch.ones_like(res), res)
+    res = torch.where(v < x[0], torch.zeros_like(res), res)
+    return (1.0 - res).to(torch.float32)
+
+
 def _weights(e, total, ids, counts, renorm):
     """e[id] / sum for the first counts[t] ids of each row, optionally rescaled to sum 1; 0 elsewhere."""
     k = ids.shape[1]
@@ -109,6 +187,8 @@ def route(logits, spec, calibration=None, layer=0):
     spec = _spec(spec, n)
     calibration = _calibration(calibration)
     if spec.uses_calibration and calibration is None:
+        if spec.rule == "entropy":
+            raise ValueError('router spec "%s": needs a calibration with entropy quantiles' % spec)
         raise ValueError('router spec "%s": pvalues=calibrated needs a calibration' % spec)
     r = logits.detach().reshape(-1, n).to(torch.float32)
     _check_finite(r, layer)
@@ -137,6 +217,34 @@ def route(logits, spec, calibration=None, layer=0):
             reached = torch.where((reached > spec.max_k) & (cumulative >= mass), torch.full_like(reached, j + 1),
                                   reached)
         counts = reached.clamp(spec.min_k, spec.max_k)
+    elif spec.rule == "skip":
+        # e_i >= beta * e_top, e_top = exp(0) = 1: prob_i >= beta * top prob, without the division.
+        passing = (e >= _f32(spec.beta, r.device)).sum(dim=1)
+        counts = passing.clamp(spec.min_k, spec.max_k)
+    elif spec.rule == "threshold":
+        inv = _f32(1.0, r.device) / total
+        passing = (e * inv[:, None] >= _f32(spec.tau, r.device)).sum(dim=1)
+        counts = passing.clamp(spec.min_k, spec.max_k)
+    elif spec.rule == "hc":
+        # p ascending is the logit order (one pooled CDF per layer); HC over the first `length` ranks.
+        length = max(1, min(n, int(math.floor(spec.alpha0 * float(n)))))
+        p = _calibrated_pvalues(sorted_logits[:, :length], calibration, layer).to(torch.float64)
+        # Guards as the library's higher_criticism: p >= 1 gives -inf, p below 2^-23 is raised to it.
+        null = p >= 1.0
+        floor = 2.0 ** -23
+        p = torch.where(null, torch.full_like(p, 0.5), p.clamp_min(floor))
+        i_over_n = torch.arange(1, length + 1, dtype=torch.float64, device=r.device) / float(n)
+        hc = math.sqrt(float(n)) * (i_over_n[None, :] - p) / torch.sqrt(p * (1.0 - p))
+        hc = torch.where(null, torch.full_like(hc, -math.inf), hc)
+        best = hc.max(dim=1).values
+        first = torch.where(hc == best[:, None], ranks[None, :length], torch.full_like(ranks[None, :length], n + 1))
+        counts = first.min(dim=1).values.clamp(spec.min_k, spec.max_k)
+    elif spec.rule == "entropy":
+        e1, total1 = (e, total) if spec.temperature == 1.0 else _softmax_numerators(r, mx, 1.0)
+        h = _router_entropy(r, mx, e1, total1)
+        t = torch.from_numpy(np.asarray(calibration.entropy_thresholds(layer, len(spec.ks)))).to(r.device)
+        bucket = (h[:, None] > t[None, :]).sum(dim=1)
+        counts = torch.tensor(spec.ks, dtype=torch.int64, device=r.device)[bucket]
     elif spec.pvalues == "calibrated":
         cut = torch.from_numpy(np.asarray(calibration.logit_cutoffs(layer, spec.alpha, n))).to(r.device)
         # k passes when at least k logits reach cut[k-1], i.e. when the k-th largest does.
@@ -182,8 +290,12 @@ class RoutedMoe(torch.nn.Module):
         calibration = _calibration(calibration)
         if self.spec.uses_calibration:
             if calibration is None:
-                raise ValueError('router spec "%s": pvalues=calibrated needs a calibration' % self.spec)
-            calibration.grid(layer)  # fails now, naming the layers it has, rather than at the first token
+                raise ValueError('router spec "%s": needs a calibration' % self.spec)
+            # Fails now, naming the layers it has, rather than at the first token.
+            if self.spec.rule == "entropy":
+                calibration.entropy_quantiles(layer)
+            else:
+                calibration.grid(layer)
         self.calibration = calibration
         self.layer = layer
         self.last = None

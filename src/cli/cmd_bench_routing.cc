@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "routing/adaptive.h"
 #include "routing/calibration.h"
 #include "routing/router.h"
 #include "routing/spec.h"
@@ -59,26 +60,38 @@ int run(const BenchOptions& o) {
   std::vector<float> logits(static_cast<size_t>(o.tokens * n));
   for (float& v : logits) v = normal(rng);
 
-  std::shared_ptr<const Calibration> calibration;
+  std::shared_ptr<Calibration> calibration;
   std::string calibration_source = "none";
   if (spec.uses_calibration()) {
     std::string path = o.calibration;
     if (path.empty() && std::filesystem::exists(kDefaultCalibration)) path = kDefaultCalibration;
     if (!path.empty()) {
-      calibration = std::make_shared<const Calibration>(Calibration::load(path));
+      calibration = std::make_shared<Calibration>(Calibration::load(path));
       calibration_source = path;
     } else {
       std::map<int, std::vector<float>> samples;
       auto& pool = samples[o.layer];
-      for (int i = 0; i < 64 * 1000; ++i) pool.push_back(normal(rng));
-      calibration = std::make_shared<const Calibration>(fit_calibration(samples, FitMethod::kKde));
-      calibration_source = "kde fitted on 64000 random normal logits";
+      for (int i = 0; i < n * 1000; ++i) pool.push_back(normal(rng));
+      calibration =
+          std::make_shared<Calibration>(fit_calibration(samples, FitMethod::kKde, 10000, n));
+      calibration_source = cat("kde fitted on ", n * 1000, " random normal logits");
+    }
+    if (spec.rule == RuleKind::kEntropy && calibration->has_layer(o.layer) &&
+        !calibration->has_entropy_quantiles(o.layer)) {
+      // The real OLMoE calibration predates entropy quantiles: take them from 1000 other tokens of
+      // the same standard normal logits, so the buckets split the benchmark's tokens evenly.
+      std::vector<float> tokens(static_cast<size_t>(n) * 1000);
+      for (float& v : tokens) v = normal(rng);
+      calibration->set_entropy_quantiles(o.layer, entropy_quantiles(tokens, n));
+      calibration_source += " + entropy quantiles of 1000 random normal tokens";
     }
   }
   if (o.logits_from == "calibration") {
     // Draws from the layer's calibrated null distribution (inverse CDF by interpolation): the
     // pooled distribution of the real model's logits, as the calibration was fitted on them.
-    if (!calibration) fail("--logits-from calibration needs a bh router with a calibration");
+    if (!calibration) {
+      fail("--logits-from calibration needs a router with a calibration (bh, hc or entropy)");
+    }
     const CalibrationGrid& g = calibration->grid(o.layer);
     std::uniform_real_distribution<double> uniform(g.cdf.front(), g.cdf.back());
     for (float& v : logits) {

@@ -1,6 +1,6 @@
 // bhmoe calibrate: run native routing over a text, collect every layer's raw router logits through
-// the engine's observer, and fit the per-layer null CDF (bh-calibration-grid/1) that bh routing
-// uses.
+// the engine's observer, and fit the per-layer null CDF (bh-calibration-grid/1) that bh and hc
+// routing use, with the per-layer router entropy quantiles that entropy routing uses.
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -53,13 +53,13 @@ CommandRegistration reg{
         const std::map<int, std::vector<float>> samples =
             model::collect_router_logits(session, ids, window);
         routing::Calibration calibration =
-            routing::fit_calibration(samples, method, o->grid_points);
+            routing::fit_calibration(samples, method, o->grid_points, config.num_experts);
         calibration.model = config.model_type + " " + engine.model->dir().filename().string();
-        calibration.description =
-            cat(routing::fit_method_name(method), " fit of raw router logits (",
-                config.native_router_spec(), " routing) over ", ids.size(), " tokens of ",
-                o->text_file, " in windows of ", o->max_length, " tokens; ",
-                ids.size() * config.num_experts, " samples per layer");
+        calibration.description = cat(
+            routing::fit_method_name(method), " fit of raw router logits (",
+            config.native_router_spec(), " routing) over ", ids.size(), " tokens of ", o->text_file,
+            " in windows of ", o->max_length, " tokens; ", ids.size() * config.num_experts,
+            " samples per layer; with router entropy quantiles over the tokens");
         calibration.save(o->out);
         std::printf("wrote %s: %d layers, %s fit, %zu tokens, %zu logits per layer\n",
                     o->out.c_str(), calibration.num_layers(), routing::fit_method_name(method),

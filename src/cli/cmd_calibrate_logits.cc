@@ -8,6 +8,7 @@
 
 #include "cli/command.h"
 #include "routing/calibration.h"
+#include "routing/router.h"
 #include "util/error.h"
 #include "cli/router_logits_file.h"
 #include "util/npy.h"
@@ -34,8 +35,30 @@ int run(const CalibrateOptions& o) {
     if (layer < 0) fail("--layer ", layer, " must be >= 0");
   }
   std::map<int, std::vector<float>> samples;
+  // N, the row width, when every file gives it ([T, N], [layers, T, N] or a trace): the fit then
+  // adds the per-layer router entropy quantiles of the entropy rule. A 1-D dump has no rows; its
+  // calibration has none.
+  int num_experts = 0;
+  bool rows_known = true;
+  auto note_rows = [&](const std::string& path, const RouterLogitsFile& f) {
+    if (f.flat) {
+      rows_known = false;
+      return;
+    }
+    if (f.experts < 1 || f.experts > kMaxExperts) {
+      fail(path, ": rows of ", f.experts, " logits (N must be in [1, ", kMaxExperts, "])");
+    }
+    if (num_experts != 0 && f.experts != num_experts) {
+      fail(path, ": rows of ", f.experts, " logits, but an earlier file has N = ", num_experts,
+           " (one model's router logits expected)");
+    }
+    num_experts = static_cast<int>(f.experts);
+  };
   std::vector<RouterLogitsFile> files;
-  for (const std::string& path : o.logits) files.push_back(read_router_logits(path));
+  for (const std::string& path : o.logits) {
+    files.push_back(read_router_logits(path));
+    note_rows(path, files.back());
+  }
   if (files.size() == 1 && files[0].layered) {
     // One [layers, T, N] file or trace: slice i is layer --layer[i] (default: 0, 1, ...).
     const RouterLogitsFile& f = files[0];
@@ -64,7 +87,7 @@ int run(const CalibrateOptions& o) {
   }
   Calibration calibration;
   try {
-    calibration = fit_calibration(samples, method, o.grid_points);
+    calibration = fit_calibration(samples, method, o.grid_points, rows_known ? num_experts : 0);
   } catch (const Error& e) {
     fail("calibrate-logits: ", e.what());
   }
@@ -76,7 +99,12 @@ int run(const CalibrateOptions& o) {
   for (const auto& [layer, pool] : samples) {
     const CalibrationGrid& g = calibration.grid(layer);
     std::cout << "layer " << layer << ": " << pool.size() << " logits -> " << g.x.size()
-              << " points, x in [" << g.x.front() << ", " << g.x.back() << "]\n";
+              << " points, x in [" << g.x.front() << ", " << g.x.back() << "]";
+    if (calibration.has_entropy_quantiles(layer)) {
+      const std::vector<double>& q = calibration.entropy_quantiles(layer);
+      std::cout << ", entropy median " << q[q.size() / 2] << " nats";
+    }
+    std::cout << "\n";
   }
   std::cout << "calibration (" << fit_method_name(method) << "): " << o.out << "\n";
   return 0;

@@ -33,8 +33,8 @@ CommandRegistration reg{
       app.add_option("--text-file", o->text_file, "UTF-8 text to measure on (a calibration split)")
           ->required();
       app.add_option("--rule", o->rule,
-                     "The rule without its searched parameter: bh[:max_k=16,...] (alpha) or "
-                     "topp[:max_k=16,...] (p)")
+                     "The rule without its searched parameter: bh[:max_k=16,...] (alpha), "
+                     "topp[:...] (p), skip[:...] (beta) or threshold[:...] (tau)")
           ->required();
       app.add_option("--target-mean-experts", o->target, "Mean experts per token and layer to reach")
           ->required();

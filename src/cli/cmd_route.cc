@@ -84,16 +84,28 @@ int run(const RouteOptions& o) {
   for (const std::string& text : o.routers) {
     const RouterSpec spec = resolve_router_spec(parse_router_spec(text), n);
     if (spec.uses_calibration() && !calibration) {
-      fail("--router ", text, ": bh with calibrated p-values needs --calibration FILE.json");
+      fail("--router ", text, ": ", rule_name(spec.rule),
+           spec.rule == RuleKind::kEntropy ? " needs entropy quantiles from"
+                                           : " with calibrated p-values needs",
+           " --calibration FILE.json");
     }
-    auto router = make_router(spec, n, calibration);
+    std::unique_ptr<Router> router;
+    try {
+      router = make_router(spec, n, calibration);
+      // The layer's calibration data, checked here so the message can name the file.
+      if (spec.rule == RuleKind::kEntropy) calibration->entropy_quantiles(o.layer);
+      if (spec.uses_calibration()) calibration->grid(o.layer);
+    } catch (const Error& e) {
+      if (!spec.uses_calibration()) throw;
+      fail("--router ", text, " with --calibration ", o.calibration, ": ", e.what());
+    }
     if (!sweep.empty() && spec.rule != RuleKind::kBH) {
       fail("--max-k-sweep sweeps bh routers over max_k; \"", text, "\" is not a bh: spec");
     }
     RouterResult r;
     r.spec = router->spec();
     r.stride = router->max_count();
-    r.min_k = spec.rule == RuleKind::kTopK ? spec.k : spec.min_k;
+    r.min_k = min_count(spec);
     r.ids.resize(static_cast<size_t>(tokens * r.stride));
     r.weights.resize(r.ids.size());
     r.counts.resize(static_cast<size_t>(tokens));

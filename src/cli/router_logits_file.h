@@ -15,6 +15,7 @@ namespace bhmoe::cli {
 
 struct RouterLogitsFile {
   bool layered = false;  // [L, T, N] (else one layer's [T, N], layers == 1)
+  bool flat = false;     // a 1-D dump: one row of all its values, whose row width is unknown
   int64_t layers = 1, tokens = 0, experts = 0;
   std::vector<float> data;  // [layers, tokens, experts]
 
@@ -49,7 +50,10 @@ inline RouterLogitsFile read_router_logits(const std::string& path) {
     return f;
   }
   NpyArray a = read_npy(path);
-  if (a.rank() == 1) a.shape.insert(a.shape.begin(), 1);
+  if (a.rank() == 1) {
+    f.flat = true;
+    a.shape.insert(a.shape.begin(), 1);
+  }
   if (a.rank() == 2) {
     f.tokens = a.dim(0);
     f.experts = a.dim(1);

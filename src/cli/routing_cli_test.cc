@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -209,6 +211,54 @@ TEST_F(RoutingCli, CalibrateLogitsFitsEachLayerAndRoutesWithIt) {
                            " --method kde --out " + path("c.json"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(read_text(path("c.json")))["layers"].size(), 3u);
+}
+
+TEST_F(RoutingCli, AdaptiveRulesRouteWithEntropyQuantilesFromCalibrateLogits) {
+  const std::string a = logits_file("a.npy", 400, 16, 7);
+  const std::string out = path("c.json");
+  RoutingCliResult fit = run("calibrate-logits --logits " + a + " --layer 2 --method ecdf " +
+                             "--grid-points 300 --out " + out);
+  ASSERT_EQ(fit.status, 0) << fit.err;
+  EXPECT_THAT(fit.out, HasSubstr("entropy median"));
+  auto doc = nlohmann::json::parse(read_text(out));
+  EXPECT_EQ(doc["layers"][0]["entropy_quantiles"].size(), 1001u);
+  const std::string routes = path("r.jsonl");
+  RoutingCliResult r = run("route --logits " + a + " --layer 2 --calibration " + out +
+                           " --router skip:beta=0.3 --router threshold:tau=0.1 --router "
+                           "hc:max_k=8 --router entropy:ks=1/2/4/8 --out " +
+                           routes);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::map<std::string, std::set<int>> counts;
+  for (const std::string& line : lines_of(read_text(routes))) {
+    auto row = nlohmann::json::parse(line);
+    counts[row["router"]].insert(row["count"].get<int>());
+  }
+  ASSERT_EQ(counts.size(), 4u);
+  EXPECT_EQ(counts["entropy:ks=1/2/4/8,temperature=1,renorm=false"], (std::set<int>{1, 2, 4, 8}));
+  for (const auto& [router, seen] : counts) EXPECT_GT(seen.size(), 1u) << router;
+  // The real OLMoE calibration has no entropy quantiles: the error names the file.
+  if (fs::exists(kCalibration)) {
+    RoutingCliResult old = run("route --logits " + a + " --layer 2 --calibration " +
+                               kCalibration.string() + " --router entropy:ks=1/8");
+    EXPECT_EQ(old.status, 1);
+    EXPECT_THAT(old.err, HasSubstr(kCalibration.string()));
+    EXPECT_THAT(old.err, HasSubstr("no entropy quantiles for any layer"));
+  }
+  RoutingCliResult other_layer =
+      run("route --logits " + a + " --layer 0 --calibration " + out + " --router entropy:ks=1/8");
+  EXPECT_EQ(other_layer.status, 1);
+  EXPECT_THAT(other_layer.err, HasSubstr("no entropy quantiles for layer 0"));
+  RoutingCliResult none = run("route --logits " + a + " --layer 2 --router hc:max_k=8");
+  EXPECT_EQ(none.status, 1);
+  EXPECT_THAT(none.err, HasSubstr("--calibration"));
+  for (const char* spec :
+       {"skip:beta=0.3", "threshold:tau=0.05", "hc:max_k=16", "entropy:ks=1/2/4/8"}) {
+    RoutingCliResult bench =
+        run(std::string("bench routing --router ") + spec + " --seconds 0.01 --tokens 128",
+            fs::path(BHMOE_SOURCE_DIR));
+    ASSERT_EQ(bench.status, 0) << spec << bench.err;
+    EXPECT_GT(nlohmann::json::parse(bench.out)["mean_count"].get<double>(), 1.0) << spec;
+  }
 }
 
 TEST_F(RoutingCli, CalibrateLogitsErrors) {

@@ -38,7 +38,8 @@ ResolvedCalibration fit_and_cache(const std::shared_ptr<const model::Model>& mod
     model::Session session(model, nullptr, pool, kCalibrationWindow);
     const std::map<int, std::vector<float>> samples =
         model::collect_router_logits(session, ids, kCalibrationWindow);
-    routing::Calibration fitted = routing::fit_calibration(samples, method);
+    routing::Calibration fitted =
+        routing::fit_calibration(samples, method, 10000, model->config().num_experts);
     fitted.model = model_id.value("name", "");
     fitted.description =
         cat(routing::fit_method_name(method),

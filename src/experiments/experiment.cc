@@ -172,6 +172,11 @@ std::string default_router_name(const std::string& spec_text) {
                (spec.max_k_given ? "_k" + std::to_string(spec.max_k) : std::string());
       }
       break;
+    case routing::RuleKind::kSkip:
+    case routing::RuleKind::kThreshold:
+    case routing::RuleKind::kHC:
+    case routing::RuleKind::kEntropy:
+      break;  // named by their canonical spec
   }
   return routing::canonical_spec(spec);
 }

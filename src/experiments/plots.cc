@@ -47,6 +47,10 @@ const char* rule_color(const std::string& rule) {
   if (rule == "topk") return "#4C72B0";
   if (rule == "bh") return "#DD8452";
   if (rule == "topp") return "#55A868";
+  if (rule == "skip") return "#C44E52";
+  if (rule == "threshold") return "#8172B3";
+  if (rule == "hc") return "#937860";
+  if (rule == "entropy") return "#DA8BC3";
   return "#8C8C8C";
 }
 
@@ -58,6 +62,10 @@ std::string rule_label(const std::string& rule) {
   if (rule == "topk") return "top-k";
   if (rule == "bh") return "BH";
   if (rule == "topp") return "top-p";
+  if (rule == "skip") return "dynamic skipping";
+  if (rule == "threshold") return "threshold";
+  if (rule == "hc") return "Higher Criticism";
+  if (rule == "entropy") return "entropy-bucketed k";
   return rule;
 }
 

@@ -547,7 +547,13 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
     }
   }
   matched_conclusions(md, a);
-  for (const std::string rule : {"bh", "topp"}) {
+  const std::pair<std::string, const char*> adaptive_rules[] = {{"bh", "BH"},
+                                                                {"topp", "top-p"},
+                                                                {"skip", "dynamic skipping"},
+                                                                {"threshold", "threshold"},
+                                                                {"hc", "Higher Criticism"},
+                                                                {"entropy", "entropy-bucketed k"}};
+  for (const auto& [rule, label] : adaptive_rules) {
     if (!a.matched.empty()) break;  // the matched-compute verdicts above replace these lines
     int matched = 0, better = 0;
     double sum_pct = 0;
@@ -559,8 +565,8 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
       if (pct < 0) ++better;
     }
     if (matched) {
-      md << "- Held-out text, " << (rule == "bh" ? "BH" : "top-p")
-         << " against top-k at matched mean experts: " << better << " of " << matched
+      md << "- Held-out text, " << label << " against top-k at matched mean experts: " << better
+         << " of " << matched
          << " configs have lower perplexity than interpolated top-k; mean difference "
          << fixed(sum_pct / matched, 2) << "% (negative = better than top-k).\n";
     }

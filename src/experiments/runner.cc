@@ -61,12 +61,14 @@ PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig
   if (spec.rule == routing::RuleKind::kTopK) {
     r.max_k_requested = spec.k;
     spec.k = std::min(spec.k, num_experts);
-  } else if (spec.max_k_given || spec.rule == routing::RuleKind::kBH) {
+  } else if (spec.rule != routing::RuleKind::kEntropy &&
+             (spec.max_k_given || spec.rule == routing::RuleKind::kBH ||
+              spec.rule == routing::RuleKind::kHC)) {
     r.max_k_requested = spec.max_k;
     spec.max_k = std::min(spec.max_k, num_experts);
   }
   spec = routing::resolve_router_spec(spec, num_experts);
-  if (r.max_k_requested == 0) r.max_k_requested = spec.max_k;
+  if (r.max_k_requested == 0) r.max_k_requested = routing::max_count(spec);
   try {
     p.router =
         model::make_model_router(model_config, spec, calibration.calibration, calibration.path);
@@ -91,6 +93,13 @@ PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig
       r.max_k = spec.max_k;
       r.min_k = spec.min_k;
       r.top_p = spec.p;
+      break;
+    case routing::RuleKind::kSkip:
+    case routing::RuleKind::kThreshold:
+    case routing::RuleKind::kHC:
+    case routing::RuleKind::kEntropy:
+      r.max_k = routing::max_count(spec);
+      r.min_k = routing::min_count(spec);
       break;
   }
   if (r.clamped()) r.config["max_k_requested"] = r.max_k_requested;

@@ -621,6 +621,49 @@ TEST_F(EngineTest, MakeModelRouterChecksCalibrationCoverage) {
         << e.what();
     EXPECT_NE(std::string(e.what()).find("deeper-calibration.json"), std::string::npos) << e.what();
   }
+  // The entropy rule needs entropy quantiles for every layer: one missing is named.
+  const auto entropy = routing::parse_router_spec("entropy:ks=1/2/4");
+  auto with_entropy = std::make_shared<routing::Calibration>();
+  for (int layer = 0; layer < L(); ++layer) {
+    with_entropy->set_layer(layer, {-1.0, 1.0}, {0.0, 1.0});
+    if (layer + 1 < L()) with_entropy->set_entropy_quantiles(layer, {1.0, 2.0, 3.0});
+  }
+  try {
+    make_model_router(model_->config(), entropy, with_entropy);
+    ADD_FAILURE() << "no error for missing entropy quantiles of layer " << L() - 1;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(cat("no entropy quantiles for layer ", L() - 1)),
+              std::string::npos)
+        << e.what();
+  }
+  with_entropy->set_entropy_quantiles(L() - 1, {1.0, 2.0, 3.0});
+  auto router = make_model_router(model_->config(), entropy, with_entropy);
+  EXPECT_EQ(router->max_count(), 4);
+  EXPECT_TRUE(router->uses_calibration());
+}
+
+TEST_F(EngineTest, AdaptiveRulesRunInTheEngine) {
+  // The fitter, given N, stores entropy quantiles; every new rule then routes a real forward pass
+  // with the counts it reports.
+  Session collect(model_, nullptr, nullptr, 8);
+  auto samples = collect_router_logits(collect, long_ids_, 8);
+  auto fitted = std::make_shared<routing::Calibration>(
+      routing::fit_calibration(samples, routing::FitMethod::kEcdf, 200, N()));
+  for (int layer = 0; layer < L(); ++layer) EXPECT_TRUE(fitted->has_entropy_quantiles(layer));
+  for (const char* text :
+       {"skip:beta=0.3", "threshold:tau=0.05", "hc:max_k=8", "entropy:ks=1/2/4"}) {
+    auto router = make_model_router(model_->config(), routing::parse_router_spec(text), fitted);
+    Session session(model_, router.get(), nullptr, 8);
+    const size_t t = std::min<size_t>(8, long_ids_.size());
+    std::vector<float> logits(t * model_->config().vocab_size);
+    const std::vector<int32_t> ids(long_ids_.begin(), long_ids_.begin() + t);
+    session.prefill(ids, logits.data());
+    for (float v : logits) ASSERT_TRUE(std::isfinite(v)) << text;
+    const double mean = static_cast<double>(session.selected_experts_per_layer()[0]) /
+                        static_cast<double>(session.routed_tokens());
+    EXPECT_GE(mean, 1.0) << text;
+    EXPECT_LE(mean, router->max_count()) << text;
+  }
 }
 
 }  // namespace

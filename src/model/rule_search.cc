@@ -45,8 +45,8 @@ RuleSearchResult search_rule_parameter(Session& session, std::span<const int32_t
   const std::string rule = routing::rule_name(rule_template);
   const routing::RuleParameter* parameter = routing::find_rule_parameter(rule);
   if (!parameter) {
-    fail("rule \"", rule, "\" has no parameter to calibrate (bh: alpha, topp: p; top-k's k is the "
-         "count itself)");
+    fail("rule \"", rule, "\" has no parameter to calibrate (bh: alpha, topp: p, skip: beta, "
+         "threshold: tau; top-k's k is the count itself)");
   }
   const ModelConfig& config = session.model().config();
   if (!(options.target > 0) || options.target > config.num_experts) {

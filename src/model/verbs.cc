@@ -263,6 +263,16 @@ std::unique_ptr<routing::Router> make_model_router(
   } catch (const Error& e) {
     fail("router \"", routing::canonical_spec(spec), "\": ", e.what());
   }
+  for (int layer = 0; layer < config.num_layers; ++layer) {
+    if (spec.rule == routing::RuleKind::kEntropy && !calibration->has_entropy_quantiles(layer)) {
+      try {
+        calibration->entropy_quantiles(layer);
+      } catch (const Error& e) {
+        fail("router \"", routing::canonical_spec(spec), "\" with calibration ", calibration_source,
+             ": ", e.what());
+      }
+    }
+  }
   return routing::make_router(spec, config.num_experts, std::move(calibration));
 }
 

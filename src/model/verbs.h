@@ -104,9 +104,10 @@ std::map<int, std::vector<float>> collect_router_logits(Session& session,
 
 // Builds `spec` for a model with this config: N = config.num_experts, and a rule that uses a
 // calibration gets `calibration`, which must be given and fit the model
-// (Calibration::check_covers_model: every layer 0..L-1 and no layer beyond). A rule that uses none
-// ignores it. `calibration_source` names the calibration (its file) in messages. Throws
-// bhmoe::Error naming the spec and, for coverage, the calibration and the layer.
+// (Calibration::check_covers_model: every layer 0..L-1 and no layer beyond; the entropy rule also
+// needs entropy quantiles for every layer). A rule that uses none ignores it. `calibration_source`
+// names the calibration (its file) in messages. Throws bhmoe::Error naming the spec and, for
+// coverage, the calibration and the layer.
 std::unique_ptr<routing::Router> make_model_router(
     const ModelConfig& config, const routing::RouterSpec& spec,
     std::shared_ptr<const routing::Calibration> calibration,

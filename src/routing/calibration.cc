@@ -4,6 +4,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "routing/adaptive.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/json.h"
@@ -83,6 +84,36 @@ void Calibration::set_layer(int layer, std::vector<double> x, std::vector<double
   grid.uniform = uniform;
   grid.inv_step = uniform ? 1.0 / step : 0.0;
   grids_[layer] = std::move(grid);
+}
+
+void Calibration::set_entropy_quantiles(int layer, std::vector<double> quantiles) {
+  const std::string where = cat("calibration layer ", layer, ": entropy_quantiles");
+  if (!grids_.count(layer)) fail(where, ": the layer has no grid");
+  if (quantiles.size() < 2) fail(where, ": ", quantiles.size(), " values (at least 2 needed)");
+  for (size_t i = 0; i < quantiles.size(); ++i) {
+    if (!std::isfinite(quantiles[i])) fail(where, "[", i, "] is not finite (", quantiles[i], ")");
+    if (quantiles[i] < 0.0) fail(where, "[", i, "] = ", quantiles[i], " is negative");
+    if (i > 0 && quantiles[i] < quantiles[i - 1]) {
+      fail(where, " decreases at index ", i, " (", quantiles[i - 1], " then ", quantiles[i], ")");
+    }
+  }
+  entropy_[layer] = std::move(quantiles);
+}
+
+const std::vector<double>& Calibration::entropy_quantiles(int layer) const {
+  auto it = entropy_.find(layer);
+  if (it == entropy_.end()) {
+    std::string have;
+    for (const auto& [id, q] : entropy_) {
+      if (!have.empty()) have += ',';
+      have += std::to_string(id);
+    }
+    fail("calibration has no entropy quantiles for layer ", layer, " (",
+         have.empty() ? std::string("it has none") : "it has them for layers " + have,
+         "; fit one with bhmoe calibrate, calibrate-logits on [T, N] logits or "
+         "bhmoe.Calibration.fit)");
+  }
+  return it->second;
 }
 
 const CalibrationGrid& Calibration::grid(int layer) const {
@@ -200,6 +231,14 @@ Calibration Calibration::parse(std::string_view json_text, std::string_view sour
     std::vector<double> cdf = number_array(entry, "cdf", at);
     validate_grid(x, cdf, at);
     out.set_layer(layer, std::move(x), std::move(cdf));
+    if (entry.contains("entropy_quantiles")) {
+      std::vector<double> q = number_array(entry, "entropy_quantiles", at);
+      try {
+        out.set_entropy_quantiles(layer, std::move(q));
+      } catch (const Error& e) {
+        fail(where, ": ", e.what());
+      }
+    }
   }
   return out;
 }
@@ -215,7 +254,10 @@ std::string Calibration::to_json() const {
   doc["description"] = description;
   nlohmann::json layers = nlohmann::json::array();
   for (const auto& [id, grid] : grids_) {
-    layers.push_back({{"layer", id}, {"x", grid.x}, {"cdf", grid.cdf}});
+    nlohmann::json entry = {{"layer", id}, {"x", grid.x}, {"cdf", grid.cdf}};
+    auto q = entropy_.find(id);
+    if (q != entropy_.end()) entry["entropy_quantiles"] = q->second;
+    layers.push_back(std::move(entry));
   }
   doc["layers"] = std::move(layers);
   return doc.dump() + "\n";
@@ -363,21 +405,28 @@ CalibrationGrid fit_calibration_grid(std::span<const float> samples, FitMethod m
 }
 
 Calibration fit_calibration(const std::map<int, std::vector<float>>& samples_by_layer,
-                            FitMethod method, int grid_points) {
+                            FitMethod method, int grid_points, int num_experts) {
   Calibration out;
   for (const auto& [layer, samples] : samples_by_layer) {
     CalibrationGrid grid;
+    std::vector<double> quantiles;
     try {
       grid = fit_calibration_grid(samples, method, grid_points);
+      if (num_experts > 0) quantiles = entropy_quantiles(samples, num_experts);
     } catch (const Error& e) {
       fail("layer ", layer, ": ", e.what());
     }
     out.set_layer(layer, std::move(grid.x), std::move(grid.cdf));
+    if (num_experts > 0) out.set_entropy_quantiles(layer, std::move(quantiles));
   }
   out.description =
       cat("Per-layer CDF of raw router logits (all experts pooled), ",
           method == FitMethod::kKde ? "Gaussian KDE with Scott bandwidth" : "empirical CDF",
-          ", on up to ", grid_points, " points.");
+          ", on up to ", grid_points, " points",
+          num_experts > 0
+              ? cat("; router softmax entropy quantiles over the tokens (N=", num_experts, ")")
+              : std::string(),
+          ".");
   return out;
 }
 

@@ -3,7 +3,11 @@
 // File format `bh-calibration-grid/1` (JSON):
 //   {"format": "bh-calibration-grid/1", "model": "...", "description": "...",
 //    "layers": [{"layer": 0, "x": [...strictly increasing...], "cdf": [...non-decreasing in
-//    [0,1]...]}]}
+//    [0,1]...], "entropy_quantiles": [...optional...]}]}
+// "entropy_quantiles" (optional; files without it load as before) holds the entropy-bucketed rule's
+// data: quantiles of the layer's router softmax entropy (nats, temperature 1) over the calibration
+// tokens at the evenly spaced levels j / (size - 1), j = 0..size-1 (at least 2 values, finite,
+// >= 0, non-decreasing; see routing/adaptive.h). The fitter writes kEntropyQuantileLevels + 1.
 // Loading validates everything (finite numbers, x strictly increasing, cdf non-decreasing within
 // [0, 1], equal lengths, at least two points, no duplicate layer, layer ids in
 // [0, kMaxCalibrationLayer], no duplicate JSON keys) and names what is wrong and where.
@@ -59,6 +63,14 @@ class Calibration {
   // [0, kMaxCalibrationLayer].
   void set_layer(int layer, std::vector<double> x, std::vector<double> cdf);
 
+  // Adds (or replaces) the entropy quantiles of a layer that has a grid, after validating them
+  // (at least 2, finite, >= 0, non-decreasing); errors name the layer.
+  void set_entropy_quantiles(int layer, std::vector<double> quantiles);
+  bool has_entropy_quantiles(int layer) const { return entropy_.count(layer) != 0; }
+  // Throws bhmoe::Error "calibration has no entropy quantiles for layer L (...)" when missing,
+  // saying which layers have them and how to get a calibration that has them.
+  const std::vector<double>& entropy_quantiles(int layer) const;
+
   bool has_layer(int layer) const { return grids_.count(layer) != 0; }
   // Throws bhmoe::Error "calibration has no layer L (it covers ...)" when missing.
   const CalibrationGrid& grid(int layer) const;
@@ -81,6 +93,7 @@ class Calibration {
   std::string layer_list_text() const;  // "0,1,2" or "none"
 
   std::map<int, CalibrationGrid> grids_;
+  std::map<int, std::vector<double>> entropy_;  // by layer; a subset of the grids' layers
 };
 
 // Linear interpolation on one grid, with numpy.interp's arithmetic inside the grid.
@@ -103,8 +116,11 @@ CalibrationGrid fit_calibration_grid(std::span<const float> samples, FitMethod m
 // O(n * grid_points)); true bins first (what fit_calibration_grid uses for large pools).
 CalibrationGrid fit_kde_grid(std::span<const float> samples, int grid_points, bool binned);
 
-// Fits every layer of `samples_by_layer` (layer -> pooled logits) into one Calibration.
+// Fits every layer of `samples_by_layer` (layer -> pooled logits) into one Calibration. With
+// num_experts > 0 each pool is read as [T, N] rows of N = num_experts logits (its size must be a
+// multiple of N) and the layer also gets its entropy quantiles (routing/adaptive.h); with 0 (the
+// rows unknown, e.g. a 1-D dump) it gets none and the entropy rule cannot use it.
 Calibration fit_calibration(const std::map<int, std::vector<float>>& samples_by_layer,
-                            FitMethod method, int grid_points = 10000);
+                            FitMethod method, int grid_points = 10000, int num_experts = 0);
 
 }  // namespace bhmoe::routing

@@ -9,10 +9,12 @@ namespace bhmoe::routing {
 namespace {
 
 const std::vector<RuleParameter>& table() {
-  // Ranges stay inside each key's valid range (alpha in (0, 1), p in (0, 1]).
+  // Ranges stay inside each key's valid range (alpha in (0, 1), p, beta and tau in (0, 1]).
   static const std::vector<RuleParameter> parameters = {
       {"bh", "alpha", 1e-6, 0.999, true, true},
       {"topp", "p", 0.01, 1.0, true, false},
+      {"skip", "beta", 1e-4, 1.0, false, true},
+      {"threshold", "tau", 1e-5, 1.0, false, true},
   };
   return parameters;
 }

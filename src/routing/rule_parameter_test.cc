@@ -14,6 +14,8 @@ TEST(RuleParameter, KnowsTheKnobOfEachAdaptiveRule) {
   EXPECT_TRUE(find_rule_parameter("bh")->more_when_larger);
   ASSERT_NE(find_rule_parameter("topp"), nullptr);
   EXPECT_EQ(find_rule_parameter("topp")->key, "p");
+  EXPECT_FALSE(find_rule_parameter("skip")->more_when_larger);  // a larger beta skips more
+  EXPECT_EQ(find_rule_parameter("threshold")->key, "tau");
   EXPECT_EQ(find_rule_parameter("topk"), nullptr);  // k is the count itself
   EXPECT_EQ(find_rule_parameter("nope"), nullptr);
 }
@@ -27,7 +29,7 @@ TEST(RuleParameter, AppendsTheParameterToARuleTemplate) {
   EXPECT_THROW(with_parameter("bh:alpha=0.1,max_k=16", bh, 0.05), Error);
   EXPECT_THROW(with_parameter("bh:max_k=16, alpha =0.1", bh, 0.05), Error);
   // Every range end gives a valid spec.
-  for (const char* rule : {"bh:max_k=16", "topp"}) {
+  for (const char* rule : {"bh:max_k=16", "topp", "skip:max_k=8", "threshold"}) {
     const RuleParameter& p = *find_rule_parameter(rule_name(rule));
     EXPECT_NO_THROW(parse_router_spec(with_parameter(rule, p, p.lo)));
     EXPECT_NO_THROW(parse_router_spec(with_parameter(rule, p, p.hi)));

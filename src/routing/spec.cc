@@ -1,8 +1,9 @@
 #include "routing/spec.h"
 
+#include <algorithm>
 #include <charconv>
-#include <nlohmann/json.hpp>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <system_error>
@@ -56,6 +57,32 @@ bool parse_bool(std::string_view text, std::string_view key, std::string_view va
   key_error(text, key, cat("\"", value, "\" is not true or false"));
 }
 
+// "1/2/4/8".
+std::string ks_text(const std::vector<int>& ks) {
+  std::string out;
+  for (int k : ks) {
+    if (!out.empty()) out += '/';
+    out += std::to_string(k);
+  }
+  return out;
+}
+
+std::vector<int> parse_ks(std::string_view text, std::string_view value) {
+  std::vector<int> out;
+  while (true) {
+    size_t slash = value.find('/');
+    out.push_back(parse_int(text, "ks", trim(value.substr(0, slash))));
+    if (slash == std::string_view::npos) break;
+    value = value.substr(slash + 1);
+    if (out.size() > 64) key_error(text, "ks", "more than 64 buckets");
+  }
+  return out;
+}
+
+const char* pvalues_name(PValueKind kind) {
+  return kind == PValueKind::kCalibrated ? "calibrated" : "one-minus-prob";
+}
+
 // The range checks of parse_router_spec that need no N; `text` is the spec as the user wrote it
 // (or its canonical form for a spec built in code), for the error messages.
 void check_values(const RouterSpec& spec, std::string_view text) {
@@ -80,8 +107,38 @@ void check_values(const RouterSpec& spec, std::string_view text) {
         key_error(text, "p", cat(format_number(spec.p), " is outside (0, 1]"));
       }
       break;
+    case RuleKind::kSkip:
+      if (!(spec.beta > 0.0 && spec.beta <= 1.0)) {
+        key_error(text, "beta", cat(format_number(spec.beta), " is outside (0, 1]"));
+      }
+      break;
+    case RuleKind::kThreshold:
+      if (!(spec.tau > 0.0 && spec.tau <= 1.0)) {
+        key_error(text, "tau", cat(format_number(spec.tau), " is outside (0, 1]"));
+      }
+      break;
+    case RuleKind::kHC:
+      if (!(spec.alpha0 > 0.0 && spec.alpha0 <= 1.0)) {
+        key_error(text, "alpha0", cat(format_number(spec.alpha0), " is outside (0, 1]"));
+      }
+      if (spec.pvalues != PValueKind::kCalibrated) {
+        key_error(text, "pvalues", "hc supports only calibrated p-values");
+      }
+      break;
+    case RuleKind::kEntropy:
+      if (spec.ks.empty()) key_error(text, "ks", "is empty (give k per bucket, e.g. 1/2/4/8)");
+      if (spec.ks.size() > 64) key_error(text, "ks", cat(spec.ks.size(), " buckets (at most 64)"));
+      for (size_t b = 0; b < spec.ks.size(); ++b) {
+        if (spec.ks[b] < 1) key_error(text, "ks", cat("k=", spec.ks[b], " must be >= 1"));
+        if (b > 0 && spec.ks[b] < spec.ks[b - 1]) {
+          key_error(text, "ks",
+                    cat(ks_text(spec.ks), " decreases at ", spec.ks[b - 1], " then ", spec.ks[b],
+                        " (k must not decrease with entropy)"));
+        }
+      }
+      break;
   }
-  if (spec.rule != RuleKind::kTopK) {
+  if (spec.rule != RuleKind::kTopK && spec.rule != RuleKind::kEntropy) {
     if (spec.min_k < 1) key_error(text, "min_k", cat(spec.min_k, " must be >= 1"));
     if (spec.max_k < spec.min_k) {
       key_error(text, "max_k", cat(spec.max_k, " is below min_k=", spec.min_k));
@@ -109,9 +166,19 @@ RouterSpec parse_router_spec(std::string_view text) {
     spec.rule = RuleKind::kBH;
   } else if (rule_name == "topp") {
     spec.rule = RuleKind::kTopP;
+  } else if (rule_name == "skip") {
+    spec.rule = RuleKind::kSkip;
+    spec.max_k = 8;  // skipping prunes OLMoE's native top-8 (Lu et al. 2024)
+  } else if (rule_name == "threshold") {
+    spec.rule = RuleKind::kThreshold;
+  } else if (rule_name == "hc") {
+    spec.rule = RuleKind::kHC;
+  } else if (rule_name == "entropy") {
+    spec.rule = RuleKind::kEntropy;
   } else {
     fail("router spec \"", text, "\": unknown rule \"", rule_name,
-         "\" (expected topk:, bh: or topp:, e.g. \"bh:alpha=0.05,max_k=16\")");
+         "\" (expected topk:, bh:, topp:, skip:, threshold:, hc: or entropy:, e.g. "
+         "\"bh:alpha=0.05,max_k=16\")");
   }
   std::string_view params =
       colon == std::string_view::npos ? std::string_view() : body.substr(colon + 1);
@@ -127,6 +194,17 @@ RouterSpec parse_router_spec(std::string_view text) {
       case RuleKind::kTopP:
         return key == "p" || key == "max_k" || key == "min_k" || key == "temperature" ||
                key == "renorm";
+      case RuleKind::kSkip:
+        return key == "beta" || key == "max_k" || key == "min_k" || key == "temperature" ||
+               key == "renorm";
+      case RuleKind::kThreshold:
+        return key == "tau" || key == "max_k" || key == "min_k" || key == "temperature" ||
+               key == "renorm";
+      case RuleKind::kHC:
+        return key == "max_k" || key == "min_k" || key == "alpha0" || key == "temperature" ||
+               key == "renorm" || key == "pvalues";
+      case RuleKind::kEntropy:
+        return key == "ks" || key == "temperature" || key == "renorm";
     }
     return false;
   };
@@ -138,6 +216,14 @@ RouterSpec parse_router_spec(std::string_view text) {
         return "alpha, max_k, min_k, temperature, renorm, pvalues";
       case RuleKind::kTopP:
         return "p, max_k, min_k, temperature, renorm";
+      case RuleKind::kSkip:
+        return "beta, max_k, min_k, temperature, renorm";
+      case RuleKind::kThreshold:
+        return "tau, max_k, min_k, temperature, renorm";
+      case RuleKind::kHC:
+        return "max_k, min_k, alpha0, temperature, renorm, pvalues";
+      case RuleKind::kEntropy:
+        return "ks, temperature, renorm";
     }
     return "";
   };
@@ -164,6 +250,14 @@ RouterSpec parse_router_spec(std::string_view text) {
       spec.alpha = parse_double(text, key, value);
     } else if (key == "p") {
       spec.p = parse_double(text, key, value);
+    } else if (key == "beta") {
+      spec.beta = parse_double(text, key, value);
+    } else if (key == "tau") {
+      spec.tau = parse_double(text, key, value);
+    } else if (key == "alpha0") {
+      spec.alpha0 = parse_double(text, key, value);
+    } else if (key == "ks") {
+      spec.ks = parse_ks(text, value);
     } else if (key == "max_k") {
       spec.max_k = parse_int(text, key, value);
       spec.max_k_given = true;
@@ -198,6 +292,18 @@ RouterSpec parse_router_spec(std::string_view text) {
     case RuleKind::kTopP:
       require("p");
       break;
+    case RuleKind::kSkip:
+      require("beta");
+      break;
+    case RuleKind::kThreshold:
+      require("tau");
+      break;
+    case RuleKind::kHC:
+      require("max_k");
+      break;
+    case RuleKind::kEntropy:
+      require("ks");
+      break;
   }
   check_values(spec, text);
   return spec;
@@ -217,7 +323,15 @@ RouterSpec resolve_router_spec(RouterSpec spec, int num_experts) {
     if (spec.k > num_experts) key_error(text, "k", cat(spec.k, " exceeds N=", num_experts));
     return spec;
   }
-  if (spec.rule == RuleKind::kTopP && !spec.max_k_given && spec.max_k > num_experts) {
+  if (spec.rule == RuleKind::kEntropy) {
+    for (int k : spec.ks) {
+      if (k > num_experts) key_error(text, "ks", cat("k=", k, " exceeds N=", num_experts));
+    }
+    return spec;
+  }
+  const bool default_max_k = spec.rule == RuleKind::kTopP || spec.rule == RuleKind::kSkip ||
+                             spec.rule == RuleKind::kThreshold;
+  if (default_max_k && !spec.max_k_given && spec.max_k > num_experts) {
     spec.max_k = num_experts;
     text = canonical_spec(spec);
   }
@@ -245,12 +359,39 @@ nlohmann::json to_json(const RouterSpec& spec) {
               {"min_k", spec.min_k},
               {"temperature", spec.temperature},
               {"renorm", spec.renorm},
-              {"pvalues", spec.pvalues == PValueKind::kCalibrated ? "calibrated" : "one-minus-prob"}};
+              {"pvalues", pvalues_name(spec.pvalues)}};
     case RuleKind::kTopP:
       return {{"type", "topp"},
               {"p", spec.p},
               {"max_k", spec.max_k},
               {"min_k", spec.min_k},
+              {"temperature", spec.temperature},
+              {"renorm", spec.renorm}};
+    case RuleKind::kSkip:
+      return {{"type", "skip"},
+              {"beta", spec.beta},
+              {"max_k", spec.max_k},
+              {"min_k", spec.min_k},
+              {"temperature", spec.temperature},
+              {"renorm", spec.renorm}};
+    case RuleKind::kThreshold:
+      return {{"type", "threshold"},
+              {"tau", spec.tau},
+              {"max_k", spec.max_k},
+              {"min_k", spec.min_k},
+              {"temperature", spec.temperature},
+              {"renorm", spec.renorm}};
+    case RuleKind::kHC:
+      return {{"type", "hc"},
+              {"max_k", spec.max_k},
+              {"min_k", spec.min_k},
+              {"alpha0", spec.alpha0},
+              {"temperature", spec.temperature},
+              {"renorm", spec.renorm},
+              {"pvalues", pvalues_name(spec.pvalues)}};
+    case RuleKind::kEntropy:
+      return {{"type", "entropy"},
+              {"ks", spec.ks},
               {"temperature", spec.temperature},
               {"renorm", spec.renorm}};
   }
@@ -264,15 +405,62 @@ std::string canonical_spec(const RouterSpec& spec) {
     case RuleKind::kTopK:
       return cat("topk:k=", spec.k, ",renorm=", renorm, ",temperature=", temperature);
     case RuleKind::kBH:
-      return cat(
-          "bh:alpha=", format_number(spec.alpha), ",max_k=", spec.max_k, ",min_k=", spec.min_k,
-          ",temperature=", temperature, ",renorm=", renorm,
-          ",pvalues=", spec.pvalues == PValueKind::kCalibrated ? "calibrated" : "one-minus-prob");
+      return cat("bh:alpha=", format_number(spec.alpha), ",max_k=", spec.max_k,
+                 ",min_k=", spec.min_k, ",temperature=", temperature, ",renorm=", renorm,
+                 ",pvalues=", pvalues_name(spec.pvalues));
     case RuleKind::kTopP:
       return cat("topp:p=", format_number(spec.p), ",max_k=", spec.max_k, ",min_k=", spec.min_k,
                  ",temperature=", temperature, ",renorm=", renorm);
+    case RuleKind::kSkip:
+      return cat("skip:beta=", format_number(spec.beta), ",max_k=", spec.max_k,
+                 ",min_k=", spec.min_k, ",temperature=", temperature, ",renorm=", renorm);
+    case RuleKind::kThreshold:
+      return cat("threshold:tau=", format_number(spec.tau), ",max_k=", spec.max_k,
+                 ",min_k=", spec.min_k, ",temperature=", temperature, ",renorm=", renorm);
+    case RuleKind::kHC:
+      return cat("hc:max_k=", spec.max_k, ",min_k=", spec.min_k,
+                 ",alpha0=", format_number(spec.alpha0), ",temperature=", temperature,
+                 ",renorm=", renorm, ",pvalues=", pvalues_name(spec.pvalues));
+    case RuleKind::kEntropy:
+      return cat("entropy:ks=", ks_text(spec.ks), ",temperature=", temperature, ",renorm=", renorm);
   }
   return {};
+}
+
+const char* rule_name(RuleKind rule) {
+  switch (rule) {
+    case RuleKind::kTopK:
+      return "topk";
+    case RuleKind::kBH:
+      return "bh";
+    case RuleKind::kTopP:
+      return "topp";
+    case RuleKind::kSkip:
+      return "skip";
+    case RuleKind::kThreshold:
+      return "threshold";
+    case RuleKind::kHC:
+      return "hc";
+    case RuleKind::kEntropy:
+      return "entropy";
+  }
+  return "?";
+}
+
+int max_count(const RouterSpec& spec) {
+  if (spec.rule == RuleKind::kTopK) return spec.k;
+  if (spec.rule == RuleKind::kEntropy) {
+    return spec.ks.empty() ? 0 : *std::max_element(spec.ks.begin(), spec.ks.end());
+  }
+  return spec.max_k;
+}
+
+int min_count(const RouterSpec& spec) {
+  if (spec.rule == RuleKind::kTopK) return spec.k;
+  if (spec.rule == RuleKind::kEntropy) {
+    return spec.ks.empty() ? 0 : *std::min_element(spec.ks.begin(), spec.ks.end());
+  }
+  return spec.min_k;
 }
 
 }  // namespace bhmoe::routing

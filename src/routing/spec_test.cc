@@ -41,6 +41,61 @@ TEST(Spec, CanonicalFormsSpellOutEveryParameter) {
             "topp:p=0.7,max_k=16,min_k=1,temperature=1,renorm=false");
 }
 
+TEST(Spec, AdaptiveRulesCanonicalFormsAndDefaults) {
+  EXPECT_EQ(canonical_spec(parse_router_spec("skip:beta=0.3")),
+            "skip:beta=0.3,max_k=8,min_k=1,temperature=1,renorm=false");
+  EXPECT_EQ(canonical_spec(parse_router_spec("skip: renorm=true, beta=1, max_k=4, min_k=2")),
+            "skip:beta=1,max_k=4,min_k=2,temperature=1,renorm=true");
+  EXPECT_EQ(canonical_spec(parse_router_spec("threshold:tau=0.05")),
+            "threshold:tau=0.05,max_k=16,min_k=1,temperature=1,renorm=false");
+  EXPECT_EQ(canonical_spec(parse_router_spec("hc:max_k=16")),
+            "hc:max_k=16,min_k=1,alpha0=0.5,temperature=1,renorm=false,pvalues=calibrated");
+  EXPECT_EQ(canonical_spec(parse_router_spec("hc:alpha0=0.25,max_k=8,min_k=2,temperature=2")),
+            "hc:max_k=8,min_k=2,alpha0=0.25,temperature=2,renorm=false,pvalues=calibrated");
+  EXPECT_EQ(canonical_spec(parse_router_spec("entropy:ks=1/2/4/8")),
+            "entropy:ks=1/2/4/8,temperature=1,renorm=false");
+  EXPECT_EQ(canonical_spec(parse_router_spec("entropy: ks = 2 / 2 / 6 ,renorm=1")),
+            "entropy:ks=2/2/6,temperature=1,renorm=true");
+  const RouterSpec entropy = parse_router_spec("entropy:ks=1/3/8");
+  EXPECT_EQ(entropy.ks, (std::vector<int>{1, 3, 8}));
+  EXPECT_EQ(max_count(entropy), 8);
+  EXPECT_EQ(min_count(entropy), 1);
+  EXPECT_TRUE(entropy.uses_calibration());
+  EXPECT_TRUE(parse_router_spec("hc:max_k=4").uses_calibration());
+  EXPECT_FALSE(parse_router_spec("skip:beta=0.5").uses_calibration());
+  EXPECT_FALSE(parse_router_spec("threshold:tau=0.5").uses_calibration());
+  // max_k defaults: skip min(8, N), threshold min(16, N); hc requires it.
+  EXPECT_EQ(resolve_router_spec(parse_router_spec("skip:beta=0.3"), 6).max_k, 6);
+  EXPECT_EQ(resolve_router_spec(parse_router_spec("threshold:tau=0.3"), 12).max_k, 12);
+  expect_error("skip:beta=0.3,max_k=8", {"\"max_k\"", "exceeds N=6"}, 6);
+  EXPECT_EQ(rule_name(RuleKind::kThreshold), std::string("threshold"));
+}
+
+TEST(Spec, AdaptiveRulesErrorsNameKeyAndValue) {
+  expect_error("skip:max_k=4", {"\"beta\"", "missing"});
+  expect_error("skip:beta=0", {"\"beta\"", "0 is outside (0, 1]"});
+  expect_error("skip:beta=1.5", {"\"beta\"", "1.5 is outside (0, 1]"});
+  expect_error("skip:beta=0.3,tau=0.1", {"\"tau\"", "unknown key for rule skip"});
+  expect_error("skip:beta=0.3,max_k=2,min_k=3", {"\"max_k\"", "below min_k=3"});
+  expect_error("threshold:min_k=2", {"\"tau\"", "missing"});
+  expect_error("threshold:tau=-0.1", {"\"tau\"", "-0.1 is outside (0, 1]"});
+  expect_error("threshold:tau=x", {"\"tau\"", "\"x\" is not a number"});
+  expect_error("hc:min_k=2", {"\"max_k\"", "missing"});
+  expect_error("hc:max_k=8,alpha0=0", {"\"alpha0\"", "0 is outside (0, 1]"});
+  expect_error("hc:max_k=8,alpha0=2", {"\"alpha0\"", "2 is outside (0, 1]"});
+  expect_error("hc:max_k=8,pvalues=one-minus-prob", {"\"pvalues\"", "only calibrated"});
+  expect_error("hc:max_k=80", {"\"max_k\"", "exceeds N=64"}, 64);
+  expect_error("entropy:temperature=2", {"\"ks\"", "missing"});
+  expect_error("entropy:ks=", {"\"ks\"", "not an integer"});
+  expect_error("entropy:ks=1//4", {"\"ks\"", "not an integer"});
+  expect_error("entropy:ks=1/two", {"\"ks\"", "\"two\" is not an integer"});
+  expect_error("entropy:ks=0/4", {"\"ks\"", "k=0 must be >= 1"});
+  expect_error("entropy:ks=4/2", {"\"ks\"", "4/2 decreases at 4 then 2"});
+  expect_error("entropy:ks=1/80", {"\"ks\"", "k=80 exceeds N=64"}, 64);
+  expect_error("entropy:ks=1/2,max_k=4", {"\"max_k\"", "unknown key for rule entropy"});
+  expect_error("entropy:ks=1/2,ks=3", {"\"ks\"", "more than once"});
+}
+
 TEST(Spec, ParsedValues) {
   RouterSpec s = parse_router_spec("bh:alpha=0.2,max_k=32,min_k=4,temperature=2,renorm=true");
   EXPECT_EQ(s.rule, RuleKind::kBH);
@@ -114,6 +169,16 @@ TEST(Spec, JsonSpellsOutTheSameParametersAsTheCanonicalForm) {
             R"("temperature":1.0,"type":"bh"})");
   EXPECT_EQ(to_json(parse_router_spec("topp:p=0.7,min_k=2,renorm=true,temperature=0.5")).dump(),
             R"({"max_k":16,"min_k":2,"p":0.7,"renorm":true,"temperature":0.5,"type":"topp"})");
+  EXPECT_EQ(to_json(parse_router_spec("skip:beta=0.3")).dump(),
+            R"({"beta":0.3,"max_k":8,"min_k":1,"renorm":false,"temperature":1.0,"type":"skip"})");
+  EXPECT_EQ(to_json(parse_router_spec("threshold:tau=0.05,max_k=12")).dump(),
+            R"({"max_k":12,"min_k":1,"renorm":false,"tau":0.05,"temperature":1.0,)"
+            R"("type":"threshold"})");
+  EXPECT_EQ(to_json(parse_router_spec("hc:max_k=16")).dump(),
+            R"({"alpha0":0.5,"max_k":16,"min_k":1,"pvalues":"calibrated","renorm":false,)"
+            R"("temperature":1.0,"type":"hc"})");
+  EXPECT_EQ(to_json(parse_router_spec("entropy:ks=1/2/4/8")).dump(),
+            R"({"ks":[1,2,4,8],"renorm":false,"temperature":1.0,"type":"entropy"})");
 }
 
 TEST(Spec, MakeRouterFromAValueValidatesIt) {
@@ -145,7 +210,7 @@ TEST(Spec, RandomCanonicalSpecsRoundTrip) {
   std::uniform_int_distribution<int> small(1, 64);
   for (int i = 0; i < 500; ++i) {
     RouterSpec s;
-    s.rule = static_cast<RuleKind>(i % 3);
+    s.rule = static_cast<RuleKind>(i % 7);
     s.k = small(rng);
     s.alpha = unit(rng);
     s.p = unit(rng);
@@ -154,7 +219,13 @@ TEST(Spec, RandomCanonicalSpecsRoundTrip) {
     s.max_k_given = true;
     s.temperature = 0.01 + 10.0 * unit(rng);
     s.renorm = (i / 3) % 2 == 0;
-    s.pvalues = (i / 6) % 2 == 0 ? PValueKind::kCalibrated : PValueKind::kOneMinusProb;
+    s.pvalues = (i / 6) % 2 == 0 || s.rule == RuleKind::kHC ? PValueKind::kCalibrated
+                                                            : PValueKind::kOneMinusProb;
+    s.beta = unit(rng);
+    s.tau = unit(rng);
+    s.alpha0 = unit(rng);
+    s.ks.clear();
+    for (int b = 0, k = 1; b < 1 + i % 5; ++b) s.ks.push_back(k += small(rng) % 4);
     const std::string text = canonical_spec(s);
     const RouterSpec back = parse_router_spec(text);
     EXPECT_EQ(canonical_spec(back), text);
@@ -165,6 +236,19 @@ TEST(Spec, RandomCanonicalSpecsRoundTrip) {
     if (s.rule == RuleKind::kTopP) {
       EXPECT_EQ(back.p, s.p) << text;
     }
+    if (s.rule == RuleKind::kSkip) {
+      EXPECT_EQ(back.beta, s.beta) << text;
+    }
+    if (s.rule == RuleKind::kThreshold) {
+      EXPECT_EQ(back.tau, s.tau) << text;
+    }
+    if (s.rule == RuleKind::kHC) {
+      EXPECT_EQ(back.alpha0, s.alpha0) << text;
+    }
+    if (s.rule == RuleKind::kEntropy) {
+      EXPECT_EQ(back.ks, s.ks) << text;
+    }
+    EXPECT_EQ(to_json(back), to_json(s)) << text;
     EXPECT_EQ(back.temperature, s.temperature) << text;
   }
 }
