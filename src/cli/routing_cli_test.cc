@@ -151,11 +151,17 @@ TEST_F(RoutingCli, RouteErrors) {
       run("route --logits " + path("none.npy") + " --layer 0 --router topk:k=2");
   EXPECT_NE(missing.status, 0);
   EXPECT_THAT(missing.err, HasSubstr("none.npy"));
+  // A 3-D array is [layers, T, N] (bhmoe logits --router-logits): --layer picks the slice.
   bhmoe::write_npy(dir_ / "cube.npy", bhmoe::NpyArray{{2, 2, 2}, std::vector<float>(8, 0.0f)});
-  RoutingCliResult cube =
-      run("route --logits " + path("cube.npy") + " --layer 0 --router topk:k=1");
-  EXPECT_EQ(cube.status, 1);
-  EXPECT_THAT(cube.err, HasSubstr("[T, N]"));
+  EXPECT_EQ(run("route --logits " + path("cube.npy") + " --layer 1 --router topk:k=1").status, 0);
+  RoutingCliResult beyond = run("route --logits " + path("cube.npy") + " --layer 2 --router topk:k=1");
+  EXPECT_EQ(beyond.status, 1);
+  EXPECT_THAT(beyond.err, HasSubstr("holds 2 layers; --layer 2"));
+  bhmoe::write_npy(dir_ / "tesseract.npy", bhmoe::NpyArray{{1, 2, 2, 2}, std::vector<float>(8, 0.0f)});
+  RoutingCliResult tesseract =
+      run("route --logits " + path("tesseract.npy") + " --layer 0 --router topk:k=1");
+  EXPECT_EQ(tesseract.status, 1);
+  EXPECT_THAT(tesseract.err, HasSubstr("[T, N] or [layers, T, N]"));
   bhmoe::write_npy(dir_ / "nan.npy", bhmoe::NpyArray{{2, 4}, {0, 1, 2, 3, 0, 1, NAN, 3}});
   RoutingCliResult nan = run("route --logits " + path("nan.npy") + " --layer 0 --router topk:k=1");
   EXPECT_EQ(nan.status, 1);
