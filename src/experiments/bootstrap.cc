@@ -27,6 +27,12 @@ double quantile(std::vector<double>& values, double q) {
   return values[lo] + (h - static_cast<double>(lo)) * (values[hi] - values[lo]);
 }
 
+const char* matched_verdict(const MatchedPoint& m) {
+  if (!std::isfinite(m.delta_nll.estimate) || !std::isfinite(m.p_holm)) return "–";
+  if (m.p_holm >= 0.05 || m.delta_nll.estimate == 0) return "no difference";
+  return m.delta_nll.estimate > 0 ? "better" : "worse";
+}
+
 std::vector<double> holm_adjust(std::span<const double> p) {
   std::vector<size_t> order;
   for (size_t i = 0; i < p.size(); ++i) {

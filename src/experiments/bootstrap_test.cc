@@ -206,11 +206,11 @@ TEST(Bootstrap, ReportCsvAndPlotCarryTheMatchedComparison) {
   ASSERT_FALSE(a.matched.empty());
   const std::string md = report_markdown(a, rows, {});
   EXPECT_NE(md.find("quality at matched compute"), std::string::npos);
-  EXPECT_NE(md.find("rule bh against top-k at matched compute (95% bootstrap interval of Δ NLL): "
+  EXPECT_NE(md.find("rule bh against top-k at matched compute (Δ NLL, Holm-adjusted bootstrap p < 0.05): "
                     "better: `bh_good`; worse: none"),
             std::string::npos)
       << md;
-  EXPECT_NE(md.find("rule topp against top-k at matched compute (95% bootstrap interval of Δ NLL): "
+  EXPECT_NE(md.find("rule topp against top-k at matched compute (Δ NLL, Holm-adjusted bootstrap p < 0.05): "
                     "better: none; worse: `topp_bad`"),
             std::string::npos);
   EXPECT_NE(md.find("| config | code | fiction |"), std::string::npos);  // the per-domain table

@@ -173,10 +173,28 @@ std::string default_router_name(const std::string& spec_text) {
       }
       break;
     case routing::RuleKind::kSkip:
+      if (plain && spec.min_k == 1) {
+        return "skip_b" + alpha_tag(spec.beta) + "_k" + std::to_string(spec.max_k);
+      }
+      break;
     case routing::RuleKind::kThreshold:
+      if (plain && spec.min_k == 1) {
+        return "thr_t" + alpha_tag(spec.tau) + "_k" + std::to_string(spec.max_k);
+      }
+      break;
     case routing::RuleKind::kHC:
+      if (plain && spec.min_k == 1 && spec.pvalues == routing::PValueKind::kCalibrated) {
+        return "hc_k" + std::to_string(spec.max_k) +
+               (spec.alpha0 == 0.5 ? std::string() : "_a0" + alpha_tag(spec.alpha0));
+      }
+      break;
     case routing::RuleKind::kEntropy:
-      break;  // named by their canonical spec
+      if (plain) {
+        std::string name = "entk";
+        for (int k : spec.ks) name += "_" + std::to_string(k);
+        return name;
+      }
+      break;
   }
   return routing::canonical_spec(spec);
 }
@@ -247,7 +265,7 @@ Experiment pareto_experiment(const fs::path& model_dir) {
   for (int k : {1, 2, 3, 4, 5, 6, 7, 8, 12, 16}) {
     e.score_routers.push_back({"topk_" + std::to_string(k), "topk:k=" + std::to_string(k)});
   }
-  for (const char* p : {"0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"}) {
+  for (const char* p : {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"}) {
     std::string spec = std::string("topp:p=") + p + ",max_k=16";
     e.score_routers.push_back({default_router_name(spec), spec});
   }
@@ -255,9 +273,17 @@ Experiment pareto_experiment(const fs::path& model_dir) {
     std::string spec = std::string("bh:alpha=") + alpha + ",max_k=16";
     e.score_routers.push_back({default_router_name(spec), spec});
   }
-  // Enough tokens per text for stable perplexities while the whole sweep stays a few minutes on a
-  // small model.
-  e.scoring.max_tokens = 2048;
+  // The literature's other adaptive rules (README table), each swept across the top-k range.
+  std::vector<std::string> others;
+  for (const char* beta : {"0.5", "0.3", "0.2", "0.1", "0.05"}) others.push_back(std::string("skip:beta=") + beta + ",max_k=8");
+  for (const char* tau : {"0.2", "0.1", "0.05", "0.02", "0.01"}) others.push_back(std::string("threshold:tau=") + tau + ",max_k=16");
+  for (const char* hc : {"hc:max_k=4", "hc:max_k=8", "hc:max_k=16"}) others.push_back(hc);
+  for (const char* ks : {"1/2/3/4", "1/2/4/8", "2/4/6/8"}) others.push_back(std::string("entropy:ks=") + ks);
+  for (const std::string& spec : others) e.score_routers.push_back({default_router_name(spec), spec});
+  // Windows of 256 tokens and up to 8192 tokens per text: 32 windows per text for the bootstrap,
+  // and the whole sweep still a few minutes on a small model.
+  e.scoring.window = 256;
+  e.scoring.max_tokens = 8192;
   fs::path folder = model_dir / "heldout";
   if (fs::is_directory(folder)) {
     std::vector<fs::path> files;

@@ -62,13 +62,7 @@ std::string with_interval(const Interval& i, int digits) {
   return fixed(i.estimate, digits) + " [" + fixed(i.lo, digits) + ", " + fixed(i.hi, digits) + "]";
 }
 
-// "better" / "worse" when the interval of the matched difference excludes 0, else "no difference".
-const char* verdict(const MatchedPoint& m) {
-  if (!std::isfinite(m.delta_nll.estimate)) return "–";
-  if (m.delta_nll.lo > 0) return "better";
-  if (m.delta_nll.hi < 0) return "worse";
-  return "no difference";
-}
+const char* verdict(const MatchedPoint& m) { return matched_verdict(m); }
 
 // The matched-compute section: the overall table, then the difference per text (domain).
 void matched_section(std::ostringstream& md, const Analysis& a) {
@@ -79,8 +73,8 @@ void matched_section(std::ostringstream& md, const Analysis& a) {
         "rule is better than top-k at equal compute**. Intervals: 95% percentile bootstrap, "
         "resampling scoring windows with replacement within each text (never tokens), every config "
         "on the same draws, fixed seed; p: two-sided bootstrap p of Δ = 0, Holm-adjusted over the "
-        "configs of the table. Configs outside top-k's range of expert counts have no Δ. Also in "
-        "`matched_compute.csv`.\n\n";
+        "configs of the table; the verdict is better or worse when that p is below 0.05. Configs "
+        "outside top-k's range of expert counts have no Δ. Also in `matched_compute.csv`.\n\n";
   md << "| config | rule | mean experts [95% CI] | NLL [95% CI] | perplexity | top-k NLL at match | "
         "Δ NLL vs top-k [95% CI] | p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|\n";
   std::vector<std::string> scopes;
@@ -120,7 +114,8 @@ void matched_section(std::ostringstream& md, const Analysis& a) {
       }
       md << "\n";
     }
-    md << "\n▲ better than top-k at matched compute (interval above 0), ▼ worse (below 0).\n";
+    md << "\n▲ better than top-k at matched compute, ▼ worse (Holm-adjusted p < 0.05 within the "
+          "text).\n";
   }
   md << "\n";
 }
@@ -147,8 +142,8 @@ void matched_conclusions(std::ostringstream& md, const Analysis& a) {
       for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
       return out.empty() ? std::string("none") : out;
     };
-    md << "- Held-out text, rule " << rule << " against top-k at matched compute (95% bootstrap "
-       << "interval of Δ NLL): better: " << list(better) << "; worse: " << list(worse)
+    md << "- Held-out text, rule " << rule << " against top-k at matched compute (Δ NLL, "
+       << "Holm-adjusted bootstrap p < 0.05): better: " << list(better) << "; worse: " << list(worse)
        << "; no detectable difference: " << list(same);
     if (!unmatched.empty()) md << "; outside top-k's range: " << list(unmatched);
     md << ".\n";
