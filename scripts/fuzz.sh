@@ -18,7 +18,7 @@ shared=${BHMOE_SHARED_DIR:-$root/../shared}
 out=${FUZZ_DIR:-$root/build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 cxx=${FUZZ_CXX:-clang++}
-all_targets=(safetensors config tokenizer npy calibration router_spec experiment)
+all_targets=(safetensors config tokenizer npy npz calibration router_spec experiment)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
@@ -31,7 +31,7 @@ mkdir -p "$out/obj" "$out/bin" "$out/logs" "$out/artifacts"
 
 # The parsers under test and what they need; only these are compiled (with coverage
 # instrumentation), archived, and linked into each target as needed.
-sources=(util/file.cc util/json.cc util/npy.cc routing/calibration.cc routing/spec.cc
+sources=(util/file.cc util/json.cc util/npy.cc util/npz.cc routing/calibration.cc routing/adaptive.cc routing/kernels.cc routing/bh.cc routing/spec.cc
          model/safetensors.cc model/config.cc model/tokenizer.cc experiments/experiment.cc)
 newest_header=$(find "$root/src" -name '*.h' -printf '%T@\n' | sort -n | tail -1)
 stale() {  # stale OUTPUT INPUT: OUTPUT is missing or older than INPUT or than any header
@@ -69,7 +69,7 @@ done
 # mutations reach the parsers' checks rather than spending the time on megabytes of valid data).
 seeds="$out/seeds"
 rm -rf "$seeds"
-mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,calibration,router_spec,experiment}
+mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,npz,calibration,router_spec,experiment}
 for f in "$shared"/olmoe/config.json "$shared"/golden/*/config.json; do
   [ -f "$f" ] && cp "$f" "$seeds/config/$(echo "$f" | md5sum | cut -c1-12).json"
 done
@@ -83,7 +83,8 @@ done
   sort -u | tr -d '"' | while read -r spec; do
     printf '%s' "$spec" >"$seeds/router_spec/$(printf '%s' "$spec" | md5sum | cut -c1-12)"
   done
-python3 - "$shared" "$seeds" <<'PY'
+# Debian's interpreter first: it has NumPy for the .npz seed (a python3 earlier on PATH may not).
+"$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)" - "$shared" "$seeds" <<'PY'
 # Small seeds from the shared files: calibrations cut to 2 layers of 16 points; safetensors files
 # made of a golden checkpoint's smallest tensors, laid out back to back as the format requires.
 import glob, json, os, struct, sys
@@ -132,13 +133,21 @@ experiments = [
 ]
 for i, doc in enumerate(experiments):
     open(f"{seeds}/experiment/{i}.json", "w").write(json.dumps(doc))
+# A trace-shaped archive, stored as numpy.savez does (with its ZIP64 fields) when NumPy is there.
+try:
+    import numpy as np
+    np.savez(f"{seeds}/npz/trace.npz", tokens=np.arange(3, dtype=np.int32),
+             ids=np.zeros((3, 2, 2), np.int32), weights=np.ones((3, 2, 2), np.float32),
+             counts=np.full((3, 2), 2, np.int32), router=np.array("topk:k=2"))
+except ImportError:
+    pass
 PY
 
 [ -n "${FUZZ_BUILD_ONLY:-}" ] && exit 0
 
-declare -A max_len=([safetensors]=16384 [config]=4096 [tokenizer]=65536 [npy]=65536
+declare -A max_len=([safetensors]=16384 [config]=4096 [tokenizer]=65536 [npy]=65536 [npz]=16384
                     [calibration]=16384 [router_spec]=256 [experiment]=4096)
-declare -A dict=([safetensors]=json [config]=json [tokenizer]=json [npy]=npy [calibration]=json
+declare -A dict=([safetensors]=json [config]=json [tokenizer]=json [npy]=npy [npz]=npy [calibration]=json
                  [router_spec]=spec [experiment]=experiment)
 status=0
 printf '%-12s %10s %8s %6s %7s %6s  %s\n' target runs exec/s cov ft corpus outcome

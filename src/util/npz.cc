@@ -181,6 +181,13 @@ std::map<std::string, std::string> parse_npz(std::string_view bytes, std::string
       fail(source, ": central directory entry ", i, " runs past the directory");
     }
     std::string name(bytes.substr(at + 46, name_len));
+    for (char c : name) {
+      // Names end up in messages and dictionary keys: control bytes (a NUL would cut a message)
+      // are refused rather than carried along.
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        fail(source, ": member ", i, " has a control character in its name");
+      }
+    }
     // ZIP64 extended information: the 8-byte values that replace 0xffffffff fields, in order.
     std::string_view extra = bytes.substr(at + 46 + name_len, extra_len);
     for (size_t e = 0; e + 4 <= extra.size();) {

@@ -80,6 +80,13 @@ TEST(Npz, NamesTheFaultInCorruptArchives) {
   EXPECT_NE(text.find("bad.npz"), std::string::npos);
   EXPECT_NE(text.find("past the end"), std::string::npos) << text;
 
+  // A member name with a NUL (found by fuzzing: it cut the error messages that quote it).
+  std::string nul = good;
+  const size_t name_at = good.find("weights.npy", central);
+  ASSERT_NE(name_at, std::string::npos);
+  nul[name_at] = '\0';
+  EXPECT_NE(message(nul).find("member 0 has a control character"), std::string::npos) << message(nul);
+
   // Every truncation of a valid archive is refused or parses; none crashes.
   for (size_t n = 0; n < good.size(); n += 7) message(good.substr(0, n));
 }
