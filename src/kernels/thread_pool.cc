@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -151,8 +152,20 @@ ThreadPool::ThreadPool(int num_threads) : impl_(std::make_unique<Impl>()) {
   if (num_threads <= 0) num_threads = 1;
   impl_->num_threads = num_threads;
   impl_->workers.reserve(num_threads - 1);
-  for (int i = 1; i < num_threads; ++i) {
-    impl_->workers.emplace_back([impl = impl_.get(), i] { impl->worker_main(i); });
+  try {
+    for (int i = 1; i < num_threads; ++i) {
+      impl_->workers.emplace_back([impl = impl_.get(), i] { impl->worker_main(i); });
+    }
+  } catch (const std::system_error& e) {
+    // A thread could not start (a process limit, as Slurm or containers set). The workers already
+    // running wait on the pool's state: stop and join them before the pool is destroyed, or they
+    // would wait for ever (the destructor does not run for a constructor that throws).
+    const size_t started = impl_->workers.size();
+    impl_->stopping.store(true, std::memory_order_release);
+    impl_->publish_generation();
+    for (auto& worker : impl_->workers) worker.join();
+    fail("ThreadPool: could not start worker thread ", started + 1, " of ", num_threads - 1, " (",
+         e.code().message(), "); use fewer --threads or raise the process limit (ulimit -u)");
   }
 }
 

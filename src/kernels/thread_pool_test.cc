@@ -2,6 +2,10 @@
 // memory visibility across many loops, waking from sleep, clean shutdown.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -149,6 +153,32 @@ TEST(Bandwidth, MeasuresAPlausibleFigure) {
     EXPECT_GT(gbs, 0.1);
     EXPECT_LT(gbs, 100000.0);
   }
+}
+
+// Under a process limit a worker thread cannot start: the constructor must fail with a clear
+// error, not leave started workers waiting on a destroyed pool (which hung). The child drops to an
+// unprivileged user (root ignores RLIMIT_NPROC) with a limit of 0 processes, so no thread starts.
+TEST(ThreadPool, AFailedThreadStartIsAClearErrorNotAHang) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a child as an unprivileged user";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(30);  // a hang becomes SIGALRM, which the parent sees
+    if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);
+    const rlimit none{0, 0};
+    if (setrlimit(RLIMIT_NPROC, &none) != 0) _exit(4);
+    try {
+      ThreadPool pool(4);
+      _exit(5);  // threads started despite the limit: the test could not see the failure
+    } catch (const Error& e) {
+      _exit(std::string(e.what()).find("could not start worker thread 1 of 3") != std::string::npos ? 0 : 6);
+    }
+    _exit(7);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child hung or crashed (signal " << WTERMSIG(status) << ")";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
