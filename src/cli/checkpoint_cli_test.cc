@@ -126,7 +126,8 @@ TEST_F(CheckpointCli, InspectMissingDirectory) {
   CliResult r = run("inspect --model " + path("absent"));
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err,
-              AllOf(HasSubstr("bhmoe: error:"), HasSubstr("absent"), HasSubstr("not a directory")));
+              AllOf(HasSubstr("bhmoe: error:"), HasSubstr("absent"),
+                    HasSubstr("no such file or directory")));
   EXPECT_EQ(r.out, "");
 }
 

@@ -71,7 +71,13 @@ class CheckpointImpl final : public Checkpoint {
 };
 
 CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
-  require_directory(dir);
+  try {
+    require_directory(dir);
+  } catch (const Error& e) {
+    // Say what a model path is, so a typo and a wrong kind of path are told apart.
+    fail(e.what(), " (a model is a Hugging Face checkpoint folder: config.json, model.safetensors "
+         "or its shards, tokenizer.json)");
+  }
   fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) fail(dir.string(), ": no config.json");
   config_ = load_config(config_path);

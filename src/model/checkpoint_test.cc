@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include "model/make_model.h"
@@ -535,7 +536,11 @@ TEST_F(CheckpointTest, NoWeights) {
 }
 
 TEST_F(CheckpointTest, NotADirectory) {
-  EXPECT_THAT(error_of(dir_ / "absent"), AllOf(HasSubstr("absent"), HasSubstr("not a directory")));
+  EXPECT_THAT(error_of(dir_ / "absent"),
+              AllOf(HasSubstr("absent"), HasSubstr("no such file or directory"),
+                    HasSubstr("a model is a Hugging Face checkpoint folder")));
+  std::ofstream(dir_ / "file") << "x";
+  EXPECT_THAT(error_of(dir_ / "file"), HasSubstr("is not a directory (it is a regular file)"));
 }
 
 class IndexTest : public CheckpointTest {

@@ -170,7 +170,7 @@ namespace {
 std::string not_a_directory(const std::filesystem::path& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return path.string() + " is not a directory (it does not exist)";
+    if (errno == ENOENT) return path.string() + ": no such file or directory";
     return path.string() + " is not a directory (cannot stat it: " + errno_text() + ")";
   }
   if (S_ISDIR(st.st_mode)) return {};

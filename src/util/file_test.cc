@@ -92,7 +92,7 @@ TEST_F(FileTest, RequireAndEnsureDirectoryNameThePath) {
   EXPECT_EQ(error_of([&] { require_directory(dir_ / "file"); }),
             (dir_ / "file").string() + " is not a directory (it is a regular file)");
   EXPECT_EQ(error_of([&] { require_directory(dir_ / "absent"); }),
-            (dir_ / "absent").string() + " is not a directory (it does not exist)");
+            (dir_ / "absent").string() + ": no such file or directory");
   EXPECT_EQ(error_of([&] { require_directory(dir_); }), "(no error)");
   EXPECT_EQ(error_of([&] { ensure_directory(dir_ / "file"); }),
             (dir_ / "file").string() + " is not a directory (it is a regular file)");
