@@ -178,6 +178,11 @@ TEST(ThreadPool, AFailedThreadStartIsAClearErrorNotAHang) {
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "the child hung or crashed (signal " << WTERMSIG(status) << ")";
+  // 3, 4: this container does not let root drop privileges or set the limit; 5: threads started
+  // anyway (no limit enforced). Either way the failure cannot be provoked here.
+  if (WEXITSTATUS(status) >= 3 && WEXITSTATUS(status) <= 5) {
+    GTEST_SKIP() << "cannot provoke a failed thread start here (child status " << WEXITSTATUS(status) << ")";
+  }
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
