@@ -4,6 +4,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_common.h"
+#include "model/trace_file.h"
 #include "util/npy.h"
 
 namespace bhmoe::cli {
@@ -48,15 +49,9 @@ CommandRegistration reg{
         } else {
           const model::Trace trace = model::trace_routing(session, ids, T, true, array.data);
           const int64_t L = trace.num_layers, N = trace.num_experts;
-          NpyArray router;  // [T, L, N] -> [L, T, N]
+          NpyArray router;
           router.shape = {L, T, N};
-          router.data.resize(trace.router_logits.size());
-          for (int64_t t = 0; t < T; ++t) {
-            for (int64_t l = 0; l < L; ++l) {
-              std::copy_n(trace.router_logits.data() + (t * L + l) * N, N,
-                          router.data.data() + (l * T + t) * N);
-            }
-          }
+          router.data = model::router_logits_by_layer(trace);
           write_npy(o->router_logits, router);
           std::cerr << "wrote " << o->router_logits << ": [" << L << ", " << T << ", " << N
                     << "] float32 router logits\n";

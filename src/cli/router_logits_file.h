@@ -40,13 +40,7 @@ inline RouterLogitsFile read_router_logits(const std::string& path) {
     f.layers = t.num_layers;
     f.tokens = t.num_tokens;
     f.experts = t.num_experts;
-    f.data.resize(t.router_logits.size());
-    for (int64_t i = 0; i < f.tokens; ++i) {
-      for (int64_t l = 0; l < f.layers; ++l) {
-        std::copy_n(t.router_logits.data() + (i * f.layers + l) * f.experts, f.experts,
-                    f.data.data() + (l * f.tokens + i) * f.experts);
-      }
-    }
+    f.data = model::router_logits_by_layer(t);
     return f;
   }
   NpyArray a = read_npy(path);

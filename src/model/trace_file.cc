@@ -1,5 +1,7 @@
 #include "model/trace_file.h"
 
+#include <algorithm>
+
 #include "util/error.h"
 #include "util/npy.h"
 #include "util/npz.h"
@@ -29,6 +31,18 @@ const std::string& member(const std::map<std::string, std::string>& members,
 }
 
 }  // namespace
+
+std::vector<float> router_logits_by_layer(const Trace& t) {
+  const int64_t T = t.num_tokens, L = t.num_layers, N = t.num_experts;
+  std::vector<float> out(t.router_logits.size());
+  if (out.empty()) return out;
+  for (int64_t i = 0; i < T; ++i) {
+    for (int64_t l = 0; l < L; ++l) {
+      std::copy_n(t.router_logits.data() + (i * L + l) * N, N, out.data() + (l * T + i) * N);
+    }
+  }
+  return out;
+}
 
 void write_trace(const std::filesystem::path& path, const Trace& trace,
                  const std::string& router_spec) {

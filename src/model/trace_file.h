@@ -11,10 +11,15 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "model/verbs.h"
 
 namespace bhmoe::model {
+
+// The trace's router logits [T, L, N] laid out per layer, [L, T, N] (the layout of
+// `bhmoe logits --router-logits`). Empty when the trace has none.
+std::vector<float> router_logits_by_layer(const Trace& trace);
 
 void write_trace(const std::filesystem::path& path, const Trace& trace,
                  const std::string& router_spec);
