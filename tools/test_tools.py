@@ -14,6 +14,7 @@ module's state_dict names are the hub's; make_corpus.py's splitting, per-source 
 import collections
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
@@ -282,6 +283,23 @@ class TrainingTest(unittest.TestCase):
             w = torch.load(os.path.join(warm, "state.pt"))
             self.assertEqual(w["info"]["steps_done"], 5)
             self.assertEqual(len(w["info"]["log"]), 5)
+            # A run stopped at step 1 of 4 and resumed for 6 steps: refused without --replan-steps; with it the
+            # learning rate at the stop is the planned one (continuous) and the decay ends at step 6.
+            longer = os.path.join(d, "longer")
+            subprocess.run(common + ["--work", longer, "--max-minutes", "1e-9"], check=True, capture_output=True)
+            six = common[:-8] + ["--steps", "6", "--warmup", "1", "--log-every", "1", "--checkpoint-minutes", "0",
+                                 "--work", longer]
+            r = subprocess.run(six, capture_output=True, text=True)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("pass --replan-steps", r.stderr)
+            r = subprocess.run(six + ["--replan-steps"], check=True, capture_output=True, text=True)
+            self.assertIn("replanned at step 1: from 4 to 6 steps", r.stdout)
+            info = torch.load(os.path.join(longer, "state.pt"))["info"]
+            self.assertEqual(info["steps_done"], 6)
+            self.assertEqual(info["schedule_segments"], [[1, 0.0, 4], [1, 0.0, 6]])
+            self.assertAlmostEqual(info["log"][1]["lr"], a["info"]["log"][1]["lr"], places=12)
+            self.assertAlmostEqual(info["log"][-1]["lr"], 2e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 5))),
+                                   places=12)
 
 
 class CorpusTest(unittest.TestCase):

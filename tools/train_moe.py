@@ -163,6 +163,9 @@ def main():
     ap.add_argument("--init-from", default=None,
                     help="when --work has no checkpoint: start from this snapshot folder's model.safetensors "
                          "at its recorded step (fresh optimiser state, so not bit-identical to an unbroken run)")
+    ap.add_argument("--replan-steps", action="store_true",
+                    help="resume a checkpoint planned for another --steps: the cosine continues from the learning "
+                         "rate reached and ends at the new --steps (the change is recorded in the log)")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="if > 0, checkpoint and stop after this much wall time in this process")
     args = ap.parse_args()
@@ -195,11 +198,31 @@ def main():
 
     ckpt_path = os.path.join(args.work, "ckpt.pt")
     step0, log, trained_seconds = 0, [], 0.0
+    # The cosine's segments: (first step, fraction of the decay done there, last step). One segment unless a
+    # resumed run was replanned; each replan starts a segment at the fraction reached, so the rate is continuous.
+    plan = [[args.warmup, 0.0, args.steps]]
+
+    def decay_fraction(step):
+        first, frac0, last = [seg for seg in plan if seg[0] <= step][-1] if step >= plan[0][0] else plan[0]
+        return frac0 + (1.0 - frac0) * (step - first) / max(1, last - first)
+
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path)
-        if ck["config"] != cfg.__dict__ or ck["schedule"] != [args.steps, args.lr, args.warmup, args.seed, args.batch]:
+        schedule = [args.steps, args.lr, args.warmup, args.seed, args.batch]
+        plan = ck.get("plan", [[args.warmup, 0.0, ck["schedule"][0]]])
+        if ck["config"] != cfg.__dict__ or ck["schedule"][1:] != schedule[1:]:
             sys.exit("train_moe: %s was made with another config or schedule; move it away to start over"
                      % ckpt_path)
+        if ck["schedule"][0] != args.steps:
+            if not args.replan_steps:
+                sys.exit("train_moe: %s was planned for --steps %d, not %d; pass --replan-steps to change the plan"
+                         % (ckpt_path, ck["schedule"][0], args.steps))
+            if args.steps <= max(ck["step"], args.warmup):
+                sys.exit("train_moe: --steps %d must be after the step reached (%d) and the warm-up (%d)"
+                         % (args.steps, ck["step"], args.warmup))
+            plan.append([ck["step"], decay_fraction(ck["step"]), args.steps])
+            print("train_moe: replanned at step %d: from %d to %d steps" % (ck["step"], ck["schedule"][0], args.steps),
+                  flush=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step0, log, trained_seconds = ck["step"], ck["log"], ck["seconds"]
@@ -220,11 +243,12 @@ def main():
     def lr_at(step):
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        frac = decay_fraction(step)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def info(step):
         return {"steps_done": step, "steps_planned": args.steps, "args": vars(args), "parameters": n_params,
+                "schedule_segments": plan,
                 "train_tokens_in_stream": {d: int(len(streams[d])) for d in domains},
                 "domain_probabilities": {d: float(p) for d, p in zip(domains, probs)},
                 "wall_seconds": trained_seconds, "tokens_seen": step * args.batch * args.seq_len,
@@ -234,7 +258,7 @@ def main():
         write_snapshot(os.path.join(args.work, "snapshot"), model, cfg, step, log, trained_seconds,
                        [args.steps, args.lr, args.warmup, args.seed, args.batch])
         atomic_save({"config": cfg.__dict__, "model": model.state_dict(), "opt": opt.state_dict(),
-                     "schedule": [args.steps, args.lr, args.warmup, args.seed, args.batch],
+                     "schedule": [args.steps, args.lr, args.warmup, args.seed, args.batch], "plan": plan,
                      "step": step, "log": log, "seconds": trained_seconds}, ckpt_path)
         atomic_save({"config": cfg.__dict__, "state_dict": model.state_dict(), "info": info(step)},
                     os.path.join(args.work, "state.pt"))
