@@ -2,8 +2,13 @@
 # Rebuilds the bundled model models/bhmoe-tiny-moe from package names: corpus -> tokenizer ->
 # training -> export (weights, tokenizer, texts, calibration, reference logits, model card).
 #
-#   tools/build_bundled_model.sh [--seed N] [--steps N] [--max-minutes M] [--out DIR] [--work DIR]
-#                                [--baseline-model DIR] [--export-only]
+#   tools/build_bundled_model.sh [--seed N] [--steps N] [--replan FIRST@STEP] [--max-minutes M]
+#                                [--out DIR] [--work DIR] [--baseline-model DIR] [--export-only]
+#
+# The bundled model's schedule: a cosine planned over 2600 steps, replanned at step 720 to end at
+# step 1600 (train_moe.py --replan-steps: the rate continues from where it was) so that training
+# fitted the time available. The defaults (--steps 1600 --replan 2600@720) repeat it bit for bit;
+# --replan none trains one plan of --steps.
 #
 # Training takes hours on a CPU core. It checkpoints every 5 minutes into --work and resumes from
 # there when run again with the same settings (bit for bit, on one thread), so the script can be
@@ -20,7 +25,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 python=/usr/bin/python3
 seed=1
-steps=2600
+steps=1600
+replan=2600@720
 max_minutes=0
 out="$root/models/bhmoe-tiny-moe"
 work="$root/build-bundled-model"
@@ -30,6 +36,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --seed) seed=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
+    --replan) replan=$2; shift 2 ;;
     --max-minutes) max_minutes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
@@ -52,8 +59,23 @@ if [ ! -f "$work/tokenizer.json" ]; then
   "$python" "$here/train_tokenizer.py" --corpus "$work/corpus" --vocab-size 8192 --out "$work/tokenizer.json"
 fi
 if [ "$export_only" = 0 ]; then
-  "$python" "$here/train_moe.py" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" \
-    --work "$work/train" --seed "$seed" --steps "$steps" --max-minutes "$max_minutes"
+  train=("$python" "$here/train_moe.py" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json"
+         --work "$work/train" --seed "$seed" --max-minutes "$max_minutes")
+  if [ "$replan" != none ]; then
+    first=${replan%@*} at=${replan#*@}
+    done_steps=$("$python" -c 'import json,sys
+try: print(json.load(open(sys.argv[1]))["steps_done"])
+except OSError: print(0)' "$work/train/train_log.json")
+    if [ "$done_steps" -lt "$at" ]; then
+      "${train[@]}" --steps "$first" --stop-at-step "$at"
+      done_steps=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps_done"])' \
+                   "$work/train/train_log.json")
+      if [ "$done_steps" -lt "$at" ]; then exit 0; fi  # --max-minutes stopped it first: run again to go on
+    fi
+    "${train[@]}" --steps "$steps" --replan-steps
+  else
+    "${train[@]}" --steps "$steps"
+  fi
 fi
 export_args=(--work "$work/train" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out"
              "${baseline[@]}")

@@ -329,6 +329,16 @@ def logit_distribution(grids, olmoe_path):
             "olmoe_source": os.path.basename(olmoe_path) if theirs else None}
 
 
+def schedule_text(info, a):
+    """The cosine's plan in words: '1600 steps', or with the replans (train_moe.py --replan-steps) of a run."""
+    segments = info.get("schedule_segments") or [[a["warmup"], 0.0, a["steps"]]]
+    text = "%d steps" % segments[0][2]
+    for first, frac, last in segments[1:]:
+        text += (" replanned at step %d (%.0f%% of the decay done) to end at step %d, the cosine continuing from "
+                 "the rate reached" % (first, 100 * frac, last))
+    return text
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="training work dir (state.pt, train_ids.npz)")
@@ -572,11 +582,11 @@ def model_card(cfg, info, m, eos_id):
     L.append("")
     L.append("## Training (tools/train_moe.py)\n")
     L.append("AdamW (betas 0.9/0.95, weight decay %.2g on matrices), lr %.1e with %d warm-up steps and "
-             "cosine decay to 10%% over %d steps, batch %d x %d tokens, gradient clip 1.0; loss = cross-entropy "
+             "cosine decay to 10%% over %s, batch %d x %d tokens, gradient clip 1.0; loss = cross-entropy "
              "+ %.3g x load-balancing loss (Switch/OLMoE, N * sum f_e P_e) + %.3g x router z-loss. Each batch "
              "row is a window of one domain, drawn with probability proportional to the domain's train tokens "
              "to the power %.2g: %s. %d steps (%.1f M tokens) in %.1f h on one CPU thread (torch %s).\n"
-             % (a["weight_decay"], a["lr"], a["warmup"], a["steps"], a["batch"], a["seq_len"], a["aux_coef"],
+             % (a["weight_decay"], a["lr"], a["warmup"], schedule_text(info, a), a["batch"], a["seq_len"], a["aux_coef"],
                 a["z_coef"], a["domain_temperature"],
                 ", ".join("%s %.3f" % (d, p) for d, p in info["domain_probabilities"].items()),
                 info["steps_done"], info["tokens_seen"] / 1e6, info["wall_seconds"] / 3600, info["torch"]))

@@ -286,7 +286,9 @@ class TrainingTest(unittest.TestCase):
             # A run stopped at step 1 of 4 and resumed for 6 steps: refused without --replan-steps; with it the
             # learning rate at the stop is the planned one (continuous) and the decay ends at step 6.
             longer = os.path.join(d, "longer")
-            subprocess.run(common + ["--work", longer, "--max-minutes", "1e-9"], check=True, capture_output=True)
+            r = subprocess.run(common + ["--work", longer, "--stop-at-step", "1"], check=True, capture_output=True,
+                               text=True)
+            self.assertIn("stopping at step 1: --stop-at-step reached", r.stdout)
             six = common[:-8] + ["--steps", "6", "--warmup", "1", "--log-every", "1", "--checkpoint-minutes", "0",
                                  "--work", longer]
             r = subprocess.run(six, capture_output=True, text=True)

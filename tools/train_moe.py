@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--replan-steps", action="store_true",
                     help="resume a checkpoint planned for another --steps: the cosine continues from the learning "
                          "rate reached and ends at the new --steps (the change is recorded in the log)")
+    ap.add_argument("--stop-at-step", type=int, default=0,
+                    help="if > 0, checkpoint and stop on reaching this step (e.g. to replan there)")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="if > 0, checkpoint and stop after this much wall time in this process")
     args = ap.parse_args()
@@ -289,7 +291,8 @@ def main():
         acc["aux"] += aux.item()
         acc["z"] += z.item()
         acc["n"] += 1
-        if step % args.log_every == 0 or step == args.steps:
+        at_stop_step = step == args.stop_at_step
+        if step % args.log_every == 0 or step == args.steps or at_stop_step:
             now = time.time()
             trained_seconds += now - seg_start
             n = acc["n"]
@@ -302,14 +305,14 @@ def main():
                 step, entry["ce"], entry["aux"], entry["z"], entry["lr"], entry["tokens_per_second"],
                 trained_seconds), flush=True)
             acc = {"ce": 0.0, "aux": 0.0, "z": 0.0, "n": 0}
-            stop = args.max_minutes > 0 and now - start > args.max_minutes * 60
+            stop = (args.max_minutes > 0 and now - start > args.max_minutes * 60) or at_stop_step
             if step == args.steps or stop or now - last_ckpt > args.checkpoint_minutes * 60:
                 checkpoint(step)
                 last_ckpt = time.time()
                 seg_start += last_ckpt - now  # checkpoint time is not training time
             if stop:
-                print("train_moe: stopping at step %d: --max-minutes reached (resume by running again)"
-                      % step, flush=True)
+                print("train_moe: stopping at step %d: %s reached (resume by running again)"
+                      % (step, "--stop-at-step" if at_stop_step else "--max-minutes"), flush=True)
                 return
     print("train_moe: done, %d steps, %.0f s of training" % (step, trained_seconds), flush=True)
 
