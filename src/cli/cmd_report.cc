@@ -1,10 +1,12 @@
-// bhmoe report: rebuild the analysis, CSVs, plots and REPORT.md from results.jsonl alone.
+// bhmoe report: rebuild the analysis, CSVs, plots and REPORT.md from results.jsonl alone; with
+// --schema, print the columns of those outputs (experiments/schema.h).
 #include <cstdio>
 #include <memory>
 
 #include "cli/command.h"
 #include "experiments/report.h"
 #include "experiments/results.h"
+#include "experiments/schema.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -15,8 +17,19 @@ CommandRegistration reg{
     "report", "Rebuild CSVs, analysis_summary.json, plots and REPORT.md from DIR/results.jsonl",
     [](CLI::App& app) {
       auto out = std::make_shared<std::filesystem::path>();
-      app.add_option("--out", *out, "The run's output folder (holding results.jsonl)")->required();
-      return [out]() {
+      auto schema = std::make_shared<bool>(false);
+      auto* out_option =
+          app.add_option("--out", *out, "The run's output folder (holding results.jsonl)");
+      app.add_flag("--schema", *schema,
+                   "Print every column of results.jsonl and of the CSV files the report writes "
+                   "(type, unit, meaning) and exit")
+          ->excludes(out_option);
+      return [out, schema, out_option]() {
+        if (*schema) {
+          std::fputs(experiments::schema_text().c_str(), stdout);
+          return 0;
+        }
+        if (out_option->count() == 0) fail("report: --out DIR is required (or --schema)");
         if (std::filesystem::exists(*out)) {
           try {
             require_directory(*out);

@@ -52,7 +52,8 @@ struct RouterResult {
 
 std::string stats_header() {
   return "router,tokens,mean_experts,std_experts,min_experts,max_experts,pct_at_ceiling,"
-         "pct_at_floor,mean_weight_sum,weight_entropy,utilisation_cv,utilisation_max_min_ratio,"
+         "pct_at_floor,mean_weight_sum,weight_entropy,expert_utilization_cv,"
+         "expert_utilization_max_min_ratio,"
          "experts_used";
 }
 

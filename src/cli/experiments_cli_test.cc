@@ -276,7 +276,7 @@ TEST_F(ExperimentsCli, SeedExperimentMeasuresEveryConfigForReal) {
   EXPECT_LT(a001, a010);
 
   for (const char* plot :
-       {"max_k_comparison_bar", "max_k_distribution_box", "max_k_alpha_heatmap", "max_k_saturation",
+       {"max_k_comparison_bar", "max_k_count_distribution", "max_k_alpha_heatmap", "max_k_saturation",
         "avg_experts_comparison", "inference_time_comparison", "expert_utilization_cv",
         "experts_by_category", "experts_vs_latency", "layer_heatmap", "kl_to_native"}) {
     EXPECT_TRUE(is_png(out / "plots" / (std::string(plot) + ".png"))) << plot;
@@ -295,7 +295,15 @@ TEST_F(ExperimentsCli, SeedExperimentMeasuresEveryConfigForReal) {
     EXPECT_NE(report.find(section), std::string::npos) << section;
   }
   std::string csv = slurp(out / "max_k_comparison.csv");
-  EXPECT_EQ(csv.rfind("max_k,baseline_experts,bh_mean_experts,reduction_pct\n8,8,", 0), 0u) << csv;
+  EXPECT_EQ(csv.rfind("max_k,baseline_experts,bh_mean_experts,reduction_pct,bh_mean_experts_lo,"
+                      "bh_mean_experts_hi,native_experts,reduction_vs_native_pct\n8,8,",
+                      0),
+            0u)
+      << csv;
+  // Each run process warms up untimed before its first timed experiment, and says so.
+  for (const json& row : rows) EXPECT_GT(row["run"]["warmup_tokens"].get<int>(), 0) << row["key"];
+  EXPECT_NE(slurp(out / "run.log").find("warm-up: an untimed prefill of "), std::string::npos);
+  EXPECT_NE(slurp(out / "REPORT.md").find("untimed warm-up forward pass"), std::string::npos);
   EXPECT_TRUE(fs::exists(out / "run.log"));
   EXPECT_TRUE(fs::exists(out / "bh_routing_results.csv"));
 
@@ -382,6 +390,82 @@ TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
   r = run_bhmoe("run" + common + " --out " + other.string(), io);
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("different definition"), std::string::npos) << r.err;
+}
+
+// The rows record the scoring window the runner used: a window beyond the model's context (4096)
+// is cut to it, and settings, protocol and REPORT.md all say 4096 (the experiment's 8192 is kept
+// as scoring_window_requested).
+TEST_F(ExperimentsCli, RowsRecordTheScoringWindowActuallyUsed) {
+  fs::path io = scratch("window_io");
+  spit(io / "t.txt", kCalibrationText);
+  spit(io / "e.json", json({{"name", "window"},
+                            {"texts", {"t.txt"}},
+                            {"score_routers", {"topk:k=8"}},
+                            {"scoring", {{"window", 8192}}}})
+                          .dump());
+  fs::path out = io / "out";
+  Result r = run_bhmoe("run --model " + model().string() + " --threads 1 --out " + out.string() +
+                           " --experiment " + (io / "e.json").string(),
+                       io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<json> rows = read_rows(out / "results.jsonl");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["settings"]["scoring_window"], 4096);
+  EXPECT_EQ(rows[0]["settings"]["scoring_window_requested"], 8192);
+  EXPECT_NE(rows[0]["protocol"].get<std::string>().find("windows of 4096 tokens"),
+            std::string::npos)
+      << rows[0]["protocol"];
+  EXPECT_GT(rows[0]["run"]["warmup_tokens"].get<int>(), 0);
+  std::string report = slurp(out / "REPORT.md");
+  EXPECT_NE(report.find("4096-token windows (8192 requested, cut to the model's context)"),
+            std::string::npos)
+      << report;
+  EXPECT_EQ(report.find("windows of 8192"), std::string::npos);
+}
+
+// `bhmoe report --schema` prints the columns of every output file; --out is then not needed.
+TEST_F(ExperimentsCli, ReportSchemaPrintsEveryOutputsColumns) {
+  fs::path io = scratch("schema_io");
+  Result r = run_bhmoe("report --schema", io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* text : {"## results.jsonl", "## bh_routing_results.csv",
+                           "## max_k_comparison.csv", "## matched_compute.csv",
+                           "| kl_to_native | number or null/empty | nats per prompt position |",
+                           "| reduction_vs_native_pct |", "warmup_tokens"}) {
+    EXPECT_NE(r.out.find(text), std::string::npos) << text;
+  }
+  Result missing = run_bhmoe("report", io);
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.err.find("--out"), std::string::npos) << missing.err;
+}
+
+// `bhmoe route --stats` spells the utilization columns as the experiment outputs do (one name per
+// quantity across outputs, American spelling).
+TEST_F(ExperimentsCli, RouteStatsSpellUtilizationAsTheExperimentOutputs) {
+  fs::path io = scratch("route_io");
+  // A float32 [4, 8] .npy (format 1.0: magic, header length, a header padded to 64 bytes).
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 8), }";
+  while ((10 + header.size() + 1) % 64) header += ' ';
+  header += '\n';
+  std::string npy = std::string("\x93NUMPY\x01\x00", 8);
+  npy += static_cast<char>(header.size() & 0xff);
+  npy += static_cast<char>(header.size() >> 8);
+  npy += header;
+  for (int i = 0; i < 32; ++i) {
+    float v = static_cast<float>((i * 7) % 11) / 3.0f;
+    npy.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  spit(io / "logits.npy", npy);
+  Result r = run_bhmoe("route --logits " + (io / "logits.npy").string() +
+                           " --layer 0 --router topk:k=2 --stats " + (io / "s.csv").string(),
+                       io);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string csv = slurp(io / "s.csv");
+  const std::string first = csv.substr(0, csv.find('\n'));
+  EXPECT_NE(first.find(",expert_utilization_cv,expert_utilization_max_min_ratio,"),
+            std::string::npos)
+      << first;
+  EXPECT_EQ(first.find("utilisation"), std::string::npos) << first;
 }
 
 TEST_F(ExperimentsCli, AFailingExperimentIsRecordedAndTheSuiteContinues) {

@@ -97,6 +97,15 @@ ConfigSummary summarize_config(const std::vector<const ResultRow*>& rows, int to
       collect(rows, [](const ResultRow& r) { return r.avg_experts_per_token; });
   s.mean_experts = mean_of(means);
   s.sd_experts_across_prompts = sample_sd(means);
+  s.experts_ci = mean_t_interval(means);
+  s.inference_time_ci =
+      mean_t_interval(collect(rows, [](const ResultRow& r) { return r.inference_time_sec; }));
+  s.prefill_time_ci =
+      mean_t_interval(collect(rows, [](const ResultRow& r) { return r.prefill_time_sec; }));
+  s.kl_to_native_ci =
+      mean_t_interval(collect(rows, [](const ResultRow& r) { return r.kl_to_native; }));
+  s.utilization_cv_ci =
+      mean_t_interval(collect(rows, [](const ResultRow& r) { return r.expert_utilization_cv; }));
   s.mean_within_sd =
       mean_of(collect(rows, [](const ResultRow& r) { return r.std_experts_per_token; }));
   for (const ResultRow* r : rows) {
@@ -129,12 +138,14 @@ ConfigSummary summarize_config(const std::vector<const ResultRow*>& rows, int to
   size_t layers = 0;
   for (const ResultRow* r : rows) layers = std::max(layers, r->per_layer_mean_experts.size());
   s.per_layer_mean_experts.assign(layers, kNaN);
+  s.per_layer_ci.assign(layers, MeanInterval{});
   for (size_t l = 0; l < layers; ++l) {
     std::vector<double> values;
     for (const ResultRow* r : rows) {
       if (l < r->per_layer_mean_experts.size()) values.push_back(r->per_layer_mean_experts[l]);
     }
     s.per_layer_mean_experts[l] = mean_of(values);
+    s.per_layer_ci[l] = mean_t_interval(values);
   }
   for (const ResultRow* r : rows) add_histogram(s.count_histogram, r->count_histogram);
   s.box = box_from_histogram(s.count_histogram);
@@ -143,6 +154,10 @@ ConfigSummary summarize_config(const std::vector<const ResultRow*>& rows, int to
 
 json num(double v) {
   return std::isfinite(v) ? json(v) : json(nullptr);
+}
+
+json interval_json(const MeanInterval& i) {
+  return {{"n", i.n}, {"mean", num(i.mean)}, {"lo", num(i.lo)}, {"hi", num(i.hi)}};
 }
 
 json box_json(const BoxStats& b) {
@@ -182,6 +197,10 @@ json config_json(const ConfigSummary& s) {
           {"kl_to_native", num(s.kl_to_native)},
           {"continuation_nll_native", num(s.continuation_nll_native)},
           {"reduction_pct_vs_baseline", num(s.reduction_pct)},
+          {"mean_experts_ci95", interval_json(s.experts_ci)},
+          {"inference_time_sec_ci95", interval_json(s.inference_time_ci)},
+          {"kl_to_native_ci95", interval_json(s.kl_to_native_ci)},
+          {"expert_utilization_cv_ci95", interval_json(s.utilization_cv_ci)},
           {"per_layer_mean_experts", layers},
           {"count_histogram", s.count_histogram},
           {"box", box_json(s.box)}};
@@ -338,6 +357,7 @@ Analysis analyze(const std::vector<ResultRow>& input) {
           collect(in, [](const ResultRow& r) { return r.avg_experts_per_token; });
       c.mean_experts = mean_of(means);
       c.sd_experts = sample_sd(means);
+      c.experts_ci = mean_t_interval(means);
       c.prompt_nll = mean_of(collect(in, [](const ResultRow& r) { return r.prompt_nll; }));
       c.kl_to_native = mean_of(collect(in, [](const ResultRow& r) { return r.kl_to_native; }));
       std::vector<int64_t> histogram;
@@ -358,6 +378,7 @@ Analysis analyze(const std::vector<ResultRow>& input) {
     MaxKRow m;
     m.max_k = k;
     std::vector<double> bh_means;
+    std::map<std::string, std::vector<double>> bh_by_prompt;  // prompt -> its BH means (alphas)
     std::vector<int64_t> histogram;
     bool has_bh = false;
     for (const ConfigSummary& s : a.configs) {
@@ -367,10 +388,12 @@ Analysis analyze(const std::vector<ResultRow>& input) {
         has_bh = true;
         for (const ResultRow* r : ok_by_config[s.config_name]) {
           bh_means.push_back(r->avg_experts_per_token);
+          if (std::isfinite(r->avg_experts_per_token))
+            bh_by_prompt[r->prompt_id].push_back(r->avg_experts_per_token);
           add_histogram(histogram, r->count_histogram);
         }
         if (std::isfinite(s.alpha))
-          a.max_k_alpha.push_back({k, s.alpha, s.config_name, s.mean_experts});
+          a.max_k_alpha.push_back({k, s.alpha, s.config_name, s.mean_experts, s.experts_ci});
       }
     }
     if (!has_bh) continue;
@@ -378,7 +401,16 @@ Analysis analyze(const std::vector<ResultRow>& input) {
     if (std::isfinite(m.baseline_experts) && m.baseline_experts > 0) {
       m.reduction_pct = (m.baseline_experts - m.bh_mean_experts) / m.baseline_experts * 100.0;
     }
+    if (baseline && baseline->mean_experts > 0) {
+      m.native_experts = baseline->mean_experts;
+      m.reduction_vs_native_pct =
+          (m.native_experts - m.bh_mean_experts) / m.native_experts * 100.0;
+    }
+    std::vector<double> per_prompt;
+    for (const auto& [prompt, values] : bh_by_prompt) per_prompt.push_back(mean_of(values));
+    m.bh_ci = mean_t_interval(per_prompt);
     m.bh_box = box_from_histogram(histogram);
+    m.bh_histogram = std::move(histogram);
     a.max_k.push_back(m);
   }
 
@@ -396,6 +428,8 @@ Analysis analyze(const std::vector<ResultRow>& input) {
     for (const ConfigSummary& s : a.configs) {
       if (s.config_name == baseline->config_name) continue;
       for (const Metric& metric : metrics) {
+        // A count fixed by construction is not a measurement to test (see TTestResult).
+        if (metric.field == &ResultRow::avg_experts_per_token && s.fixed_count()) continue;
         std::vector<double> x, y;
         for (const ResultRow* r : ok_by_config[s.config_name]) {
           auto it = base_by_prompt.find(r->prompt_id);
@@ -414,6 +448,18 @@ Analysis analyze(const std::vector<ResultRow>& input) {
         t.test = paired_t_test(x, y);
         a.ttests.push_back(t);
       }
+    }
+    // Holm over the configs of each metric: one family of hypotheses per metric.
+    for (const Metric& metric : metrics) {
+      std::vector<size_t> family;
+      std::vector<double> p;
+      for (size_t i = 0; i < a.ttests.size(); ++i) {
+        if (a.ttests[i].metric != metric.name) continue;
+        family.push_back(i);
+        p.push_back(a.ttests[i].test.defined ? a.ttests[i].test.p_value : kNaN);
+      }
+      const std::vector<double> adjusted = holm_adjust(p);
+      for (size_t j = 0; j < family.size(); ++j) a.ttests[family[j]].p_holm = adjusted[j];
     }
   }
 
@@ -461,6 +507,24 @@ Analysis analyze(const std::vector<ResultRow>& input) {
   return a;
 }
 
+std::string warmup_note(const Analysis& a) {
+  int warm = 0;
+  for (const json& run : a.runs) {
+    if (run.is_object() && run.value("warmup_tokens", int64_t{0}) > 0) ++warm;
+  }
+  const int total = static_cast<int>(a.runs.size());
+  if (total == 0) return "";
+  if (warm == total) {
+    return "Each run process made one untimed warm-up forward pass (every expert selected) before "
+           "its first timed experiment, so the first config was not timed cold.";
+  }
+  std::string cold = "the first config each such process ran was timed cold (page faults of the "
+                     "mapped weights, caches, thread start-up), so its times are inflated";
+  if (warm == 0) return "These rows come from runs without a warm-up pass: " + cold + ".";
+  return std::to_string(total - warm) + " of the rows' " + std::to_string(total) +
+         " distinct run records show no warm-up pass: " + cold + ".";
+}
+
 json analysis_to_json(const Analysis& a) {
   json j;
   j["format"] = "bhmoe-analysis/1";
@@ -483,6 +547,7 @@ json analysis_to_json(const Analysis& a) {
                                 {"sd_experts", num(c.sd_experts)},
                                 {"prompt_nll", num(c.prompt_nll)},
                                 {"kl_to_native", num(c.kl_to_native)},
+                                {"mean_experts_ci95", interval_json(c.experts_ci)},
                                 {"box", box_json(c.box)}});
   }
   j["max_k_comparison"] = json::array();
@@ -491,6 +556,10 @@ json analysis_to_json(const Analysis& a) {
                                      {"baseline_experts", num(m.baseline_experts)},
                                      {"bh_mean_experts", num(m.bh_mean_experts)},
                                      {"reduction_pct", num(m.reduction_pct)},
+                                     {"native_experts", num(m.native_experts)},
+                                     {"reduction_vs_native_pct", num(m.reduction_vs_native_pct)},
+                                     {"bh_mean_experts_ci95", interval_json(m.bh_ci)},
+                                     {"bh_count_histogram", m.bh_histogram},
                                      {"bh_box", box_json(m.bh_box)}});
   }
   j["max_k_alpha"] = json::array();
@@ -498,7 +567,8 @@ json analysis_to_json(const Analysis& a) {
     j["max_k_alpha"].push_back({{"max_k", c.max_k},
                                 {"alpha", num(c.alpha)},
                                 {"config_name", c.config_name},
-                                {"mean_experts", num(c.mean_experts)}});
+                                {"mean_experts", num(c.mean_experts)},
+                                {"mean_experts_ci95", interval_json(c.ci)}});
   }
   j["ttests"] = json::array();
   for (const TTestResult& t : a.ttests) {
@@ -513,6 +583,7 @@ json analysis_to_json(const Analysis& a) {
                            {"t", num(t.test.t)},
                            {"df", num(t.test.df)},
                            {"p_value", num(t.test.p_value)},
+                           {"p_holm", num(t.p_holm)},
                            {"cohens_d", num(t.test.cohens_d)},
                            {"defined", t.test.defined}});
   }

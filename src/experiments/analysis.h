@@ -1,6 +1,7 @@
 // Analysis of result rows: by config, by prompt category, by max_k (with reduction_pct), paired
-// t-tests against the topk_8 baseline over prompts, per-layer means, and the perplexity-vs-experts
-// points of text-scoring experiments. Pure computation over rows (no files), so `bhmoe report`
+// t-tests against the topk_8 baseline over prompts (Holm-adjusted per metric), per-layer means, and
+// the perplexity-vs-experts points of text-scoring experiments. Every mean over prompts carries its
+// 95% Student-t interval across prompts (MeanInterval, significance.h), which the plots draw. Pure computation over rows (no files), so `bhmoe report`
 // rebuilds everything from results.jsonl alone.
 #pragma once
 
@@ -16,7 +17,7 @@
 
 namespace bhmoe::experiments {
 
-// The baseline config of the t-tests and the reduction percentages.
+// The baseline config of the t-tests and the reduction percentages: OLMoE's native routing (top-8).
 inline constexpr const char* kBaselineConfig = "topk_8";
 
 // Quantiles of a pooled count histogram, for box plots.
@@ -44,7 +45,10 @@ struct ConfigSummary : RouterConfig {
   double utilization_cv = kNaN, utilization_max_min_ratio = kNaN;
   double prompt_nll = kNaN, kl_to_native = kNaN, continuation_nll_native = kNaN;
   double reduction_pct = kNaN;  // (baseline − mean) / baseline × 100, vs topk_8
+  // 95% t-intervals across the config's prompts (one value per ok row) of the means above.
+  MeanInterval experts_ci, inference_time_ci, prefill_time_ci, kl_to_native_ci, utilization_cv_ci;
   std::vector<double> per_layer_mean_experts;
+  std::vector<MeanInterval> per_layer_ci;  // [layer], across prompts
   std::vector<int64_t> count_histogram;  // pooled over rows
   BoxStats box;
 };
@@ -54,15 +58,24 @@ struct CategorySummary {
   int rows = 0;
   double mean_experts = kNaN, sd_experts = kNaN;
   double prompt_nll = kNaN, kl_to_native = kNaN;
-  BoxStats box;  // over every routing decision of the category's rows
+  MeanInterval experts_ci;  // 95% t-interval across the category's prompts
+  BoxStats box;             // over every routing decision of the category's rows
 };
 
 // One line of max_k_comparison.csv: `baseline_experts` is the measured mean of topk_<max_k>,
-// `bh_mean_experts` the mean over every BH config with that max_k (all alphas).
+// `bh_mean_experts` the mean over every BH config with that max_k (all alphas). `reduction_pct` is
+// the original study's column, against top-k at k = max_k (the ceiling BH may reach, not what the
+// model runs natively); `reduction_vs_native_pct` is against native top-8 (kBaselineConfig), the
+// reduction the report states.
 struct MaxKRow {
   int max_k = 0;
   double baseline_experts = kNaN, bh_mean_experts = kNaN, reduction_pct = kNaN;
-  BoxStats bh_box;  // BH experts per routing decision, pooled over alphas and prompts
+  double native_experts = kNaN, reduction_vs_native_pct = kNaN;
+  // 95% t-interval across prompts of each prompt's BH mean (the mean over the alphas' rows of the
+  // prompt), so prompts, not alphas, are the sampling unit.
+  MeanInterval bh_ci;
+  BoxStats bh_box;                     // BH experts per routing decision, pooled over alphas and prompts
+  std::vector<int64_t> bh_histogram;   // [c] = BH routing decisions that selected c experts, pooled
 };
 
 struct MaxKAlphaCell {
@@ -70,12 +83,18 @@ struct MaxKAlphaCell {
   double alpha = kNaN;
   std::string config_name;
   double mean_experts = kNaN;
+  MeanInterval ci;  // across prompts
 };
 
+// A paired t-test of one config against the baseline over prompts. Expert counts are not tested
+// for configs whose count is fixed by construction (RouterConfig::fixed_count: top-k's count is k
+// on every prompt, so the "test" would only restate k − 8). p_holm: Holm's step-down adjustment of
+// p over the configs tested on the same metric (one family per metric); NaN when p is undefined.
 struct TTestResult {
   std::string config_name, metric;  // metric: a row field, e.g. "avg_experts_per_token"
   double mean_config = kNaN, mean_baseline = kNaN;
   PairedTTest test;
+  double p_holm = kNaN;
 };
 
 // Perplexity against mean experts for one config over the text-scoring rows (token-weighted).
@@ -116,6 +135,12 @@ struct Analysis {
 };
 
 Analysis analyze(const std::vector<ResultRow>& rows);
+
+// One sentence on whether the timings are warm, from the rows' run objects (runner.cc records
+// run.warmup_tokens, the tokens of its untimed warm-up forward pass, 0 or absent when none ran):
+// every run process warmed up; none did, so the first config each process timed ran cold; or some.
+// "" without run objects.
+std::string warmup_note(const Analysis& analysis);
 
 // analysis_summary.json (NaN/inf as null).
 nlohmann::json analysis_to_json(const Analysis& analysis);

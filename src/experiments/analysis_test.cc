@@ -6,12 +6,18 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
 
 #include "experiments/analysis.h"
+#include "experiments/bootstrap.h"
 #include "experiments/csv.h"
 #include "experiments/plots.h"
 #include "experiments/report.h"
 #include "experiments/results.h"
+#include "experiments/schema.h"
 #include "experiments/significance.h"
 #include "experiments/synthetic_rows_for_tests.h"
 #include "util/error.h"
@@ -79,6 +85,28 @@ TEST(PairedTTest, DegenerateCases) {
   EXPECT_TRUE(std::isnan(one.p_value));
   EXPECT_THROW(paired_t_test(std::vector<double>{1, 2}, std::vector<double>{1}), Error);
   EXPECT_THROW(paired_t_test(std::vector<double>{1, NAN}, std::vector<double>{1, 2}), Error);
+}
+
+TEST(MeanInterval, MatchesHandComputation) {
+  // {1, 2, 3, 4, 6}: mean 3.2, sd sqrt(3.7), t(0.975, 4) = 2.7764451051977987 (scipy.stats.t.ppf);
+  // 3.2 ∓ 2.7764451 · 1.9235384 / √5.
+  MeanInterval i = mean_t_interval(std::vector<double>{1, 2, 3, 4, 6});
+  EXPECT_EQ(i.n, 5);
+  EXPECT_DOUBLE_EQ(i.mean, 3.2);
+  EXPECT_NEAR(i.lo, 0.8116116119000156, 1e-10);
+  EXPECT_NEAR(i.hi, 5.588388388099984, 1e-10);
+  // n = 2: t(0.975, 1) = 12.706204736432095; non-finite values are left out.
+  MeanInterval two = mean_t_interval(std::vector<double>{2, NAN, 4});
+  EXPECT_EQ(two.n, 2);
+  EXPECT_NEAR(two.lo, -9.706204736432094, 1e-9);
+  // One value: a mean without an interval. Constant values (top-k's count): a zero-width one.
+  MeanInterval one = mean_t_interval(std::vector<double>{5});
+  EXPECT_DOUBLE_EQ(one.mean, 5);
+  EXPECT_TRUE(std::isnan(one.lo) && std::isnan(one.hi));
+  MeanInterval constant = mean_t_interval(std::vector<double>{8, 8, 8});
+  EXPECT_DOUBLE_EQ(constant.lo, 8);
+  EXPECT_DOUBLE_EQ(constant.hi, 8);
+  EXPECT_EQ(mean_t_interval(std::vector<double>{}).n, 0);
 }
 
 // ---- Rows: JSON round trip, JSONL loading, torn tails. ----
@@ -200,8 +228,26 @@ TEST(Analysis, SeedGridByConfigMaxKAndCategory) {
   EXPECT_NEAR(a.max_k[1].reduction_pct, (16 - a.max_k[1].bh_mean_experts) / 16 * 100, 1e-9);
   EXPECT_EQ(a.max_k_alpha.size(), 12u);
 
-  // 15 configs × 3 metrics against topk_8.
-  EXPECT_EQ(a.ttests.size(), 45u);
+  // 15 configs × 3 metrics against topk_8, less the expert counts of topk_16/32/64 (k by
+  // construction: nothing to test).
+  EXPECT_EQ(a.ttests.size(), 42u);
+  for (const auto& t : a.ttests) {
+    EXPECT_FALSE(t.metric == "avg_experts_per_token" && t.config_name.rfind("topk_", 0) == 0)
+        << t.config_name;
+  }
+  // Reductions are stated against native top-8 (the baseline), beside the original's column
+  // against top-k at k = max_k.
+  const MaxKRow& k64 = a.max_k[3];
+  EXPECT_EQ(k64.max_k, 64);
+  EXPECT_DOUBLE_EQ(k64.native_experts, 8);
+  EXPECT_NEAR(k64.reduction_vs_native_pct, (8 - k64.bh_mean_experts) / 8 * 100, 1e-9);
+  EXPECT_NEAR(k64.reduction_pct, (64 - k64.bh_mean_experts) / 64 * 100, 1e-9);
+  EXPECT_EQ(k64.bh_ci.n, 12);  // prompts, each the mean over the three alphas
+  EXPECT_LT(k64.bh_ci.lo, k64.bh_mean_experts);
+  EXPECT_GT(k64.bh_ci.hi, k64.bh_mean_experts);
+  int64_t decisions = 0;
+  for (int64_t n : k64.bh_histogram) decisions += n;
+  EXPECT_EQ(decisions, k64.bh_box.n);
   for (const auto& t : a.ttests) {
     EXPECT_EQ(t.test.n, 12);
     if (t.config_name == "topk_16" && t.metric == "avg_experts_per_token") {
@@ -219,6 +265,58 @@ TEST(Analysis, SeedGridByConfigMaxKAndCategory) {
     }
   }
   EXPECT_EQ(a.by_category.size(), 64u);
+}
+
+// Holm over the configs of one metric, against values computed by hand from closed-form p-values.
+TEST(Analysis, TTestsAreHolmAdjustedPerMetric) {
+  // Baseline prompt NLL 0 on three prompts; configs a, b, c differ by {1, 2, 4}, {1, 2, 3} and
+  // {2, 3, 4}. df = 2: p = 1 − t / sqrt(2 + t²): 0.11808289631180306, 0.07417990022744853,
+  // 0.03509871864598465 (scipy.stats.ttest_1samp agrees). Holm: sorted c, b, a times 3, 2, 1 =
+  // 0.10529615593795395, 0.14835980045489706, 0.11808289631180306 -> running max.
+  std::vector<ResultRow> rows;
+  const std::vector<std::pair<std::string, std::vector<double>>> configs = {
+      {"topk_8", {0, 0, 0}}, {"a", {1, 2, 4}}, {"b", {1, 2, 3}}, {"c", {2, 3, 4}}};
+  int64_t index = 0;
+  for (const auto& [name, nll] : configs) {
+    for (int p = 0; p < 3; ++p) {
+      ResultRow r;
+      r.experiment = "e";
+      r.index = index++;
+      r.config_name = name;
+      r.rule = name == "topk_8" ? "topk" : "bh";
+      r.max_k = r.max_k_requested = 8;
+      r.prompt_id = "p" + std::to_string(p);
+      r.key = "e/" + name + "/" + r.prompt_id;
+      r.prompt_nll = nll[p];
+      r.avg_experts_per_token = name == "topk_8" ? 8 : 2 + p + nll[p];
+      rows.push_back(r);
+    }
+  }
+  Analysis a = analyze(rows);
+  std::map<std::string, const TTestResult*> nll;
+  for (const TTestResult& t : a.ttests) {
+    if (t.metric == "prompt_nll") nll[t.config_name] = &t;
+  }
+  ASSERT_EQ(nll.size(), 3u);
+  EXPECT_NEAR(nll["a"]->test.p_value, 0.11808289631180306, 1e-12);
+  EXPECT_NEAR(nll["c"]->p_holm, 0.10529615593795395, 1e-12);
+  EXPECT_NEAR(nll["b"]->p_holm, 0.14835980045489706, 1e-12);
+  EXPECT_NEAR(nll["a"]->p_holm, 0.14835980045489706, 1e-12);
+  // The expert-count family is adjusted on its own (three tests of its own).
+  int counts = 0;
+  for (const TTestResult& t : a.ttests) {
+    if (t.metric != "avg_experts_per_token") continue;
+    ++counts;
+    EXPECT_GE(t.p_holm, t.test.p_value);
+  }
+  EXPECT_EQ(counts, 3);
+  // The report shows the adjusted column and counts significance with it.
+  ReportContext context;
+  std::string md = report_markdown(a, rows, context);
+  EXPECT_NE(md.find("| p (Holm) |"), std::string::npos);
+  EXPECT_NE(md.find("0.1484"), std::string::npos) << md;
+  EXPECT_NE(md.find("Holm-adjusted p < 0.05"), std::string::npos);
+  EXPECT_EQ(md.find("uncorrected"), std::string::npos);
 }
 
 TEST(Analysis, ErrorsAndMissingBaseline) {
@@ -350,10 +448,56 @@ TEST(Csv, QuotingAndShape) {
 
   auto mk = parse_csv(max_k_csv(analyze(rows)));
   ASSERT_EQ(mk.size(), 5u);
+  // The original's four columns first, then the interval and the reduction against native top-8.
   EXPECT_EQ(mk[0], (std::vector<std::string>{"max_k", "baseline_experts", "bh_mean_experts",
-                                             "reduction_pct"}));
+                                             "reduction_pct", "bh_mean_experts_lo",
+                                             "bh_mean_experts_hi", "native_experts",
+                                             "reduction_vs_native_pct"}));
+  for (const auto& record : mk) EXPECT_EQ(record.size(), mk[0].size());
   EXPECT_EQ(mk[1][0], "8");
   EXPECT_EQ(mk[1][1], "8");
+  EXPECT_EQ(mk[1][6], "8");  // native topk_8
+}
+
+// The schema (`bhmoe report --schema`) lists exactly the columns the files hold, both ways.
+TEST(Schema, ListsEveryColumnWrittenAndNothingElse) {
+  ResultRow row = synthetic_seed_rows()[30];
+  std::set<std::string> written, listed;
+  const nlohmann::json object = to_json(row);
+  for (const auto& [key, value] : object.items()) written.insert(key);
+  for (const std::string& c : schema_columns(kResultsJsonl)) listed.insert(c);
+  EXPECT_EQ(written, listed);
+  EXPECT_EQ(listed.size(), schema_columns(kResultsJsonl).size()) << "a name listed twice";
+  // The row CSV in its writer's order; the other CSVs take their headers from the schema, and
+  // every data line has as many fields.
+  EXPECT_EQ(results_csv_columns(), schema_columns(kResultsCsv));
+  auto rows = synthetic_seed_rows();
+  auto pareto = synthetic_pareto_rows();
+  for (ResultRow& r : pareto) {
+    r.window_tokens = {r.num_scored_tokens / 2 + 1, r.num_scored_tokens / 2};
+    r.window_nll_sum = {r.nll_mean * r.window_tokens[0], r.nll_mean * (r.window_tokens[1] - 1)};
+    r.window_experts = {100, 100};
+  }
+  rows.insert(rows.end(), pareto.begin(), pareto.end());
+  Analysis a = analyze(rows);
+  ASSERT_FALSE(a.matched.empty());
+  for (const auto& [text, file] : {std::pair{max_k_csv(a), kMaxKCsv},
+                                   std::pair{matched_compute_csv(a), kMatchedCsv}}) {
+    auto records = parse_csv(text);
+    ASSERT_GT(records.size(), 1u);
+    EXPECT_EQ(records[0], schema_columns(file));
+    for (const auto& record : records) EXPECT_EQ(record.size(), records[0].size());
+  }
+  // One spelling: American "utilization", never "utilisation".
+  const std::string text = schema_text();
+  EXPECT_EQ(text.find("utilisation"), std::string::npos);
+  EXPECT_NE(text.find("| expert_utilization_cv | number or null/empty |"), std::string::npos);
+  for (const ColumnDoc& c : output_schema()) {
+    EXPECT_TRUE(*c.type && *c.unit && *c.meaning) << c.name;
+  }
+  EXPECT_NE(text.find("## matched_compute.csv"), std::string::npos);
+  EXPECT_NE(text.find("| nll_mean | number or null/empty | nats per predicted token |"),
+            std::string::npos);
 }
 
 // ---- Plots and report (needs gnuplot, as the product does). ----
@@ -375,7 +519,7 @@ TEST(Outputs, WritesEveryFileValidPlotsAndEveryReportSection) {
   }
   EXPECT_TRUE(nlohmann::json::parse(read_file(dir / "analysis_summary.json")).is_object());
   std::vector<std::string> expected = {
-      "max_k_comparison_bar",  "max_k_distribution_box", "max_k_alpha_heatmap",
+      "max_k_comparison_bar",  "max_k_count_distribution", "max_k_alpha_heatmap",
       "max_k_saturation",      "avg_experts_comparison", "inference_time_comparison",
       "expert_utilization_cv", "experts_by_category",    "experts_vs_latency",
       "layer_heatmap",         "kl_to_native",           "pareto_perplexity"};
@@ -401,6 +545,133 @@ TEST(Outputs, WritesEveryFileValidPlotsAndEveryReportSection) {
     EXPECT_NE(report.find(section), std::string::npos) << section;
   }
   fs::remove_all(dir);
+}
+
+// ---- What the report and the plots say (issue 11: as found wrong when tried). ----
+
+const PlotScript& find_plot(const std::vector<PlotScript>& plots, const std::string& name) {
+  for (const PlotScript& p : plots) {
+    if (p.file.name == name) return p;
+  }
+  throw std::runtime_error("no plot " + name);
+}
+
+TEST(Report, MaxKSectionNamesWhatIsMissingAndNeverDeniesBH) {
+  // A pareto-style run: BH scored text, no generation rows.
+  auto rows = synthetic_pareto_rows();
+  std::string md = report_markdown(analyze(rows), rows, ReportContext{});
+  EXPECT_EQ(md.find("No BH configs"), std::string::npos) << md;
+  EXPECT_NE(md.find("No max_k comparison: it needs generation (`generate`) rows of BH configs"),
+            std::string::npos);
+  EXPECT_NE(md.find("BH did run here, on held-out text (1 config: `bh_a005`)"), std::string::npos)
+      << md;
+  // Without any BH the sentence only says what is missing.
+  std::vector<ResultRow> no_bh;
+  for (const ResultRow& r : rows) {
+    if (r.rule != "bh") no_bh.push_back(r);
+  }
+  md = report_markdown(analyze(no_bh), no_bh, ReportContext{});
+  EXPECT_EQ(md.find("BH did run"), std::string::npos);
+  // The seed grid: reductions against native top-8, with intervals.
+  auto seed = synthetic_seed_rows();
+  md = report_markdown(analyze(seed), seed, ReportContext{});
+  EXPECT_NE(md.find("reduction vs native"), std::string::npos);
+  EXPECT_NE(md.find("experts per token against native `topk_8`'s 8.00"), std::string::npos) << md;
+}
+
+TEST(Report, ScoringProtocolIsTheOneTheRowsRecord) {
+  auto rows = synthetic_pareto_rows();
+  for (ResultRow& r : rows) {
+    r.settings = {{"scoring_window", 256}, {"scoring_window_requested", 512},
+                  {"scoring_max_tokens", 8192}};
+    r.protocol = "split into non-overlapping windows of 256 tokens";
+  }
+  std::string md = report_markdown(analyze(rows), rows, ReportContext{});
+  EXPECT_NE(md.find("Protocol (as recorded in the rows): split into non-overlapping windows of 256 "
+                    "tokens."),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("256-token windows (512 requested, cut to the model's context), at most 8192 "
+                    "tokens per text"),
+            std::string::npos)
+      << md;
+  // The same from the bootstrap's section (rows with per-window data).
+  for (ResultRow& r : rows) {
+    r.window_tokens = {r.num_scored_tokens / 2 + 1, r.num_scored_tokens / 2};
+    r.window_nll_sum = {r.nll_mean * r.window_tokens[0], r.nll_mean * (r.window_tokens[1] - 1)};
+    r.window_experts = {100, 100};
+  }
+  Analysis a = analyze(rows);
+  ASSERT_FALSE(a.matched.empty());
+  md = report_markdown(a, rows, ReportContext{});
+  EXPECT_NE(md.find("256-token windows (512 requested"), std::string::npos) << md;
+}
+
+TEST(Plots, DistributionsIntervalsScalesAndCaptionsSayWhatTheyShow) {
+  auto rows = synthetic_seed_rows();
+  Analysis a = analyze(rows);
+  std::vector<PlotScript> plots = plot_scripts(a, rows);
+  // Every plot of a mean over prompts draws its interval.
+  for (const char* name : {"max_k_comparison_bar", "max_k_saturation", "avg_experts_comparison",
+                           "inference_time_comparison", "expert_utilization_cv",
+                           "experts_by_category", "experts_vs_latency", "kl_to_native"}) {
+    const PlotScript& p = find_plot(plots, name);
+    EXPECT_TRUE(p.script.find("errorbars") != std::string::npos ||
+                p.script.find("errorlines") != std::string::npos)
+        << name;
+    EXPECT_NE(p.file.caption.find("95%"), std::string::npos) << name;
+  }
+  // The count distribution: per max_k, the shares of its decisions sum to 100%.
+  const PlotScript& dist = find_plot(plots, "max_k_count_distribution");
+  EXPECT_NE(dist.script.find("set logscale y"), std::string::npos);
+  std::vector<double> sums;
+  double sum = 0;
+  std::istringstream lines(dist.data);
+  int blank = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty()) {
+      if (++blank == 2) {
+        sums.push_back(sum);
+        sum = 0;
+        blank = 0;
+      }
+      continue;
+    }
+    sum += std::stod(line.substr(line.find('\t') + 1));
+  }
+  ASSERT_EQ(sums.size(), 4u);
+  for (double v : sums) EXPECT_NEAR(v, 100.0, 1e-9);
+  // Saturation: BH on its own scale, the log2 axis labelled.
+  const PlotScript& sat = find_plot(plots, "max_k_saturation");
+  EXPECT_NE(sat.script.find("set xlabel \"max_k (log2 scale)\""), std::string::npos);
+  EXPECT_EQ(sat.script.find("top-k"), std::string::npos) << sat.script;
+  EXPECT_NE(sat.script.find("set xtics (\"8\" 8, \"16\" 16, \"32\" 32, \"64\" 64)"),
+            std::string::npos);
+  // The layer heatmap's colour scale spans the adaptive configs only (BH here peaks at
+  // 64 · 0.4 + 0.2 + 0.5 = 26.3 in layer 0), not topk_64's 64; its labels are 10 pt.
+  const PlotScript& heat = find_plot(plots, "layer_heatmap");
+  const size_t cb = heat.script.find("set cbrange [");
+  ASSERT_NE(cb, std::string::npos);
+  const double hi = std::stod(heat.script.substr(heat.script.find(':', cb) + 1));
+  EXPECT_LT(hi, 27);
+  EXPECT_GT(hi, 26);
+  EXPECT_NE(heat.script.find("font \",10\""), std::string::npos);
+  EXPECT_EQ(heat.script.find("font \",7\""), std::string::npos);
+  // Fixed configs are left out of the per-category distribution, and the caption says so.
+  const PlotScript& cat = find_plot(plots, "experts_by_category");
+  EXPECT_EQ(cat.script.find("\"topk_64\""), std::string::npos);
+  EXPECT_NE(cat.file.caption.find("topk_8, topk_16, topk_32, topk_64"), std::string::npos);
+  // Timing captions say whether the first config ran cold.
+  EXPECT_NE(find_plot(plots, "inference_time_comparison").file.caption.find("without a warm-up"),
+            std::string::npos);
+  for (ResultRow& r : rows) r.run["warmup_tokens"] = 7;
+  a = analyze(rows);
+  plots = plot_scripts(a, rows);
+  for (const char* name : {"inference_time_comparison", "experts_vs_latency"}) {
+    EXPECT_NE(find_plot(plots, name).file.caption.find("untimed warm-up forward pass"),
+              std::string::npos)
+        << name;
+  }
 }
 
 TEST(Outputs, RelativeOutputFolderRendersEveryPlot) {

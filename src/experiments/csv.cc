@@ -4,6 +4,7 @@
 #include <functional>
 #include <sstream>
 
+#include "experiments/schema.h"
 #include "routing/spec.h"
 
 namespace bhmoe::experiments {
@@ -140,19 +141,21 @@ std::string results_csv(const std::vector<ResultRow>& rows) {
 
 std::string max_k_csv(const Analysis& analysis) {
   std::ostringstream out;
-  out << "max_k,baseline_experts,bh_mean_experts,reduction_pct\n";
+  // The header is the schema's (schema.h); the values below follow its order.
+  out << schema_csv_header(kMaxKCsv) << "\n";
   for (const MaxKRow& m : analysis.max_k) {
     out << m.max_k << "," << csv_number(m.baseline_experts) << "," << csv_number(m.bh_mean_experts)
-        << "," << csv_number(m.reduction_pct) << "\n";
+        << "," << csv_number(m.reduction_pct) << "," << csv_number(m.bh_ci.lo) << ","
+        << csv_number(m.bh_ci.hi) << "," << csv_number(m.native_experts) << ","
+        << csv_number(m.reduction_vs_native_pct) << "\n";
   }
   return out.str();
 }
 
 std::string matched_compute_csv(const Analysis& analysis) {
   std::ostringstream out;
-  out << "scope,config_name,rule,router,tokens,windows,mean_experts,mean_experts_lo,"
-         "mean_experts_hi,nll,nll_lo,nll_hi,perplexity,topk_nll_at_match,delta_nll,delta_nll_lo,"
-         "delta_nll_hi,p_value,p_holm\n";
+  // The header is the schema's (schema.h); the values below follow its order.
+  out << schema_csv_header(kMatchedCsv) << "\n";
   for (const MatchedPoint& m : analysis.matched) {
     out << csv_field(m.scope) << "," << csv_field(m.config_name) << "," << csv_field(m.rule) << ","
         << csv_field(m.router) << "," << m.tokens << "," << m.windows << ","

@@ -21,7 +21,8 @@ const std::vector<std::string>& results_csv_columns();
 // bh_routing_results.csv: a header and one row per result row, in the given order.
 std::string results_csv(const std::vector<ResultRow>& rows);
 
-// max_k_comparison.csv: max_k,baseline_experts,bh_mean_experts,reduction_pct
+// max_k_comparison.csv: the original's max_k,baseline_experts,bh_mean_experts,reduction_pct, then
+// BH's 95% t-interval and the reduction against native top-8 (columns: schema.h).
 std::string max_k_csv(const Analysis& analysis);
 
 // matched_compute.csv: one row per scope and config (experiments/bootstrap.h), flat columns with

@@ -124,23 +124,29 @@ std::vector<const ConfigSummary*> measured(const Analysis& a) {
   return out;
 }
 
-// One bar per config, coloured by rule: data columns idx, name, value, error, colour.
+// The interval every plotted mean carries, as the captions name it.
+constexpr const char* kIntervalNote =
+    "Error bars: 95% Student-t interval of the mean across prompts (mean ± t(0.975, n − 1) · sd / "
+    "√n, n = the prompts).";
+
+// One bar per config, coloured by rule, with the 95% t-interval of its mean across prompts: data
+// columns idx, name, value, lo, hi, colour.
 PlotScript config_bars(const Analysis& a, std::string name, std::string title, std::string ylabel,
                        std::string caption, double ConfigSummary::*value,
-                       double ConfigSummary::*error) {
+                       MeanInterval ConfigSummary::*interval) {
   PlotScript p;
-  p.file = {std::move(name), std::move(title), std::move(caption)};
+  p.file = {std::move(name), std::move(title), std::move(caption) + " " + kIntervalNote};
   std::vector<const ConfigSummary*> configs = measured(a);
   std::ostringstream data;
   std::vector<std::string> labels;
   std::vector<double> tops;
   for (size_t i = 0; i < configs.size(); ++i) {
     const ConfigSummary& s = *configs[i];
-    double e = error ? s.*error : 0.0;
-    data << i << "\t" << field(s.config_name) << "\t" << number(s.*value) << "\t" << number(e)
-         << "\t" << rule_color_int(s.rule) << "\n";
+    const MeanInterval& ci = s.*interval;
+    data << i << "\t" << field(s.config_name) << "\t" << number(s.*value) << "\t" << number(ci.lo)
+         << "\t" << number(ci.hi) << "\t" << rule_color_int(s.rule) << "\n";
     labels.push_back(s.config_name);
-    tops.push_back(s.*value + (std::isfinite(e) ? e : 0.0));
+    tops.push_back(std::isfinite(ci.hi) ? std::max(ci.hi, s.*value) : s.*value);
   }
   p.data = data.str();
   std::ostringstream s;
@@ -150,8 +156,8 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
     << "set xtics rotate by -45 nomirror\n"
     << category_axes(configs.size(), max_finite(tops) * 1.12) << "plot "
     << gp_string(p.file.name + ".dat")
-    << " using 1:3:(0.7):5:xtic(2) with boxes lc rgb variable notitle";
-  if (error) s << ", \"\" using 1:3:4 with yerrorbars lc rgb \"black\" ps 0 notitle";
+    << " using 1:3:(0.7):6:xtic(2) with boxes lc rgb variable notitle, \\\n"
+    << "  \"\" using 1:3:4:5 with yerrorbars lc rgb \"black\" ps 0 title \"95% t-interval\"";
   std::vector<ConfigSummary> present;
   for (const ConfigSummary* c : configs) present.push_back(*c);
   s << rule_legend(rules_of(present)) << "\n";
@@ -159,70 +165,146 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
   return p;
 }
 
+// "−81%" / "+5%": a signed, rounded percentage for bar labels.
+std::string percent_label(double pct) {
+  if (!std::isfinite(pct)) return "";
+  return (pct >= 0 ? "−" : "+") + routing::format_number(std::round(std::fabs(pct))) + "%";
+}
+
 PlotScript max_k_bar(const Analysis& a) {
   PlotScript p;
+  const std::string native = a.baseline.empty() ? kBaselineConfig : a.baseline;
   p.file = {
       "max_k_comparison_bar", "Mean experts per token by max_k: BH vs top-k",
-      "Grouped bars: measured mean experts per token of top-k (k = max_k) and of BH (mean over "
-      "its alphas) at each max_k; labels give BH's reduction relative to top-k."};
+      "Grouped bars: measured mean experts per token of top-k (k = max_k, exactly k by "
+      "construction) and of BH (mean over its alphas, error bars: 95% t-interval across prompts "
+      "of each prompt's mean over the alphas) at each max_k; labels give BH's reduction against "
+      "native " + native + " (dashed line), the routing the model runs without BH."};
   std::ostringstream data;
   std::vector<double> tops;
+  double native_experts = kNaN;
   for (size_t i = 0; i < a.max_k.size(); ++i) {
     const MaxKRow& m = a.max_k[i];
-    std::string label =
-        std::isfinite(m.reduction_pct)
-            ? (m.reduction_pct >= 0 ? "−" : "+") +
-                  routing::format_number(std::round(std::fabs(m.reduction_pct) * 10) / 10) + "%"
-            : "";
+    if (std::isfinite(m.native_experts)) native_experts = m.native_experts;
     data << i << "\t" << m.max_k << "\t" << number(m.baseline_experts) << "\t"
-         << number(m.bh_mean_experts) << "\t" << field(label) << "\n";
+         << number(m.bh_mean_experts) << "\t" << number(m.bh_ci.lo) << "\t" << number(m.bh_ci.hi)
+         << "\t" << field(percent_label(m.reduction_vs_native_pct)) << "\n";
     tops.push_back(m.baseline_experts);
-    tops.push_back(m.bh_mean_experts);
+    tops.push_back(std::isfinite(m.bh_ci.hi) ? m.bh_ci.hi : m.bh_mean_experts);
   }
   p.data = data.str();
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"mean experts per token (measured)\"\n"
     << "set style fill solid 0.85 border -1\nset boxwidth 0.38\n"
-    << category_axes(a.max_k.size(), max_finite(tops) * 1.15) << "plot "
-    << gp_string(p.file.name + ".dat")
+    << category_axes(a.max_k.size(), max_finite(tops) * 1.15);
+  if (std::isfinite(native_experts)) {
+    s << "set arrow from graph 0, first " << number(native_experts) << " to graph 1, first "
+      << number(native_experts) << " nohead dt 2 lw 1.5 lc rgb \"#444444\"\n";
+  }
+  s << "plot " << gp_string(p.file.name + ".dat")
     << " using ($1-0.2):3:xtic(2) with boxes lc rgb \"#4C72B0\" title \"top-k (k = max_k)\", \\\n"
     << "  \"\" using ($1+0.2):4 with boxes lc rgb \"#DD8452\" title \"BH (mean over alphas)\", \\\n"
-    << "  \"\" using ($1+0.2):4:5 with labels offset 0,0.9 notitle\n";
+    << "  \"\" using ($1+0.2):4:5:6 with yerrorbars lc rgb \"black\" ps 0 title \"95% t-interval\", "
+       "\\\n"
+    << "  \"\" using ($1+0.2):6:7 with labels offset 0,0.9 notitle";
+  if (std::isfinite(native_experts)) {
+    s << ", \\\n  NaN with lines dt 2 lw 1.5 lc rgb \"#444444\" title " << gp_string("native " + native);
+  }
+  s << "\n";
   p.script = s.str();
   return p;
 }
 
-PlotScript max_k_box(const Analysis& a) {
+// Count bins of the distribution plot: {1}, {2}, {3..4}, {5..8}, ... (powers of two), and {0} when
+// a histogram holds zeros.
+struct CountBin {
+  int lo, hi;
+  std::string label;
+};
+std::vector<CountBin> count_bins(int max_count, bool zero) {
+  std::vector<CountBin> bins;
+  if (zero) bins.push_back({0, 0, "0"});
+  int lo = 1;
+  for (int hi = 1; lo <= max_count; hi *= 2) {
+    bins.push_back({lo, hi, lo == hi ? std::to_string(lo) : std::to_string(lo) + "–" + std::to_string(hi)});
+    lo = hi + 1;
+  }
+  return bins;
+}
+
+// The distribution of BH's count per routing decision at each max_k, drawn so it can be seen even
+// when most decisions select one expert (the box plot it replaces collapsed to a line at 1): the
+// share of decisions in count bins 1, 2, 3–4, 5–8, ... as grouped bars (one per max_k) on a log
+// axis, so a tail of 0.5% is as readable as a bulk of 90%.
+PlotScript max_k_distribution(const Analysis& a) {
   PlotScript p;
   p.file = {
-      "max_k_distribution_box", "BH experts per token by max_k",
-      "Box plot of BH's expert count per routing decision (every layer × token, pooled over "
-      "alphas and prompts): box = quartiles, whiskers = min/max, dot = mean; dashed line = the "
-      "max_k ceiling."};
-  std::ostringstream data;
-  std::vector<double> tops;
+      "max_k_count_distribution", "BH experts per routing decision by max_k: share at each count",
+      "Grouped bars on a log axis: for each bin of expert counts (1, 2, 3–4, 5–8, ...: bins "
+      "double), the share of BH's routing decisions (every layer × token, pooled over alphas and "
+      "prompts) that selected that many experts, one bar per max_k; a bin with no decisions has "
+      "no bar. The mean with its 95% t-interval is in the max_k table and in max_k_saturation."};
+  int max_count = 1;
+  bool zero = false;
+  for (const MaxKRow& m : a.max_k) {
+    for (size_t c = 0; c < m.bh_histogram.size(); ++c) {
+      if (m.bh_histogram[c] == 0) continue;
+      if (c == 0) zero = true;
+      max_count = std::max(max_count, static_cast<int>(c));
+    }
+  }
+  const std::vector<CountBin> bins = count_bins(max_count, zero);
+  // One colour per max_k, light to dark as max_k grows.
+  const char* shades[] = {"#FDD0A2", "#FD8D3C", "#D94801", "#7F2704", "#4D1702", "#2B0D01"};
+  const size_t groups = std::max<size_t>(a.max_k.size(), 1);
+  const double width = 0.8 / static_cast<double>(groups);
+  double smallest = 100;
+  std::vector<std::vector<double>> shares(a.max_k.size(), std::vector<double>(bins.size(), 0));
   for (size_t i = 0; i < a.max_k.size(); ++i) {
     const MaxKRow& m = a.max_k[i];
-    const BoxStats& b = m.bh_box;
-    data << i << "\t" << m.max_k << "\t" << number(b.min) << "\t" << number(b.q1) << "\t"
-         << number(b.median) << "\t" << number(b.q3) << "\t" << number(b.max) << "\t"
-         << number(b.mean) << "\n";
-    tops.push_back(m.max_k);
+    int64_t total = 0;
+    for (int64_t n : m.bh_histogram) total += n;
+    if (total == 0) continue;
+    for (size_t b = 0; b < bins.size(); ++b) {
+      int64_t in = 0;
+      for (size_t c = 0; c < m.bh_histogram.size(); ++c) {
+        if (static_cast<int>(c) >= bins[b].lo && static_cast<int>(c) <= bins[b].hi)
+          in += m.bh_histogram[c];
+      }
+      shares[i][b] = 100.0 * static_cast<double>(in) / static_cast<double>(total);
+      if (shares[i][b] > 0) smallest = std::min(smallest, shares[i][b]);
+    }
+  }
+  // The axis starts at the decade below the smallest share shown.
+  const double bottom = std::pow(10.0, std::floor(std::log10(smallest)));
+  std::ostringstream data, plot;
+  for (size_t i = 0; i < a.max_k.size(); ++i) {
+    for (size_t b = 0; b < bins.size(); ++b) {
+      if (!(shares[i][b] > 0)) continue;
+      const double x = static_cast<double>(b) +
+                       (static_cast<double>(i) - (static_cast<double>(groups) - 1) / 2.0) * width;
+      data << number(x) << "\t" << number(shares[i][b]) << "\n";
+    }
+    data << "\n\n";
+    plot << (i ? ", \\\n  " : "") << gp_string(p.file.name + ".dat") << " index " << i
+         << " using 1:(sqrt($2 * " << number(bottom) << ")):($1-" << number(width * 0.45) << "):($1+"
+         << number(width * 0.45) << "):(" << number(bottom) << "):2 with boxxyerror fs solid 1.0 "
+         << "border lc rgb \"#555555\" fc rgb " << gp_string(shades[std::min<size_t>(i, std::size(shades) - 1)])
+         << " title " << gp_string("max_k = " + std::to_string(a.max_k[i].max_k));
   }
   p.data = data.str();
+  std::vector<std::string> labels;
+  for (const CountBin& b : bins) labels.push_back(b.label);
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
-    << "set xlabel \"max_k\"\nset ylabel \"experts per routing decision\"\n"
-    << "set style fill solid 0.5 border -1\nset boxwidth 0.5\n"
-    << category_axes(a.max_k.size(), max_finite(tops) * 1.1) << "plot "
-    << gp_string(p.file.name + ".dat")
-    << " using 1:4:3:7:6:xtic(2) with candlesticks whiskerbars 0.5 lc rgb \"#DD8452\" title "
-       "\"BH\", \\\n"
-    << "  \"\" using 1:5:5:5:5 with candlesticks lw 2 lc rgb \"black\" notitle, \\\n"
-    << "  \"\" using 1:8 with points pt 7 ps 0.8 lc rgb \"black\" title \"mean\", \\\n"
-    << "  \"\" using ($1-0.35):2:(0.7):(0) with vectors nohead dt 2 lw 1.5 lc rgb \"red\" title "
-       "\"max_k\"\n";
+    << "set xlabel \"experts selected per routing decision\"\n"
+    << "set ylabel \"share of BH routing decisions (%, log scale)\"\n"
+    << xtics_list(labels) << "set logscale y\nset grid ytics\n"
+    << "set key outside top center horizontal\n"
+    << "set xrange [-0.6:" << (static_cast<double>(bins.size()) - 0.4) << "]\n"
+    << "set yrange [" << number(bottom) << ":100]\n"
+    << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
 }
@@ -230,7 +312,8 @@ PlotScript max_k_box(const Analysis& a) {
 PlotScript max_k_heatmap(const Analysis& a) {
   PlotScript p;
   p.file = {"max_k_alpha_heatmap", "BH mean experts per token: alpha × max_k",
-            "Measured mean experts per token of each BH config; rows alpha, columns max_k."};
+            "Measured mean experts per token of each BH config; rows alpha, columns max_k; the "
+            "second line of each cell is ± the half-width of its 95% t-interval across prompts."};
   std::vector<int> ks;
   std::vector<double> alphas;
   for (const MaxKAlphaCell& c : a.max_k_alpha) {
@@ -245,7 +328,8 @@ PlotScript max_k_heatmap(const Analysis& a) {
     if (!std::isfinite(c.mean_experts)) continue;
     size_t x = std::find(ks.begin(), ks.end(), c.max_k) - ks.begin();
     size_t y = std::find(alphas.begin(), alphas.end(), c.alpha) - alphas.begin();
-    data << x << "\t" << y << "\t" << number(c.mean_experts) << "\n";
+    data << x << "\t" << y << "\t" << number(c.mean_experts) << "\t"
+         << number(c.ci.half_width()) << "\n";
     lo = std::min(lo, c.mean_experts);
     hi = std::max(hi, c.mean_experts);
   }
@@ -267,7 +351,8 @@ PlotScript max_k_heatmap(const Analysis& a) {
     << "unset key\nset tics out\n"
     << "plot " << gp_string(p.file.name + ".dat")
     << " using 1:2:(0.5):(0.5):3 with boxxyerror fs solid 1.0 noborder fc palette, \\\n"
-    << "  \"\" using 1:2:(sprintf(\"%.2f\", $3)) with labels font \",11\"\n";
+    << "  \"\" using 1:2:($4 == $4 ? sprintf(\"%.2f\\n± %.2f\", $3, $4) : sprintf(\"%.2f\", $3)) "
+       "with labels font \",11\"\n";
   p.script = s.str();
   return p;
 }
@@ -275,51 +360,59 @@ PlotScript max_k_heatmap(const Analysis& a) {
 PlotScript max_k_saturation(const Analysis& a) {
   PlotScript p;
   p.file = {
-      "max_k_saturation", "Saturation: mean experts per token against max_k",
-      "Measured mean experts per token against max_k, one line per BH alpha, and top-k (which "
-      "uses exactly k)."};
-  std::map<double, std::vector<std::pair<int, double>>> by_alpha;
-  for (const MaxKAlphaCell& c : a.max_k_alpha)
-    by_alpha[c.alpha].emplace_back(c.max_k, c.mean_experts);
-  std::vector<std::pair<int, double>> topk;
-  for (const MaxKRow& m : a.max_k) {
-    if (std::isfinite(m.baseline_experts)) topk.emplace_back(m.max_k, m.baseline_experts);
-  }
+      "max_k_saturation", "Saturation: BH mean experts per token against max_k",
+      "Measured mean experts per token of BH against max_k (log2 axis), one line per alpha; "
+      "error bars: 95% t-interval across prompts. A flat line means raising the ceiling no longer "
+      "adds experts. Top-k is left out: it uses exactly k = max_k experts (8 to " +
+          std::to_string(a.max_k.empty() ? 0 : a.max_k.back().max_k) +
+          " here), which would flatten BH's lines; its values are in the max_k table."};
+  std::map<double, std::vector<const MaxKAlphaCell*>> by_alpha;
+  for (const MaxKAlphaCell& c : a.max_k_alpha) by_alpha[c.alpha].push_back(&c);
   std::ostringstream data, plot;
   int block = 0;
-  auto emit = [&](std::vector<std::pair<int, double>> points, const std::string& title,
-                  const std::string& style) {
-    std::sort(points.begin(), points.end());
-    for (auto& [k, v] : points) data << k << "\t" << number(v) << "\n";
+  double top = 1;
+  for (auto& [alpha, cells] : by_alpha) {
+    std::sort(cells.begin(), cells.end(),
+              [](const MaxKAlphaCell* x, const MaxKAlphaCell* y) { return x->max_k < y->max_k; });
+    for (const MaxKAlphaCell* c : cells) {
+      data << c->max_k << "\t" << number(c->mean_experts) << "\t" << number(c->ci.lo) << "\t"
+           << number(c->ci.hi) << "\n";
+      for (double v : {c->mean_experts, c->ci.hi}) {
+        if (std::isfinite(v)) top = std::max(top, v);
+      }
+    }
     data << "\n\n";
     plot << (block ? ", \\\n  " : "") << gp_string(p.file.name + ".dat") << " index " << block
-         << " using 1:2 with linespoints " << style << " title " << gp_string(title);
+         << " using 1:2:3:4 with yerrorlines lw 2 pt 7 title "
+         << gp_string("BH alpha = " + routing::format_number(alpha));
     ++block;
-  };
-  for (auto& [alpha, points] : by_alpha)
-    emit(points, "BH alpha = " + routing::format_number(alpha), "lw 2 pt 7");
-  if (!topk.empty()) emit(topk, "top-k", "dt 2 lw 2 pt 5 lc rgb \"#4C72B0\"");
+  }
+  if (block == 0) {  // BH configs without an alpha: the pooled means per max_k.
+    for (const MaxKRow& m : a.max_k) {
+      data << m.max_k << "\t" << number(m.bh_mean_experts) << "\t" << number(m.bh_ci.lo) << "\t"
+           << number(m.bh_ci.hi) << "\n";
+      for (double v : {m.bh_mean_experts, m.bh_ci.hi}) {
+        if (std::isfinite(v)) top = std::max(top, v);
+      }
+    }
+    plot << gp_string(p.file.name + ".dat") << " using 1:2:3:4 with yerrorlines lw 2 pt 7 title "
+         << "\"BH\"";
+  }
   p.data = data.str();
-  std::vector<std::string> klabels;
   std::string xt = "set xtics (";
   for (size_t i = 0; i < a.max_k.size(); ++i) {
     xt += (i ? ", " : "") + gp_string(std::to_string(a.max_k[i].max_k)) + " " +
           std::to_string(a.max_k[i].max_k);
   }
   double min_k = a.max_k.front().max_k, max_k = a.max_k.back().max_k;
-  double top = 1;
-  for (const MaxKRow& m : a.max_k) {
-    if (std::isfinite(m.bh_mean_experts)) top = std::max(top, m.bh_mean_experts);
-    if (std::isfinite(m.baseline_experts)) top = std::max(top, m.baseline_experts);
-  }
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
-    << "set xlabel \"max_k\"\nset ylabel \"mean experts per token (measured)\"\n"
+    << "set xlabel \"max_k (log2 scale)\"\nset ylabel \"BH mean experts per token (measured)\"\n"
     << "set logscale x 2\n"
     << xt << ")\n"
     << "set xrange [" << number(min_k / 1.25) << ":" << number(max_k * 1.25) << "]\n"
     << "set grid\nset key outside top center horizontal\n"
-    << "set yrange [0:" << number(top * 1.1) << "]\n"
+    << "set yrange [0:" << number(top * 1.15) << "]\n"
     << "plot " << plot.str() << "\n";
   p.script = s.str();
   return p;
@@ -327,17 +420,22 @@ PlotScript max_k_saturation(const Analysis& a) {
 
 PlotScript inference_time(const Analysis& a) {
   PlotScript p;
+  const std::string warm = warmup_note(a);
   p.file = {"inference_time_comparison", "Inference time per config (mean over prompts)",
             "Mean seconds per experiment of each config's own prefill + greedy decode (the quality "
-            "passes are not included); the lower part of each bar is prefill."};
+            "passes are not included); the lower part of each bar is prefill. Error bars: 95% "
+            "Student-t interval of the mean total time across prompts." +
+                (warm.empty() ? std::string() : " " + warm)};
   std::vector<const ConfigSummary*> configs = measured(a);
   std::ostringstream data;
   std::vector<double> tops;
   for (size_t i = 0; i < configs.size(); ++i) {
     const ConfigSummary& c = *configs[i];
     data << i << "\t" << field(c.config_name) << "\t" << number(c.mean_inference_time) << "\t"
-         << number(c.mean_prefill_time) << "\n";
-    tops.push_back(c.mean_inference_time);
+         << number(c.mean_prefill_time) << "\t" << number(c.inference_time_ci.lo) << "\t"
+         << number(c.inference_time_ci.hi) << "\n";
+    tops.push_back(std::isfinite(c.inference_time_ci.hi) ? c.inference_time_ci.hi
+                                                          : c.mean_inference_time);
   }
   p.data = data.str();
   std::ostringstream s;
@@ -348,17 +446,46 @@ PlotScript inference_time(const Analysis& a) {
     << category_axes(configs.size(), max_finite(tops) * 1.12) << "plot "
     << gp_string(p.file.name + ".dat")
     << " using 1:3:xtic(2) with boxes lc rgb \"#4C72B0\" title \"decode\", \\\n"
-    << "  \"\" using 1:4 with boxes lc rgb \"#DD8452\" title \"prefill\"\n";
+    << "  \"\" using 1:4 with boxes lc rgb \"#DD8452\" title \"prefill\", \\\n"
+    << "  \"\" using 1:3:5:6 with yerrorbars lc rgb \"black\" ps 0 title \"95% t-interval "
+       "(total)\"\n";
   p.script = s.str();
   return p;
 }
 
+// Configs whose count varies (not fixed by construction): the ones a distribution or interval of
+// the count says something about.
+std::vector<const ConfigSummary*> adaptive(const Analysis& a) {
+  std::vector<const ConfigSummary*> out;
+  for (const ConfigSummary* s : measured(a)) {
+    if (!s->fixed_count()) out.push_back(s);
+  }
+  return out;
+}
+
+std::string config_list(const std::vector<const ConfigSummary*>& configs) {
+  std::string out;
+  for (const ConfigSummary* c : configs) out += (out.empty() ? "" : ", ") + c->config_name;
+  return out;
+}
+
+// Mean experts per token of each adaptive config in each prompt category, with the 95% t-interval
+// across the category's prompts (the box plot it replaces showed only whiskers: most decisions
+// select the same few counts, so the boxes had no height).
 PlotScript experts_by_category(const Analysis& a) {
   PlotScript p;
-  p.file = {"experts_by_category", "Experts per token by prompt category and config",
-            "Box plot of the expert count per routing decision for each config, one box per prompt "
-            "category (quartiles, whiskers min/max)."};
-  std::vector<const ConfigSummary*> configs = measured(a);
+  std::vector<const ConfigSummary*> configs = adaptive(a);
+  std::vector<const ConfigSummary*> fixed;
+  for (const ConfigSummary* s : measured(a)) {
+    if (s->fixed_count()) fixed.push_back(s);
+  }
+  p.file = {"experts_by_category", "Mean experts per token by prompt category and config",
+            "Bars: mean experts per token of each config over the prompts of each category; error "
+            "bars: 95% Student-t interval across the category's prompts (few prompts per category "
+            "give wide intervals)." +
+                (fixed.empty() ? std::string()
+                               : " Configs with a count fixed by construction are left out (" +
+                                     config_list(fixed) + ": exactly k in every category).")};
   std::vector<std::string> labels;
   for (const ConfigSummary* c : configs) labels.push_back(c->config_name);
   size_t ncat = a.categories.size();
@@ -372,23 +499,25 @@ PlotScript experts_by_category(const Analysis& a) {
       for (const CategorySummary& c : a.by_category) {
         if (c.category != a.categories[ci] || c.config_name != configs[x]->config_name) continue;
         double pos = static_cast<double>(x) + (static_cast<double>(ci) - (ncat - 1) / 2.0) * width;
-        data << number(pos) << "\t" << number(c.box.q1) << "\t" << number(c.box.min) << "\t"
-             << number(c.box.max) << "\t" << number(c.box.q3) << "\t" << number(c.box.median)
-             << "\n";
-        if (std::isfinite(c.box.max)) top = std::max(top, c.box.max);
+        data << number(pos) << "\t" << number(c.mean_experts) << "\t" << number(c.experts_ci.lo)
+             << "\t" << number(c.experts_ci.hi) << "\n";
+        for (double v : {c.mean_experts, c.experts_ci.hi}) {
+          if (std::isfinite(v)) top = std::max(top, v);
+        }
       }
     }
     data << "\n\n";
     plot << (ci ? ", \\\n  " : "") << gp_string(p.file.name + ".dat") << " index " << ci
-         << " using 1:2:3:4:5 with candlesticks whiskerbars lc rgb " << gp_string(palette[ci % 8])
-         << " title " << gp_string(a.categories[ci]) << ", \"\" index " << ci
-         << " using 1:6:6:6:6 with candlesticks lc rgb \"black\" notitle";
+         << " using 1:2:(" << number(width * 0.9) << ") with boxes lc rgb "
+         << gp_string(palette[ci % 8]) << " title " << gp_string(a.categories[ci]) << ", \"\" index "
+         << ci << " using 1:2:3:4 with yerrorbars lc rgb \"black\" ps 0 "
+         << (ci ? "notitle" : "title \"95% t-interval\"");
   }
   p.data = data.str();
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
-    << "set ylabel \"experts per routing decision\"\n"
-    << "set style fill solid 0.6 border -1\nset boxwidth " << number(width * 0.85) << "\n"
+    << "set ylabel \"mean experts per token\"\n"
+    << "set style fill solid 0.8 border -1\n"
     << xtics_list(labels) << "set xtics rotate by -45 nomirror\n"
     << category_axes(configs.size(), top * 1.1) << "plot " << plot.str() << "\n";
   p.script = s.str();
@@ -397,26 +526,37 @@ PlotScript experts_by_category(const Analysis& a) {
 
 PlotScript experts_vs_latency(const Analysis& a, const std::vector<ResultRow>& rows) {
   PlotScript p;
+  const std::string warm = warmup_note(a);
   p.file = {"experts_vs_latency", "Mean experts per token against inference time",
-            "One point per experiment: its measured mean experts per token and its inference time "
-            "(prefill + decode), coloured by rule."};
+            "Large points: each config's mean experts per token and mean inference time (prefill + "
+            "decode) over its prompts, coloured by rule, with 95% Student-t intervals across "
+            "prompts on both axes; small grey points: the single experiments." +
+                (warm.empty() ? std::string() : " " + warm)};
   std::vector<std::string> rules;
-  for (const ResultRow& r : rows) {
-    if (r.ok() && r.kind == "generate" &&
-        std::find(rules.begin(), rules.end(), r.rule) == rules.end()) {
-      rules.push_back(r.rule);
-    }
+  for (const ConfigSummary* c : measured(a)) {
+    if (std::find(rules.begin(), rules.end(), c->rule) == rules.end()) rules.push_back(c->rule);
   }
   std::ostringstream data, plot;
+  // Block 0: every experiment.
+  for (const ResultRow& r : rows) {
+    if (!r.ok() || r.kind != "generate") continue;
+    data << number(r.avg_experts_per_token) << "\t" << number(r.inference_time_sec) << "\n";
+  }
+  data << "\n\n";
+  plot << gp_string(p.file.name + ".dat")
+       << " index 0 using 1:2 with points pt 7 ps 0.4 lc rgb \"#BBBBBB\" title \"one experiment\"";
   for (size_t i = 0; i < rules.size(); ++i) {
-    for (const ResultRow& r : rows) {
-      if (!r.ok() || r.kind != "generate" || r.rule != rules[i]) continue;
-      data << number(r.avg_experts_per_token) << "\t" << number(r.inference_time_sec) << "\n";
+    for (const ConfigSummary* c : measured(a)) {
+      if (c->rule != rules[i]) continue;
+      data << number(c->mean_experts) << "\t" << number(c->mean_inference_time) << "\t"
+           << number(c->experts_ci.lo) << "\t" << number(c->experts_ci.hi) << "\t"
+           << number(c->inference_time_ci.lo) << "\t" << number(c->inference_time_ci.hi) << "\n";
     }
     data << "\n\n";
-    plot << (i ? ", \\\n  " : "") << gp_string(p.file.name + ".dat") << " index " << i
-         << " using 1:2 with points pt 7 ps 0.9 lc rgb " << gp_string(rule_color(rules[i]))
-         << " title " << gp_string(rule_label(rules[i]));
+    plot << ", \\\n  " << gp_string(p.file.name + ".dat") << " index " << i + 1
+         << " using 1:2:3:4:5:6 with xyerrorbars pt 7 ps 1.2 lw 1.5 lc rgb "
+         << gp_string(rule_color(rules[i])) << " title "
+         << gp_string(rule_label(rules[i]) + " (config mean, 95% t-interval)");
   }
   p.data = data.str();
   std::ostringstream s;
@@ -428,32 +568,60 @@ PlotScript experts_vs_latency(const Analysis& a, const std::vector<ResultRow>& r
   return p;
 }
 
+// Mean experts per token by layer and config. The colour scale spans the adaptive configs' range
+// only: a fixed top-64 column would otherwise set the scale and leave every BH cell white. Fixed
+// configs are drawn grey with their value written in.
 PlotScript layer_heatmap(const Analysis& a) {
   PlotScript p;
-  p.file = {"layer_heatmap", "Mean experts per token by layer and config",
-            "Measured mean experts per token in each layer (rows) under each config (columns)."};
   std::vector<const ConfigSummary*> configs = measured(a);
+  bool any_adaptive = false;
+  for (const ConfigSummary* c : configs) any_adaptive |= !c->fixed_count();
+  std::ostringstream adaptive_data, fixed_data;
   std::vector<std::string> labels;
-  std::ostringstream data;
   double lo = INFINITY, hi = -INFINITY;
   size_t layers = 0;
   for (size_t x = 0; x < configs.size(); ++x) {
     labels.push_back(configs[x]->config_name);
+    const bool on_scale = !any_adaptive || !configs[x]->fixed_count();
     const auto& per_layer = configs[x]->per_layer_mean_experts;
     layers = std::max(layers, per_layer.size());
     for (size_t l = 0; l < per_layer.size(); ++l) {
       if (!std::isfinite(per_layer[l])) continue;
-      data << x << "\t" << l << "\t" << number(per_layer[l]) << "\n";
-      lo = std::min(lo, per_layer[l]);
-      hi = std::max(hi, per_layer[l]);
+      const double half = l < configs[x]->per_layer_ci.size()
+                              ? configs[x]->per_layer_ci[l].half_width()
+                              : kNaN;
+      (on_scale ? adaptive_data : fixed_data)
+          << x << "\t" << l << "\t" << number(per_layer[l]) << "\t"
+          << number(on_scale ? half : kNaN) << "\n";
+      if (on_scale) {
+        lo = std::min(lo, per_layer[l]);
+        hi = std::max(hi, per_layer[l]);
+      }
     }
   }
+  if (!std::isfinite(lo)) lo = 0;
   if (!(hi > lo)) hi = lo + 1;
-  p.data = data.str();
-  bool annotate = configs.size() * layers <= 400;
+  p.data = adaptive_data.str() + "\n\n" + fixed_data.str();
+  p.file = {"layer_heatmap", "Mean experts per token by layer and config",
+            "Measured mean experts per token in each layer (rows) under each config (columns), "
+            "mean over prompts" +
+                std::string(any_adaptive
+                                ? "; the colour scale spans the adaptive configs (" +
+                                      routing::format_number(std::round(lo * 100) / 100) + " to " +
+                                      routing::format_number(std::round(hi * 100) / 100) +
+                                      "), configs with a count fixed by construction (top-k) are "
+                                      "grey with their value written in"
+                                : "") +
+                ". Where there is room, the second line of a cell is ± the half-width of its 95% "
+                "t-interval across prompts (also in layer_heatmap.dat, column 4)."};
+  const size_t cells = configs.size() * std::max<size_t>(layers, 1);
+  const bool annotate = cells <= 400;
+  // Room for a second line: cells of at least ~40 px height at 700 px for the plot.
+  const bool two_lines = layers <= 10;
   std::ostringstream s;
+  const std::string file = gp_string(p.file.name + ".dat");
   s << "set title " << gp_string(p.file.title) << "\n"
-    << "set ylabel \"layer\"\nset cblabel \"mean experts per token\"\n"
+    << "set ylabel \"layer\"\nset cblabel \"mean experts per token (adaptive configs)\"\n"
     << xtics_list(labels) << "set xtics rotate by -45 nomirror\nset tics out\n"
     << "set ytics 1\n"
     << "set xrange [-0.5:" << (static_cast<double>(configs.size()) - 0.5) << "]\n"
@@ -461,9 +629,18 @@ PlotScript layer_heatmap(const Analysis& a) {
     << "set cbrange [" << number(lo) << ":" << number(hi) << "]\n"
     << "set palette defined (0 \"#F7FBFF\", 1 \"#9ECAE1\", 2 \"#3182BD\", 3 \"#08306B\")\n"
     << "unset key\n"
-    << "plot " << gp_string(p.file.name + ".dat")
-    << " using 1:2:(0.5):(0.5):3 with boxxyerror fs solid 1.0 noborder fc palette";
-  if (annotate) s << ", \\\n  \"\" using 1:2:(sprintf(\"%.1f\", $3)) with labels font \",7\"";
+    << "plot " << file << " index 0 using 1:2:(0.5):(0.5):3 with boxxyerror fs solid 1.0 noborder "
+    << "fc palette, \\\n  " << file
+    << " index 1 using 1:2:(0.5):(0.5) with boxxyerror fs solid 1.0 noborder fc rgb \"#D9D9D9\"";
+  if (annotate) {
+    // White text on the dark half of the palette.
+    const std::string mid = number((lo + hi) / 2);
+    s << ", \\\n  " << file << " index 0 using 1:2:("
+      << (two_lines ? "$4 == $4 ? sprintf(\"%.1f\\n±%.1f\", $3, $4) : sprintf(\"%.1f\", $3)"
+                    : "sprintf(\"%.1f\", $3)")
+      << "):($3 > " << mid << " ? 0xFFFFFF : 0) with labels font \",10\" tc rgb variable, \\\n  "
+      << file << " index 1 using 1:2:(sprintf(\"%.0f\", $3)) with labels font \",10\"";
+  }
   s << "\n";
   p.script = s.str();
   return p;
@@ -577,32 +754,30 @@ std::vector<PlotScript> scripts_for(const Analysis& a, const std::vector<ResultR
   std::vector<PlotScript> out;
   if (!a.max_k.empty()) {
     out.push_back(max_k_bar(a));
-    out.push_back(max_k_box(a));
+    out.push_back(max_k_distribution(a));
     if (!a.max_k_alpha.empty()) out.push_back(max_k_heatmap(a));
     out.push_back(max_k_saturation(a));
   }
   if (!measured(a).empty()) {
     out.push_back(config_bars(a, "avg_experts_comparison", "Mean experts per token by config",
                               "mean experts per token (measured)",
-                              "Measured mean experts per token of each config over its prompts; "
-                              "error bars = sd across prompts.",
-                              &ConfigSummary::mean_experts,
-                              &ConfigSummary::sd_experts_across_prompts));
+                              "Measured mean experts per token of each config over its prompts.",
+                              &ConfigSummary::mean_experts, &ConfigSummary::experts_ci));
     out.push_back(inference_time(a));
-    out.push_back(config_bars(a, "expert_utilization_cv", "Expert utilisation CV by config",
+    out.push_back(config_bars(a, "expert_utilization_cv", "Expert utilization CV by config",
                               "CV of per-expert selection counts",
                               "Coefficient of variation of how often each expert was selected "
                               "(mean over prompts; lower = more even load).",
-                              &ConfigSummary::utilization_cv, nullptr));
-    out.push_back(experts_by_category(a));
+                              &ConfigSummary::utilization_cv, &ConfigSummary::utilization_cv_ci));
+    if (!adaptive(a).empty()) out.push_back(experts_by_category(a));
     if (rows) out.push_back(experts_vs_latency(a, *rows));
     out.push_back(layer_heatmap(a));
     out.push_back(
         config_bars(a, "kl_to_native", "KL divergence from native routing by config",
-                    "mean KL(native || config), nats",
+                    "mean KL(native || config), nats per token",
                     "Mean KL divergence of each config's next-token distribution from native "
-                    "top-k's over the prompt positions; error bars none (mean over prompts).",
-                    &ConfigSummary::kl_to_native, nullptr));
+                    "top-k's over the prompt positions (mean over prompts).",
+                    &ConfigSummary::kl_to_native, &ConfigSummary::kl_to_native_ci));
   }
   if (!a.pareto.empty()) out.push_back(pareto(a));
   bool any_delta = false;

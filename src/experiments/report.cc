@@ -64,8 +64,42 @@ std::string with_interval(const Interval& i, int digits) {
 
 const char* verdict(const MatchedPoint& m) { return matched_verdict(m); }
 
+// The text-scoring protocol as the rows recorded it: each distinct protocol line of the ok
+// score_text rows, then the scoring window and token cut their settings record. No figure of the
+// protocol is written into this file: a run may use any window (and the runner records the window
+// it actually used, after any cut to the model's context).
+void protocol_lines(std::ostringstream& md, const std::vector<ResultRow>& rows) {
+  std::vector<std::string> protocols, windows;
+  for (const ResultRow& r : rows) {
+    if (r.kind != "score_text" || !r.ok()) continue;
+    if (!r.protocol.empty() &&
+        std::find(protocols.begin(), protocols.end(), r.protocol) == protocols.end()) {
+      protocols.push_back(r.protocol);
+    }
+    if (r.settings.contains("scoring_window")) {
+      std::string w = r.settings["scoring_window"].dump() + "-token windows";
+      if (r.settings.contains("scoring_window_requested")) {
+        w += " (" + r.settings["scoring_window_requested"].dump() +
+             " requested, cut to the model's context)";
+      }
+      if (r.settings.contains("scoring_max_tokens")) {
+        const int64_t cut = r.settings["scoring_max_tokens"].get<int64_t>();
+        w += cut > 0 ? ", at most " + std::to_string(cut) + " tokens per text"
+                     : ", whole texts";
+      }
+      if (std::find(windows.begin(), windows.end(), w) == windows.end()) windows.push_back(w);
+    }
+  }
+  for (const std::string& p : protocols) md << "Protocol (as recorded in the rows): " << p << ".\n\n";
+  if (!windows.empty()) {
+    md << "Scoring settings recorded in the rows: ";
+    for (size_t i = 0; i < windows.size(); ++i) md << (i ? "; " : "") << windows[i];
+    md << ".\n\n";
+  }
+}
+
 // The matched-compute section: the overall table, then the difference per text (domain).
-void matched_section(std::ostringstream& md, const Analysis& a) {
+void matched_section(std::ostringstream& md, const Analysis& a, const std::vector<ResultRow>& rows) {
   md << "### Held-out text: quality at matched compute, with 95% bootstrap intervals\n\n"
         "For each config: mean experts per token and layer, and NLL (nats per predicted token, "
         "token-weighted). **Δ NLL vs top-k** is top-k's NLL read off its curve (linear between "
@@ -75,6 +109,7 @@ void matched_section(std::ostringstream& md, const Analysis& a) {
         "on the same draws, fixed seed; p: two-sided bootstrap p of Δ = 0, Holm-adjusted over the "
         "configs of the table; the verdict is better or worse when that p is below 0.05. Configs "
         "outside top-k's range of expert counts have no Δ. Also in `matched_compute.csv`.\n\n";
+  protocol_lines(md, rows);
   md << "| config | rule | mean experts [95% CI] | NLL [95% CI] | perplexity | top-k NLL at match | "
         "Δ NLL vs top-k [95% CI] | p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|\n";
   std::vector<std::string> scopes;
@@ -289,7 +324,7 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
   if (!a.configs.empty()) {
     md << "Mean experts per token over the config's prompts (sd across prompts; mean per-token "
           "sd), "
-          "share of routing decisions at the ceiling (max_k) and at the floor (min_k), utilisation "
+          "share of routing decisions at the ceiling (max_k) and at the floor (min_k), utilization "
           "CV, "
           "and time per experiment (prefill + greedy decode).\n\n";
     md << "| config | rule | max_k | rows | mean experts | sd (prompts) | sd (tokens) | min | max "
@@ -312,6 +347,8 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
          << fixed(s.mean_decode_time, 3) << " | " << fixed(s.mean_tokens_per_sec, 1) << " |\n";
     }
     md << "\n";
+    const std::string warm = warmup_note(a);
+    if (!warm.empty()) md << "Timings: " << warm << "\n\n";
   } else {
     md << "No generation experiments.\n\n";
   }
@@ -335,17 +372,10 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
     }
     md << "\n";
   }
-  if (!a.matched.empty()) matched_section(md, a);
+  if (!a.matched.empty()) matched_section(md, a, rows);
   if (!a.pareto.empty() && a.matched.empty()) {
     md << "### Held-out text: perplexity at matched expert use (pareto)\n\n";
-    std::string protocol;
-    for (const ResultRow& r : rows) {
-      if (r.kind == "score_text" && r.ok() && !r.protocol.empty()) {
-        protocol = r.protocol;
-        break;
-      }
-    }
-    if (!protocol.empty()) md << "Protocol: " << protocol << "\n\n";
+    protocol_lines(md, rows);
     std::map<std::string, int64_t> text_tokens;
     for (const ResultRow& r : rows) {
       if (r.kind == "score_text" && r.ok()) text_tokens[r.text_name] = r.num_scored_tokens;
@@ -374,21 +404,32 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
        << "` and other configs on the same prompts).\n\n";
   } else {
     md << "Two-sided paired t-tests over the prompts (pairs = the same prompt under the config and "
-          "the "
-          "baseline); p from Student's t (Boost.Math); Cohen's d for paired samples d = mean(diff) "
-          "/ "
-          "sd(diff). A zero-variance difference gives t = ±∞, p = 0 (constant shift) or t = 0, p = "
-          "1 "
-          "(identical).\n\n";
+          "the baseline); p from Student's t (Boost.Math); **p (Holm)**: Holm's step-down "
+          "adjustment over the configs tested on the same metric (one family per metric), the p "
+          "to read when several configs are tested; Cohen's d for paired samples d = mean(diff) / "
+          "sd(diff). A zero-variance difference gives t = ±∞, p = 0 (constant shift) or t = 0, "
+          "p = 1 (identical). Expert counts are not tested for configs that fix them by "
+          "construction (top-k selects exactly k experts on every prompt, so its difference from "
+          "the baseline is k − 8, not a measurement)";
+    {
+      std::vector<std::string> fixed_configs;
+      for (const ConfigSummary& s : a.configs) {
+        if (s.fixed_count() && s.config_name != a.baseline) fixed_configs.push_back(code(s.config_name));
+      }
+      if (!fixed_configs.empty()) {
+        md << ": left out for ";
+        for (size_t i = 0; i < fixed_configs.size(); ++i) md << (i ? ", " : "") << fixed_configs[i];
+      }
+    }
+    md << ".\n\n";
     md << "| config | metric | n | mean (config) | mean (baseline) | mean diff | t | df | p | "
-          "Cohen's d "
-          "|\n|---|---|---|---|---|---|---|---|---|---|\n";
+          "p (Holm) | Cohen's d |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (const TTestResult& t : a.ttests) {
       md << "| " << code(t.config_name) << " | " << t.metric << " | " << t.test.n << " | "
          << fixed(t.mean_config, 3) << " | " << fixed(t.mean_baseline, 3) << " | "
          << fixed(t.test.mean_diff, 3) << " | " << fixed(t.test.t, 2) << " | "
          << fixed(t.test.df, 0) << " | " << p_value_text(t.test.p_value) << " | "
-         << fixed(t.test.cohens_d, 2) << " |\n";
+         << p_value_text(t.p_holm) << " | " << fixed(t.test.cohens_d, 2) << " |\n";
     }
     md << "\n";
   }
@@ -418,19 +459,39 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
 
   md << "## max_k analysis\n\n";
   if (a.max_k.empty()) {
-    md << "No BH configs in these results.\n\n";
+    // Say what is missing: the comparison needs generation rows of BH configs with a max_k. BH may
+    // well have run (e.g. a pareto run scores text only), so never claim it is absent when it is not.
+    std::vector<std::string> bh_scored;
+    for (const ConfigSummary& s : a.score_configs) {
+      if (s.rule == "bh") bh_scored.push_back(code(s.config_name));
+    }
+    md << "No max_k comparison: it needs generation (`generate`) rows of BH configs at one or more "
+          "max_k (with top-k at k = max_k and native `"
+       << kBaselineConfig << "` to compare against), and these results have none";
+    if (!bh_scored.empty()) {
+      md << ". BH did run here, on held-out text (" << bh_scored.size() << " config"
+         << (bh_scored.size() == 1 ? "" : "s") << ": ";
+      for (size_t i = 0; i < bh_scored.size(); ++i) md << (i ? ", " : "") << bh_scored[i];
+      md << "); its expert use and quality are in the text-scoring section above";
+    }
+    md << ".\n\n";
   } else {
-    md << "`baseline_experts`: measured mean of top-k with k = max_k; `bh_mean_experts`: mean over "
-          "every "
-          "BH config with that max_k (all alphas); `reduction_pct` = (baseline − BH) / baseline × "
-          "100 "
-          "(also in `max_k_comparison.csv`).\n\n";
-    md << "| max_k | baseline_experts | bh_mean_experts | reduction_pct | BH median | BH q1–q3 |\n"
-          "|---|---|---|---|---|---|\n";
+    md << "`baseline_experts`: measured mean of top-k with k = max_k (the ceiling BH may reach); "
+          "`bh_mean_experts`: mean over every BH config with that max_k (all alphas), with its 95% "
+          "t-interval across prompts (each prompt's mean over the alphas); **reduction vs native**: "
+          "(native − BH) / native × 100 against native `"
+       << (a.baseline.empty() ? kBaselineConfig : a.baseline)
+       << "`, the routing the model runs without BH; `reduction_pct` (the original study's column) "
+          "is against top-k at k = max_k instead, which grows with max_k by construction. Both "
+          "are in `max_k_comparison.csv`.\n\n";
+    md << "| max_k | baseline_experts (top-k, k = max_k) | bh_mean_experts [95% CI] | reduction vs "
+          "native | reduction_pct (vs top-max_k) | BH median | BH q1–q3 |\n"
+          "|---|---|---|---|---|---|---|\n";
     for (const MaxKRow& m : a.max_k) {
       md << "| " << m.max_k << " | " << fixed(m.baseline_experts) << " | "
-         << fixed(m.bh_mean_experts) << " | " << fixed(m.reduction_pct, 1) << " | "
-         << fixed(m.bh_box.median, 1) << " | " << fixed(m.bh_box.q1, 1) << "–"
+         << fixed(m.bh_mean_experts) << " [" << fixed(m.bh_ci.lo) << ", " << fixed(m.bh_ci.hi)
+         << "] | " << fixed(m.reduction_vs_native_pct, 1) << "% | " << fixed(m.reduction_pct, 1)
+         << "% | " << fixed(m.bh_box.median, 1) << " | " << fixed(m.bh_box.q1, 1) << "–"
          << fixed(m.bh_box.q3, 1) << " |\n";
     }
     md << "\n";
@@ -524,20 +585,23 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
     }
     int significant = 0, tested = 0;
     for (const TTestResult& t : a.ttests) {
-      if (t.metric != "avg_experts_per_token" || !t.test.defined) continue;
+      if (t.metric != "avg_experts_per_token" || !std::isfinite(t.p_holm)) continue;
       ++tested;
-      if (t.test.p_value < 0.05) ++significant;
+      if (t.p_holm < 0.05) ++significant;
     }
     if (tested) {
       md << "- " << significant << " of " << tested
-         << " configs differ from the baseline in mean experts per token at p < 0.05 (paired over "
-            "prompts, uncorrected for multiple comparisons).\n";
+         << " adaptive configs differ from the baseline in mean experts per token at Holm-adjusted "
+            "p < 0.05 (paired over prompts; top-k configs are not tested, their count is k by "
+            "construction).\n";
     }
     for (const MaxKRow& m : a.max_k) {
-      if (std::isfinite(m.reduction_pct)) {
-        md << "- max_k " << m.max_k << ": BH averages " << fixed(m.bh_mean_experts)
-           << " experts against top-k's " << fixed(m.baseline_experts) << " ("
-           << fixed(m.reduction_pct, 1) << "% fewer).\n";
+      if (std::isfinite(m.reduction_vs_native_pct)) {
+        const double pct = m.reduction_vs_native_pct;
+        md << "- max_k " << m.max_k << ": BH averages " << fixed(m.bh_mean_experts) << " [95% CI "
+           << fixed(m.bh_ci.lo) << ", " << fixed(m.bh_ci.hi) << "] experts per token against native `"
+           << a.baseline << "`'s " << fixed(m.native_experts) << " (" << fixed(std::fabs(pct), 1)
+           << (pct >= 0 ? "% fewer" : "% more") << ").\n";
       }
     }
   }

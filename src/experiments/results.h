@@ -40,6 +40,12 @@ struct RouterConfig {
   double top_p = kNaN;  // topp only
 
   bool clamped() const { return max_k < max_k_requested; }
+  // True when the rule selects the same number of experts for every token by construction (top-k:
+  // exactly k; any rule with min_k == max_k): a distribution, interval or test of its count carries
+  // no information, so the analysis and plots leave such configs' counts out of them.
+  bool fixed_count() const {
+    return rule == "topk" || rule == "native" || (max_k > 0 && min_k == max_k);
+  }
 };
 
 // One experiment's result: its routing config (the RouterConfig base) and everything measured.

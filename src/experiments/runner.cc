@@ -106,6 +106,12 @@ PreparedRouter prepare_router(const RouterEntry& entry, const model::ModelConfig
   return p;
 }
 
+// The scoring window the runner actually uses: the experiment's, never beyond the context the
+// model was built for.
+int64_t effective_window(const Experiment& experiment, const model::ModelConfig& mc) {
+  return std::min(experiment.scoring.window, mc.max_position_embeddings);
+}
+
 // Runs the grid items with one Session, reusing its buffers.
 class Runner {
  public:
@@ -184,6 +190,30 @@ class Runner {
     fill_stats(stats, row);
   }
 
+  // One untimed forward pass before the first timed experiment of this process, so that the first
+  // config is not timed cold (page faults of mapped weights, caches, thread start-up: the first
+  // config ran 10× slower than the rest without it). Every expert is selected (top-k with k = N),
+  // so every expert's weights are touched once, and one decode step follows the prefill so the
+  // decode path is warm too. Nothing is recorded: rows start timing after this returns. `ids` is
+  // cut to what the session's KV cache holds (and to kWarmUpTokens); returns the tokens prefilled.
+  static constexpr int64_t kWarmUpTokens = 32;
+  int64_t warm_up(std::vector<int32_t> ids) {
+    const int64_t fits = std::min<int64_t>(kWarmUpTokens, session_.max_tokens() - 1);
+    if (static_cast<int64_t>(ids.size()) > fits) ids.resize(static_cast<size_t>(std::max<int64_t>(fits, 0)));
+    if (ids.empty()) return 0;
+    const int num_experts = model_->config().num_experts;
+    const std::unique_ptr<routing::Router> every =
+        routing::make_router("topk:k=" + std::to_string(num_experts), num_experts);
+    session_.reset();
+    session_.set_observer(nullptr);
+    session_.set_router(every.get());
+    session_.prefill(ids);
+    session_.decode(ids.back());
+    session_.reset();
+    session_.set_router(nullptr);
+    return static_cast<int64_t>(ids.size());
+  }
+
   void score(const PreparedRouter& config, const TextEntry& text, ResultRow& row) {
     const model::ModelConfig& mc = model_->config();
     std::vector<int32_t> ids = model_->tokenizer().encode(read_file(text.path));
@@ -194,8 +224,7 @@ class Runner {
     if (ids.size() < 2)
       fail("text '", text.name, "' (", text.path.string(), ") encodes to fewer than 2 tokens");
     // Never beyond the context the model was built for.
-    const size_t window =
-        static_cast<size_t>(std::min(experiment_.scoring.window, mc.max_position_embeddings));
+    const size_t window = static_cast<size_t>(effective_window(experiment_, mc));
     routing::RoutingStats stats(mc.num_experts, config.recorded.max_k, config.recorded.min_k);
     StatsObserver observer(&stats);
     session_.set_router(config.router.get());
@@ -354,15 +383,15 @@ int64_t session_tokens(const Experiment& experiment, const model::Model& model) 
         std::max<int64_t>(max_tokens, prompt_tokens + experiment.generation.max_new_tokens);
   }
   if (!experiment.texts.empty()) {
-    max_tokens = std::max<int64_t>(
-        max_tokens,
-        std::min(experiment.scoring.window, model.config().max_position_embeddings));
+    max_tokens = std::max<int64_t>(max_tokens, effective_window(experiment, model.config()));
   }
   return max_tokens;
 }
 
-// The generation and scoring settings every row of the experiment records.
-json run_settings(const Experiment& experiment) {
+// The generation and scoring settings every row of the experiment records. scoring_window is the
+// window actually used (the protocol line of each row states the same figure); when the model's
+// context cut it, scoring_window_requested keeps the experiment's.
+json run_settings(const Experiment& experiment, const model::ModelConfig& mc) {
   json settings = {{"experiment", experiment.name},
                    {"experiment_source", experiment.source},
                    {"max_new_tokens", experiment.generation.max_new_tokens},
@@ -372,7 +401,10 @@ json run_settings(const Experiment& experiment) {
                    {"stop_at_eos", experiment.generation.stop_at_eos},
                    {"decoding", experiment.generation.temperature == 0 ? "greedy" : "sampled"}};
   if (!experiment.texts.empty()) {
-    settings["scoring_window"] = experiment.scoring.window;
+    const int64_t window = effective_window(experiment, mc);
+    settings["scoring_window"] = window;
+    if (window != experiment.scoring.window)
+      settings["scoring_window_requested"] = experiment.scoring.window;
     settings["scoring_max_tokens"] = experiment.scoring.max_tokens;
   }
   return settings;
@@ -483,12 +515,38 @@ RunSummary run_experiments(const RunOptions& o) {
   }
 
   Runner runner(model, pool.get(), experiment, session_tokens(experiment, *model));
-  const json settings = run_settings(experiment);
+  const json settings = run_settings(experiment, mc);
   json run_info = host_identity();
   run_info.update({{"settings_hash", settings_hash},
                    {"threads", threads},
                    {"grid_size", summary.grid},
                    {"shard", cat(o.shard_index, "/", o.shard_count)}});
+
+  // The untimed warm-up (Runner::warm_up) on the first prompt, or the start of the first text;
+  // recorded in the rows' run object (warmup_tokens: 0 when none ran) so the report can say whether
+  // the first config's timings are cold.
+  run_info["warmup_tokens"] = 0;
+  std::string warmup_message;
+  if (!todo.empty() && o.limit != 0) {
+    auto warm_start = Clock::now();
+    try {
+      std::vector<int32_t> ids;
+      if (!experiment.prompts.empty()) {
+        ids = model->tokenizer().encode(experiment.prompts.front().text);
+      } else if (!experiment.texts.empty()) {
+        // The text's first KiB holds far more than kWarmUpTokens tokens.
+        ids = model->tokenizer().encode(read_file(experiment.texts.front().path).substr(0, 1024));
+      }
+      const int64_t tokens = runner.warm_up(std::move(ids));
+      run_info["warmup_tokens"] = tokens;
+      warmup_message = cat("warm-up: an untimed prefill of ", tokens,
+                           " tokens and one decode step with all ", mc.num_experts,
+                           " experts selected, ", seconds_since(warm_start),
+                           " s (not part of any row's timings)");
+    } catch (const Error& e) {
+      warmup_message = cat("warm-up skipped (", e.what(), "): the first config's timings run cold");
+    }
+  }
 
   progress.start(static_cast<int64_t>(todo.size()));
   progress.message(cat("bhmoe run: experiment '", experiment.name, "' (", experiment.source,
@@ -498,6 +556,7 @@ RunSummary run_experiments(const RunOptions& o) {
                        " threads; grid ", summary.grid, ", shard ", o.shard_index, "/",
                        o.shard_count, ": ", summary.in_shard, " experiments, ", summary.already,
                        " already done, ", todo.size(), " to run"));
+  if (!warmup_message.empty()) progress.message(warmup_message);
   if (calibration.identity.is_object()) {
     progress.message(cat("calibration: ", calibration.identity.value("source", ""), ": ",
                          calibration.identity.value("path", "")));

@@ -17,6 +17,32 @@ double students_t_two_sided_p(double t, double df) {
   return std::min(1.0, p);
 }
 
+MeanInterval mean_t_interval(std::span<const double> values, double level) {
+  if (!(level > 0 && level < 1)) fail("t interval: level ", level, " is outside (0, 1)");
+  MeanInterval out;
+  double sum = 0;
+  for (double v : values) {
+    if (std::isfinite(v)) {
+      sum += v;
+      ++out.n;
+    }
+  }
+  if (out.n == 0) return out;
+  out.mean = sum / out.n;
+  if (out.n == 1) return out;
+  double squares = 0;
+  for (double v : values) {
+    if (std::isfinite(v)) squares += (v - out.mean) * (v - out.mean);
+  }
+  const double sd = std::sqrt(squares / (out.n - 1));
+  const boost::math::students_t distribution(out.n - 1);
+  const double half =
+      boost::math::quantile(distribution, 0.5 + level / 2) * sd / std::sqrt(double(out.n));
+  out.lo = out.mean - half;
+  out.hi = out.mean + half;
+  return out;
+}
+
 PairedTTest paired_t_test(std::span<const double> a, std::span<const double> b) {
   if (a.size() != b.size()) {
     fail("paired t-test: the samples have different sizes (", a.size(), " and ", b.size(), ")");

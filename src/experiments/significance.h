@@ -1,6 +1,7 @@
 // Significance tests for comparing routing configs over the same prompts.
 #pragma once
 
+#include <limits>
 #include <span>
 
 namespace bhmoe::experiments {
@@ -24,5 +25,19 @@ PairedTTest paired_t_test(std::span<const double> a, std::span<const double> b);
 
 // Two-sided p-value of Student's t statistic `t` with `df` degrees of freedom.
 double students_t_two_sided_p(double t, double df);
+
+// The mean of a sample with its Student-t confidence interval, the interval every plotted mean
+// carries: mean ± t_{(1 + level) / 2, n − 1} · sd / √n, sd the sample standard deviation (n − 1).
+// Non-finite values are left out (n counts the finite ones). n = 0: everything NaN; n = 1: the
+// mean with lo = hi = NaN (no spread to estimate); sd = 0 (e.g. top-k's count, k on every prompt):
+// lo = hi = mean.
+struct MeanInterval {
+  int n = 0;
+  double mean = std::numeric_limits<double>::quiet_NaN();
+  double lo = std::numeric_limits<double>::quiet_NaN();
+  double hi = std::numeric_limits<double>::quiet_NaN();
+  double half_width() const { return (hi - lo) / 2; }  // NaN when the interval is undefined
+};
+MeanInterval mean_t_interval(std::span<const double> values, double level = 0.95);
 
 }  // namespace bhmoe::experiments
