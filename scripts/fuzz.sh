@@ -18,7 +18,7 @@ shared=${BHMOE_SHARED_DIR:-$root/../shared}
 out=${FUZZ_DIR:-$root/build-fuzz}
 seconds=${FUZZ_SECONDS:-60}
 cxx=${FUZZ_CXX:-clang++}
-all_targets=(safetensors config tokenizer npy npz calibration router_spec experiment)
+all_targets=(safetensors config tokenizer npy npz gguf calibration router_spec experiment)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 
@@ -31,7 +31,7 @@ mkdir -p "$out/obj" "$out/bin" "$out/logs" "$out/artifacts"
 
 # The parsers under test and what they need; only these are compiled (with coverage
 # instrumentation), archived, and linked into each target as needed.
-sources=(util/file.cc util/json.cc util/npy.cc util/npz.cc routing/calibration.cc routing/adaptive.cc routing/kernels.cc routing/bh.cc routing/spec.cc
+sources=(util/file.cc util/json.cc util/npy.cc util/npz.cc util/gguf.cc routing/calibration.cc routing/adaptive.cc routing/kernels.cc routing/bh.cc routing/spec.cc
          model/safetensors.cc model/config.cc model/tokenizer.cc experiments/experiment.cc)
 newest_header=$(find "$root/src" -name '*.h' -printf '%T@\n' | sort -n | tail -1)
 stale() {  # stale OUTPUT INPUT: OUTPUT is missing or older than INPUT or than any header
@@ -69,7 +69,7 @@ done
 # mutations reach the parsers' checks rather than spending the time on megabytes of valid data).
 seeds="$out/seeds"
 rm -rf "$seeds"
-mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,npz,calibration,router_spec,experiment}
+mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,npz,gguf,calibration,router_spec,experiment}
 for f in "$shared"/olmoe/config.json "$shared"/golden/*/config.json; do
   [ -f "$f" ] && cp "$f" "$seeds/config/$(echo "$f" | md5sum | cut -c1-12).json"
 done
@@ -133,6 +133,29 @@ experiments = [
 ]
 for i, doc in enumerate(experiments):
     open(f"{seeds}/experiment/{i}.json", "w").write(json.dumps(doc))
+# A small GGUF v3 file: metadata of each kind the model loader reads, and three tensors (F32, Q8_0,
+# Q4_K) at 32-byte aligned offsets.
+def gstr(s):
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+kv = (gstr("general.architecture") + struct.pack("<I", 8) + gstr("olmoe") +
+      gstr("olmoe.block_count") + struct.pack("<II", 4, 2) +
+      gstr("olmoe.attention.layer_norm_rms_epsilon") + struct.pack("<If", 6, 1e-5) +
+      gstr("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 2) + gstr("a") + gstr("b") +
+      gstr("tokenizer.ggml.token_type") + struct.pack("<IIQii", 9, 5, 2, 1, 3))
+tensors = [("token_embd.weight", 0, [2, 2], 16), ("blk.0.q8", 8, [32], 34), ("blk.0.q4k", 12, [256], 144)]
+infos, offset, blobs = b"", 0, []
+for name, typ, ne, nbytes in tensors:
+    infos += gstr(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne)
+    infos += struct.pack("<IQ", typ, offset)
+    blobs.append((offset, bytes(range(nbytes))))
+    offset = (offset + nbytes + 31) // 32 * 32
+head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 5) + kv + infos
+head += b"\0" * (-len(head) % 32)
+body = bytearray(offset)
+for at, blob in blobs:
+    body[at:at + len(blob)] = blob
+open(f"{seeds}/gguf/small.gguf", "wb").write(head + bytes(body))
 # A trace-shaped archive, stored as numpy.savez does (with its ZIP64 fields) when NumPy is there.
 try:
     import numpy as np
@@ -145,9 +168,9 @@ PY
 
 [ -n "${FUZZ_BUILD_ONLY:-}" ] && exit 0
 
-declare -A max_len=([safetensors]=16384 [config]=4096 [tokenizer]=65536 [npy]=65536 [npz]=16384
+declare -A max_len=([safetensors]=16384 [config]=4096 [tokenizer]=65536 [npy]=65536 [npz]=16384 [gguf]=16384
                     [calibration]=16384 [router_spec]=256 [experiment]=4096)
-declare -A dict=([safetensors]=json [config]=json [tokenizer]=json [npy]=npy [npz]=npy [calibration]=json
+declare -A dict=([safetensors]=json [config]=json [tokenizer]=json [npy]=npy [npz]=npy [gguf]=gguf [calibration]=json
                  [router_spec]=spec [experiment]=experiment)
 status=0
 printf '%-12s %10s %8s %6s %7s %6s  %s\n' target runs exec/s cov ft corpus outcome

@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "util/gguf.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -136,6 +138,49 @@ TEST_F(CheckpointCli, InspectDirectoryWithoutConfig) {
   CliResult r = run("inspect --model " + path("empty"));
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err, AllOf(HasSubstr("bhmoe: error:"), HasSubstr("no config.json")));
+}
+
+TEST_F(CheckpointCli, InspectShowsAGgufFilesMetadataAndTensors) {
+  bhmoe::GgufWriter w;
+  w.add_string("general.architecture", "olmoe");
+  w.add_uint32("olmoe.expert_count", 64);
+  w.add_string_array("tokenizer.ggml.tokens", {"a", "b", "c"});
+  w.add_tensor("blk.0.ffn_gate_inp.weight", bhmoe::GgmlType::F32, {2, 2}, std::string(16, '\0'));
+  w.add_tensor("blk.0.attn_q.weight", bhmoe::GgmlType::Q8_0, {32, 2}, std::string(68, '\1'));
+  w.write(path("m.bin"));  // recognised by content, not by name
+
+  CliResult r = run("inspect --model " + path("m.bin"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("GGUF v3, alignment 32"));
+  EXPECT_THAT(r.out, HasSubstr("architecture olmoe"));
+  EXPECT_THAT(r.out, HasSubstr("olmoe.expert_count"));
+  EXPECT_THAT(r.out, HasSubstr("[string x 3] \"a\", \"b\", \"c\""));
+  EXPECT_THAT(r.out, HasSubstr("Q8_0"));
+
+  r = run("inspect --json --model " + path("m.bin"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["format"], "gguf");
+  EXPECT_EQ(j["metadata"]["olmoe.expert_count"], "64");
+  EXPECT_EQ(j["tensor_types"]["Q8_0"]["tensors"], 1);
+  EXPECT_EQ(j["tensor_types"]["Q8_0"]["bytes"], 68);
+  EXPECT_EQ(j["tensors"][1]["ne"], nlohmann::json::array({32, 2}));
+
+  // Running it is refused with a clear message until GGUF models load.
+  std::ofstream(path("t.txt")) << "Some text to score.";
+  r = run("score --model " + path("m.bin") + " --text-file " + path("t.txt"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("a GGUF file; bhmoe does not run GGUF models yet"));
+
+  // A truncated GGUF file: an error naming the file and the tensor.
+  std::string bytes = w.bytes();
+  bytes.resize(bytes.size() - 10);
+  std::ofstream(path("cut.gguf"), std::ios::binary) << bytes;
+  r = run("inspect --model " + path("cut.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("cut.gguf"));
+  EXPECT_THAT(r.err, HasSubstr("tensor 'blk.0.attn_q.weight'"));
+  EXPECT_THAT(r.err, HasSubstr("truncated"));
 }
 
 TEST_F(CheckpointCli, InspectCorruptWeights) {

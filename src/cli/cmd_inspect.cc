@@ -1,9 +1,10 @@
 // bhmoe inspect: what a checkpoint directory holds (config, parameter counts, dtypes, files,
-// layout).
+// layout), or what a GGUF file holds (metadata, tensors by type).
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -15,6 +16,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "util/error.h"
+#include "util/gguf.h"
 
 namespace {
 
@@ -46,7 +48,69 @@ void check_weights(const model::Checkpoint& checkpoint) {
        value, " (the first non-finite value; the weights are corrupt)");
 }
 
+// A GGUF file: the container as read and validated (util/gguf.h): version, alignment, every
+// metadata key with its value (arrays abbreviated), and the tensors by ggml type.
+int inspect_gguf(const std::string& path, bool as_json, bool weights) {
+  if (weights) fail("--check-weights: not available for GGUF files yet (", path, ")");
+  const GgufFile g = GgufFile::open(path);
+  struct TypeTotal {
+    size_t tensors = 0;
+    uint64_t bytes = 0;
+    int64_t elements = 0;
+  };
+  std::map<std::string, TypeTotal> by_type;
+  for (const GgufTensor& t : g.tensors()) {
+    TypeTotal& total = by_type[ggml_type_name(t.type)];
+    ++total.tensors;
+    total.bytes += t.nbytes;
+    total.elements += t.numel();
+  }
+  const std::string arch = g.get_string_or_none("general.architecture").value_or("(none)");
+  if (as_json) {
+    nlohmann::json out;
+    out["model"] = path;
+    out["format"] = "gguf";
+    out["version"] = g.version();
+    out["alignment"] = g.alignment();
+    out["bytes"] = g.size();
+    out["architecture"] = arch;
+    out["metadata"] = nlohmann::json::object();
+    for (const std::string& key : g.keys()) out["metadata"][key] = g.describe(key);
+    out["tensor_types"] = nlohmann::json::object();
+    for (const auto& [type, total] : by_type) {
+      out["tensor_types"][type] = {
+          {"tensors", total.tensors}, {"bytes", total.bytes}, {"elements", total.elements}};
+    }
+    out["tensors"] = nlohmann::json::array();
+    for (const GgufTensor& t : g.tensors()) {
+      out["tensors"].push_back({{"name", t.name},
+                                {"type", ggml_type_name(t.type)},
+                                {"ne", t.ne},
+                                {"offset", t.offset},
+                                {"bytes", t.nbytes}});
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  std::printf("model        %s\n", path.c_str());
+  std::printf("format       GGUF v%u, alignment %ju, %.3f GB\n", g.version(),
+              static_cast<uintmax_t>(g.alignment()), static_cast<double>(g.size()) / 1e9);
+  std::printf("architecture %s\n", arch.c_str());
+  std::printf("metadata     %zu keys\n", g.keys().size());
+  for (const std::string& key : g.keys()) {
+    std::printf("  %-44s %s\n", key.c_str(), g.describe(key).c_str());
+  }
+  std::printf("tensors      %zu\n", g.tensors().size());
+  for (const auto& [type, total] : by_type) {
+    std::printf("  %-8s %6zu tensors  %14ju bytes  %s parameters\n", type.c_str(), total.tensors,
+                static_cast<uintmax_t>(total.bytes), with_units(static_cast<double>(total.elements)).c_str());
+  }
+  return 0;
+}
+
 int inspect(const std::string& dir, bool as_json, bool weights) {
+  // A GGUF file is recognised by its content (the magic), whatever its name.
+  if (is_gguf_file(dir)) return inspect_gguf(dir, as_json, weights);
   auto checkpoint = model::Checkpoint::open(dir);
   if (weights) check_weights(*checkpoint);
   const model::ModelConfig& c = checkpoint->config();
@@ -129,12 +193,14 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
 }
 
 cli::CommandRegistration inspect_command{
-    "inspect", "Show a checkpoint's config, parameter counts, dtypes, files and expert layout",
+    "inspect",
+    "Show a checkpoint's config, parameter counts, dtypes, files and expert layout, or a GGUF "
+    "file's metadata and tensors",
     [](CLI::App& app) {
       auto dir = std::make_shared<std::string>();
       auto as_json = std::make_shared<bool>(false);
       auto weights = std::make_shared<bool>(false);
-      app.add_option("--model", *dir, "Checkpoint directory")->required();
+      app.add_option("--model", *dir, "Checkpoint directory or GGUF file")->required();
       app.add_flag("--json", *as_json, "Print one JSON object");
       app.add_flag("--check-weights", *weights,
                    "Read every weight and fail (exit 1) at the first NaN or infinity, naming the "

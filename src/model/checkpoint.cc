@@ -10,6 +10,7 @@
 #include "model/safetensors.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/gguf.h"
 #include "util/json.h"
 
 namespace bhmoe::model {
@@ -74,6 +75,10 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   try {
     require_directory(dir);
   } catch (const Error& e) {
+    if (is_gguf_file(dir)) {
+      fail(dir.string(), ": a GGUF file; bhmoe does not run GGUF models yet (`bhmoe inspect --model ",
+           dir.string(), "` shows its metadata and tensors); use the model's Hugging Face checkpoint folder");
+    }
     // Say what a model path is, so a typo and a wrong kind of path are told apart.
     fail(e.what(), " (a model is a Hugging Face checkpoint folder: config.json, model.safetensors "
          "or its shards, tokenizer.json)");
