@@ -375,6 +375,28 @@ TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
             std::string::npos);
   EXPECT_NE(slurp(merged / "REPORT.md").find("pareto"), std::string::npos);
 
+  // Overlapping shards (the complete resumed folder and shard 0) are refused, naming an item and
+  // both folders, unless --duplicates says which row wins.
+  r = run_bhmoe("merge --out " + scratch("overlap").string() + " " + resumed.string() + shard_dirs, io);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("shards overlap: grid item '"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(resumed.string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(scratch("shard0").string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--duplicates"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(scratch("overlap") / "results.jsonl"));
+  for (const char* policy : {"first", "last", "prefer-ok"}) {
+    SCOPED_TRACE(policy);
+    fs::path kept = scratch(std::string("overlap-") + policy);
+    r = run_bhmoe("merge --no-report --duplicates " + std::string(policy) + " --out " + kept.string() +
+                      " " + resumed.string() + shard_dirs,
+                  io);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("(14 keys in more than one shard)"), std::string::npos) << r.out;
+    EXPECT_EQ(comparable(read_rows(kept / "results.jsonl")), reference);
+  }
+  r = run_bhmoe("merge --duplicates newest --out " + scratch("x").string() + shard_dirs, io);
+  EXPECT_EQ(r.status, 1);
+
   // A merge of shards from different definitions is refused.
   fs::path other = scratch("other");
   r = run_bhmoe("run --model " + model().string() + " --experiment " + small_experiment().string() +

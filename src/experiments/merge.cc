@@ -12,15 +12,39 @@ namespace bhmoe::experiments {
 
 namespace fs = std::filesystem;
 
+const char* duplicate_policy_name(DuplicatePolicy policy) {
+  switch (policy) {
+    case DuplicatePolicy::Refuse:
+      return "refuse";
+    case DuplicatePolicy::First:
+      return "first";
+    case DuplicatePolicy::Last:
+      return "last";
+    case DuplicatePolicy::PreferOk:
+      return "prefer-ok";
+  }
+  return "?";
+}
+
+DuplicatePolicy parse_duplicate_policy(const std::string& name) {
+  for (DuplicatePolicy p : {DuplicatePolicy::Refuse, DuplicatePolicy::First, DuplicatePolicy::Last,
+                            DuplicatePolicy::PreferOk}) {
+    if (name == duplicate_policy_name(p)) return p;
+  }
+  fail("merge: duplicates policy '", name, "' is not one of refuse, first, last, prefer-ok");
+}
+
 MergeSummary merge_results(const fs::path& out_dir, const std::vector<fs::path>& shard_dirs,
-                           bool report) {
+                           bool report, DuplicatePolicy duplicates) {
   if (shard_dirs.empty()) fail("merge: no shard folders given");
   if (fs::exists(out_dir)) require_directory(out_dir);  // before any shard is read
   MergeSummary summary;
   std::map<std::string, ResultRow> by_key;
+  std::map<std::string, size_t> shard_of_key;  // index into shard_dirs of the row kept
   std::map<std::string, std::string> hash_of_experiment;
   std::map<std::string, int64_t> grid_size;
-  for (const fs::path& dir : shard_dirs) {
+  for (size_t shard = 0; shard < shard_dirs.size(); ++shard) {
+    const fs::path& dir = shard_dirs[shard];
     require_directory(dir);
     fs::path path = dir / "results.jsonl";
     if (!fs::is_regular_file(path)) fail("merge: ", path.string(), " does not exist");
@@ -43,11 +67,35 @@ MergeSummary merge_results(const fs::path& out_dir, const std::vector<fs::path>&
       }
       auto existing = by_key.find(row.key);
       if (existing == by_key.end()) {
+        shard_of_key[row.key] = shard;
         by_key.emplace(row.key, std::move(row));
-      } else {
-        ++summary.duplicates;
-        if (!existing->second.ok() && row.ok())
-          existing->second = std::move(row);  // a retry that worked
+        continue;
+      }
+      const size_t first_shard = shard_of_key[row.key];
+      if (first_shard == shard) {  // a retry within one folder: an ok row replaces an error row
+        if (!existing->second.ok() && row.ok()) existing->second = std::move(row);
+        continue;
+      }
+      ++summary.duplicates;
+      bool replace = false;
+      switch (duplicates) {
+        case DuplicatePolicy::Refuse:
+          fail("merge: shards overlap: grid item '", row.key, "' is in both ",
+               shard_dirs[first_shard].string(), " and ", dir.string(),
+               " (a folder given twice, or runs not split by --shard I/N?); pass --duplicates "
+               "first|last|prefer-ok to say which row to keep");
+        case DuplicatePolicy::First:
+          break;
+        case DuplicatePolicy::Last:
+          replace = true;
+          break;
+        case DuplicatePolicy::PreferOk:
+          replace = !existing->second.ok() && row.ok();
+          break;
+      }
+      if (replace) {
+        existing->second = std::move(row);
+        shard_of_key[existing->first] = shard;
       }
     }
   }
@@ -70,7 +118,8 @@ MergeSummary merge_results(const fs::path& out_dir, const std::vector<fs::path>&
   write_file_atomic(out_dir / "results.jsonl", text);
   summary.rows = static_cast<int64_t>(rows.size());
   std::string log = utc_now() + cat(" bhmoe merge: ", summary.rows, " rows from ", summary.shards,
-                                    " shards (", summary.duplicates, " duplicates)\n");
+                                    " shards (", summary.duplicates, " keys in more than one shard, kept by --duplicates ",
+                                    duplicate_policy_name(duplicates), ")\n");
   for (const std::string& w : summary.warnings) log += utc_now() + " warning: " + w + "\n";
   append_file_durable(out_dir / "run.log", log);
   if (report) write_outputs(out_dir, std::move(rows));
