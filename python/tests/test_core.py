@@ -10,12 +10,7 @@ import pytest
 
 import bhmoe
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
-MODELS = os.environ.get("BHMOE_MODELS_DIR", os.path.join(ROOT, "models"))
-BUNDLED = os.path.join(MODELS, "bhmoe-tiny-moe")
-OLMOE_CALIBRATION = os.path.join(SHARED, "calibration", "olmoe-1b-7b-0924.kde.json")
+from paths import BUNDLED, OLMOE_CALIBRATION, SHARED
 
 
 def test_router_reproduces_shared_routing_cases():

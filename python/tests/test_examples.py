@@ -3,15 +3,13 @@
 import os
 import subprocess
 import sys
-import tempfile
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
+from paths import ROOT, SHARED  # noqa: E402
+
 ENV = dict(os.environ)  # PYTHONPATH: the built package (build/python), as CTest sets it
 
 

@@ -16,14 +16,12 @@ torch = pytest.importorskip("torch")
 import bhmoe  # noqa: E402
 import bhmoe.torch  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+from paths import BINARY, BUNDLED, ROOT, needs_binary  # noqa: E402
+
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import export  # noqa: E402  (tools/: loads a model folder into olmoe_torch)
 
-BINARY = os.environ.get("BHMOE_BINARY", os.path.join(ROOT, "build", "bhmoe"))
-MODEL = os.environ.get("BHMOE_MODEL", os.path.join(ROOT, "models", "bhmoe-tiny-moe"))
-needs_binary = pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="needs the built bhmoe binary")
+MODEL = os.environ.get("BHMOE_MODEL", BUNDLED)  # another OLMoE folder to compare on, if set
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,7 @@ torch = pytest.importorskip("torch")
 import bhmoe  # noqa: E402
 import bhmoe.torch  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
-BINARY = os.environ.get("BHMOE_BINARY", os.path.join(ROOT, "build", "bhmoe"))
-OLMOE_CALIBRATION = os.path.join(SHARED, "calibration", "olmoe-1b-7b-0924.kde.json")
+from paths import BINARY, OLMOE_CALIBRATION, SHARED
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ import pytest
 
 import bhmoe
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-SHARED = os.environ.get("BHMOE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
-MODELS = os.environ.get("BHMOE_MODELS_DIR", os.path.join(ROOT, "models"))
-BUNDLED = os.path.join(MODELS, "bhmoe-tiny-moe")
-GOLDEN = os.path.join(SHARED, "golden", "tiny-f32")
-BINARY = os.environ.get("BHMOE_BINARY", os.path.join(ROOT, "build", "bhmoe"))
-needs_binary = pytest.mark.skipif(not os.access(BINARY, os.X_OK), reason="needs the built bhmoe binary")
+from paths import BINARY, BUNDLED, GOLDEN, needs_binary
 IDS = [1, 306, 465, 278, 659, 310, 283, 338, 17, 940, 5, 77]
 
 

@@ -590,6 +590,9 @@ RunSummary run_experiments(const RunOptions& o) {
     }
     row.wall_time_sec = seconds_since(start);
     row.timestamp = utc_now();
+    // A weight file changed while the row ran: the row may mix two files' weights, so it is not
+    // written and the run stops (rows written so far are intact and a rerun resumes).
+    model->require_weight_files_unchanged();
     append_file_durable(results_path, to_jsonl_line(row) + "\n");
     ++summary.ran;
     progress.finished(summary.ran, row.key, row);

@@ -179,6 +179,7 @@ void CheckpointImpl::add_file(const fs::path& path) {
   WeightFileInfo info;
   info.path = path;
   info.bytes = f.file_size();
+  info.identity = f.identity();
   info.tensors = f.tensors().size();
   for (const auto& t : f.tensors()) {
     if (std::find(info.dtypes.begin(), info.dtypes.end(), t.dtype) == info.dtypes.end()) {

@@ -20,6 +20,7 @@ struct WeightFileInfo {
   size_t bytes = 0;                 // file size
   size_t tensors = 0;               // tensors the file holds
   std::vector<std::string> dtypes;  // distinct dtypes of those tensors, e.g. {"BF16"}
+  FileIdentity identity;            // when it was mapped
 };
 
 // How the experts' weights are stored: one tensor per expert and projection (the hub layout), the

@@ -73,6 +73,9 @@ class LoadedModel final : public Model {
   const Tokenizer& tokenizer() const override { return *tokenizer_; }
   const std::filesystem::path& dir() const override { return checkpoint_->dir(); }
   std::string weights_kind() const override { return kind_; }
+  void require_weight_files_unchanged() const override {
+    for (const WeightFileInfo& f : checkpoint_->weight_files()) require_unchanged(f.path, f.identity);
+  }
 
  private:
   std::unique_ptr<Checkpoint> checkpoint_;

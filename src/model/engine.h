@@ -56,6 +56,9 @@ class Model {
   // "f32", "f16" or "bf16" for native weights (the stored dtype), "bf16-copy" for weights "bf16",
   // "q8" for weights "q8".
   virtual std::string weights_kind() const = 0;
+  // Throws, naming the file, when a weight file changed on disk since load (util/file.h
+  // require_unchanged). Long jobs call it before each result they write.
+  virtual void require_weight_files_unchanged() const = 0;
 };
 
 // Largest prefill chunk: big enough that a chunk is compute-bound on the experts (each expert's

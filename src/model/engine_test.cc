@@ -1,6 +1,8 @@
 // Engine behaviour on the tiny-f32 golden checkpoint: prefill/decode agreement, the observer,
 // routing really applied, errors, no allocation while decoding, sampling, generation and scoring.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <cmath>
@@ -340,6 +342,24 @@ TEST(NonFiniteWeights, AreAnErrorNamingThePosition) {
   routed.reset();
   e = error_of([&] { routed.decode(5); });
   EXPECT_NE(e.find("position 0: layer 0"), std::string::npos) << e;
+}
+
+// A weight file rewritten in place after load (here: one value changed, which also moves its
+// modification time) is reported by name before any further result is written.
+TEST(WeightFiles, AChangeAfterLoadIsAnErrorNamingTheFile) {
+  const fs::path dir = tiny_model_with("changed", "lm_head.weight", 0, 1.0f);
+  time_t mtime = 1;
+  for (const char* weights : {"native", "q8"}) {
+    SCOPED_TRACE(weights);
+    auto model = Model::load(dir, {.weights = weights});
+    model->require_weight_files_unchanged();  // no error
+    struct timespec times[2] = {{0, UTIME_OMIT}, {mtime++, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (dir / "model.safetensors").c_str(), times, 0), 0);
+    const std::string e = error_of([&] { model->require_weight_files_unchanged(); });
+    EXPECT_NE(e.find((dir / "model.safetensors").string() + " changed on disk since it was loaded"),
+              std::string::npos)
+        << e;
+  }
 }
 
 TEST(SamplerTest, GreedyIsArgmaxWithTiesToTheLowerId) {

@@ -51,6 +51,7 @@ class SafetensorsFile {
 
   const std::filesystem::path& path() const { return file_.path(); }
   size_t file_size() const { return file_.size(); }
+  const FileIdentity& identity() const { return file_.identity(); }  // when it was mapped
   uint64_t header_size() const { return header_size_; }  // JSON bytes, excluding the 8-byte length
   const std::vector<SafetensorsTensor>& tensors() const { return tensors_; }  // in offset order
   const SafetensorsTensor* find(std::string_view name) const;                 // nullptr if absent

@@ -6,9 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 
@@ -129,10 +133,128 @@ void append_file_durable(const std::filesystem::path& path, std::string_view rec
   ::close(fd);
 }
 
+namespace {
+
+FileIdentity identity_of(const struct stat& st) {
+  FileIdentity id;
+  id.device = static_cast<uint64_t>(st.st_dev);
+  id.inode = static_cast<uint64_t>(st.st_ino);
+  id.size = static_cast<uint64_t>(st.st_size);
+  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  return id;
+}
+
+// The live mappings, readable from the SIGBUS handler: only atomics and fixed arrays (no locks, no
+// allocation). A slot is free while `end` is 0; the path is written before `end` is published.
+struct MappedRange {
+  std::atomic<uintptr_t> begin{0}, end{0};
+  char path[1024] = {};
+};
+constexpr int kMaxMappedRanges = 256;
+MappedRange g_ranges[kMaxMappedRanges];
+std::mutex g_ranges_mutex;  // serialises registration (the handler only reads)
+struct sigaction g_previous_sigbus {};
+
+void write_all(const char* text) {
+  size_t left = std::strlen(text);
+  while (left > 0) {
+    const ssize_t n = ::write(STDERR_FILENO, text, left);
+    if (n <= 0) return;
+    text += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+void on_sigbus(int sig, siginfo_t* info, void* context) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (MappedRange& r : g_ranges) {
+    const uintptr_t end = r.end.load(std::memory_order_acquire);
+    if (end != 0 && at >= r.begin.load(std::memory_order_relaxed) && at < end) {
+      write_all("bhmoe: error: ");
+      write_all(r.path);
+      write_all(" shrank while it was memory-mapped (reading it raised SIGBUS): a file must not be "
+                "truncated or rewritten in place while bhmoe uses it. Results already written are "
+                "intact; rerun to resume once the file is whole.\n");
+      ::_exit(1);
+    }
+  }
+  // Not one of ours: hand it to the handler that was there before (or the default action).
+  if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
+    if (g_previous_sigbus.sa_sigaction) return g_previous_sigbus.sa_sigaction(sig, info, context);
+  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
+    return g_previous_sigbus.sa_handler(sig);
+  }
+  // The default action: raised again (pending until the handler returns), it ends the process
+  // whether the signal came from a fault or from kill/raise.
+  ::signal(SIGBUS, SIG_DFL);
+  ::raise(SIGBUS);
+}
+
+void register_mapping(const uint8_t* data, size_t size, const std::filesystem::path& path) {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_previous_sigbus);
+  });
+  const std::lock_guard<std::mutex> lock(g_ranges_mutex);
+  for (MappedRange& r : g_ranges) {
+    if (r.end.load(std::memory_order_relaxed) != 0) continue;
+    std::snprintf(r.path, sizeof r.path, "%s", path.c_str());
+    r.begin.store(reinterpret_cast<uintptr_t>(data), std::memory_order_relaxed);
+    r.end.store(reinterpret_cast<uintptr_t>(data) + size, std::memory_order_release);
+    return;
+  }
+  // More live mappings than slots: this one dies with a bare SIGBUS if truncated.
+}
+
+void unregister_mapping(const uint8_t* data) {
+  const std::lock_guard<std::mutex> lock(g_ranges_mutex);
+  for (MappedRange& r : g_ranges) {
+    if (r.end.load(std::memory_order_relaxed) != 0 &&
+        r.begin.load(std::memory_order_relaxed) == reinterpret_cast<uintptr_t>(data)) {
+      r.end.store(0, std::memory_order_release);
+      r.begin.store(0, std::memory_order_relaxed);
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+FileIdentity file_identity(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail("cannot stat ", path.string(), ": ", errno_text());
+  return identity_of(st);
+}
+
+void require_unchanged(const std::filesystem::path& path, const FileIdentity& at_load) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    fail(path.string(), " changed on disk since it was loaded (it is gone: ", errno_text(),
+         "); stopping so that no result comes from another file than the one recorded");
+  }
+  const FileIdentity now = identity_of(st);
+  if (now == at_load) return;
+  std::string what;
+  if (now.device != at_load.device || now.inode != at_load.inode) {
+    what = "it was replaced by another file";
+  } else if (now.size != at_load.size) {
+    what = cat("its size went from ", at_load.size, " to ", now.size, " bytes");
+  } else {
+    what = "it was modified in place";
+  }
+  fail(path.string(), " changed on disk since it was loaded (", what,
+       "); stopping so that no result comes from another file than the one recorded");
+}
+
 MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
   struct stat st {};
   int fd = open_regular(path, &st);
   size_ = static_cast<size_t>(st.st_size);
+  identity_ = identity_of(st);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -141,27 +263,35 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
       fail("cannot mmap ", path.string(), ": ", why);
     }
     data_ = static_cast<const uint8_t*>(p);
+    register_mapping(data_, size_, path_);
   }
   ::close(fd);
+}
+
+void MappedFile::release() {
+  if (!data_) return;
+  unregister_mapping(data_);
+  ::munmap(const_cast<uint8_t*>(data_), size_);
+  data_ = nullptr;
+  size_ = 0;
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept { *this = std::move(other); }
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    release();
     path_ = std::move(other.path_);
     data_ = other.data_;
     size_ = other.size_;
+    identity_ = other.identity_;
     other.data_ = nullptr;
     other.size_ = 0;
   }
   return *this;
 }
 
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-}
+MappedFile::~MappedFile() { release(); }
 
 namespace {
 

@@ -35,6 +35,20 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
 // Appends one record (a line, say) and fsyncs, so a crash loses at most the record being written.
 void append_file_durable(const std::filesystem::path& path, std::string_view record);
 
+// What tells whether a file is still the one that was read: device, inode, size and modification
+// time (nanoseconds).
+struct FileIdentity {
+  uint64_t device = 0, inode = 0, size = 0;
+  int64_t mtime_ns = 0;
+  bool operator==(const FileIdentity&) const = default;
+};
+FileIdentity file_identity(const std::filesystem::path& path);  // stat; an error names the path
+
+// Throws "<path> changed on disk since it was loaded (...)" when the file at `path` no longer has the
+// identity it had when loaded (modified in place, replaced, or removed). Long jobs call this
+// before each result they write, so no result is computed from a file other than the one recorded.
+void require_unchanged(const std::filesystem::path& path, const FileIdentity& at_load);
+
 // Read-only private mapping of a whole regular file (anything else is an error naming the path,
 // raised without blocking). Movable, not copyable; unmaps on destruction.
 //
@@ -43,10 +57,12 @@ void append_file_durable(const std::filesystem::path& path, std::string_view rec
 // mapped: MAP_PRIVATE copies pages only on write, so reading a page that now lies beyond the end of
 // the file raises SIGBUS, and no check made before the read can rule that out (the file can shrink
 // between any check and the load). Replacing the file by rename, as make-model, write_file_atomic
-// and every download tool do, is safe: the mapping keeps the old inode alive. Catching SIGBUS would
-// need a process-wide handler and a siglongjmp out of a kernel in mid-loop on any thread, which
-// would leave locks and the thread pool in an undefined state, so the process is left to die with
-// the signal: a file must not be truncated while a process uses it.
+// and every download tool do, is safe: the mapping keeps the old inode alive. Recovering from the
+// SIGBUS would need a siglongjmp out of a kernel in mid-loop on any thread, leaving locks and the
+// thread pool undefined; instead every mapping is registered, and a SIGBUS handler (installed with
+// the first mapping, chaining to the previous handler for addresses that are not ours) writes
+// "bhmoe: error: <path> shrank while it was mapped ..." to stderr and exits with status 1. Results
+// already appended are durable (append_file_durable), so a rerun resumes.
 class MappedFile {
  public:
   MappedFile() = default;
@@ -60,11 +76,14 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
+  const FileIdentity& identity() const { return identity_; }  // when it was mapped
 
  private:
+  void release();
   std::filesystem::path path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  FileIdentity identity_;
 };
 
 // An exclusive advisory lock (flock) on the file `dir`/bhmoe.lock, held for the object's lifetime,

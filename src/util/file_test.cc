@@ -2,8 +2,11 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <chrono>
 #include <filesystem>
@@ -85,6 +88,63 @@ TEST_F(FileTest, MappedFileMapsRegularFile) {
   MappedFile mapped(dir_ / "w.bin");
   ASSERT_EQ(mapped.size(), 6u);
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(mapped.data()), 6), "abcdef");
+}
+
+TEST_F(FileTest, RequireUnchangedTellsEachKindOfChange) {
+  const fs::path path = dir_ / "weights.bin";
+  write_file_atomic(path, "abc");
+  const FileIdentity loaded = file_identity(path);
+  EXPECT_EQ(loaded, MappedFile(path).identity());
+  EXPECT_EQ(loaded.size, 3u);
+  require_unchanged(path, loaded);  // no error
+
+  // Same size, new modification time: modified in place.
+  struct timespec times[2] = {{0, UTIME_OMIT}, {12345, 678}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  EXPECT_THAT(error_of([&] { require_unchanged(path, loaded); }),
+              AllOf(HasSubstr(path.string() + " changed on disk since it was loaded"),
+                    HasSubstr("it was modified in place")));
+  // Grown in place.
+  append_file_durable(path, "d");
+  EXPECT_THAT(error_of([&] { require_unchanged(path, loaded); }),
+              HasSubstr("its size went from 3 to 4 bytes"));
+  // Replaced by rename (a new inode), even with the same contents.
+  const FileIdentity grown = file_identity(path);
+  write_file_atomic(path, "abcd");
+  EXPECT_THAT(error_of([&] { require_unchanged(path, grown); }),
+              HasSubstr("it was replaced by another file"));
+  fs::remove(path);
+  EXPECT_THAT(error_of([&] { require_unchanged(path, grown); }), HasSubstr("(it is gone: "));
+}
+
+// A mapped file truncated by another process: reading past its new end raises SIGBUS, which must
+// end the process with a message naming the file, not a bare signal.
+TEST_F(FileTest, ReadingATruncatedMappingNamesTheFileAndExits) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer installs its own SIGBUS handler";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  GTEST_SKIP() << "AddressSanitizer installs its own SIGBUS handler";
+#endif
+#endif
+  const fs::path path = dir_ / "truncated.bin";
+  write_file_atomic(path, std::string(3 * 4096, 'x'));
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        MappedFile mapped(path);
+        fs::resize_file(path, 0);
+        volatile uint8_t byte = mapped.data()[2 * 4096];
+        (void)byte;
+      },
+      ::testing::ExitedWithCode(1), "truncated.bin shrank while it was memory-mapped");
+  // An address outside every mapping still dies of the signal itself.
+  EXPECT_EXIT(
+      {
+        MappedFile keep(path);  // the handler is installed, and the signal is not about a mapping
+        ::raise(SIGBUS);
+      },
+      ::testing::KilledBySignal(SIGBUS), "");
 }
 
 TEST_F(FileTest, RequireAndEnsureDirectoryNameThePath) {
