@@ -52,6 +52,7 @@ done
 }
 
 mkdir -p "$work" "$out"
+work=$(realpath "$work") out=$(realpath "$out")  # the calibration step runs inside $out
 if [ ! -f "$work/corpus/manifest.json" ]; then
   "$python" "$here/make_corpus.py" --seed "$seed" --out "$work/corpus"
 fi
@@ -79,14 +80,16 @@ except OSError: print(0)' "$work/train/train_log.json")
 fi
 export_args=(--work "$work/train" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out"
              "${baseline[@]}")
-bhmoe=${BHMOE_BINARY:-$root/build/bhmoe}
+bhmoe=$(realpath -m "${BHMOE_BINARY:-$root/build/bhmoe}")
 if [ -x "$bhmoe" ]; then
   # The shipped calibration is the engine's own: ECDF of the raw router logits of all of
   # calibration.txt, in windows of the trained context.
   "$python" "$here/export.py" "${export_args[@]}" --weights-only
   ctx=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["max_position_embeddings"])' "$out/config.json")
-  "$bhmoe" calibrate --model "$out" --text-file "$out/calibration.txt" --out "$work/calibration.json" \
-    --method ecdf --max-length "$ctx" --max-tokens 2000000 --threads 1
+  # Run inside the model folder so that the calibration's description names calibration.txt, not a
+  # path of this machine.
+  (cd "$out" && "$bhmoe" calibrate --model . --text-file calibration.txt --out "$work/calibration.json" \
+    --method ecdf --max-length "$ctx" --max-tokens 2000000 --threads 1)
   "$python" "$here/export.py" "${export_args[@]}" --calibration "$work/calibration.json"
   echo "build_bundled_model: calibration.json made by $bhmoe calibrate"
 else

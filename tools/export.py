@@ -541,6 +541,9 @@ def main():
 
     metrics["export_seconds"] = time.time() - t_start
     metrics["train"] = {k: v for k, v in info.items() if k != "log"}
+    # The training's paths as the model card shows paths ($WORK/..., not this machine's folders).
+    metrics["train"]["args"] = {k: portable_path(v) if isinstance(v, str) else v
+                                for k, v in info["args"].items()}
     metrics["loss_curve"] = info["log"]
     write_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     write_atomic(os.path.join(out, "README.md"), model_card(cfg, info, metrics, eos_id))
