@@ -178,9 +178,9 @@ TEST_F(BundledModelTest, BhAdaptsItsExpertCountWithAlpha) {
     const double n = static_cast<double>(recorder.counts.size());
     means.push_back(sum / n);
     if (alpha == 0.05) {
-      // Not pinned: some tokens above min_k, most below max_k. (This model's router is nearly
-      // flat, so with a pooled per-layer calibration BH gives most tokens min_k at alpha 0.05:
-      // the model card reports 1.18 experts on average, 95% of tokens at min_k.)
+      // Not pinned: some tokens above min_k, most below max_k. (With a pooled per-layer
+      // calibration BH gives most tokens min_k at alpha 0.05: the model card reports 1.40 experts
+      // on average, 94% of routing decisions at min_k.)
       EXPECT_GT(means.back(), 1.02);
       EXPECT_LT(means.back(), 15.0);
       EXPECT_LT(at_floor / n, 0.99);
@@ -210,8 +210,9 @@ TEST_F(BundledModelTest, NativeTop8BeatsTop1AndHasLearned) {
   const double one = mean_nll(model_, top1.get(), texts);
   EXPECT_LT(native, one) << "perplexity top-8 " << std::exp(native) << " vs top-1 "
                          << std::exp(one);
-  // Far below a uniform guess over the vocabulary (ln 2048 = 7.6 nats).
-  EXPECT_LT(native, 0.5 * std::log(static_cast<double>(model_->config().vocab_size)));
+  // Far below a uniform guess over the vocabulary (ln 8192 = 9.0 nats): at most 0.6 x ln V, the
+  // bound SPEC.md sets for the seed prompts.
+  EXPECT_LT(native, 0.6 * std::log(static_cast<double>(model_->config().vocab_size)));
 }
 
 // --weights q8 on a trained model: the perplexity ratio against the stored bf16 weights (the issue's
