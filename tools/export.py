@@ -2,7 +2,7 @@
 """Exports the trained stand-in model in the Hugging Face OLMoE layout and measures it for the model card.
 
 Writes into --out (the committed model folder):
-  config.json, model.safetensors (bf16, per-expert tensor names), tokenizer.json,
+  config.json, model.safetensors or its shards + index (bf16, per-expert tensor names), tokenizer.json,
   calibration.txt (the corpus' calibration split), heldout/<domain>.txt and heldout.txt (the test
   split, never trained on and never used for calibration), DATA.md and corpus-manifest.json (the
   corpus' data card and hashes), calibration.json (from `bhmoe calibrate` via --calibration, else a
@@ -90,6 +90,50 @@ def read_safetensors(path):
         b, e = meta["data_offsets"]
         arr = np.frombuffer(data[base + b:base + e], dtype="<i2").copy()
         out[name] = torch.from_numpy(arr).view(torch.bfloat16).float().reshape(meta["shape"])
+    return out
+
+
+SHARD_BYTES = 25 << 20  # weight shards stay well below the repository's 30 MB limit per file
+
+
+def write_weights(out, tensors):
+    """The weights in the hub's layout: model.safetensors when it fits in SHARD_BYTES, else
+    model-0000i-of-0000n.safetensors with model.safetensors.index.json (tensors kept whole, in order)."""
+    for stale in os.listdir(out):
+        if stale.startswith("model") and (stale.endswith(".safetensors") or stale.endswith(".index.json")):
+            os.remove(os.path.join(out, stale))
+    groups, size = [[]], 0
+    for name, t in tensors:
+        nbytes = t.numel() * 2
+        if groups[-1] and size + nbytes > SHARD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, t))
+        size += nbytes
+    if len(groups) == 1:
+        write_safetensors(os.path.join(out, "model.safetensors"), groups[0])
+        return
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups):
+        fname = "model-%05d-of-%05d.safetensors" % (i + 1, len(groups))
+        write_safetensors(os.path.join(out, fname), group)
+        for name, t in group:
+            weight_map[name] = fname
+            total += t.numel() * 2
+    write_atomic(os.path.join(out, "model.safetensors.index.json"),
+                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1) + "\n")
+
+
+def read_weights(folder):
+    """Every tensor of a model folder written by write_weights (one file or shards with an index)."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if not os.path.exists(index):
+        return read_safetensors(os.path.join(folder, "model.safetensors"))
+    with open(index) as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for fname in files:
+        out.update(read_safetensors(os.path.join(folder, fname)))
     return out
 
 
@@ -226,7 +270,7 @@ def load_model_dir(path):
     with open(os.path.join(path, "config.json")) as f:
         cfg = olmoe_torch.Config.from_hf(json.load(f))
     model = olmoe_torch.OlmoeForCausalLM(cfg)
-    model.load_state_dict(read_safetensors(os.path.join(path, "model.safetensors")))
+    model.load_state_dict(read_weights(path))
     model.eval()
     return model, bhmoe_tok.Tokenizer.load(os.path.join(path, "tokenizer.json")), cfg
 
@@ -377,9 +421,8 @@ def main():
 
     # --- weights: bf16 safetensors, per-expert names (the model's own state_dict keys)
     sd = state["state_dict"]
-    st_path = os.path.join(out, "model.safetensors")
-    write_safetensors(st_path, list(sd.items()))
-    back = read_safetensors(st_path)
+    write_weights(out, list(sd.items()))
+    back = read_weights(out)
     assert set(back) == set(sd), "safetensors round trip lost tensors"
     model = olmoe_torch.OlmoeForCausalLM(cfg)
     model.load_state_dict(back)  # the bf16-rounded weights, held in fp32
@@ -536,7 +579,7 @@ def main():
         "format": "bhmoe-reference-logits/1",
         "description": "fp32 logits [T, V] (numpy .npy, little-endian float32) of one prefill of `ids` "
                        "from position 0, native routing, computed by tools/olmoe_torch.py in fp32 on the "
-                       "bf16 weights of model.safetensors",
+                       "bf16 weights of the model's safetensors",
         "cases": cases}, indent=1) + "\n")
 
     metrics["export_seconds"] = time.time() - t_start
@@ -679,7 +722,8 @@ def model_card(cfg, info, m, eos_id):
                                                             b["pct_at_max_k"], b["all"]["ppl"], b["all"]["bits_per_byte"]))
     L.append("")
     L.append("## Files\n")
-    L.append("- `config.json`, `model.safetensors` (bf16, per-expert tensor names as in the OLMoE hub "
+    L.append("- `config.json`, " + ("`model-*.safetensors` + `model.safetensors.index.json`"
+                                     if info["parameters"] * 2 > SHARD_BYTES else "`model.safetensors`") + " (bf16, per-expert tensor names as in the OLMoE hub "
              "checkpoints), `tokenizer.json` (Hugging Face layout of OLMoE's tokenizer).")
     L.append("- `heldout/<domain>.txt`: the corpus' test split per domain (documents joined by a blank line); "
              "`heldout.txt`: all of them. `calibration.txt`: the calibration split.")
