@@ -86,6 +86,28 @@ std::string params_text(int64_t n) {
 
 }  // namespace
 
+ModelCard read_model_card(const std::string& readme, int64_t params) {
+  ModelCard card;
+  if (readme.empty()) {
+    card.synthetic = params < 100'000'000;
+    card.provenance = "No model card: presumably a random-weight checkpoint (bhmoe make-model).";
+    return card;
+  }
+  // The first paragraph after the title (the whole text when it has a single paragraph).
+  size_t start = readme.find("\n\n");
+  std::string para = readme.substr(start == std::string::npos ? 0 : start + 2);
+  para = para.substr(0, para.find("\n\n"));
+  for (char& ch : para) {
+    if (ch == '\n') ch = ' ';
+  }
+  const std::string para_lower = lower(para);
+  card.synthetic = para_lower.find("synthetic") != std::string::npos ||
+                   para_lower.find("random") != std::string::npos;
+  card.provenance =
+      "Model card: \"" + para.substr(0, 400) + (para.size() > 400 ? "…" : "") + "\"";
+  return card;
+}
+
 json model_identity(const model::Model& m) {
   const model::ModelConfig& c = m.config();
   const fs::path& dir = m.dir();
@@ -99,24 +121,8 @@ json model_identity(const model::Model& m) {
   for (const fs::path& w : weights)
     material += w.filename().string() + ":" + std::to_string(fs::file_size(w)) + ";";
   int64_t params = parameter_count(c);
-  std::string readme = fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "";
-  std::string readme_lower = lower(readme.substr(0, 4000));
-  bool synthetic = readme_lower.find("synthetic") != std::string::npos ||
-                   readme_lower.find("random") != std::string::npos ||
-                   (readme.empty() && params < 100'000'000);
-  std::string provenance;
-  if (!readme.empty()) {
-    // The model card's first paragraph after its title.
-    size_t start = readme.find("\n\n");
-    std::string para = readme.substr(start == std::string::npos ? 0 : start + 2);
-    para = para.substr(0, para.find("\n\n"));
-    for (char& ch : para) {
-      if (ch == '\n') ch = ' ';
-    }
-    provenance = "Model card: \"" + para.substr(0, 400) + (para.size() > 400 ? "…" : "") + "\"";
-  } else {
-    provenance = "No model card: presumably a random-weight checkpoint (bhmoe make-model).";
-  }
+  const ModelCard card =
+      read_model_card(fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "", params);
   return {{"name", dir.filename().string()},
           {"dir", fs::absolute(dir).lexically_normal().string()},
           {"fingerprint", fnv1a_hex(material)},
@@ -129,9 +135,9 @@ json model_identity(const model::Model& m) {
           {"hidden_size", c.hidden_size},
           {"vocab_size", c.vocab_size},
           {"native_router", c.native_router_spec()},
-          {"synthetic", synthetic},
+          {"synthetic", card.synthetic},
           {"small", params < 1'000'000'000},
-          {"provenance", provenance}};
+          {"provenance", card.provenance}};
 }
 
 json host_identity() {

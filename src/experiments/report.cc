@@ -221,8 +221,11 @@ void setup_section(std::ostringstream& md, const Analysis& a) {
       md << "> **Note: this model is " << (synthetic ? "synthetic" : "small") << "** ("
          << json_text(model, "name") << ", " << json_text(model, "params_text") << " parameters). "
          << json_text(model, "provenance")
-         << " The numbers below show the method and the machinery working on it; they are not "
-            "OLMoE-1B-7B's behaviour and say nothing about a full-size model's quality.\n\n";
+         << (synthetic ? " The numbers below show the method and the machinery working on it; they "
+                         "are not OLMoE-1B-7B's behaviour and say nothing about a full-size "
+                         "model's quality.\n\n"
+                       : " The numbers below are this model's, measured; a full-size model such "
+                         "as OLMoE-1B-7B may behave differently.\n\n");
     }
   }
   md << "| | |\n|---|---|\n";
@@ -632,9 +635,11 @@ std::string report_markdown(const Analysis& a, const std::vector<ResultRow>& row
   }
   if (!a.models.empty() &&
       (a.models.front().value("synthetic", false) || a.models.front().value("small", false))) {
-    md << "- These results come from a "
-       << (a.models.front().value("synthetic", false) ? "synthetic" : "small")
-       << " model: treat them as a test of the pipeline, not as evidence about OLMoE.\n";
+    md << (a.models.front().value("synthetic", false)
+               ? "- These results come from a synthetic model: treat them as a test of the "
+                 "pipeline, not as evidence about OLMoE.\n"
+               : "- These results come from a small model: evidence about this model, not about "
+                 "OLMoE-1B-7B or any full-size model.\n");
   }
   if (a.error_rows) md << "- " << a.error_rows << " experiments failed; see Errors below.\n";
   md << "\n";

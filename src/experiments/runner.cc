@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -119,6 +120,8 @@ class Runner {
          const Experiment& experiment, int64_t max_tokens)
       : model_(std::move(model)),
         experiment_(experiment),
+        pool_(pool),
+        max_tokens_(max_tokens),
         session_(model_, nullptr, pool, max_tokens) {
     V_ = model_->config().vocab_size;
   }
@@ -154,30 +157,20 @@ class Runner {
     }
     row.prompt_nll = T > 1 ? nll / static_cast<double>(T - 1) : kNaN;
 
-    // Native pass over prompt + continuation (the last token's successor is not needed): KL over
-    // the prompt positions, and the continuation's NLL under native routing.
-    std::vector<int32_t> sequence = ids;
-    sequence.insert(sequence.end(), generated.begin(), generated.end());
-    session_.reset();
-    session_.set_router(nullptr);
-    const int64_t native_len = T + G - 1;
-    session_.prefill(std::span<const int32_t>(sequence.data(), static_cast<size_t>(native_len)),
-                     native_logits_.data());
+    // Native routing over the same prompt and continuation: KL over the prompt positions, and the
+    // continuation's NLL (the native model's surprise at what this config generated).
+    const NativePrompt& native = native_prompt(prompt, ids);
     double kl = 0;
     for (int64_t i = 0; i < T; ++i) {
-      model::log_softmax(native_logits_.data() + i * V_, V_, logp_.data());
+      const double* logp = native.logp.data() + i * V_;
       model::log_softmax(config_logits_.data() + i * V_, V_, logq_.data());
       double sum = 0;
-      for (int v = 0; v < V_; ++v) sum += std::exp(logp_[v]) * (logp_[v] - logq_[v]);
+      for (int v = 0; v < V_; ++v) sum += std::exp(logp[v]) * (logp[v] - logq_[v]);
       kl += std::max(0.0, sum);
     }
     row.kl_to_native = kl / static_cast<double>(T);
-    double continuation = 0;
-    for (int64_t j = 0; j < G; ++j) {
-      model::log_softmax(native_logits_.data() + (T - 1 + j) * V_, V_, logp_.data());
-      continuation -= logp_[static_cast<size_t>(generated[static_cast<size_t>(j)])];
-    }
-    row.continuation_nll_native = continuation / static_cast<double>(G);
+    row.continuation_nll_native =
+        native_continuation_nll(generated) / static_cast<double>(G);
 
     std::vector<int32_t> text_tokens = generated;
     if (row.stopped_at_eos && !text_tokens.empty()) text_tokens.pop_back();
@@ -216,7 +209,12 @@ class Runner {
 
   void score(const PreparedRouter& config, const TextEntry& text, ResultRow& row) {
     const model::ModelConfig& mc = model_->config();
-    std::vector<int32_t> ids = model_->tokenizer().encode(read_file(text.path));
+    // Every config of a text runs back to back (text-major), so its tokens are encoded once.
+    if (text_ids_path_ != text.path) {
+      text_ids_ = model_->tokenizer().encode(read_file(text.path));
+      text_ids_path_ = text.path;
+    }
+    std::vector<int32_t> ids = text_ids_;
     if (experiment_.scoring.max_tokens > 0 &&
         static_cast<int64_t>(ids.size()) > experiment_.scoring.max_tokens) {
       ids.resize(static_cast<size_t>(experiment_.scoring.max_tokens));
@@ -260,6 +258,57 @@ class Runner {
   }
 
  private:
+  // Native routing's pass over one prompt, shared by every config run on it (the shard runs
+  // prompt-major): the KV cache after the prompt stays in native_session_, with the native
+  // log-probabilities at every prompt position. A config's continuation extends that prefix
+  // (Session::truncate rewinds to it), and a continuation seen before (many configs generate
+  // what native routing does) reuses its NLL.
+  struct NativePrompt {
+    std::string prompt_id;
+    std::vector<int32_t> ids;
+    std::vector<double> logp;  // [T, V] native log-probabilities after each prompt position
+    std::map<std::vector<int32_t>, double> continuation_nll_sum;  // by continuation
+  };
+
+  const NativePrompt& native_prompt(const PromptEntry& prompt, const std::vector<int32_t>& ids) {
+    if (native_.prompt_id == prompt.id && native_.ids == ids && native_session_) return native_;
+    if (!native_session_) native_session_.emplace(model_, nullptr, pool_, max_tokens_);
+    const int64_t T = static_cast<int64_t>(ids.size());
+    native_.prompt_id = prompt.id;
+    native_.ids = ids;
+    native_.continuation_nll_sum.clear();
+    native_.logp.resize(static_cast<size_t>(T) * V_);
+    native_session_->reset();
+    native_session_->prefill(ids, native_logits_.data());
+    for (int64_t i = 0; i < T; ++i)
+      model::log_softmax(native_logits_.data() + i * V_, V_, native_.logp.data() + i * V_);
+    return native_;
+  }
+
+  // Sum over the continuation of -log p_native(token), given native_prompt() for its prompt: the
+  // first token from the prompt's last position, the rest from one prefill of the continuation
+  // (its last token's successor is not needed).
+  double native_continuation_nll(const std::vector<int32_t>& generated) {
+    if (generated.empty()) return kNaN;
+    auto [it, added] = native_.continuation_nll_sum.try_emplace(generated, 0.0);
+    if (!added) return it->second;
+    const int64_t T = static_cast<int64_t>(native_.ids.size());
+    const int64_t G = static_cast<int64_t>(generated.size());
+    double sum = -native_.logp[static_cast<size_t>((T - 1) * V_ + generated[0])];
+    if (G > 1) {
+      native_session_->truncate(T);
+      native_session_->prefill(
+          std::span<const int32_t>(generated.data(), static_cast<size_t>(G - 1)),
+          native_logits_.data());
+      for (int64_t j = 1; j < G; ++j) {
+        model::log_softmax(native_logits_.data() + (j - 1) * V_, V_, logp_.data());
+        sum -= logp_[static_cast<size_t>(generated[static_cast<size_t>(j)])];
+      }
+    }
+    it->second = sum;
+    return sum;
+  }
+
   void ensure_buffers(int64_t tokens) {
     size_t need = static_cast<size_t>(tokens) * static_cast<size_t>(V_);
     if (config_logits_.size() < need) config_logits_.resize(need);
@@ -301,7 +350,13 @@ class Runner {
  private:
   std::shared_ptr<const model::Model> model_;
   const Experiment& experiment_;
+  kernels::ThreadPool* pool_;
+  int64_t max_tokens_;
   model::Session session_;
+  std::optional<model::Session> native_session_;  // created by the first generate row
+  NativePrompt native_;
+  fs::path text_ids_path_;  // the text whose tokens text_ids_ holds
+  std::vector<int32_t> text_ids_;
   int V_ = 0;
   std::vector<float> config_logits_, native_logits_;
   std::vector<double> logp_, logq_;
@@ -513,6 +568,14 @@ RunSummary run_experiments(const RunOptions& o) {
       todo.push_back(&item);
     }
   }
+
+  // Prompt-major (and text-major): every config of a prompt runs back to back, so the prompt's
+  // native pass (Runner::native_prompt) is computed once per prompt, not once per row. Rows are
+  // appended in this order; the CSVs and the report sort them by grid index.
+  std::stable_sort(todo.begin(), todo.end(), [](const GridItem* a, const GridItem* b) {
+    if (a->generate != b->generate) return a->generate;
+    return a->item < b->item;
+  });
 
   Runner runner(model, pool.get(), experiment, session_tokens(experiment, *model));
   const json settings = run_settings(experiment, mc);

@@ -516,6 +516,12 @@ void Session::reset() {
   impl_->pos = 0;
 }
 
+void Session::truncate(int64_t position) {
+  if (position < 0 || position > impl_->pos)
+    fail("session: cannot truncate to position ", position, " (", impl_->pos, " tokens cached)");
+  impl_->pos = position;
+}
+
 int64_t Session::position() const {
   return impl_->pos;
 }

@@ -82,6 +82,10 @@ class Session {
   void set_observer(RouterObserver* observer);     // nullptr: none
   void reset();                                    // empties the KV cache
   int64_t position() const;                        // tokens in the KV cache
+  // Keeps the first `position` tokens of the KV cache (0 <= position <= position(); anything else
+  // throws bhmoe::Error) and forgets the rest, so one prefilled prefix serves several continuations.
+  // last_logits() is unchanged until the next prefill or decode.
+  void truncate(int64_t position);
 
   // Runs `tokens` through the model after what is cached (batched prefill). If all_logits is not
   // null it receives [tokens.size(), V] logits, one row per position; last_logits() always holds

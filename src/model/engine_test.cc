@@ -159,6 +159,27 @@ TEST_F(EngineTest, PrefillInPiecesEqualsOnePrefill) {
   EXPECT_LE(max_diff(again.data(), all.data(), all.size()), 1e-6);
 }
 
+TEST_F(EngineTest, TruncateKeepsThePrefixForAnotherContinuation) {
+  Session whole(model_, nullptr, nullptr, 64);
+  const auto all = prefill_logits(whole, long_ids_);
+  const std::vector<int32_t> head(long_ids_.begin(), long_ids_.begin() + 10);
+  const std::vector<int32_t> tail(long_ids_.begin() + 10, long_ids_.end());
+  Session shared(model_, nullptr, nullptr, 64);
+  shared.prefill(head);
+  // A different continuation first, then back to the prefix and the real one.
+  std::vector<int32_t> other(tail.size());
+  for (size_t i = 0; i < other.size(); ++i) other[i] = (tail[i] + 7) % V();
+  shared.prefill(other);
+  shared.truncate(10);
+  EXPECT_EQ(shared.position(), 10);
+  const auto rest = prefill_logits(shared, tail);
+  EXPECT_LE(max_diff(rest.data(), all.data() + head.size() * V(), rest.size()), 2e-5);
+  EXPECT_THROW(shared.truncate(shared.position() + 1), Error);
+  EXPECT_THROW(shared.truncate(-1), Error);
+  shared.truncate(0);
+  EXPECT_EQ(shared.position(), 0);
+}
+
 TEST_F(EngineTest, ThreadedAndSingleThreadedAgree) {
   kernels::ThreadPool pool(2);
   Session threaded(model_, nullptr, &pool, 64);
