@@ -97,39 +97,175 @@ std::shared_ptr<const Model> Model::load(const std::filesystem::path& dir,
   return std::make_shared<LoadedModel>(std::move(checkpoint), std::move(tokenizer), options);
 }
 
+namespace {
+
+// The model's sizes as the forward pass uses them, checked once.
+struct Dims {
+  int D, F, N, H, Hkv, hd, Dkv, V, L;  // hidden, expert width, experts, heads, kv heads, head dim,
+                                       // kv width, vocabulary, layers
+  float eps, attn_scale;
+
+  explicit Dims(const ModelConfig& cfg)
+      : D(cfg.hidden_size),
+        F(cfg.intermediate_size),
+        N(cfg.num_experts),
+        H(cfg.num_heads),
+        Hkv(cfg.num_kv_heads > 0 ? cfg.num_kv_heads : cfg.num_heads),
+        hd(cfg.head_dim > 0 ? cfg.head_dim : cfg.hidden_size / cfg.num_heads),
+        Dkv(Hkv * hd),
+        V(cfg.vocab_size),
+        L(cfg.num_layers),
+        eps(cfg.rms_norm_eps),
+        attn_scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))) {
+    if (hd % 2 != 0) fail("model config: head_dim ", hd, " must be even for RoPE");
+    if (H % Hkv != 0)
+      fail("model config: num_attention_heads not a multiple of num_key_value_heads");
+    if (N > routing::kMaxExperts)
+      fail("model config: num_experts ", N, " exceeds ", routing::kMaxExperts);
+  }
+};
+
+// Keys and values of every layer at positions < max_tokens, and the RoPE angles of those positions
+// (built once: cos/sin of position * theta^(-2i/hd)).
+struct KvCache {
+  int64_t max_tokens;
+  int Dkv;
+  std::unique_ptr<float[]> k, v;                // [L, max_tokens, Dkv]
+  std::unique_ptr<float[]> rope_cos, rope_sin;  // [max_tokens, hd/2]
+
+  KvCache(const Dims& d, int64_t max_tok, double rope_theta) : max_tokens(max_tok), Dkv(d.Dkv) {
+    const int half = d.hd / 2;
+    rope_cos = raw_array<float>(max_tokens * half);
+    rope_sin = raw_array<float>(max_tokens * half);
+    for (int i = 0; i < half; ++i) {
+      const double inv_freq = std::pow(rope_theta, -2.0 * i / d.hd);
+      for (int64_t p = 0; p < max_tokens; ++p) {
+        const double angle = static_cast<double>(p) * inv_freq;
+        rope_cos[p * half + i] = static_cast<float>(std::cos(angle));
+        rope_sin[p * half + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    k = raw_array<float>(int64_t{d.L} * max_tokens * Dkv);
+    v = raw_array<float>(int64_t{d.L} * max_tokens * Dkv);
+  }
+  float* keys(int layer, int64_t position) const {
+    return k.get() + (int64_t{layer} * max_tokens + position) * Dkv;
+  }
+  float* values(int layer, int64_t position) const {
+    return v.get() + (int64_t{layer} * max_tokens + position) * Dkv;
+  }
+};
+
+// The residual stream and attention buffers of one chunk of tokens.
+struct Activations {
+  std::unique_ptr<float[]> x;       // [chunk, D] residual stream
+  std::unique_ptr<float[]> h;       // [chunk, D] normed input of the current block
+  std::unique_ptr<float[]> q;       // [chunk, D]
+  std::unique_ptr<float[]> attn;    // [chunk, D] attention output before o_proj
+  std::unique_ptr<float[]> tmp;     // [chunk, D] o_proj output
+  std::unique_ptr<float[]> scores;  // [threads, max_tokens] attention scores, one row per thread
+  std::unique_ptr<float[]> logits;  // [V] the last position's
+
+  Activations(const Dims& d, int64_t chunk, int64_t max_tokens, int threads) {
+    for (auto* buf : {&x, &h, &q, &attn, &tmp}) *buf = raw_array<float>(chunk * d.D);
+    scores = raw_array<float>(int64_t{threads} * max_tokens);
+    logits = raw_array<float>(d.V);
+    std::fill_n(logits.get(), d.V, 0.0f);
+  }
+};
+
+// The router's decisions for a chunk and the selected experts' working space.
+struct MoeScratch {
+  std::unique_ptr<float[]> router_logits;  // [chunk, N]
+  std::unique_ptr<int32_t[]> route_ids;    // [chunk, N] with row stride router->max_count()
+  std::unique_ptr<float[]> route_weights;  // [chunk, N] same
+  std::unique_ptr<int32_t[]> route_counts;  // [chunk]
+  // Prefill grouping: the tokens of expert e at group_tokens[e * chunk + i], i < group_size[e].
+  std::unique_ptr<int32_t[]> group_tokens;          // [N, chunk]
+  std::unique_ptr<float[]> group_weights;           // [N, chunk]
+  std::unique_ptr<int32_t[]> group_size;            // [N]
+  std::unique_ptr<float[]> expert_x, expert_y;      // [chunk, D] an expert's inputs and outputs
+  std::unique_ptr<float[]> expert_gate, expert_up;  // [max(chunk, N), F]
+  std::unique_ptr<float[]> thread_out;              // [threads, D] decode: one down row slice each
+
+  MoeScratch(const Dims& d, int64_t chunk, int threads) {
+    router_logits = raw_array<float>(chunk * d.N);
+    route_ids = raw_array<int32_t>(chunk * d.N);
+    route_weights = raw_array<float>(chunk * d.N);
+    route_counts = raw_array<int32_t>(chunk);
+    group_tokens = raw_array<int32_t>(int64_t{d.N} * chunk);
+    group_weights = raw_array<float>(int64_t{d.N} * chunk);
+    group_size = raw_array<int32_t>(d.N);
+    expert_x = raw_array<float>(chunk * d.D);
+    expert_y = raw_array<float>(chunk * d.D);
+    expert_gate = raw_array<float>(std::max<int64_t>(chunk, d.N) * d.F);
+    expert_up = raw_array<float>(std::max<int64_t>(chunk, d.N) * d.F);
+    thread_out = raw_array<float>(int64_t{threads} * d.D);
+  }
+};
+
+// The buffers sized by max_tokens (KV cache, RoPE tables, attention scores) must fit this machine's
+// memory: a max_tokens from a user's flag (a giant --max-new-tokens, a 10^6-token window) is
+// refused here with the sizes, before anything is allocated, instead of ending in std::bad_alloc or
+// the OOM killer.
+int64_t checked_max_tokens(const Dims& d, int64_t max_tokens, int threads) {
+  if (max_tokens < 1) fail("session: max_tokens ", max_tokens, " must be at least 1");
+  const double per_token =
+      sizeof(float) * (2.0 * d.L * d.Dkv + 2.0 * (d.hd / 2) + static_cast<double>(threads));
+  const double need = per_token * static_cast<double>(max_tokens);
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  const double have = pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0.0;
+  if (have > 0 && need > have) {
+    fail("session: a KV cache of ", max_tokens, " tokens needs ", need / 1e9,
+         " GB, more than this machine's ", have / 1e9, " GB of memory");
+  }
+  return max_tokens;
+}
+
+// Y[t, r] = W[r, :] . X[t, :] over rows [begin, end); one token uses matvec.
+void project(const Matrix& m, const float* x, int64_t x_stride, int64_t tokens, float* y,
+             int64_t y_stride, int64_t begin, int64_t end) {
+  if (tokens == 1) {
+    kernels::matvec(m, x, y + begin, begin, end);
+  } else {
+    kernels::matmul(m, x, x_stride, tokens, y + begin, y_stride, begin, end);
+  }
+}
+
+// Every head of v ([heads, hd]) rotated NeoX-style: pairs (i, i + hd/2) by the angles in cos/sin.
+void rope(float* v, int heads, int hd, const float* cos, const float* sin) {
+  const int half = hd / 2;
+  for (int head = 0; head < heads; ++head) {
+    float* a = v + head * hd;
+    float* b = a + half;
+    for (int i = 0; i < half; ++i) {
+      const float x1 = a[i], x2 = b[i];
+      a[i] = x1 * cos[i] - x2 * sin[i];
+      b[i] = x2 * cos[i] + x1 * sin[i];
+    }
+  }
+}
+
+}  // namespace
+
 struct Session::Impl {
   std::shared_ptr<const Model> model;
   const ModelConfig& cfg;
   const Weights& w;
+  const Dims dim;
+  kernels::ThreadPool* pool;
+  const int num_threads;
+  const int64_t max_tokens;
+  const int64_t chunk;  // largest number of tokens run through the layers at once
+
   std::unique_ptr<routing::Router> native_router;
   const routing::Router* router = nullptr;
-  kernels::ThreadPool* pool = nullptr;
   RouterObserver* observer = nullptr;
 
-  int64_t max_tokens;
-  int64_t chunk;  // largest number of tokens run through the layers at once
-  int64_t pos = 0;
-  int D, Dkv, F, N, H, Hkv, hd, V, L;
-  int num_threads;
-  float eps;
-  float attn_scale;
-
-  std::unique_ptr<float[]> rope_cos, rope_sin;  // [max_tokens, hd/2]
-  std::unique_ptr<float[]> k_cache, v_cache;    // [L, max_tokens, Dkv]
-  std::unique_ptr<float[]> x, h, q, attn, tmp;  // [chunk, D]
-  std::unique_ptr<float[]> router_logits;       // [chunk, N]
-  std::unique_ptr<int32_t[]> route_ids;         // [chunk, N] with row stride router->max_count()
-  std::unique_ptr<float[]> route_weights;       // [chunk, N] same
-  std::unique_ptr<int32_t[]> route_counts;      // [chunk]
-  // Prefill expert grouping: tokens of expert e at group_tokens[e * chunk + i], i < group_size[e].
-  std::unique_ptr<int32_t[]> group_tokens;          // [N, chunk]
-  std::unique_ptr<float[]> group_weights;           // [N, chunk]
-  std::unique_ptr<int32_t[]> group_size;            // [N]
-  std::unique_ptr<float[]> expert_x, expert_y;      // [chunk, D]
-  std::unique_ptr<float[]> expert_gate, expert_up;  // [max(chunk, N), F]
-  std::unique_ptr<float[]> scores;                  // [num_threads, max_tokens]
-  std::unique_ptr<float[]> thread_out;              // [num_threads, D]
-  std::unique_ptr<float[]> logits;                  // [V]
+  KvCache kv;
+  Activations act;
+  MoeScratch moe;
+  int64_t pos = 0;  // tokens in the KV cache
   std::vector<int64_t> selected_per_layer;
   int64_t routed = 0;
 
@@ -137,78 +273,17 @@ struct Session::Impl {
       : model(std::move(m)),
         cfg(model->config()),
         w(model->weights()),
+        dim(cfg),
         pool(p),
-        max_tokens(max_tok) {
-    if (max_tokens < 1) fail("session: max_tokens ", max_tokens, " must be at least 1");
-    D = cfg.hidden_size;
-    F = cfg.intermediate_size;
-    N = cfg.num_experts;
-    H = cfg.num_heads;
-    Hkv = cfg.num_kv_heads > 0 ? cfg.num_kv_heads : cfg.num_heads;
-    hd = cfg.head_dim > 0 ? cfg.head_dim : D / H;
-    Dkv = Hkv * hd;
-    V = cfg.vocab_size;
-    L = cfg.num_layers;
-    eps = cfg.rms_norm_eps;
-    attn_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-    if (hd % 2 != 0) fail("model config: head_dim ", hd, " must be even for RoPE");
-    if (H % Hkv != 0)
-      fail("model config: num_attention_heads not a multiple of num_key_value_heads");
-    if (N > routing::kMaxExperts)
-      fail("model config: num_experts ", N, " exceeds ", routing::kMaxExperts);
-    num_threads = pool ? pool->num_threads() : 1;
-    chunk = std::min(max_tokens, kMaxChunk);
-    check_cache_fits();
-
-    native_router = routing::make_router(cfg.native_router_spec(), N);
-    router = native_router.get();
-
-    const int half = hd / 2;
-    rope_cos = raw_array<float>(max_tokens * half);
-    rope_sin = raw_array<float>(max_tokens * half);
-    for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(cfg.rope_theta, -2.0 * i / hd);
-      for (int64_t p = 0; p < max_tokens; ++p) {
-        const double angle = static_cast<double>(p) * inv_freq;
-        rope_cos[p * half + i] = static_cast<float>(std::cos(angle));
-        rope_sin[p * half + i] = static_cast<float>(std::sin(angle));
-      }
-    }
-    k_cache = raw_array<float>(int64_t{L} * max_tokens * Dkv);
-    v_cache = raw_array<float>(int64_t{L} * max_tokens * Dkv);
-    for (auto* buf : {&x, &h, &q, &attn, &tmp, &expert_x, &expert_y})
-      *buf = raw_array<float>(chunk * D);
-    router_logits = raw_array<float>(chunk * N);
-    route_ids = raw_array<int32_t>(chunk * N);
-    route_weights = raw_array<float>(chunk * N);
-    route_counts = raw_array<int32_t>(chunk);
-    group_tokens = raw_array<int32_t>(int64_t{N} * chunk);
-    group_weights = raw_array<float>(int64_t{N} * chunk);
-    group_size = raw_array<int32_t>(N);
-    expert_gate = raw_array<float>(std::max<int64_t>(chunk, N) * F);
-    expert_up = raw_array<float>(std::max<int64_t>(chunk, N) * F);
-    scores = raw_array<float>(num_threads * max_tokens);
-    thread_out = raw_array<float>(int64_t{num_threads} * D);
-    logits = raw_array<float>(V);
-    std::fill_n(logits.get(), V, 0.0f);
-    selected_per_layer.assign(L, 0);
-  }
-
-  // The buffers sized by max_tokens (KV cache, RoPE tables, attention scores) must fit this
-  // machine's memory: a max_tokens from a user's flag (a giant --max-new-tokens, a 10^6-token
-  // window) is refused here with the sizes, before anything is allocated, instead of ending in
-  // std::bad_alloc or the OOM killer.
-  void check_cache_fits() const {
-    const double per_token =
-        sizeof(float) * (2.0 * L * Dkv + 2.0 * (hd / 2) + static_cast<double>(num_threads));
-    const double need = per_token * static_cast<double>(max_tokens);
-    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
-    const double have = pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0.0;
-    if (have > 0 && need > have) {
-      fail("session: a KV cache of ", max_tokens, " tokens needs ", need / 1e9,
-           " GB, more than this machine's ", have / 1e9, " GB of memory");
-    }
-  }
+        num_threads(pool ? pool->num_threads() : 1),
+        max_tokens(checked_max_tokens(dim, max_tok, num_threads)),
+        chunk(std::min(max_tokens, kMaxChunk)),
+        native_router(routing::make_router(cfg.native_router_spec(), dim.N)),
+        router(native_router.get()),
+        kv(dim, max_tokens, cfg.rope_theta),
+        act(dim, chunk, max_tokens, num_threads),
+        moe(dim, chunk, num_threads),
+        selected_per_layer(dim.L, 0) {}
 
   // Runs fn(thread, begin, end) over a static split of [0, n). The pool takes a non-owning
   // reference to fn, so lambdas capture [&] and nothing is allocated per call.
@@ -222,21 +297,12 @@ struct Session::Impl {
     }
   }
 
-  // Y[t, r] = W[r, :] . X[t, :] over rows [begin, end); one token uses matvec.
-  static void project(const Matrix& m, const float* x, int64_t x_stride, int64_t tokens, float* y,
-                      int64_t y_stride, int64_t begin, int64_t end) {
-    if (tokens == 1) {
-      kernels::matvec(m, x, y + begin, begin, end);
-    } else {
-      kernels::matmul(m, x, x_stride, tokens, y + begin, y_stride, begin, end);
-    }
-  }
-
   void check_tokens(std::span<const int32_t> tokens) const {
     if (tokens.empty()) fail("empty token sequence: at least one token id is needed");
     for (size_t i = 0; i < tokens.size(); ++i) {
-      if (tokens[i] < 0 || tokens[i] >= V) {
-        fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ", V, ")");
+      if (tokens[i] < 0 || tokens[i] >= dim.V) {
+        fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary [0, ", dim.V,
+             ")");
       }
     }
     if (pos + static_cast<int64_t>(tokens.size()) > max_tokens) {
@@ -245,33 +311,37 @@ struct Session::Impl {
     }
   }
 
-  void attention_block(int layer, const int32_t* /*ids*/, int64_t T) {
+  // x += o_proj(attention(rmsnorm(x))) for T tokens at positions pos..pos+T-1; their keys and
+  // values are written to the cache.
+  void attention_block(int layer, int64_t T) {
     const LayerWeights& lw = w.layers[layer];
-    float* kc = k_cache.get() + (int64_t{layer} * max_tokens + pos) * Dkv;
-    float* vc = v_cache.get() + (int64_t{layer} * max_tokens + pos) * Dkv;
-    for (int64_t t = 0; t < T; ++t) {
-      kernels::rmsnorm(x.get() + t * D, lw.input_norm, D, eps, h.get() + t * D);
-    }
+    const int D = dim.D, Dkv = dim.Dkv, H = dim.H, Hkv = dim.Hkv, hd = dim.hd;
+    float* x = act.x.get();
+    float* h = act.h.get();
+    float* q = act.q.get();
+    float* kc = kv.keys(layer, pos);
+    float* vc = kv.values(layer, pos);
+    for (int64_t t = 0; t < T; ++t) kernels::rmsnorm(x + t * D, lw.input_norm, D, dim.eps, h + t * D);
     // q | k | v as one row space so both threads share the three projections evenly.
     parallel(D + 2 * Dkv, [&](int, int64_t begin, int64_t end) {
       const int64_t segments[3] = {D, Dkv, Dkv};
       const Matrix* mats[3] = {&lw.q_proj, &lw.k_proj, &lw.v_proj};
-      float* outs[3] = {q.get(), kc, vc};
+      float* outs[3] = {q, kc, vc};
       int64_t base = 0;
       for (int i = 0; i < 3; ++i) {
         const int64_t lo = std::max(begin, base), hi = std::min(end, base + segments[i]);
-        if (lo < hi) project(*mats[i], h.get(), D, T, outs[i], segments[i], lo - base, hi - base);
+        if (lo < hi) project(*mats[i], h, D, T, outs[i], segments[i], lo - base, hi - base);
         base += segments[i];
       }
     });
     // q/k norms over the whole projection, optional clip, then RoPE per head.
     const int half = hd / 2;
     for (int64_t t = 0; t < T; ++t) {
-      float* qt = q.get() + t * D;
+      float* qt = q + t * D;
       float* kt = kc + t * Dkv;
       float* vt = vc + t * Dkv;
-      kernels::rmsnorm(qt, lw.q_norm, D, eps, qt);
-      kernels::rmsnorm(kt, lw.k_norm, Dkv, eps, kt);
+      kernels::rmsnorm(qt, lw.q_norm, D, dim.eps, qt);
+      kernels::rmsnorm(kt, lw.k_norm, Dkv, dim.eps, kt);
       if (cfg.clip_qkv) {
         const float c = *cfg.clip_qkv;
         for (int i = 0; i < D; ++i) qt[i] = std::clamp(qt[i], -c, c);
@@ -280,70 +350,65 @@ struct Session::Impl {
           vt[i] = std::clamp(vt[i], -c, c);
         }
       }
-      const float* cos = rope_cos.get() + (pos + t) * half;
-      const float* sin = rope_sin.get() + (pos + t) * half;
-      auto rope = [&](float* v, int heads) {
-        for (int head = 0; head < heads; ++head) {
-          float* a = v + head * hd;
-          float* b = a + half;
-          for (int i = 0; i < half; ++i) {
-            const float x1 = a[i], x2 = b[i];
-            a[i] = x1 * cos[i] - x2 * sin[i];
-            b[i] = x2 * cos[i] + x1 * sin[i];
-          }
-        }
-      };
-      rope(qt, H);
-      rope(kt, Hkv);
+      const float* cos = kv.rope_cos.get() + (pos + t) * half;
+      const float* sin = kv.rope_sin.get() + (pos + t) * half;
+      rope(qt, H, hd, cos, sin);
+      rope(kt, Hkv, hd, cos, sin);
     }
     // Causal attention, one (token, head) pair per work item.
-    const float* keys = k_cache.get() + int64_t{layer} * max_tokens * Dkv;
-    const float* values = v_cache.get() + int64_t{layer} * max_tokens * Dkv;
+    const float* keys = kv.keys(layer, 0);
+    const float* values = kv.values(layer, 0);
+    float* attn = act.attn.get();
     parallel(T * H, [&](int thread, int64_t begin, int64_t end) {
-      float* sc = scores.get() + int64_t{thread} * max_tokens;
+      float* sc = act.scores.get() + int64_t{thread} * max_tokens;
       const int group = H / Hkv;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t = item / H;
         const int head = static_cast<int>(item % H);
         const int kv_off = (head / group) * hd;
-        const float* qh = q.get() + t * D + head * hd;
+        const float* qh = q + t * D + head * hd;
         const int64_t n = pos + t + 1;
         for (int64_t j = 0; j < n; ++j) {
-          sc[j] = kernels::dot_f32(qh, keys + j * Dkv + kv_off, hd) * attn_scale;
+          sc[j] = kernels::dot_f32(qh, keys + j * Dkv + kv_off, hd) * dim.attn_scale;
         }
         kernels::softmax(sc, n);
-        float* out = attn.get() + t * D + head * hd;
+        float* out = attn + t * D + head * hd;
         std::fill_n(out, hd, 0.0f);
         for (int64_t j = 0; j < n; ++j) kernels::axpy(sc[j], values + j * Dkv + kv_off, out, hd);
       }
     });
     // o_proj; each thread adds its output columns into the residual.
+    float* tmp = act.tmp.get();
     parallel(D, [&](int, int64_t begin, int64_t end) {
-      project(lw.o_proj, attn.get(), D, T, tmp.get(), D, begin, end);
+      project(lw.o_proj, attn, D, T, tmp, D, begin, end);
       for (int64_t t = 0; t < T; ++t) {
-        float* xt = x.get() + t * D;
-        const float* yt = tmp.get() + t * D;
+        float* xt = x + t * D;
+        const float* yt = tmp + t * D;
         for (int64_t i = begin; i < end; ++i) xt[i] += yt[i];
       }
     });
   }
 
+  // h = rmsnorm(x), the router logits of h and the router's decision for each of the T tokens
+  // (moe.route_*), reported to the observer.
   void route_block(int layer, int64_t T) {
     const LayerWeights& lw = w.layers[layer];
+    const int D = dim.D, N = dim.N;
     for (int64_t t = 0; t < T; ++t) {
-      kernels::rmsnorm(x.get() + t * D, lw.post_norm, D, eps, h.get() + t * D);
+      kernels::rmsnorm(act.x.get() + t * D, lw.post_norm, D, dim.eps, act.h.get() + t * D);
     }
+    float* logits = moe.router_logits.get();
     parallel(N, [&](int, int64_t begin, int64_t end) {
-      project(lw.router, h.get(), D, T, router_logits.get(), N, begin, end);
+      project(lw.router, act.h.get(), D, T, logits, N, begin, end);
     });
-    const int stride = router->max_count();
+    int32_t* ids = moe.route_ids.get();
+    float* weights = moe.route_weights.get();
+    int32_t* counts = moe.route_counts.get();
     try {
       if (T == 1) {
-        route_counts[0] =
-            router->route(router_logits.get(), layer, route_ids.get(), route_weights.get());
+        counts[0] = router->route(logits, layer, ids, weights);
       } else {
-        router->route_batch(router_logits.get(), T, layer, route_ids.get(), route_weights.get(),
-                            route_counts.get());
+        router->route_batch(logits, T, layer, ids, weights, counts);
       }
     } catch (const Error& e) {
       // The router names the layer (and a non-finite logit, and for a batch the token in it); the
@@ -353,82 +418,92 @@ struct Session::Impl {
            " + i): ", e.what());
     }
     int64_t selected = 0;
-    for (int64_t t = 0; t < T; ++t) selected += route_counts[t];
+    for (int64_t t = 0; t < T; ++t) selected += counts[t];
     selected_per_layer[layer] += selected;
     if (observer) {
+      const int stride = router->max_count();
       for (int64_t t = 0; t < T; ++t) {
         RouterEvent event;
         event.layer = layer;
         event.position = pos + t;
-        event.logits = router_logits.get() + t * N;
+        event.logits = logits + t * N;
         event.num_experts = N;
-        event.ids = route_ids.get() + t * stride;
-        event.weights = route_weights.get() + t * stride;
-        event.count = route_counts[t];
+        event.ids = ids + t * stride;
+        event.weights = weights + t * stride;
+        event.count = counts[t];
         observer->on_route(event);
       }
     }
   }
 
-  // One token: every selected expert in two parallel loops.
+  // One token: x += sum over the selected experts of weight * expert(h), in two parallel loops.
   void moe_decode(int layer) {
     const auto& experts = w.layers[layer].experts;
-    const int count = route_counts[0];
+    const int D = dim.D, F = dim.F;
+    const int count = moe.route_counts[0];
+    const int32_t* ids = moe.route_ids.get();
+    const float* h = act.h.get();
     parallel(F, [&](int, int64_t begin, int64_t end) {
       for (int j = 0; j < count; ++j) {
-        const ExpertWeights& e = experts[route_ids[j]];
-        float* g = expert_gate.get() + int64_t{j} * F;
-        float* u = expert_up.get() + int64_t{j} * F;
-        kernels::matvec(e.gate, h.get(), g + begin, begin, end);
-        kernels::matvec(e.up, h.get(), u + begin, begin, end);
+        const ExpertWeights& e = experts[ids[j]];
+        float* g = moe.expert_gate.get() + int64_t{j} * F;
+        float* u = moe.expert_up.get() + int64_t{j} * F;
+        kernels::matvec(e.gate, h, g + begin, begin, end);
+        kernels::matvec(e.up, h, u + begin, begin, end);
         kernels::swiglu(g + begin, u + begin, g + begin, end - begin);
       }
     });
     parallel(D, [&](int thread, int64_t begin, int64_t end) {
-      float* out = thread_out.get() + int64_t{thread} * D;
+      float* out = moe.thread_out.get() + int64_t{thread} * D;
       for (int j = 0; j < count; ++j) {
-        const ExpertWeights& e = experts[route_ids[j]];
-        kernels::matvec(e.down, expert_gate.get() + int64_t{j} * F, out, begin, end);
-        kernels::axpy(route_weights[j], out, x.get() + begin, end - begin);
+        const ExpertWeights& e = experts[ids[j]];
+        kernels::matvec(e.down, moe.expert_gate.get() + int64_t{j} * F, out, begin, end);
+        kernels::axpy(moe.route_weights[j], out, act.x.get() + begin, end - begin);
       }
     });
   }
 
   // T tokens: grouped by expert, each expert's weights read once for all of its tokens.
   void moe_prefill(int layer, int64_t T) {
+    const int D = dim.D, F = dim.F, N = dim.N;
     const int stride = router->max_count();
-    std::fill_n(group_size.get(), N, 0);
+    int32_t* group_size = moe.group_size.get();
+    std::fill_n(group_size, N, 0);
     for (int64_t t = 0; t < T; ++t) {
-      for (int j = 0; j < route_counts[t]; ++j) {
-        const int e = route_ids[t * stride + j];
+      for (int j = 0; j < moe.route_counts[t]; ++j) {
+        const int e = moe.route_ids[t * stride + j];
         const int slot = group_size[e]++;
-        group_tokens[int64_t{e} * chunk + slot] = static_cast<int32_t>(t);
-        group_weights[int64_t{e} * chunk + slot] = route_weights[t * stride + j];
+        moe.group_tokens[int64_t{e} * chunk + slot] = static_cast<int32_t>(t);
+        moe.group_weights[int64_t{e} * chunk + slot] = moe.route_weights[t * stride + j];
       }
     }
+    float* expert_x = moe.expert_x.get();
+    float* gate = moe.expert_gate.get();
+    float* up = moe.expert_up.get();
+    float* expert_y = moe.expert_y.get();
     for (int e = 0; e < N; ++e) {
       const int n = group_size[e];
       if (n == 0) continue;
       const ExpertWeights& expert = w.layers[layer].experts[e];
-      const int32_t* tokens = group_tokens.get() + int64_t{e} * chunk;
-      const float* weights = group_weights.get() + int64_t{e} * chunk;
+      const int32_t* tokens = moe.group_tokens.get() + int64_t{e} * chunk;
+      const float* weights = moe.group_weights.get() + int64_t{e} * chunk;
       for (int i = 0; i < n; ++i) {
-        std::memcpy(expert_x.get() + int64_t{i} * D, h.get() + int64_t{tokens[i]} * D,
+        std::memcpy(expert_x + int64_t{i} * D, act.h.get() + int64_t{tokens[i]} * D,
                     sizeof(float) * D);
       }
       parallel(F, [&](int, int64_t begin, int64_t end) {
-        project(expert.gate, expert_x.get(), D, n, expert_gate.get(), F, begin, end);
-        project(expert.up, expert_x.get(), D, n, expert_up.get(), F, begin, end);
+        project(expert.gate, expert_x, D, n, gate, F, begin, end);
+        project(expert.up, expert_x, D, n, up, F, begin, end);
         for (int i = 0; i < n; ++i) {
-          float* g = expert_gate.get() + int64_t{i} * F + begin;
-          kernels::swiglu(g, expert_up.get() + int64_t{i} * F + begin, g, end - begin);
+          float* g = gate + int64_t{i} * F + begin;
+          kernels::swiglu(g, up + int64_t{i} * F + begin, g, end - begin);
         }
       });
       parallel(D, [&](int, int64_t begin, int64_t end) {
-        project(expert.down, expert_gate.get(), F, n, expert_y.get(), D, begin, end);
+        project(expert.down, gate, F, n, expert_y, D, begin, end);
         for (int i = 0; i < n; ++i) {
-          kernels::axpy(weights[i], expert_y.get() + int64_t{i} * D + begin,
-                        x.get() + int64_t{tokens[i]} * D + begin, end - begin);
+          kernels::axpy(weights[i], expert_y + int64_t{i} * D + begin,
+                        act.x.get() + int64_t{tokens[i]} * D + begin, end - begin);
         }
       });
     }
@@ -440,8 +515,8 @@ struct Session::Impl {
   // activation: a non-finite activation reaches them (or fails routing, which checks its logits).
   void check_logits(const float* rows, int64_t n, int64_t first_position) const {
     for (int64_t t = 0; t < n; ++t) {
-      const float* row = rows + t * V;
-      for (int i = 0; i < V; ++i) {
+      const float* row = rows + t * dim.V;
+      for (int i = 0; i < dim.V; ++i) {
         if (!std::isfinite(row[i])) {
           fail("the forward pass gave a non-finite logit (", row[i], " for token id ", i,
                ") at position ", first_position + t,
@@ -453,11 +528,14 @@ struct Session::Impl {
   }
 
   // Runs T <= chunk tokens at positions pos.. through the model; fills `out_logits` ([T, V]) when
-  // given, else only the last position's logits.
+  // given, else only the last position's logits (none when !need_logits).
   void forward(const int32_t* ids, int64_t T, float* out_logits, bool need_logits) {
-    for (int64_t t = 0; t < T; ++t) kernels::embedding_row(w.embed, ids[t], x.get() + t * D);
-    for (int layer = 0; layer < L; ++layer) {
-      attention_block(layer, ids, T);
+    const int D = dim.D, V = dim.V;
+    float* x = act.x.get();
+    float* h = act.h.get();
+    for (int64_t t = 0; t < T; ++t) kernels::embedding_row(w.embed, ids[t], x + t * D);
+    for (int layer = 0; layer < dim.L; ++layer) {
+      attention_block(layer, T);
       route_block(layer, T);
       if (T == 1) {
         moe_decode(layer);
@@ -472,14 +550,14 @@ struct Session::Impl {
     }
     const int64_t first = out_logits ? 0 : T - 1;
     for (int64_t t = first; t < T; ++t) {
-      kernels::rmsnorm(x.get() + t * D, w.final_norm, D, eps, h.get() + t * D);
+      kernels::rmsnorm(x + t * D, w.final_norm, D, dim.eps, h + t * D);
     }
-    float* out = out_logits ? out_logits : logits.get();
+    float* out = out_logits ? out_logits : act.logits.get();
     parallel(V, [&](int, int64_t begin, int64_t end) {
-      project(w.lm_head, h.get() + first * D, D, T - first, out, V, begin, end);
+      project(w.lm_head, h + first * D, D, T - first, out, V, begin, end);
     });
     check_logits(out, T - first, pos + first);
-    if (out_logits) std::memcpy(logits.get(), out_logits + (T - 1) * V, sizeof(float) * V);
+    if (out_logits) std::memcpy(act.logits.get(), out_logits + (T - 1) * V, sizeof(float) * V);
     pos += T;
   }
 };
@@ -497,12 +575,12 @@ void Session::set_router(const routing::Router* router) {
     impl_->router = impl_->native_router.get();
     return;
   }
-  if (router->num_experts() != impl_->N) {
+  if (router->num_experts() != impl_->dim.N) {
     fail("router ", router->spec(), " was built for ", router->num_experts(),
-         " experts but the model has ", impl_->N);
+         " experts but the model has ", impl_->dim.N);
   }
-  if (router->max_count() < 1 || router->max_count() > impl_->N) {
-    fail("router ", router->spec(), ": max_count ", router->max_count(), " outside [1, ", impl_->N,
+  if (router->max_count() < 1 || router->max_count() > impl_->dim.N) {
+    fail("router ", router->spec(), ": max_count ", router->max_count(), " outside [1, ", impl_->dim.N,
          "]");
   }
   impl_->router = router;
@@ -544,7 +622,7 @@ void Session::prefill(std::span<const int32_t> tokens, float* all_logits) {
   for (int64_t done = 0; done < total;) {
     const int64_t n = std::min(impl_->chunk, total - done);
     impl_->forward(tokens.data() + done, n,
-                   all_logits ? all_logits + done * int64_t{impl_->V} : nullptr,
+                   all_logits ? all_logits + done * int64_t{impl_->dim.V} : nullptr,
                    all_logits != nullptr || done + n == total);
     done += n;
   }
@@ -556,7 +634,7 @@ void Session::decode(int32_t token) {
 }
 
 const float* Session::last_logits() const {
-  return impl_->logits.get();
+  return impl_->act.logits.get();
 }
 
 const std::vector<int64_t>& Session::selected_experts_per_layer() const {
