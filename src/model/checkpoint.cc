@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/safetensors.h"
+#include "model/tensor_names.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/gguf.h"
@@ -89,10 +90,10 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   open_weight_files();
 
   const ModelConfig& c = config_;
-  const int64_t d = c.hidden_size, d_kv = int64_t{c.num_kv_heads} * c.head_dim;
-  weights_.embed = matrix("model.embed_tokens.weight", c.vocab_size, d);
+  const int64_t d = c.hidden_size;
+  weights_.embed = matrix(std::string(hf::kEmbed), c.vocab_size, d);
   // The layer count is checked against the tensors present before per-layer tables are sized.
-  const std::string last_layer = cat("model.layers.", c.num_layers - 1, ".input_layernorm.weight");
+  const std::string last_layer = hf::layer_name(c.num_layers - 1, hf::kLayerTensors[0].leaf);
   if (!find(last_layer)) {
     fail(weight_source_, ": missing tensor ", last_layer, " (config.json says num_hidden_layers ",
          c.num_layers, ")");
@@ -101,27 +102,22 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   int fused_layers = 0;
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = weights_.layers[l];
-    const std::string p = cat("model.layers.", l, ".");
-    lw.input_norm = vector(p + "input_layernorm.weight", d);
-    lw.q_proj = matrix(p + "self_attn.q_proj.weight", d, d);
-    lw.k_proj = matrix(p + "self_attn.k_proj.weight", d_kv, d);
-    lw.v_proj = matrix(p + "self_attn.v_proj.weight", d_kv, d);
-    lw.o_proj = matrix(p + "self_attn.o_proj.weight", d, d);
-    lw.q_norm = vector(p + "self_attn.q_norm.weight", d);
-    lw.k_norm = vector(p + "self_attn.k_norm.weight", d_kv);
-    lw.post_norm = vector(p + "post_attention_layernorm.weight", d);
-    lw.router = matrix(p + "mlp.gate.weight", c.num_experts, d);
+    for (const hf::LayerTensor& t : hf::kLayerTensors) {
+      const std::string name = hf::layer_name(l, t.leaf);
+      lw.*t.field = t.vector ? vector(name, hf::size(t.rows, c))
+                             : matrix(name, hf::size(t.rows, c), hf::size(t.cols, c));
+    }
     load_experts(l, lw, &fused_layers);
   }
   layout_ = fused_layers == 0              ? ExpertLayout::PerExpert
             : fused_layers == c.num_layers ? ExpertLayout::Fused
                                            : ExpertLayout::Mixed;
-  weights_.final_norm = vector("model.norm.weight", d);
+  weights_.final_norm = vector(std::string(hf::kFinalNorm), d);
   if (c.tie_word_embeddings) {
     weights_.lm_head = weights_.embed;
-    if (find("lm_head.weight")) used_.insert("lm_head.weight");
+    if (find(std::string(hf::kLmHead))) used_.insert(std::string(hf::kLmHead));
   } else {
-    weights_.lm_head = matrix("lm_head.weight", c.vocab_size, d);
+    weights_.lm_head = matrix(std::string(hf::kLmHead), c.vocab_size, d);
   }
   check_unused();
 }
@@ -259,11 +255,12 @@ TensorView rows_of(const TensorView& whole, int64_t first, int64_t count, std::s
 void CheckpointImpl::load_experts(int layer, LayerWeights& lw, int* fused_layers) {
   const ModelConfig& c = config_;
   const int64_t n = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
-  const std::string p = cat("model.layers.", layer, ".mlp.experts.");
-  const std::string fused_gate_up = p + "gate_up_proj", fused_down = p + "down_proj";
+  const std::string p = hf::experts_prefix(layer);
+  const std::string fused_gate_up = cat(p, hf::kFusedGateUp), fused_down = cat(p, hf::kFusedDown);
   const bool has_fused = find(fused_gate_up) || find(fused_down);
-  const bool has_per_expert = find(p + "0.gate_proj.weight") || find(p + "0.up_proj.weight") ||
-                              find(p + "0.down_proj.weight");
+  bool has_per_expert = false;
+  for (const hf::ExpertTensor& t : hf::kExpertTensors)
+    has_per_expert |= find(hf::expert_name(layer, 0, t.leaf)) != nullptr;
   if (has_fused && has_per_expert) {
     fail(weight_source_, ": layer ", layer, " holds both fused (", fused_gate_up,
          ") and per-expert expert tensors; expected one layout");
@@ -285,10 +282,10 @@ void CheckpointImpl::load_experts(int layer, LayerWeights& lw, int* fused_layers
     return;
   }
   for (int64_t e = 0; e < n; ++e) {
-    const std::string q = cat(p, e, ".");
-    lw.experts[e].gate = matrix(q + "gate_proj.weight", f, d);
-    lw.experts[e].up = matrix(q + "up_proj.weight", f, d);
-    lw.experts[e].down = matrix(q + "down_proj.weight", d, f);
+    for (const hf::ExpertTensor& t : hf::kExpertTensors) {
+      lw.experts[e].*t.field =
+          matrix(hf::expert_name(layer, e, t.leaf), hf::size(t.rows, c), hf::size(t.cols, c));
+    }
   }
 }
 
@@ -308,12 +305,12 @@ void CheckpointImpl::check_unused() const {
   for (const auto& [name, located] : tensors_) {
     if (used_.count(name)) continue;
     const std::string where = cat(located.file->path().string(), ": tensor ", name);
-    long layer = index_after(name, "model.layers.");
+    long layer = index_after(name, std::string(hf::kLayersPrefix));
     if (layer >= config_.num_layers) {
       fail(where, " is beyond num_hidden_layers ", config_.num_layers, " of config.json");
     }
     if (layer >= 0) {
-      long expert = index_after(name, cat("model.layers.", layer, ".mlp.experts."));
+      long expert = index_after(name, hf::experts_prefix(static_cast<int>(layer)));
       if (expert >= config_.num_experts) {
         fail(where, " is beyond num_experts ", config_.num_experts, " of config.json");
       }

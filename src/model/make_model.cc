@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/tensor_names.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/json.h"
@@ -114,7 +115,6 @@ bool is_norm(const std::string& name) {
 std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dtype, bool fused) {
   const std::string dt = safetensors_dtype_name(dtype);
   const int64_t d = c.hidden_size, f = c.intermediate_size, v = c.vocab_size, n = c.num_experts;
-  const int64_t d_kv = int64_t{c.num_kv_heads} * c.head_dim;
   std::vector<PlannedTensor> out;
   auto simple = [&](std::string name, std::vector<int64_t> shape) {
     int64_t numel = 1;
@@ -122,41 +122,37 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dty
     PlannedTensor t{{name, dt, shape}, {{fnv1a64(name), numel, is_norm(name)}}};
     out.push_back(std::move(t));
   };
-  simple("model.embed_tokens.weight", {v, d});
+  simple(std::string(hf::kEmbed), {v, d});
   for (int l = 0; l < c.num_layers; ++l) {
-    const std::string p = cat("model.layers.", l, ".");
-    simple(p + "input_layernorm.weight", {d});
-    simple(p + "self_attn.q_proj.weight", {d, d});
-    simple(p + "self_attn.k_proj.weight", {d_kv, d});
-    simple(p + "self_attn.v_proj.weight", {d_kv, d});
-    simple(p + "self_attn.o_proj.weight", {d, d});
-    simple(p + "self_attn.q_norm.weight", {d});
-    simple(p + "self_attn.k_norm.weight", {d_kv});
-    simple(p + "post_attention_layernorm.weight", {d});
-    simple(p + "mlp.gate.weight", {n, d});
-    const std::string e = p + "mlp.experts.";
+    for (const hf::LayerTensor& t : hf::kLayerTensors) {
+      if (t.vector) {
+        simple(hf::layer_name(l, t.leaf), {hf::size(t.rows, c)});
+      } else {
+        simple(hf::layer_name(l, t.leaf), {hf::size(t.rows, c), hf::size(t.cols, c)});
+      }
+    }
+    const std::string e = hf::experts_prefix(l);
     if (fused) {
-      PlannedTensor gate_up{{e + "gate_up_proj", dt, {n, 2 * f, d}}, {}};
-      PlannedTensor down{{e + "down_proj", dt, {n, d, f}}, {}};
+      PlannedTensor gate_up{{cat(e, hf::kFusedGateUp), dt, {n, 2 * f, d}}, {}};
+      PlannedTensor down{{cat(e, hf::kFusedDown), dt, {n, d, f}}, {}};
+      // The fused tensors hold the values the per-expert layout would (same seeds per name).
       for (int64_t x = 0; x < n; ++x) {
-        const std::string q = cat(e, x, ".");
-        gate_up.segments.push_back({fnv1a64(q + "gate_proj.weight"), f * d, false});
-        gate_up.segments.push_back({fnv1a64(q + "up_proj.weight"), f * d, false});
-        down.segments.push_back({fnv1a64(q + "down_proj.weight"), d * f, false});
+        for (const hf::ExpertTensor& t : hf::kExpertTensors) {
+          PlannedTensor& into = t.field == &ExpertWeights::down ? down : gate_up;
+          into.segments.push_back({fnv1a64(hf::expert_name(l, x, t.leaf)), f * d, false});
+        }
       }
       out.push_back(std::move(gate_up));
       out.push_back(std::move(down));
     } else {
       for (int64_t x = 0; x < n; ++x) {
-        const std::string q = cat(e, x, ".");
-        simple(q + "gate_proj.weight", {f, d});
-        simple(q + "up_proj.weight", {f, d});
-        simple(q + "down_proj.weight", {d, f});
+        for (const hf::ExpertTensor& t : hf::kExpertTensors)
+          simple(hf::expert_name(l, x, t.leaf), {hf::size(t.rows, c), hf::size(t.cols, c)});
       }
     }
   }
-  simple("model.norm.weight", {d});
-  if (!c.tie_word_embeddings) simple("lm_head.weight", {v, d});
+  simple(std::string(hf::kFinalNorm), {d});
+  if (!c.tie_word_embeddings) simple(std::string(hf::kLmHead), {v, d});
   return out;
 }
 
