@@ -88,15 +88,8 @@ int hc_argmax(const float* sorted_p, int length, int num_experts) {
 std::vector<int32_t> hc_select_reference(const float* logits, int num_experts,
                                          const CalibrationGrid& grid, double alpha0, int min_k,
                                          int max_k) {
-  std::vector<float> p(static_cast<size_t>(num_experts));
-  for (int i = 0; i < num_experts; ++i) p[i] = calibrated_pvalue(grid, logits[i]);
-  std::vector<int32_t> order(static_cast<size_t>(num_experts));
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-    if (p[a] != p[b]) return p[a] < p[b];
-    if (logits[a] != logits[b]) return logits[a] > logits[b];
-    return a < b;
-  });
+  std::vector<float> p;
+  std::vector<int32_t> order = rank_by_pvalue(logits, num_experts, grid, p);
   const int length = hc_search_length(alpha0, num_experts);
   // HC by the formula, written out here rather than through hc_argmax.
   int best = 0;

@@ -113,13 +113,10 @@ std::vector<float> bh_logit_cutoffs(const CalibrationGrid& grid, const float* cr
   return cut;
 }
 
-std::vector<int32_t> bh_select_reference(const float* logits, int num_experts,
-                                         const CalibrationGrid& grid, double alpha, int min_k,
-                                         int max_k) {
-  std::vector<float> p(static_cast<size_t>(num_experts));
+std::vector<int32_t> rank_by_pvalue(const float* logits, int num_experts,
+                                    const CalibrationGrid& grid, std::vector<float>& p) {
+  p.resize(static_cast<size_t>(num_experts));
   for (int i = 0; i < num_experts; ++i) p[i] = calibrated_pvalue(grid, logits[i]);
-  std::vector<float> crit(static_cast<size_t>(num_experts));
-  bh_critical_values(alpha, num_experts, crit.data());
   std::vector<int32_t> order(static_cast<size_t>(num_experts));
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
@@ -127,6 +124,16 @@ std::vector<int32_t> bh_select_reference(const float* logits, int num_experts,
     if (logits[a] != logits[b]) return logits[a] > logits[b];
     return a < b;
   });
+  return order;
+}
+
+std::vector<int32_t> bh_select_reference(const float* logits, int num_experts,
+                                         const CalibrationGrid& grid, double alpha, int min_k,
+                                         int max_k) {
+  std::vector<float> p;
+  std::vector<int32_t> order = rank_by_pvalue(logits, num_experts, grid, p);
+  std::vector<float> crit(static_cast<size_t>(num_experts));
+  bh_critical_values(alpha, num_experts, crit.data());
   int kstar = 0;
   for (int k = 1; k <= num_experts; ++k) {
     if (p[order[k - 1]] <= crit[k - 1]) kstar = k;

@@ -22,6 +22,12 @@ void bh_critical_values(double alpha, int num_experts, float* crit);
 // The calibrated p-value of one logit: fl32(1 - F(logit)), F by float64 linear interpolation.
 float calibrated_pvalue(const CalibrationGrid& grid, float logit);
 
+// The references' ranking (BH and Higher Criticism): every expert's calibrated p-value into p
+// (resized to num_experts), and the experts ordered by p ascending, ties by the larger logit,
+// then the lower id.
+std::vector<int32_t> rank_by_pvalue(const float* logits, int num_experts,
+                                    const CalibrationGrid& grid, std::vector<float>& p);
+
 // k* = max{k : p_(k) <= crit[k-1]} (0 if none), in O(N) without sorting: expert i passes at every
 // k >= t_i = min{k : p_i <= crit[k-1]}, found from ceil(p_i N / alpha) and corrected against crit;
 // k* is the largest k with #{i : t_i <= k} >= k.

@@ -92,17 +92,7 @@ class TopKRouter final : public Router {
     float e[kMaxExperts];
     const float sum = detail::max_and_softmax(logits, n_, temperature_, &mx, &finite, &floor8, e);
     if (!finite) non_finite_error(logits, n_, layer);
-    if (spec_.k <= 8 && n_ >= 8) {
-      // At least 8 logits reach floor8, so the k largest are among those that do; rank only them.
-      int32_t candidates[kMaxExperts];
-      float candidate_logits[kMaxExperts + 16];
-      int32_t ordered[kMaxExperts];
-      const int m = detail::collect_at_least(logits, n_, floor8, candidates, candidate_logits);
-      detail::rank_order(candidate_logits, candidates, m, ordered);
-      std::memcpy(ids, ordered, sizeof(int32_t) * static_cast<size_t>(spec_.k));
-    } else {
-      detail::select_top(logits, nullptr, n_, spec_.k, ids);
-    }
+    top_ids(logits, n_, floor8, spec_.k, ids);
     write_weights(e, sum, ids, spec_.k, spec_.renorm, weights);
     return spec_.k;
   }
