@@ -76,33 +76,12 @@ uint16_t f32_to_f16(float v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ISA selection.
+// ISA selection: util/simd.h.
 
 namespace {
 
-Isa detect() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c");
-  if (!avx2) return Isa::Scalar;
-  bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (!avx512) return Isa::Avx2;
-  if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni")) {
-    return Isa::Avx512Bf16;
-  }
-  return Isa::Avx512;
-#else
-  return Isa::Scalar;
-#endif
-}
-
-const Isa kDetected = detect();
-std::atomic<Isa> g_active{kDetected};
-
 inline Isa isa() {
-  return g_active.load(std::memory_order_relaxed);
+  return simd_level();
 }
 
 void check_matrix(const Matrix& w, int64_t row_begin, int64_t row_end) {
@@ -111,35 +90,6 @@ void check_matrix(const Matrix& w, int64_t row_begin, int64_t row_end) {
 }
 
 }  // namespace
-
-Isa detected_isa() {
-  return kDetected;
-}
-Isa active_isa() {
-  return isa();
-}
-
-void set_active_isa(Isa level) {
-  if (static_cast<int>(level) > static_cast<int>(kDetected)) {
-    fail("kernel ISA ", isa_name(level),
-         " is not supported by this CPU (best: ", isa_name(kDetected), ")");
-  }
-  g_active.store(level);
-}
-
-const char* isa_name(Isa level) {
-  switch (level) {
-    case Isa::Scalar:
-      return "scalar";
-    case Isa::Avx2:
-      return "avx2";
-    case Isa::Avx512:
-      return "avx512";
-    case Isa::Avx512Bf16:
-      return "avx512bf16";
-  }
-  return "unknown";
-}
 
 // ---------------------------------------------------------------------------------------------
 // References and the scalar level.

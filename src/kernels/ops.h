@@ -9,15 +9,17 @@
 #include <cstdint>
 
 #include "kernels/matrix.h"
+#include "util/simd.h"
 
 namespace bhmoe::kernels {
 
-// Instruction sets with a kernel implementation; chosen once at start-up from the CPU.
-enum class Isa : uint8_t { Scalar, Avx2, Avx512, Avx512Bf16 };
-Isa detected_isa();            // the best this CPU supports
-Isa active_isa();              // what the kernels use now
-void set_active_isa(Isa isa);  // tests and benches; must be <= detected_isa()
-const char* isa_name(Isa isa);
+// The instruction-set level the kernels run at is bhmoe's one SIMD level (util/simd.h), shared with
+// routing/; these are its names in the kernels' vocabulary.
+using Isa = SimdLevel;
+inline Isa detected_isa() { return detected_simd_level(); }   // the best this CPU supports
+inline Isa active_isa() { return simd_level(); }              // what the kernels use now
+inline void set_active_isa(Isa isa) { set_simd_level(isa); }  // must be <= detected_isa()
+inline const char* isa_name(Isa isa) { return simd_level_name(isa); }
 
 // y[r - row_begin] = dot(W[r, :], x) for r in [row_begin, row_end).   x: [cols]
 void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_t row_end);

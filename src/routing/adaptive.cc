@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "routing/bh.h"
-#include "routing/kernels.h"
+#include "routing/router_ops.h"
 #include "routing/router.h"
 #include "util/error.h"
 

@@ -9,7 +9,7 @@
 #include "routing/adaptive.h"
 #include "routing/bh.h"
 #include "routing/calibration.h"
-#include "routing/kernels.h"
+#include "routing/router_ops.h"
 #include "routing/spec.h"
 #include "util/error.h"
 

@@ -18,6 +18,7 @@
 #include "routing/spec.h"
 #include "routing/test_support.h"
 #include "util/error.h"
+#include "util/simd.h"
 
 namespace bhmoe::routing {
 namespace {
@@ -562,6 +563,67 @@ TEST(TopP, ClampsToMinAndMax) {
   Decision d = route_one(*make_router("topp:p=0.7,min_k=3,renorm=true", n), peaked.data());
   EXPECT_EQ(d.ids, (std::vector<int32_t>{9, 0, 1}));
   expect_valid(d, peaked.data(), n, true);
+}
+
+}  // namespace
+}  // namespace bhmoe::routing
+
+namespace bhmoe::routing {
+namespace {
+
+// Every SIMD level this CPU has (util/simd.h) routes bit for bit alike: the eight-lane kernels run
+// at the baseline and AVX2 levels, the sixteen-lane ones at AVX-512, and the routing layer fixes the
+// rounding so they must agree exactly, single calls and batches, for every rule.
+TEST(RouterSimdLevels, EveryLevelRoutesBitForBitAlike) {
+  const SimdLevel best = detected_simd_level();
+  auto calibration = normal_calibration();
+  const int n = 64, tokens = 97;
+  std::vector<float> logits = normal_logits(int64_t{tokens} * n, 11);
+  // Ties and a spread of scales, so ranking ties and the small-count paths are exercised.
+  for (int i = 0; i < 8; ++i) logits[static_cast<size_t>(5 * n + i)] = 1.5f;
+  for (int i = 0; i < n; ++i) logits[static_cast<size_t>(9 * n + i)] *= 6.0f;
+  for (const char* spec :
+       {"topk:k=8", "topk:k=24", "bh:alpha=0.05,max_k=16", "bh:alpha=0.5,max_k=64,min_k=2",
+        "topp:p=0.7", "skip:beta=0.3", "threshold:tau=0.05", "hc:max_k=16",
+        "topk:k=8,renorm=true,temperature=2"}) {
+    SCOPED_TRACE(spec);
+    std::unique_ptr<Router> router = make_router(spec, n, calibration);
+    const int stride = router->max_count();
+    auto run = [&](std::vector<int32_t>& ids, std::vector<float>& weights,
+                   std::vector<int32_t>& counts) {
+      ids.assign(static_cast<size_t>(tokens) * stride, -1);
+      weights.assign(ids.size(), 0.0f);
+      counts.assign(tokens, 0);
+      router->route_batch(logits.data(), tokens, 0, ids.data(), weights.data(), counts.data());
+      // Single calls must equal the batch.
+      for (int t = 0; t < tokens; ++t) {
+        std::vector<int32_t> one_ids(stride);
+        std::vector<float> one_weights(stride);
+        const int count = router->route(logits.data() + int64_t{t} * n, 0, one_ids.data(),
+                                        one_weights.data());
+        ASSERT_EQ(count, counts[t]) << "token " << t;
+        for (int j = 0; j < count; ++j) {
+          ASSERT_EQ(one_ids[j], ids[static_cast<size_t>(t) * stride + j]);
+          ASSERT_EQ(one_weights[j], weights[static_cast<size_t>(t) * stride + j]);
+        }
+      }
+    };
+    set_simd_level(best);
+    std::vector<int32_t> want_ids, want_counts;
+    std::vector<float> want_weights;
+    run(want_ids, want_weights, want_counts);
+    for (int level = 0; level < static_cast<int>(best); ++level) {
+      SCOPED_TRACE(simd_level_name(static_cast<SimdLevel>(level)));
+      set_simd_level(static_cast<SimdLevel>(level));
+      std::vector<int32_t> ids, counts;
+      std::vector<float> weights;
+      run(ids, weights, counts);
+      EXPECT_EQ(counts, want_counts);
+      EXPECT_EQ(ids, want_ids);
+      EXPECT_EQ(weights, want_weights);  // bit for bit, not within a tolerance
+    }
+    set_simd_level(best);
+  }
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "routing/kernels.h"
+#include "routing/router_ops.h"
 
 #include <algorithm>
 #include <bit>
@@ -9,19 +9,20 @@
 
 #include "routing/router.h"
 
+#include "util/simd.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-// One AVX2 clone and one baseline clone of the eight-lane kernels, picked at load time, and
-// sixteen-lane kernels for AVX-512 (F, VL, BW, DQ) chosen per call by a flag set at load time (the
-// "avx512f" clone alone leaves GCC scalarising the integer mask code). The routing layer is
-// compiled with -ffp-contract=off so all variants round identically, and the sixteen-lane kernels
-// do the same lane-wise operations in the same order as the eight-lane ones.
-#define BHMOE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+// Each eight-lane kernel is compiled twice, for the baseline and for AVX2, and the sixteen-lane
+// kernels once for AVX-512 (F, VL, BW, DQ); every call picks by bhmoe's one SIMD level
+// (util/simd.h), so tests can run each variant on a wide CPU. The routing layer is compiled with
+// -ffp-contract=off so all variants round identically, and the sixteen-lane kernels do the same
+// lane-wise operations in the same order as the eight-lane ones.
+#define BHMOE_AVX2 __attribute__((target("avx2")))
 #define BHMOE_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq")))
-#define BHMOE_HAVE_AVX512 1
+#define BHMOE_HAVE_X86 1
 #else
-#define BHMOE_MULTIVERSION
-#define BHMOE_HAVE_AVX512 0
+#define BHMOE_HAVE_X86 0
 #endif
 
 namespace bhmoe::routing::detail {
@@ -302,7 +303,7 @@ __attribute__((always_inline)) inline void rank_order_impl(const float* candidat
   }
 }
 
-#if BHMOE_HAVE_AVX512
+#if BHMOE_HAVE_X86
 // Branch-free: compresses the passing lanes of each 16 logits (same output as collect_narrow).
 BHMOE_AVX512 static int collect_wide(const float* logits, int n, float cutoff, int32_t* out,
                                      float* out_logits) {
@@ -333,31 +334,34 @@ BHMOE_AVX512 static int collect_wide(const float* logits, int n, float cutoff, i
 }
 #endif
 
-BHMOE_MULTIVERSION
-float max_logit_narrow(const float* logits, int n, bool* finite, float* floor8) {
-  return max_logit_impl<false>(logits, n, finite, floor8);
-}
-BHMOE_MULTIVERSION
-float softmax_narrow(const float* logits, int n, float max, float temperature, float* e) {
-  return softmax_impl<false>(logits, n, max, temperature, e);
-}
-BHMOE_MULTIVERSION
-float max_softmax_narrow(const float* logits, int n, float temperature, float* max, bool* finite,
-                         float* floor8, float* e) {
-  *max = max_logit_impl<false>(logits, n, finite, floor8);
-  return *finite ? softmax_impl<false>(logits, n, *max, temperature, e) : 0.0f;
-}
-BHMOE_MULTIVERSION
-int step_up_narrow(const float* candidate_logits, int m, const float* cut) {
-  return step_up_impl<Floats, Ints>(candidate_logits, m, cut);
-}
-BHMOE_MULTIVERSION
-void rank_order_narrow(const float* candidate_logits, const int32_t* candidates, int m,
-                       int32_t* ordered) {
-  rank_order_impl<Floats, Ints>(candidate_logits, candidates, m, ordered);
-}
+// The eight-lane kernels, once per target: `narrow` for the baseline, `avx2` with AVX2 enabled.
+#define BHMOE_EIGHT_LANE_KERNELS(ATTRIBUTES, SUFFIX)                                             \
+  ATTRIBUTES float max_logit_##SUFFIX(const float* logits, int n, bool* finite, float* floor8) { \
+    return max_logit_impl<false>(logits, n, finite, floor8);                                     \
+  }                                                                                              \
+  ATTRIBUTES float softmax_##SUFFIX(const float* logits, int n, float max, float temperature,    \
+                                    float* e) {                                                  \
+    return softmax_impl<false>(logits, n, max, temperature, e);                                  \
+  }                                                                                              \
+  ATTRIBUTES float max_softmax_##SUFFIX(const float* logits, int n, float temperature,          \
+                                        float* max, bool* finite, float* floor8, float* e) {    \
+    *max = max_logit_impl<false>(logits, n, finite, floor8);                                     \
+    return *finite ? softmax_impl<false>(logits, n, *max, temperature, e) : 0.0f;                \
+  }                                                                                              \
+  ATTRIBUTES int step_up_##SUFFIX(const float* candidate_logits, int m, const float* cut) {      \
+    return step_up_impl<Floats, Ints>(candidate_logits, m, cut);                                 \
+  }                                                                                              \
+  ATTRIBUTES void rank_order_##SUFFIX(const float* candidate_logits, const int32_t* candidates,  \
+                                      int m, int32_t* ordered) {                                 \
+    rank_order_impl<Floats, Ints>(candidate_logits, candidates, m, ordered);                     \
+  }
 
-#if BHMOE_HAVE_AVX512
+BHMOE_EIGHT_LANE_KERNELS(, narrow)
+#if BHMOE_HAVE_X86
+BHMOE_EIGHT_LANE_KERNELS(BHMOE_AVX2, avx2)
+#endif
+
+#if BHMOE_HAVE_X86
 BHMOE_AVX512 float max_logit_wide(const float* logits, int n, bool* finite, float* floor8) {
   return max_logit_impl<true>(logits, n, finite, floor8);
 }
@@ -432,47 +436,56 @@ BHMOE_AVX512 void rank_order_wide(const float* candidate_logits, const int32_t* 
   }
 }
 
-bool cpu_has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-}
-const bool kUseAvx512 = cpu_has_avx512();
 #endif
 
 float max_logit(const float* logits, int n, bool* finite, float* floor8) {
-#if BHMOE_HAVE_AVX512
-  if (kUseAvx512) return max_logit_wide(logits, n, finite, floor8);
+#if BHMOE_HAVE_X86
+  const SimdLevel level = simd_level();
+  if (level >= SimdLevel::Avx512) return max_logit_wide(logits, n, finite, floor8);
+  if (level >= SimdLevel::Avx2) return max_logit_avx2(logits, n, finite, floor8);
 #endif
   return max_logit_narrow(logits, n, finite, floor8);
 }
 
 float softmax_numerators(const float* logits, int n, float max, float temperature, float* e) {
-#if BHMOE_HAVE_AVX512
-  if (kUseAvx512) return softmax_wide(logits, n, max, temperature, e);
+#if BHMOE_HAVE_X86
+  const SimdLevel level = simd_level();
+  if (level >= SimdLevel::Avx512) return softmax_wide(logits, n, max, temperature, e);
+  if (level >= SimdLevel::Avx2) return softmax_avx2(logits, n, max, temperature, e);
 #endif
   return softmax_narrow(logits, n, max, temperature, e);
 }
 
 float max_and_softmax(const float* logits, int n, float temperature, float* max, bool* finite,
                       float* floor8, float* e) {
-#if BHMOE_HAVE_AVX512
-  if (kUseAvx512) return max_softmax_wide(logits, n, temperature, max, finite, floor8, e);
+#if BHMOE_HAVE_X86
+  const SimdLevel level = simd_level();
+  if (level >= SimdLevel::Avx512)
+    return max_softmax_wide(logits, n, temperature, max, finite, floor8, e);
+  if (level >= SimdLevel::Avx2)
+    return max_softmax_avx2(logits, n, temperature, max, finite, floor8, e);
 #endif
   return max_softmax_narrow(logits, n, temperature, max, finite, floor8, e);
 }
 
 int step_up_count(const float* candidate_logits, int m, const float* cut) {
-#if BHMOE_HAVE_AVX512
-  if (kUseAvx512) return step_up_wide(candidate_logits, m, cut);
+#if BHMOE_HAVE_X86
+  const SimdLevel level = simd_level();
+  if (level >= SimdLevel::Avx512) return step_up_wide(candidate_logits, m, cut);
+  if (level >= SimdLevel::Avx2) return step_up_avx2(candidate_logits, m, cut);
 #endif
   return step_up_narrow(candidate_logits, m, cut);
 }
 
 void rank_order(const float* candidate_logits, const int32_t* candidates, int m, int32_t* ordered) {
-#if BHMOE_HAVE_AVX512
-  if (kUseAvx512) {
+#if BHMOE_HAVE_X86
+  const SimdLevel level = simd_level();
+  if (level >= SimdLevel::Avx512) {
     rank_order_wide(candidate_logits, candidates, m, ordered);
+    return;
+  }
+  if (level >= SimdLevel::Avx2) {
+    rank_order_avx2(candidate_logits, candidates, m, ordered);
     return;
   }
 #endif
@@ -480,8 +493,8 @@ void rank_order(const float* candidate_logits, const int32_t* candidates, int m,
 }
 
 int collect_at_least(const float* logits, int n, float cutoff, int32_t* out, float* out_logits) {
-#if BHMOE_HAVE_AVX512
-  if (kUseAvx512) return collect_wide(logits, n, cutoff, out, out_logits);
+#if BHMOE_HAVE_X86
+  if (simd_level() >= SimdLevel::Avx512) return collect_wide(logits, n, cutoff, out, out_logits);
 #endif
   return collect_narrow(logits, n, cutoff, out, out_logits);
 }

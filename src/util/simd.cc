@@ -1,0 +1,60 @@
+#include "util/simd.h"
+
+#include <atomic>
+
+#include "util/error.h"
+
+namespace bhmoe {
+namespace {
+
+SimdLevel detect() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (!avx2) return SimdLevel::Scalar;
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (!avx512) return SimdLevel::Avx2;
+  if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni")) {
+    return SimdLevel::Avx512Bf16;
+  }
+  return SimdLevel::Avx512;
+#else
+  return SimdLevel::Scalar;
+#endif
+}
+
+const SimdLevel kDetected = detect();
+
+}  // namespace
+
+std::atomic<SimdLevel> detail::g_simd_level{kDetected};
+
+SimdLevel detected_simd_level() {
+  return kDetected;
+}
+
+void set_simd_level(SimdLevel level) {
+  if (static_cast<int>(level) > static_cast<int>(kDetected)) {
+    fail("SIMD level ", simd_level_name(level), " is not supported by this CPU (best: ",
+         simd_level_name(kDetected), ")");
+  }
+  detail::g_simd_level.store(level);
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::Scalar:
+      return "scalar";
+    case SimdLevel::Avx2:
+      return "avx2";
+    case SimdLevel::Avx512:
+      return "avx512";
+    case SimdLevel::Avx512Bf16:
+      return "avx512bf16";
+  }
+  return "?";
+}
+
+}  // namespace bhmoe
