@@ -488,6 +488,131 @@ ResultRow row_for(const GridItem& item, const PreparedRouter& config,
   return row;
 }
 
+// What every row of a run records beside its measurements.
+struct RunContext {
+  json model_id;
+  ResolvedCalibration calibration;
+  json settings;  // run_settings
+  json run_info;  // host, settings hash, threads, grid, shard, warm-up
+};
+
+bool experiment_uses_calibration(const Experiment& experiment) {
+  for (const auto* list : {&experiment.routers, &experiment.score_routers}) {
+    for (const RouterEntry& r : *list) {
+      if (routing::parse_router_spec(r.spec).uses_calibration()) return true;
+    }
+  }
+  return false;
+}
+
+// What resume and merge check rows against: the experiment's definition, the model and the
+// calibration.
+std::string run_settings_hash(const Experiment& experiment, const RunContext& context) {
+  const json& calibration = context.calibration.identity;
+  return fnv1a_hex(experiment_definition(experiment).dump() + "|" +
+                   context.model_id.value("fingerprint", "") + "|" +
+                   (calibration.is_object() ? calibration.value("fingerprint", "")
+                                            : std::string("none")));
+}
+
+// The run's first lines: what runs on what, the warm-up, the calibration, clamped configs.
+void announce(Progress& progress, const Experiment& experiment, const RunContext& context,
+              const model::ModelConfig& mc, int threads, const RunOptions& o,
+              const RunSummary& summary, size_t to_run, const std::string& warmup_message) {
+  const json& id = context.model_id;
+  progress.message(cat("bhmoe run: experiment '", experiment.name, "' (", experiment.source,
+                       "), model ", id.value("name", ""), " (", id.value("params_text", ""),
+                       " params, ", mc.num_layers, " layers, ", mc.num_experts, " experts, top-",
+                       mc.num_experts_per_tok, "), ", threads, " threads; grid ", summary.grid,
+                       ", shard ", o.shard_index, "/", o.shard_count, ": ", summary.in_shard,
+                       " experiments, ", summary.already, " already done, ", to_run, " to run"));
+  if (!warmup_message.empty()) progress.message(warmup_message);
+  const json& calibration = context.calibration.identity;
+  if (calibration.is_object()) {
+    progress.message(cat("calibration: ", calibration.value("source", ""), ": ",
+                         calibration.value("path", "")));
+  }
+  for (const std::string& name : summary.clamped) {
+    progress.message(cat("note: config '", name, "' asks for more experts than the model's ",
+                         mc.num_experts, ": clamped to ", mc.num_experts,
+                         " (recorded in the rows)"));
+  }
+}
+
+// This shard's grid items not finished yet, prompt-major (and text-major): every config of a prompt
+// runs back to back, so the prompt's native pass (Runner::native_prompt) is computed once per
+// prompt, not once per row. Rows are appended in this order; the CSVs and the report sort them by
+// grid index. Counts the shard's items and those already done into `summary`.
+std::vector<const GridItem*> shard_todo(const std::vector<GridItem>& grid,
+                                        const std::set<std::string>& done, const RunOptions& o,
+                                        RunSummary& summary) {
+  std::vector<const GridItem*> todo;
+  for (const GridItem& item : grid) {
+    if (item.index % o.shard_count != o.shard_index) continue;
+    ++summary.in_shard;
+    if (done.count(item.key)) {
+      ++summary.already;
+    } else {
+      todo.push_back(&item);
+    }
+  }
+  std::stable_sort(todo.begin(), todo.end(), [](const GridItem* a, const GridItem* b) {
+    if (a->generate != b->generate) return a->generate;
+    return a->item < b->item;
+  });
+  return todo;
+}
+
+// The untimed warm-up (Runner::warm_up) on the first prompt, or the start of the first text;
+// recorded in the rows' run object (warmup_tokens: 0 when none ran) so the report can say whether
+// the first config's timings are cold. Returns the line for the log.
+std::string warm_up(Runner& runner, const Experiment& experiment, const model::Model& model,
+                    json& run_info) {
+  run_info["warmup_tokens"] = 0;
+  auto start = Clock::now();
+  try {
+    std::vector<int32_t> ids;
+    if (!experiment.prompts.empty()) {
+      ids = model.tokenizer().encode(experiment.prompts.front().text);
+    } else if (!experiment.texts.empty()) {
+      // The text's first KiB holds far more than kWarmUpTokens tokens.
+      ids = model.tokenizer().encode(read_file(experiment.texts.front().path).substr(0, 1024));
+    }
+    const int64_t tokens = runner.warm_up(std::move(ids));
+    run_info["warmup_tokens"] = tokens;
+    return cat("warm-up: an untimed prefill of ", tokens, " tokens and one decode step with all ",
+               model.config().num_experts, " experts selected, ", seconds_since(start),
+               " s (not part of any row's timings)");
+  } catch (const Error& e) {
+    return cat("warm-up skipped (", e.what(), "): the first config's timings run cold");
+  }
+}
+
+// Runs one grid item into its row; a failure is recorded in the row (status "error"), not thrown.
+ResultRow run_item(Runner& runner, const GridItem& item, const PreparedRouter& config,
+                   const Experiment& experiment, const RunContext& context, RunSummary& summary) {
+  ResultRow row = row_for(item, config, experiment);
+  row.model = context.model_id;
+  row.calibration = config.router->uses_calibration() ? context.calibration.identity : json(nullptr);
+  row.settings = context.settings;
+  row.run = context.run_info;
+  auto start = Clock::now();
+  try {
+    if (item.generate) {
+      runner.generate(config, experiment.prompts[item.item], row);
+    } else {
+      runner.score(config, experiment.texts[item.item], row);
+    }
+  } catch (const std::exception& e) {
+    row.status = "error";
+    row.error = e.what();
+    ++summary.failed;
+  }
+  row.wall_time_sec = seconds_since(start);
+  row.timestamp = utc_now();
+  return row;
+}
+
 }  // namespace
 
 void parse_shard(const std::string& text, int& index, int& count) {
@@ -532,127 +657,44 @@ RunSummary run_experiments(const RunOptions& o) {
   auto pool = std::make_unique<kernels::ThreadPool>(threads);
   auto model = model::Model::load(o.model_dir, {.weights = o.weights});
   const model::ModelConfig& mc = model->config();
-  json model_id = model_identity(*model);
   Progress progress(o.progress, o.quiet, o.out_dir / "run.log");
 
-  bool needs_calibration = false;
-  for (const auto* list : {&experiment.routers, &experiment.score_routers}) {
-    for (const RouterEntry& r : *list)
-      needs_calibration |= routing::parse_router_spec(r.spec).uses_calibration();
-  }
-  ResolvedCalibration calibration;
-  if (needs_calibration)
-    calibration = resolve_calibration(o, experiment, model, pool.get(), model_id);
+  RunContext context;
+  context.model_id = model_identity(*model);
+  if (experiment_uses_calibration(experiment))
+    context.calibration = resolve_calibration(o, experiment, model, pool.get(), context.model_id);
   RunSummary summary;
   const std::vector<PreparedRouter> routers = prepare_routers(
-      experiment.routers, mc, calibration, experiment.source, summary.clamped);
+      experiment.routers, mc, context.calibration, experiment.source, summary.clamped);
   const std::vector<PreparedRouter> score_routers = prepare_routers(
-      experiment.score_routers, mc, calibration, experiment.source, summary.clamped);
+      experiment.score_routers, mc, context.calibration, experiment.source, summary.clamped);
 
-  const std::string settings_hash =
-      fnv1a_hex(experiment_definition(experiment).dump() + "|" +
-                model_id.value("fingerprint", "") + "|" +
-                (calibration.identity.is_object() ? calibration.identity.value("fingerprint", "")
-                                                  : std::string("none")));
+  const std::string settings_hash = run_settings_hash(experiment, context);
   const std::vector<GridItem> grid = expand_grid(experiment);
   summary.grid = static_cast<int64_t>(grid.size());
-  const std::set<std::string> done =
-      finished_keys(existing, results_path, experiment.name, settings_hash, progress);
-  std::vector<const GridItem*> todo;
-  for (const GridItem& item : grid) {
-    if (item.index % o.shard_count != o.shard_index) continue;
-    ++summary.in_shard;
-    if (done.count(item.key)) {
-      ++summary.already;
-    } else {
-      todo.push_back(&item);
-    }
-  }
-
-  // Prompt-major (and text-major): every config of a prompt runs back to back, so the prompt's
-  // native pass (Runner::native_prompt) is computed once per prompt, not once per row. Rows are
-  // appended in this order; the CSVs and the report sort them by grid index.
-  std::stable_sort(todo.begin(), todo.end(), [](const GridItem* a, const GridItem* b) {
-    if (a->generate != b->generate) return a->generate;
-    return a->item < b->item;
-  });
+  const std::vector<const GridItem*> todo = shard_todo(
+      grid, finished_keys(existing, results_path, experiment.name, settings_hash, progress), o,
+      summary);
 
   Runner runner(model, pool.get(), experiment, session_tokens(experiment, *model));
-  const json settings = run_settings(experiment, mc);
-  json run_info = host_identity();
-  run_info.update({{"settings_hash", settings_hash},
-                   {"threads", threads},
-                   {"grid_size", summary.grid},
-                   {"shard", cat(o.shard_index, "/", o.shard_count)}});
-
-  // The untimed warm-up (Runner::warm_up) on the first prompt, or the start of the first text;
-  // recorded in the rows' run object (warmup_tokens: 0 when none ran) so the report can say whether
-  // the first config's timings are cold.
-  run_info["warmup_tokens"] = 0;
-  std::string warmup_message;
-  if (!todo.empty() && o.limit != 0) {
-    auto warm_start = Clock::now();
-    try {
-      std::vector<int32_t> ids;
-      if (!experiment.prompts.empty()) {
-        ids = model->tokenizer().encode(experiment.prompts.front().text);
-      } else if (!experiment.texts.empty()) {
-        // The text's first KiB holds far more than kWarmUpTokens tokens.
-        ids = model->tokenizer().encode(read_file(experiment.texts.front().path).substr(0, 1024));
-      }
-      const int64_t tokens = runner.warm_up(std::move(ids));
-      run_info["warmup_tokens"] = tokens;
-      warmup_message = cat("warm-up: an untimed prefill of ", tokens,
-                           " tokens and one decode step with all ", mc.num_experts,
-                           " experts selected, ", seconds_since(warm_start),
-                           " s (not part of any row's timings)");
-    } catch (const Error& e) {
-      warmup_message = cat("warm-up skipped (", e.what(), "): the first config's timings run cold");
-    }
-  }
+  context.settings = run_settings(experiment, mc);
+  context.run_info = host_identity();
+  context.run_info.update({{"settings_hash", settings_hash},
+                           {"threads", threads},
+                           {"grid_size", summary.grid},
+                           {"shard", cat(o.shard_index, "/", o.shard_count)}});
+  context.run_info["warmup_tokens"] = 0;
+  const std::string warmup_message = !todo.empty() && o.limit != 0
+                                         ? warm_up(runner, experiment, *model, context.run_info)
+                                         : std::string();
 
   progress.start(static_cast<int64_t>(todo.size()));
-  progress.message(cat("bhmoe run: experiment '", experiment.name, "' (", experiment.source,
-                       "), model ", model_id.value("name", ""), " (",
-                       model_id.value("params_text", ""), " params, ", mc.num_layers, " layers, ",
-                       mc.num_experts, " experts, top-", mc.num_experts_per_tok, "), ", threads,
-                       " threads; grid ", summary.grid, ", shard ", o.shard_index, "/",
-                       o.shard_count, ": ", summary.in_shard, " experiments, ", summary.already,
-                       " already done, ", todo.size(), " to run"));
-  if (!warmup_message.empty()) progress.message(warmup_message);
-  if (calibration.identity.is_object()) {
-    progress.message(cat("calibration: ", calibration.identity.value("source", ""), ": ",
-                         calibration.identity.value("path", "")));
-  }
-  for (const std::string& name : summary.clamped) {
-    progress.message(cat("note: config '", name, "' asks for more experts than the model's ",
-                         mc.num_experts, ": clamped to ", mc.num_experts,
-                         " (recorded in the rows)"));
-  }
-
+  announce(progress, experiment, context, mc, threads, o, summary, todo.size(), warmup_message);
   for (const GridItem* item : todo) {
     if (o.limit >= 0 && summary.ran >= o.limit) break;
     const PreparedRouter& config =
         item->generate ? routers[item->router] : score_routers[item->router];
-    ResultRow row = row_for(*item, config, experiment);
-    row.model = model_id;
-    row.calibration = config.router->uses_calibration() ? calibration.identity : json(nullptr);
-    row.settings = settings;
-    row.run = run_info;
-    auto start = Clock::now();
-    try {
-      if (item->generate) {
-        runner.generate(config, experiment.prompts[item->item], row);
-      } else {
-        runner.score(config, experiment.texts[item->item], row);
-      }
-    } catch (const std::exception& e) {
-      row.status = "error";
-      row.error = e.what();
-      ++summary.failed;
-    }
-    row.wall_time_sec = seconds_since(start);
-    row.timestamp = utc_now();
+    ResultRow row = run_item(runner, *item, config, experiment, context, summary);
     // A weight file changed while the row ran: the row may mix two files' weights, so it is not
     // written and the run stops (rows written so far are intact and a rerun resumes).
     model->require_weight_files_unchanged();
