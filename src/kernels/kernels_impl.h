@@ -37,6 +37,9 @@ float dot_f32(const float* a, const float* b, int64_t n);
 float max_f32(const float* x, int64_t n);
 float exp_shift_sum(float* x, float shift, int64_t n);
 void scale_f32(float* x, float s, int64_t n);
+// Columns [k0, k1) (block-aligned) of row r of a block-type matrix to fp32, bit-identical to
+// dequantize_row. Also used by the AVX-512 levels' block-type matmuls.
+void dequantize_range(const Matrix& w, int64_t r, int64_t k0, int64_t k1, float* out);
 }  // namespace avx2
 
 namespace avx512 {
@@ -67,7 +70,10 @@ void scale_f32(float* x, float s, int64_t n);
 bool quantize_q8(const Matrix& src, int8_t* values, float* scales);
 }  // namespace avx512
 
-// Element loads in fp32 (scalar), shared by the references and the scalar tails.
+// Element loads in fp32 (scalar), shared by the references and the scalar tails. Block types
+// decode the one value (block_value), equal to dequantize_row's.
 float load_weight(const Matrix& w, int64_t row, int64_t col);
+// Value i of one block of a block type, decoded on its own.
+float block_value(DType dtype, const uint8_t* block, int64_t i);
 
 }  // namespace bhmoe::kernels::detail

@@ -38,6 +38,7 @@ struct OwnedMatrix {
   std::vector<uint16_t> half;
   std::vector<int8_t> q8;
   std::vector<float> scales;
+  std::vector<uint8_t> blocks;  // block types
   Matrix view;
 };
 
@@ -70,6 +71,17 @@ inline OwnedMatrix random_matrix(DType dtype, int64_t rows, int64_t cols, std::m
       m.scales.resize(static_cast<size_t>(rows * cols / kQ8Block));
       quantize_q8(src, m.q8.data(), m.scales.data());
       m.view = q8_matrix(m.q8.data(), m.scales.data(), rows, cols);
+      break;
+    }
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_K:
+    case DType::Q6_K: {
+      m.f32 = values;
+      Matrix src{m.f32.data(), DType::F32, rows, cols, nullptr};
+      m.blocks.resize(static_cast<size_t>(rows) * row_bytes(dtype, cols));
+      quantize_rows(src, dtype, m.blocks.data());
+      m.view = block_matrix(m.blocks.data(), dtype, rows, cols);
       break;
     }
   }

@@ -1,13 +1,16 @@
 // Dispatch, element conversions, scalar references and the scalar (portable) kernel level.
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "kernels/kernels_impl.h"
+#include "kernels/quant.h"
 #include "util/error.h"
 
 namespace bhmoe::kernels {
@@ -87,6 +90,7 @@ inline Isa isa() {
 void check_matrix(const Matrix& w, int64_t row_begin, int64_t row_end) {
   assert(!w.empty() && row_begin >= 0 && row_begin <= row_end && row_end <= w.rows);
   assert(w.dtype != DType::Q8 || (w.scales != nullptr && w.cols % kQ8Block == 0));
+  assert(w.cols % block_values(w.dtype) == 0);
 }
 
 }  // namespace
@@ -95,6 +99,12 @@ void check_matrix(const Matrix& w, int64_t row_begin, int64_t row_end) {
 // References and the scalar level.
 
 float detail::load_weight(const Matrix& w, int64_t row, int64_t col) {
+  if (is_block_dtype(w.dtype)) {
+    const int64_t values = block_values(w.dtype);
+    const auto* block = static_cast<const uint8_t*>(w.data) + row * row_bytes(w.dtype, w.cols) +
+                        col / values * block_bytes(w.dtype);
+    return block_value(w.dtype, block, col % values);
+  }
   int64_t i = row * w.cols + col;
   switch (w.dtype) {
     case DType::F32:
@@ -106,6 +116,8 @@ float detail::load_weight(const Matrix& w, int64_t row, int64_t col) {
     case DType::Q8:
       return static_cast<float>(static_cast<const int8_t*>(w.data)[i]) *
              w.scales[row * (w.cols / kQ8Block) + col / kQ8Block];
+    default:
+      break;
   }
   return 0.0f;
 }
@@ -118,11 +130,13 @@ void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin, int64_
 
 void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
             int64_t y_stride, int64_t row_begin, int64_t row_end) {
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    for (int64_t r = row_begin; r < row_end; ++r) {
+  std::vector<float> weights(static_cast<size_t>(w.cols));
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    dequantize_row(w, r, weights.data());
+    for (int64_t t = 0; t < num_tokens; ++t) {
       double sum = 0.0;
       for (int64_t c = 0; c < w.cols; ++c) {
-        sum += static_cast<double>(detail::load_weight(w, r, c)) * x[t * x_stride + c];
+        sum += static_cast<double>(weights[c]) * x[t * x_stride + c];
       }
       y[t * y_stride + (r - row_begin)] = static_cast<float>(sum);
     }
@@ -133,8 +147,40 @@ void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_token
 
 namespace detail::scalar {
 
+namespace {
+// Block types: each block dequantised once (into 1 KiB on the stack) for up to kTokenChunk tokens,
+// fp32 products and accumulation.
+void matmul_blocks(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
+                   int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  constexpr int64_t kTokenChunk = 16;
+  const int64_t values = block_values(w.dtype);
+  const size_t bytes = block_bytes(w.dtype);
+  float block[256];
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const auto* row = static_cast<const uint8_t*>(w.data) + r * row_bytes(w.dtype, w.cols);
+    for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenChunk) {
+      const int64_t chunk = std::min(kTokenChunk, num_tokens - t0);
+      float sums[kTokenChunk] = {};
+      for (int64_t b = 0; b < w.cols / values; ++b) {
+        dequantize_block(w.dtype, row + b * bytes, block);
+        for (int64_t t = 0; t < chunk; ++t) {
+          const float* xt = x + (t0 + t) * x_stride + b * values;
+          float sum = sums[t];
+          for (int64_t i = 0; i < values; ++i) sum += block[i] * xt[i];
+          sums[t] = sum;
+        }
+      }
+      for (int64_t t = 0; t < chunk; ++t) y[(t0 + t) * y_stride + (r - row_begin)] = sums[t];
+    }
+  }
+}
+}  // namespace
+
 void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
             int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  if (is_block_dtype(w.dtype)) {
+    return matmul_blocks(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+  }
   for (int64_t r = row_begin; r < row_end; ++r) {
     for (int64_t t = 0; t < num_tokens; ++t) {
       const float* xt = x + t * x_stride;
@@ -264,11 +310,26 @@ void rmsnorm(const float* x, const Matrix& weight, int64_t n, float eps, float* 
   assert(weight.cols >= n);
   float sum = [&] { BHMOE_DISPATCH(sum_squares, x, n); }();
   float scale = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+  if (is_block_dtype(weight.dtype)) {
+    // Norm weights are small: dequantise block by block (scalar) and scale in fp32.
+    const int64_t values = block_values(weight.dtype);
+    float block[256];
+    for (int64_t b = 0; b * values < n; ++b) {
+      dequantize_block(weight.dtype,
+                       static_cast<const uint8_t*>(weight.data) + b * block_bytes(weight.dtype),
+                       block);
+      for (int64_t i = b * values; i < std::min(n, (b + 1) * values); ++i) {
+        out[i] = x[i] * scale * block[i - b * values];
+      }
+    }
+    return;
+  }
   BHMOE_DISPATCH(scale_by_weight, x, scale, weight, n, out);
 }
 
 void embedding_row(const Matrix& w, int64_t row, float* out) {
   assert(row >= 0 && row < w.rows);
+  if (is_block_dtype(w.dtype)) return dequantize_row(w, row, out);
   if (w.dtype == DType::F32) {
     std::memcpy(out, static_cast<const float*>(w.data) + row * w.cols, w.cols * sizeof(float));
     return;
@@ -355,6 +416,17 @@ void convert_to_bf16(const Matrix& src, uint16_t* out) {
     }
     case DType::Q8:
       break;
+    case DType::Q8_0:
+    case DType::Q4_0:
+    case DType::Q4_K:
+    case DType::Q6_K: {
+      std::vector<float> row(static_cast<size_t>(src.cols));
+      for (int64_t r = 0; r < src.rows; ++r) {
+        dequantize_row(src, r, row.data());
+        for (int64_t c = 0; c < src.cols; ++c) out[r * src.cols + c] = f32_to_bf16(row[c]);
+      }
+      return;
+    }
   }
   fail("convert_to_bf16: the source matrix is Q8 (convert from the stored weights instead)");
 }

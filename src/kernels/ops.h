@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/matrix.h"
+#include "kernels/quant.h"
 #include "util/simd.h"
 
 namespace bhmoe::kernels {
@@ -64,6 +65,22 @@ float dot_f32(const float* a, const float* b, int64_t n);
 //   >= 2 tokens on Avx512Bf16 dequantises row groups to bf16 (w * scale rounded, 2^-9 relative)
 //   and uses vdpbf16ps with bf16 activations (|error| <= 2^-7 * sum_i |w_i x_i|). Other levels,
 //   and matmul_exact, dequantise to fp32 exactly and keep fp32 activations.
+// - GGUF block types (Q8_0, Q4_0, Q4_K, Q6_K; layouts in quant.h). Weights dequantise exactly to
+//   the fp32 values of dequantize_row (every level reproduces them bit for bit).
+//   matvec on Isa::Avx2, Isa::Avx512 and Isa::Avx512Bf16 quantises x per 32 columns to int8
+//   (symmetric absmax, round to nearest: x' = round(x * 127 / absmax) * absmax / 127) and takes
+//   integer dot products of the weights as stored (vpmaddubsw + vpmaddwd on Avx2 and Avx512,
+//   vpdpbusd on Avx512Bf16), scaled and accumulated in fp32: the result is dot(w, x') up to fp32
+//   rounding, so |error| <= sum_i |w_i| * absmax(x in i's 32-column block) / 254 plus the F32
+//   rounding term. Weights stream at 1.06 (Q8_0), 0.56 (Q4_0, Q4_K) or 0.82 (Q6_K) bytes per value,
+//   so this keeps decode memory-bound. matmul with one token on Avx512Bf16 does the same.
+//   matmul with >= 2 tokens on Avx512Bf16 dequantises row groups to bf16 (2^-9 relative) and rounds
+//   the activations to bf16 (vdpbf16ps): |error| <= 2^-7 * sum_i |w_i x_i|, as for Q8. Every other
+//   matmul (Scalar, Avx2, Avx512; matmul_exact everywhere) and the Scalar matvec use exact fp32
+//   weights and fp32 activations, with the F32 rounding term only. The SIMD matmuls dequantise
+//   row groups 2048 columns at a time into stack buffers (<= 32 KiB; no allocation, no limit on
+//   cols); the matvecs quantise x 4096 columns at a time on the stack. Only the bf16 activations
+//   of the Avx512Bf16 matmul use the grow-once thread-local scratch the BF16 path uses.
 void matmul_exact(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens, float* y,
                   int64_t y_stride, int64_t row_begin, int64_t row_end);
 

@@ -6,9 +6,11 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/kernels_impl.h"
+#include "kernels/quant.h"
 
 #define BHMOE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -46,9 +48,10 @@ BHMOE_AVX2 inline __m256 load8(const void* row, const float* row_scales, int64_t
 
 // Y[t, r - row_begin] for R rows from r0 and T tokens from x: each weight vector loaded once is
 // used for T tokens (register blocking R x T). Columns past the last multiple of 8 run scalar.
+// With accumulate, adds the sums to y instead of storing them.
 template <DType D, int R, int T>
 BHMOE_AVX2 void tile(const Matrix& w, int64_t r0, const float* x, int64_t x_stride, float* y,
-                     int64_t y_stride) {
+                     int64_t y_stride, bool accumulate = false) {
   const int64_t cols = w.cols;
   const int64_t vec_end = cols & ~int64_t{kLanes - 1};
   const size_t esize = dtype_size(D);
@@ -74,7 +77,7 @@ BHMOE_AVX2 void tile(const Matrix& w, int64_t r0, const float* x, int64_t x_stri
       float sum = hsum(acc[i][t]);
       for (int64_t c = vec_end; c < cols; ++c)
         sum += load_weight(w, r0 + i, c) * x[t * x_stride + c];
-      y[t * y_stride + i] = sum;
+      y[t * y_stride + i] = accumulate ? y[t * y_stride + i] + sum : sum;
     }
   }
 }
@@ -84,12 +87,14 @@ constexpr int kTokens = 2;
 
 template <DType D, int R>
 BHMOE_AVX2 void row_group(const Matrix& w, int64_t r0, const float* x, int64_t x_stride,
-                          int64_t num_tokens, float* y, int64_t y_stride) {
+                          int64_t num_tokens, float* y, int64_t y_stride, bool accumulate = false) {
   int64_t t = 0;
   for (; t + kTokens <= num_tokens; t += kTokens) {
-    tile<D, R, kTokens>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+    tile<D, R, kTokens>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride, accumulate);
   }
-  if (t < num_tokens) tile<D, R, 1>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+  if (t < num_tokens) {
+    tile<D, R, 1>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride, accumulate);
+  }
 }
 
 template <DType D>
@@ -101,6 +106,133 @@ BHMOE_AVX2 void matmul_typed(const Matrix& w, const float* x, int64_t x_stride, 
   }
   for (; r < row_end; ++r) {
     row_group<D, 1>(w, r, x, x_stride, num_tokens, y + (r - row_begin), y_stride);
+  }
+}
+
+// ---- GGUF block types ------------------------------------------------------------------------
+
+BHMOE_AVX2 inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  // vpmaddubsw adds pairs into int16 (saturating; no pair here exceeds 2 * 128 * 127 < 2^15).
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+#define BHMOE_QUANT_TARGET BHMOE_AVX2
+#include "kernels/quant_simd_impl.h"
+#undef BHMOE_QUANT_TARGET
+
+// out[i] = q[i] * s - sub for 32 int8 values q, s = s_first for the first 16 and s_last for the
+// rest; one rounding (fmsub), so Q4_K's d * sc * q - dmin * m matches the scalar reference bits.
+BHMOE_AVX2 inline void store_scaled32(float* out, __m256i q, float s_first, float s_last,
+                                      float sub) {
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  const __m256 vs_first = _mm256_set1_ps(s_first), vs_last = _mm256_set1_ps(s_last);
+  const __m256 vsub = _mm256_set1_ps(sub);
+  _mm256_storeu_ps(out,
+                   _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), vs_first, vsub));
+  _mm256_storeu_ps(out + 8,
+                   _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
+                                   vs_first, vsub));
+  _mm256_storeu_ps(out + 16,
+                   _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), vs_last, vsub));
+  _mm256_storeu_ps(out + 24,
+                   _mm256_fmsub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
+                                   vs_last, vsub));
+}
+
+// `blocks` blocks of one row from `row`, dequantised to fp32 (bit-identical to dequantize_row).
+template <DType D>
+BHMOE_AVX2 void dequantize_blocks(const uint8_t* row, int64_t blocks, float* out) {
+  if constexpr (D == DType::Q8_0) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = row + 34 * b;
+      const float d = f16_value(blk + q8_0::kD);
+      store_scaled32(out + 32 * b,
+                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q8_0::kQs)), d, d,
+                     0.0f);
+    }
+  } else if constexpr (D == DType::Q4_0) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = row + 18 * b;
+      const float d = f16_value(blk + q4_0::kD);
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + q4_0::kQs));
+      const __m256i q = _mm256_sub_epi8(low_nibbles(_mm256_set_m128i(_mm_srli_epi16(v, 4), v)),
+                                        _mm256_set1_epi8(8));
+      store_scaled32(out + 32 * b, q, d, d, 0.0f);
+    }
+  } else if constexpr (D == DType::Q4_K) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = row + 144 * b;
+      const float d = f16_value(blk + q4_k::kD), dmin = f16_value(blk + q4_k::kDmin);
+      for (int c = 0; c < 4; ++c) {
+        int sc_lo, m_lo, sc_hi, m_hi;
+        q4k_scale_min(blk + q4_k::kScales, 2 * c, &sc_lo, &m_lo);
+        q4k_scale_min(blk + q4_k::kScales, 2 * c + 1, &sc_hi, &m_hi);
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q4_k::kQs + 32 * c));
+        const float s_lo = d * static_cast<float>(sc_lo), s_hi = d * static_cast<float>(sc_hi);
+        store_scaled32(out + 256 * b + 64 * c, low_nibbles(v), s_lo, s_lo,
+                       dmin * static_cast<float>(m_lo));
+        store_scaled32(out + 256 * b + 64 * c + 32, high_nibbles(v), s_hi, s_hi,
+                       dmin * static_cast<float>(m_hi));
+      }
+    }
+  } else {
+    static_assert(D == DType::Q6_K);
+    const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
+    const __m256i offset = _mm256_set1_epi8(32);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = row + 210 * b;
+      const float d = f16_value(blk + q6_k::kD);
+      const auto* scales = reinterpret_cast<const int8_t*>(blk + q6_k::kScales);
+      for (int n = 0; n < 2; ++n) {
+        const auto* ql = reinterpret_cast<const __m256i*>(blk + q6_k::kQl + 64 * n);
+        const __m256i a = _mm256_loadu_si256(ql), c = _mm256_loadu_si256(ql + 1);
+        const __m256i h =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q6_k::kQh + 32 * n));
+        __m256i q[4];
+        q[0] = _mm256_or_si256(low_nibbles(a), _mm256_slli_epi16(_mm256_and_si256(h, low2), 4));
+        q[1] = _mm256_or_si256(low_nibbles(c), _mm256_and_si256(_mm256_slli_epi16(h, 2), bits45));
+        q[2] = _mm256_or_si256(high_nibbles(a), _mm256_and_si256(h, bits45));
+        q[3] = _mm256_or_si256(high_nibbles(c), _mm256_and_si256(_mm256_srli_epi16(h, 2), bits45));
+        for (int k = 0; k < 4; ++k) {
+          store_scaled32(out + 256 * b + 128 * n + 32 * k, _mm256_sub_epi8(q[k], offset),
+                         d * static_cast<float>(scales[8 * n + 2 * k]),
+                         d * static_cast<float>(scales[8 * n + 2 * k + 1]), 0.0f);
+        }
+      }
+    }
+  }
+}
+
+// Block-type matmul: each group of rows is dequantised exactly to fp32, kBlockPanel columns at a
+// time, into a stack buffer (32 KiB) that the fp32 tiles then use for every token.
+constexpr int64_t kBlockPanel = 2048;
+
+template <DType D>
+BHMOE_AVX2 void matmul_blocks(const Matrix& w, const float* x, int64_t x_stride, int64_t num_tokens,
+                              float* y, int64_t y_stride, int64_t row_begin, int64_t row_end) {
+  alignas(32) float panel[kRows * kBlockPanel];
+  const int64_t values = block_values(D);
+  const int64_t stride = static_cast<int64_t>(row_bytes(D, w.cols));
+  const int64_t bytes = static_cast<int64_t>(block_bytes(D));
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t r = row_begin; r < row_end;) {
+    const int64_t group = row_end - r >= kRows ? kRows : 1;
+    for (int64_t k0 = 0; k0 < w.cols; k0 += kBlockPanel) {
+      const int64_t width = std::min(w.cols - k0, kBlockPanel);
+      for (int64_t i = 0; i < group; ++i) {
+        dequantize_blocks<D>(base + (r + i) * stride + k0 / values * bytes, width / values,
+                             panel + i * width);
+      }
+      const Matrix block{panel, DType::F32, group, width, nullptr};
+      float* yr = y + (r - row_begin);
+      if (group == kRows) {
+        row_group<DType::F32, kRows>(block, 0, x + k0, x_stride, num_tokens, yr, y_stride, k0 > 0);
+      } else {
+        row_group<DType::F32, 1>(block, 0, x + k0, x_stride, num_tokens, yr, y_stride, k0 > 0);
+      }
+    }
+    r += group;
   }
 }
 
@@ -141,12 +273,44 @@ BHMOE_AVX2 void matmul(const Matrix& w, const float* x, int64_t x_stride, int64_
       return matmul_typed<DType::BF16>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
     case DType::Q8:
       return matmul_typed<DType::Q8>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+    case DType::Q8_0:
+      return matmul_blocks<DType::Q8_0>(w, x, x_stride, num_tokens, y, y_stride, row_begin,
+                                        row_end);
+    case DType::Q4_0:
+      return matmul_blocks<DType::Q4_0>(w, x, x_stride, num_tokens, y, y_stride, row_begin,
+                                        row_end);
+    case DType::Q4_K:
+      return matmul_blocks<DType::Q4_K>(w, x, x_stride, num_tokens, y, y_stride, row_begin,
+                                        row_end);
+    case DType::Q6_K:
+      return matmul_blocks<DType::Q6_K>(w, x, x_stride, num_tokens, y, y_stride, row_begin,
+                                        row_end);
   }
 }
 
 BHMOE_AVX2 void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin,
                        int64_t row_end) {
+  if (is_block_dtype(w.dtype)) return quant_matvec(w, x, y, row_begin, row_end);
   matmul(w, x, w.cols, 1, y, row_end - row_begin, row_begin, row_end);
+}
+
+BHMOE_AVX2 void dequantize_range(const Matrix& w, int64_t r, int64_t k0, int64_t k1, float* out) {
+  const int64_t values = block_values(w.dtype);
+  const auto* row = static_cast<const uint8_t*>(w.data) + r * row_bytes(w.dtype, w.cols) +
+                    k0 / values * block_bytes(w.dtype);
+  const int64_t blocks = (k1 - k0) / values;
+  switch (w.dtype) {
+    case DType::Q8_0:
+      return dequantize_blocks<DType::Q8_0>(row, blocks, out);
+    case DType::Q4_0:
+      return dequantize_blocks<DType::Q4_0>(row, blocks, out);
+    case DType::Q4_K:
+      return dequantize_blocks<DType::Q4_K>(row, blocks, out);
+    case DType::Q6_K:
+      return dequantize_blocks<DType::Q6_K>(row, blocks, out);
+    default:
+      return;
+  }
 }
 
 BHMOE_AVX2 float sum_squares(const float* x, int64_t n) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/kernels_impl.h"
+#include "kernels/quant.h"
 
 #define BHMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define BHMOE_AVX512BF16                                                          \
@@ -134,9 +135,10 @@ BHMOE_AVX512 inline RowPointers row_pointers(const Matrix& w, int64_t r) {
 
 // Y[t, i] = dot(W[r0 + i], X[t]) for i < R, t < T: each weight vector loaded (and converted) once
 // is used for T tokens.
+// With accumulate, adds the sums to y instead of storing them.
 template <DType D, int R, int T>
 BHMOE_AVX512 void tile_f32(const Matrix& w, int64_t r0, const float* x, int64_t x_stride, float* y,
-                           int64_t y_stride) {
+                           int64_t y_stride, bool accumulate = false) {
   const int64_t cols = w.cols;
   const int64_t vec_end = cols & ~int64_t{kLanes - 1};
   RowPointers rows[R];
@@ -161,7 +163,7 @@ BHMOE_AVX512 void tile_f32(const Matrix& w, int64_t r0, const float* x, int64_t 
       for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
     }
   }
-  store_sums<R, T>(acc, y, y_stride);
+  store_sums<R, T>(acc, y, y_stride, accumulate);
 }
 
 constexpr int kRows = 4;
@@ -169,24 +171,26 @@ constexpr int kTokens = 6;
 
 template <DType D, int R>
 BHMOE_AVX512 void row_group_f32(const Matrix& w, int64_t r0, const float* x, int64_t x_stride,
-                                int64_t num_tokens, float* y, int64_t y_stride) {
+                                int64_t num_tokens, float* y, int64_t y_stride,
+                                bool accumulate = false) {
   int64_t t = 0;
   for (; t + kTokens <= num_tokens; t += kTokens) {
-    tile_f32<D, R, kTokens>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+    tile_f32<D, R, kTokens>(w, r0, x + t * x_stride, x_stride, y + t * y_stride, y_stride,
+                            accumulate);
   }
   const float* xt = x + t * x_stride;
   float* yt = y + t * y_stride;
   switch (num_tokens - t) {
     case 1:
-      return tile_f32<D, R, 1>(w, r0, xt, x_stride, yt, y_stride);
+      return tile_f32<D, R, 1>(w, r0, xt, x_stride, yt, y_stride, accumulate);
     case 2:
-      return tile_f32<D, R, 2>(w, r0, xt, x_stride, yt, y_stride);
+      return tile_f32<D, R, 2>(w, r0, xt, x_stride, yt, y_stride, accumulate);
     case 3:
-      return tile_f32<D, R, 3>(w, r0, xt, x_stride, yt, y_stride);
+      return tile_f32<D, R, 3>(w, r0, xt, x_stride, yt, y_stride, accumulate);
     case 4:
-      return tile_f32<D, R, 4>(w, r0, xt, x_stride, yt, y_stride);
+      return tile_f32<D, R, 4>(w, r0, xt, x_stride, yt, y_stride, accumulate);
     case 5:
-      return tile_f32<D, R, 5>(w, r0, xt, x_stride, yt, y_stride);
+      return tile_f32<D, R, 5>(w, r0, xt, x_stride, yt, y_stride, accumulate);
     default:
       return;
   }
@@ -270,6 +274,39 @@ BHMOE_AVX512 void matvec_exact(const Matrix& w, const float* x, float* y, int64_
       return matvec_typed<DType::BF16>(w, x, y, row_begin, row_end);
     case DType::Q8:
       return matvec_typed<DType::Q8>(w, x, y, row_begin, row_end);
+    default:
+      return;  // block types never come here (matvec and matmul route them)
+  }
+}
+
+// ---- GGUF block types ------------------------------------------------------------------------
+
+// Block-type matmuls dequantise each group of rows, kBlockPanel columns at a time, into stack
+// buffers (exactly to fp32 with avx2::dequantize_range, then to bf16 for vdpbf16ps) that the tiles
+// then use for every token.
+constexpr int64_t kBlockPanel = 2048;
+
+BHMOE_AVX512 void matmul_blocks_f32(const Matrix& w, const float* x, int64_t x_stride,
+                                    int64_t num_tokens, float* y, int64_t y_stride,
+                                    int64_t row_begin, int64_t row_end) {
+  alignas(64) float panel[kRows * kBlockPanel];  // 32 KiB
+  for (int64_t r = row_begin; r < row_end;) {
+    const int64_t group = row_end - r >= kRows ? kRows : 1;
+    for (int64_t k0 = 0; k0 < w.cols; k0 += kBlockPanel) {
+      const int64_t width = std::min(w.cols - k0, kBlockPanel);
+      for (int64_t i = 0; i < group; ++i) {
+        avx2::dequantize_range(w, r + i, k0, k0 + width, panel + i * width);
+      }
+      const Matrix block{panel, DType::F32, group, width, nullptr};
+      float* yr = y + (r - row_begin);
+      if (group == kRows) {
+        row_group_f32<DType::F32, kRows>(block, 0, x + k0, x_stride, num_tokens, yr, y_stride,
+                                         k0 > 0);
+      } else {
+        row_group_f32<DType::F32, 1>(block, 0, x + k0, x_stride, num_tokens, yr, y_stride, k0 > 0);
+      }
+    }
+    r += group;
   }
 }
 
@@ -285,6 +322,8 @@ BHMOE_AVX512 void matmul_exact(const Matrix& w, const float* x, int64_t x_stride
       return matmul_f32<DType::BF16>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
     case DType::Q8:
       return matmul_f32<DType::Q8>(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+    default:
+      return matmul_blocks_f32(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
   }
 }
 
@@ -373,11 +412,13 @@ BHMOE_AVX512BF16 void tile_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
   store_sums<R, T>(acc, y, y_stride, accumulate);
 }
 
+// Adds to y for columns after the first (k0 > 0) or with accumulate.
 template <int R>
 BHMOE_AVX512BF16 void row_group_bf16(const Matrix& w, int64_t r0, const uint16_t* xb,
                                      int64_t padded, int64_t num_tokens, float* y, int64_t y_stride,
-                                     int64_t k0, int64_t k1, const PrefetchRows& next = {}) {
-  const bool acc = k0 > 0;
+                                     int64_t k0, int64_t k1, const PrefetchRows& next = {},
+                                     bool accumulate = false) {
+  const bool acc = k0 > 0 || accumulate;
   int64_t t = 0;
   for (; t + kTokens <= num_tokens; t += kTokens) {
     tile_bf16<R, kTokens>(w, r0, xb + t * padded, padded, y + t * y_stride, y_stride, k0, k1, acc,
@@ -479,6 +520,53 @@ BHMOE_AVX512BF16 void matmul_q8_bf16(const Matrix& w, const float* x, int64_t x_
     }
   }
 }
+
+// Block types over several tokens, activations rounded to bf16: as matmul_q8_bf16, with the rows
+// dequantised exactly to fp32 and rounded to bf16 (RNE, relative error <= 2^-9) in a stack panel.
+BHMOE_AVX512BF16 void matmul_blocks_bf16(const Matrix& w, const float* x, int64_t x_stride,
+                                         int64_t num_tokens, float* y, int64_t y_stride,
+                                         int64_t row_begin, int64_t row_end) {
+  const int64_t padded = (w.cols + kBf16Step - 1) / kBf16Step * kBf16Step;  // == cols
+  const uint16_t* xb = activations_to_bf16(x, x_stride, num_tokens, w.cols, padded);
+  alignas(64) float row_f32[kBlockPanel];           // 8 KiB
+  alignas(64) uint16_t panel[kRows * kBlockPanel];  // 16 KiB
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenChunk) {
+    const int64_t chunk = std::min(kTokenChunk, num_tokens - t0);
+    const uint16_t* xc = xb + t0 * padded;
+    float* yc = y + t0 * y_stride;
+    for (int64_t r = row_begin; r < row_end;) {
+      const int64_t group = row_end - r >= kRows ? kRows : 1;
+      for (int64_t k0 = 0; k0 < w.cols; k0 += kBlockPanel) {
+        const int64_t width = std::min(w.cols - k0, kBlockPanel);
+        for (int64_t i = 0; i < group; ++i) {
+          avx2::dequantize_range(w, r + i, k0, k0 + width, row_f32);
+          for (int64_t k = 0; k < width; k += kLanes) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(panel + i * width + k),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(row_f32 + k)));
+          }
+        }
+        const Matrix block{panel, DType::BF16, group, width, nullptr};
+        float* yr = yc + (r - row_begin);
+        if (group == kRows) {
+          row_group_bf16<kRows>(block, 0, xc + k0, padded, chunk, yr, y_stride, 0, width, {},
+                                k0 > 0);
+        } else {
+          row_group_bf16<1>(block, 0, xc + k0, padded, chunk, yr, y_stride, 0, width, {}, k0 > 0);
+        }
+      }
+      r += group;
+    }
+  }
+}
+
+// Block-type matvec with vpdpbusd on ymm registers (quant_simd_impl.h).
+BHMOE_AVX512BF16 inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+
+#define BHMOE_QUANT_TARGET BHMOE_AVX512BF16
+#include "kernels/quant_simd_impl.h"
+#undef BHMOE_QUANT_TARGET
 
 // ---- Q8 matvec with vpdpbusd (activations quantised per block) -------------------------------
 
@@ -601,6 +689,11 @@ BHMOE_AVX512 inline __m512 exp16(__m512 x) {
 BHMOE_AVX512 void matvec(const Matrix& w, const float* x, float* y, int64_t row_begin,
                          int64_t row_end, bool bf16) {
   if (bf16 && w.dtype == DType::Q8) return matvec_q8_vnni(w, x, y, row_begin, row_end);
+  if (is_block_dtype(w.dtype)) {
+    // Without VNNI the 256-bit vpmaddubsw kernel of the Avx2 level is the integer path.
+    if (bf16) return quant_matvec(w, x, y, row_begin, row_end);
+    return avx2::matvec(w, x, y, row_begin, row_end);
+  }
   matvec_exact(w, x, y, row_begin, row_end);
 }
 
@@ -612,6 +705,12 @@ BHMOE_AVX512 void matmul(const Matrix& w, const float* x, int64_t x_stride, int6
     if (bf16 && w.dtype == DType::Q8 && activations == Activations::RoundToBf16) {
       return matvec_q8_vnni(w, x, y, row_begin, row_end);
     }
+    if (bf16 && is_block_dtype(w.dtype) && activations == Activations::RoundToBf16) {
+      return quant_matvec(w, x, y, row_begin, row_end);
+    }
+    if (is_block_dtype(w.dtype)) {
+      return matmul_blocks_f32(w, x, x_stride, 1, y, y_stride, row_begin, row_end);
+    }
     return matvec_exact(w, x, y, row_begin, row_end);
   }
   if (bf16 && activations == Activations::RoundToBf16 && w.dtype == DType::BF16) {
@@ -619,6 +718,9 @@ BHMOE_AVX512 void matmul(const Matrix& w, const float* x, int64_t x_stride, int6
   }
   if (bf16 && activations == Activations::RoundToBf16 && w.dtype == DType::Q8) {
     return matmul_q8_bf16(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
+  }
+  if (bf16 && activations == Activations::RoundToBf16 && is_block_dtype(w.dtype)) {
+    return matmul_blocks_bf16(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
   }
   matmul_exact(w, x, x_stride, num_tokens, y, y_stride, row_begin, row_end);
 }
@@ -663,6 +765,8 @@ BHMOE_AVX512 void scale_by_weight(const float* x, float scale, const Matrix& wei
       return scale_by_weight_typed<DType::BF16>(x, scale, weight, n, out);
     case DType::Q8:
       return scale_by_weight_typed<DType::Q8>(x, scale, weight, n, out);
+    default:
+      return;  // block types: rmsnorm dequantises them itself
   }
 }
 
@@ -770,7 +874,7 @@ BHMOE_AVX512 bool quantize_q8(const Matrix& src, int8_t* values, float* scales) 
       return quantize_q8_typed<DType::F16>(src, values, scales);
     case DType::BF16:
       return quantize_q8_typed<DType::BF16>(src, values, scales);
-    case DType::Q8:
+    default:
       break;
   }
   return false;
