@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/kernels_impl.h"
@@ -568,6 +569,123 @@ BHMOE_AVX512BF16 inline __m256i dot_u8s8(__m256i u, __m256i s) {
 #include "kernels/quant_simd_impl.h"
 #undef BHMOE_QUANT_TARGET
 
+// Q4_K and Q6_K on zmm registers: the 256-bit kernel spends most of its time on per-sub-block
+// scalar work (scale unpacking, broadcasts); these take 64 values per vpdpbusd and build each
+// vector of lane scales with one permute. Same arithmetic as the 256-bit kernel (ops.h contract).
+
+// Lane l of a 16-lane vector taken from lane first + l / per.
+BHMOE_AVX512BF16 inline __m512i lane_index(int first, int per) {
+  alignas(64) int32_t idx[16];
+  for (int l = 0; l < 16; ++l) idx[l] = first + l / per;
+  return _mm512_load_si512(idx);
+}
+
+BHMOE_AVX512BF16 float q4k_row_dot_zmm(const uint8_t* row, int64_t blocks, const int8_t* xq,
+                                       const float* xscale, const float* xsum) {
+  const __m512i nibble = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
+  // Chunk c of 64 values: lanes 0-7 sub-block 2c, lanes 8-15 sub-block 2c + 1.
+  const __m512i chunk_scale[4] = {lane_index(0, 8), lane_index(2, 8), lane_index(4, 8),
+                                  lane_index(6, 8)};
+  __m512 acc = _mm512_setzero_ps();
+  __m256 min_acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = row + 144 * b;
+    uint64_t sc, m;
+    q4k_unpack(blk + q4_k::kScales, &sc, &m);
+    const __m256 dx = _mm256_loadu_ps(xscale + 8 * b);
+    // d * sc_j * dx_j per sub-block; dmin * m_j * (dx_j * sum q(x)_j) for the mins.
+    const __m512 scale = _mm512_castps256_ps512(
+        _mm256_mul_ps(bytes_to_f32(sc), _mm256_mul_ps(_mm256_set1_ps(f16_value(blk)), dx)));
+    min_acc = _mm256_fmadd_ps(_mm256_mul_ps(bytes_to_f32(m), _mm256_set1_ps(f16_value(blk + 2))),
+                              _mm256_loadu_ps(xsum + 8 * b), min_acc);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q4_k::kQs + 32 * c));
+      const __m512i q = _mm512_and_si512(
+          _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), nibble);
+      const __m512i dot = _mm512_dpbusd_epi32(zero, q, _mm512_loadu_si512(xq + 256 * b + 64 * c));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(chunk_scale[c], scale),
+                            acc);
+    }
+  }
+  return _mm512_reduce_add_ps(acc) - hsum8(min_acc);
+}
+
+// minus32: per 4 columns, -32 * the sum of their q(x) (Q6_K's offset, applied in int32).
+BHMOE_AVX512BF16 float q6k_row_dot_zmm(const uint8_t* row, int64_t blocks, const int8_t* xq,
+                                       const float* xscale, const int32_t* minus32) {
+  const __m512i nibble = _mm512_set1_epi8(0x0f), two_bits = _mm512_set1_epi8(0x03);
+  // ql bytes 0-31 take qh bits 0-1 (low nibbles) or 4-5 (high), bytes 32-63 bits 2-3 or 6-7.
+  const __m512i shift_low = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+  const __m512i shift_high = _mm512_setr_epi64(4, 4, 4, 4, 6, 6, 6, 6);
+  const __m512i group_of_32 = lane_index(0, 2);  // scale group g uses x block g / 2
+  // 64 values j (0..3) of the block: lanes 4i..4i+3 are group 4j + i.
+  const __m512i quarter_scale[4] = {lane_index(0, 4), lane_index(4, 4), lane_index(8, 4),
+                                    lane_index(12, 4)};
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = row + 210 * b;
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + q6_k::kScales))));
+    const __m512 dx =
+        _mm512_permutexvar_ps(group_of_32, _mm512_castps256_ps512(_mm256_loadu_ps(xscale + 8 * b)));
+    const __m512 scale =
+        _mm512_mul_ps(_mm512_mul_ps(sc, _mm512_set1_ps(f16_value(blk + q6_k::kD))), dx);
+    for (int n = 0; n < 2; ++n) {
+      const __m512i a = _mm512_loadu_si512(blk + q6_k::kQl + 64 * n);
+      const __m512i h = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q6_k::kQh + 32 * n)));
+      const __m512i q[2] = {
+          _mm512_or_si512(
+              _mm512_and_si512(a, nibble),
+              _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, shift_low), two_bits), 4)),
+          _mm512_or_si512(
+              _mm512_and_si512(_mm512_srli_epi16(a, 4), nibble),
+              _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(h, shift_high), two_bits), 4))};
+      for (int k = 0; k < 2; ++k) {
+        const int64_t col = 256 * b + 128 * n + 64 * k;
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_loadu_si512(minus32 + col / 4), q[k],
+                                                _mm512_loadu_si512(xq + col));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                              _mm512_permutexvar_ps(quarter_scale[2 * n + k], scale), acc);
+      }
+    }
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+BHMOE_AVX512BF16 void quant_matvec_vnni(const Matrix& w, const float* x, float* y,
+                                        int64_t row_begin, int64_t row_end) {
+  if (w.dtype != DType::Q4_K && w.dtype != DType::Q6_K) {
+    return quant_matvec(w, x, y, row_begin, row_end);
+  }
+  alignas(64) int8_t xq[kQuantXPanel];
+  alignas(64) int32_t minus32[kQuantXPanel / 4];
+  float xscale[kQuantXPanel / 32], xsum[kQuantXPanel / 32];
+  const int64_t stride = static_cast<int64_t>(row_bytes(w.dtype, w.cols));
+  const int64_t bytes = static_cast<int64_t>(block_bytes(w.dtype));
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t k0 = 0; k0 < w.cols; k0 += kQuantXPanel) {
+    const int64_t k1 = std::min(w.cols, k0 + kQuantXPanel);
+    quantize_x32(x + k0, k1 - k0, xq, xscale, xsum);
+    if (w.dtype == DType::Q6_K) {
+      const __m512i thirty_two = _mm512_set1_epi8(32);
+      for (int64_t k = 0; k < k1 - k0; k += 64) {
+        const __m512i sum =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), thirty_two, _mm512_loadu_si512(xq + k));
+        _mm512_storeu_si512(minus32 + k / 4, _mm512_sub_epi32(_mm512_setzero_si512(), sum));
+      }
+    }
+    const int64_t first_block = k0 / 256, blocks = (k1 - k0) / 256;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const uint8_t* row = base + r * stride + first_block * bytes;
+      const float dot = w.dtype == DType::Q4_K ? q4k_row_dot_zmm(row, blocks, xq, xscale, xsum)
+                                               : q6k_row_dot_zmm(row, blocks, xq, xscale, minus32);
+      y[r - row_begin] = k0 == 0 ? dot : y[r - row_begin] + dot;
+    }
+  }
+}
+
 // ---- Q8 matvec with vpdpbusd (activations quantised per block) -------------------------------
 
 thread_local std::vector<uint8_t> t_xq_abs;   // |q(x)| per element, zero padded to 64
@@ -691,7 +809,7 @@ BHMOE_AVX512 void matvec(const Matrix& w, const float* x, float* y, int64_t row_
   if (bf16 && w.dtype == DType::Q8) return matvec_q8_vnni(w, x, y, row_begin, row_end);
   if (is_block_dtype(w.dtype)) {
     // Without VNNI the 256-bit vpmaddubsw kernel of the Avx2 level is the integer path.
-    if (bf16) return quant_matvec(w, x, y, row_begin, row_end);
+    if (bf16) return quant_matvec_vnni(w, x, y, row_begin, row_end);
     return avx2::matvec(w, x, y, row_begin, row_end);
   }
   matvec_exact(w, x, y, row_begin, row_end);
@@ -706,7 +824,7 @@ BHMOE_AVX512 void matmul(const Matrix& w, const float* x, int64_t x_stride, int6
       return matvec_q8_vnni(w, x, y, row_begin, row_end);
     }
     if (bf16 && is_block_dtype(w.dtype) && activations == Activations::RoundToBf16) {
-      return quant_matvec(w, x, y, row_begin, row_end);
+      return quant_matvec_vnni(w, x, y, row_begin, row_end);
     }
     if (is_block_dtype(w.dtype)) {
       return matmul_blocks_f32(w, x, x_stride, 1, y, y_stride, row_begin, row_end);

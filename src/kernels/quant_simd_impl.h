@@ -13,7 +13,8 @@
 // absmax, round to nearest); each weight block is unpacked in registers to int8 (Q8_0, Q4_0 - 8,
 // Q6_K - 32: signed, multiplied through |w| and sign(w) * x) or uint8 (Q4_K nibbles, whose mins are
 // applied through the per-block sums of quantised x); the int32 dot of every 32 (Q6_K: 16) columns
-// is scaled in fp32 by weight scale * x scale and accumulated in fp32.
+// is scaled in fp32 by weight scale * x scale and accumulated in fp32. (On Avx512Bf16, Q4_K and
+// Q6_K use zmm versions of the same arithmetic in ops_avx512.cc; the others use these.)
 
 // Columns of x quantised at once (a multiple of 256): a matrix with more columns is processed in
 // panels, adding each panel's dot to y. 4 KiB of int8 on the stack.
@@ -28,6 +29,25 @@ BHMOE_QUANT_TARGET inline float hsum8(__m256 v) {
 
 BHMOE_QUANT_TARGET inline float f16_value(const uint8_t* p) {
   return _cvtsh_ss(load_u16(p));
+}
+
+// A Q4_K block's 12 packed bytes as the 8 six-bit scales and the 8 mins, one per byte (sub-block j
+// in byte j), with 32-bit word operations equivalent to q4k_scale_min.
+BHMOE_QUANT_TARGET inline void q4k_unpack(const uint8_t* packed, uint64_t* scales, uint64_t* mins) {
+  uint32_t w0, w1, w2;
+  std::memcpy(&w0, packed, 4);
+  std::memcpy(&w1, packed + 4, 4);
+  std::memcpy(&w2, packed + 8, 4);
+  const uint32_t sc_lo = w0 & 0x3f3f3f3fu, m_lo = w1 & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);
+  const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
+  *scales = sc_lo | (static_cast<uint64_t>(sc_hi) << 32);
+  *mins = m_lo | (static_cast<uint64_t>(m_hi) << 32);
+}
+
+// Eight bytes as eight floats.
+BHMOE_QUANT_TARGET inline __m256 bytes_to_f32(uint64_t bytes) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(bytes))));
 }
 
 // x[0, n) (n a multiple of 32) as int8 q, with per 32 columns the scale absmax / 127 (q * scale ~=
@@ -108,41 +128,54 @@ BHMOE_QUANT_TARGET inline float row_dot_blocks(const uint8_t* row, int64_t block
     }
     return hsum8(acc);
   } else if constexpr (D == DType::Q4_K) {
-    float mins = 0.0f;
+    __m256 min_acc = _mm256_setzero_ps();
+    alignas(32) float scale[8];
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* blk = row + 144 * b;
-      const float d = f16_value(blk + q4_k::kD), dmin = f16_value(blk + q4_k::kDmin);
+      uint64_t sc, m;
+      q4k_unpack(blk + q4_k::kScales, &sc, &m);
+      // d * sc_j * dx_j per sub-block; the mins: dmin * m_j * (dx_j * sum of q(x) over j).
+      const __m256 dx = _mm256_loadu_ps(xscale + 8 * b);
+      _mm256_store_ps(scale, _mm256_mul_ps(bytes_to_f32(sc),
+                                           _mm256_mul_ps(_mm256_set1_ps(f16_value(blk)), dx)));
+      min_acc = _mm256_fmadd_ps(_mm256_mul_ps(bytes_to_f32(m), _mm256_set1_ps(f16_value(blk + 2))),
+                                _mm256_loadu_ps(xsum + 8 * b), min_acc);
       const int8_t* xb = xq + 256 * b;
-      const float* xs = xscale + 8 * b;
-      float block_mins = 0.0f;
       for (int c = 0; c < 4; ++c) {
-        int sc_lo, m_lo, sc_hi, m_hi;
-        q4k_scale_min(blk + q4_k::kScales, 2 * c, &sc_lo, &m_lo);
-        q4k_scale_min(blk + q4_k::kScales, 2 * c + 1, &sc_hi, &m_hi);
         const __m256i v =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q4_k::kQs + 32 * c));
         const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 64 * c));
         const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 64 * c + 32));
-        const __m256i dot_lo = dot_u8s8(low_nibbles(v), x_lo);
-        const __m256i dot_hi = dot_u8s8(high_nibbles(v), x_hi);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_lo),
-                              _mm256_set1_ps(d * static_cast<float>(sc_lo) * xs[2 * c]), acc);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_hi),
-                              _mm256_set1_ps(d * static_cast<float>(sc_hi) * xs[2 * c + 1]), acc);
-        block_mins += static_cast<float>(m_lo) * xsum[8 * b + 2 * c] +
-                      static_cast<float>(m_hi) * xsum[8 * b + 2 * c + 1];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(low_nibbles(v), x_lo)),
+                              _mm256_broadcast_ss(scale + 2 * c), acc);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(high_nibbles(v), x_hi)),
+                              _mm256_broadcast_ss(scale + 2 * c + 1), acc);
       }
-      mins += dmin * block_mins;
     }
-    return hsum8(acc) - mins;
+    return hsum8(acc) - hsum8(min_acc);
   } else {
     static_assert(D == DType::Q6_K);
     const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
     const __m256i offset = _mm256_set1_epi8(32);
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* blk = row + 210 * b;
-      const float d = f16_value(blk + q6_k::kD);
-      const auto* scales = reinterpret_cast<const int8_t*>(blk + q6_k::kScales);
+      // d * sc_g * dx_(g / 2) for the 16 groups of 16.
+      alignas(32) float scale[16];
+      const __m256 d = _mm256_set1_ps(f16_value(blk + q6_k::kD));
+      const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + q6_k::kScales));
+      const __m256i pairs = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+      const __m256 dx_lo =
+          _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(xscale + 8 * b)), pairs);
+      const __m256 dx_hi =
+          _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(xscale + 8 * b + 4)), pairs);
+      _mm256_store_ps(
+          scale,
+          _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d), dx_lo));
+      _mm256_store_ps(
+          scale + 8,
+          _mm256_mul_ps(
+              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d),
+              dx_hi));
       for (int n = 0; n < 2; ++n) {
         const auto* ql = reinterpret_cast<const __m256i*>(blk + q6_k::kQl + 64 * n);
         const __m256i a = _mm256_loadu_si256(ql), c = _mm256_loadu_si256(ql + 1);
@@ -158,11 +191,10 @@ BHMOE_QUANT_TARGET inline float row_dot_blocks(const uint8_t* row, int64_t block
           const __m256i xv =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * x_block));
           const __m256i dot = dot_signed(_mm256_sub_epi8(q[k], offset), xv);
-          const float dx = d * xscale[x_block];
-          // Lanes 0-3 hold the group of 16 with scale 8n + 2k, lanes 4-7 the next one.
-          const __m256 s =
-              _mm256_set_m128(_mm_set1_ps(dx * static_cast<float>(scales[8 * n + 2 * k + 1])),
-                              _mm_set1_ps(dx * static_cast<float>(scales[8 * n + 2 * k])));
+          // Lanes 0-3 hold group 8n + 2k, lanes 4-7 the next one.
+          const float* g = scale + 8 * n + 2 * k;
+          const __m256 s = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(g)),
+                                                _mm_broadcast_ss(g + 1), 1);
           acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc);
         }
       }

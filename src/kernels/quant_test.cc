@@ -525,6 +525,54 @@ TEST_P(BlockKernelTest, RmsnormAndEmbeddingReadTheDequantisedValues) {
   for (int64_t c = 0; c < cols; ++c) EXPECT_EQ(bf16[2 * cols + c], f32_to_bf16(row[c]));
 }
 
+// Blocks of random bytes (every scale, min and quant bit pattern; only the f16 scales kept finite),
+// so each kernel's unpacking of the packed fields is checked against the reference beyond what the
+// quantiser produces.
+TEST_P(BlockKernelTest, RandomBytesMatchReferenceAtEveryLevel) {
+  const DType dtype = GetParam();
+  std::mt19937 rng(5000 + static_cast<int>(dtype));
+  const int64_t rows = 6, cols = 1024, tokens = 3;
+  std::vector<uint8_t> bytes(rows * row_bytes(dtype, cols));
+  for (uint8_t& v : bytes) v = static_cast<uint8_t>(rng());
+  std::uniform_real_distribution<float> scale(-0.1f, 0.1f);
+  for (size_t b = 0; b < bytes.size(); b += block_bytes(dtype)) {
+    const int offsets[2] = {dtype == DType::Q6_K ? 208 : 0, dtype == DType::Q4_K ? 2 : -1};
+    for (int offset : offsets) {
+      if (offset >= 0) put_u16(bytes.data() + b + offset, f32_to_f16(scale(rng)));
+    }
+  }
+  const Matrix w = block_matrix(bytes.data(), dtype, rows, cols);
+  std::vector<float> x = random_vector(tokens * cols, rng);
+  std::vector<float> xq(x.size());
+  for (int64_t t = 0; t < tokens; ++t) {
+    const std::vector<float> q = quantised_x(x.data() + t * cols, cols);
+    std::copy(q.begin(), q.end(), xq.begin() + t * cols);
+  }
+  for (Isa isa : available_isas()) {
+    ScopedIsa scoped(isa);
+    const Path vec_path = path_for(isa, true, 1, false);
+    std::vector<float> expected(rows), got(rows);
+    ref::matvec(w, (vec_path == Path::QuantisedX ? xq : x).data(), expected.data(), 0, rows);
+    matvec(w, x.data(), got.data(), 0, rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      EXPECT_NEAR(got[r], expected[r],
+                  tolerance(w, (vec_path == Path::QuantisedX ? xq : x).data(), r, vec_path))
+          << isa_name(isa) << " " << dtype_name(dtype) << " matvec row " << r;
+    }
+    std::vector<float> expected_mm(tokens * rows), got_mm(tokens * rows);
+    ref::matmul(w, x.data(), cols, tokens, expected_mm.data(), rows, 0, rows);
+    matmul_exact(w, x.data(), cols, tokens, got_mm.data(), rows, 0, rows);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        EXPECT_NEAR(got_mm[t * rows + r], expected_mm[t * rows + r],
+                    tolerance(w, x.data() + t * cols, r, Path::ExactF32))
+            << isa_name(isa) << " " << dtype_name(dtype) << " matmul_exact token " << t << " row "
+            << r;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(BlockTypes, BlockKernelTest, ::testing::ValuesIn(kBlockTypes),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
