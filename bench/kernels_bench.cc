@@ -28,12 +28,27 @@ struct WeightPool {
   std::vector<uint16_t> half;
   std::vector<int8_t> q8;
   std::vector<float> scales;
+  std::vector<uint8_t> blocks;  // GGUF block types
   std::vector<Matrix> matrices;
 
   WeightPool(DType dtype, int64_t rows, int64_t cols, int copies) {
     const int64_t n = rows * cols * copies;
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+    if (is_block_dtype(dtype)) {
+      std::vector<float> source(rows * cols);
+      for (auto& v : source) v = dist(rng);
+      const size_t bytes = static_cast<size_t>(rows) * row_bytes(dtype, cols);
+      blocks.resize(bytes * copies);
+      quantize_rows(Matrix{source.data(), DType::F32, rows, cols, nullptr}, dtype, blocks.data());
+      for (int c = 1; c < copies; ++c) {
+        std::copy(blocks.begin(), blocks.begin() + bytes, blocks.begin() + c * bytes);
+      }
+      for (int c = 0; c < copies; ++c) {
+        matrices.push_back(block_matrix(blocks.data() + c * bytes, dtype, rows, cols));
+      }
+      return;
+    }
     if (dtype == DType::BF16) {
       half.resize(n);
       for (auto& v : half) v = f32_to_bf16(dist(rng));
@@ -62,7 +77,7 @@ struct WeightPool {
 };
 
 size_t weight_bytes(DType dtype, int64_t rows, int64_t cols) {
-  size_t bytes = static_cast<size_t>(rows * cols) * dtype_size(dtype);
+  size_t bytes = static_cast<size_t>(rows) * row_bytes(dtype, cols);
   if (dtype == DType::Q8) bytes += static_cast<size_t>(rows * cols / kQ8Block) * sizeof(float);
   return bytes;
 }
@@ -140,11 +155,29 @@ void BM_MatvecBf16(benchmark::State& state) {
 void BM_MatvecQ8(benchmark::State& state) {
   matvec_bench(state, DType::Q8);
 }
+void BM_MatvecQ8_0(benchmark::State& state) {
+  matvec_bench(state, DType::Q8_0);
+}
+void BM_MatvecQ4_0(benchmark::State& state) {
+  matvec_bench(state, DType::Q4_0);
+}
+void BM_MatvecQ4_K(benchmark::State& state) {
+  matvec_bench(state, DType::Q4_K);
+}
+void BM_MatvecQ6_K(benchmark::State& state) {
+  matvec_bench(state, DType::Q6_K);
+}
 void BM_MatmulBf16(benchmark::State& state) {
   matmul_bench(state, DType::BF16);
 }
 void BM_MatmulQ8(benchmark::State& state) {
   matmul_bench(state, DType::Q8);
+}
+void BM_MatmulQ4_K(benchmark::State& state) {
+  matmul_bench(state, DType::Q4_K);
+}
+void BM_MatmulQ6_K(benchmark::State& state) {
+  matmul_bench(state, DType::Q6_K);
 }
 
 const int kAvx2 = static_cast<int>(Isa::Avx2);
@@ -177,9 +210,21 @@ void matmul_args(benchmark::internal::Benchmark* b, int threads) {
 // need wall time.
 BENCHMARK(BM_MatvecBf16)->Apply(matvec_args);
 BENCHMARK(BM_MatvecQ8)->Apply(matvec_args);
+// GGUF block types at the same shapes (GB/s counts the blocks as stored).
+BENCHMARK(BM_MatvecQ8_0)->Apply(matvec_args);
+BENCHMARK(BM_MatvecQ4_0)->Apply(matvec_args);
+BENCHMARK(BM_MatvecQ4_K)->Apply(matvec_args);
+BENCHMARK(BM_MatvecQ6_K)->Apply(matvec_args);
 BENCHMARK(BM_MatmulBf16)->Apply([](auto* b) { matmul_args(b, 1); });
 BENCHMARK(BM_MatmulBf16)->Apply([](auto* b) { matmul_args(b, 2); }) -> UseRealTime();
 BENCHMARK(BM_MatmulQ8)
+    ->ArgNames({"rows", "cols", "tokens", "isa", "threads", "exact"})
+    ->Args({1024, 2048, 64, kBf16, 1, 0});
+BENCHMARK(BM_MatmulQ4_K)
+    ->ArgNames({"rows", "cols", "tokens", "isa", "threads", "exact"})
+    ->Args({1024, 2048, 64, kBf16, 1, 0})
+    ->Args({1024, 2048, 64, kBf16, 1, 1});
+BENCHMARK(BM_MatmulQ6_K)
     ->ArgNames({"rows", "cols", "tokens", "isa", "threads", "exact"})
     ->Args({1024, 2048, 64, kBf16, 1, 0});
 

@@ -43,7 +43,7 @@ double status_mib(const std::string& key, const char* file = "/proc/self/status"
 }
 
 double matrix_bytes(const kernels::Matrix& m) {
-  double bytes = static_cast<double>(m.numel()) * kernels::dtype_size(m.dtype);
+  double bytes = static_cast<double>(m.rows) * kernels::row_bytes(m.dtype, m.cols);
   if (m.dtype == kernels::DType::Q8) bytes += m.numel() / kernels::kQ8Block * 4.0;
   return bytes;
 }
@@ -52,7 +52,7 @@ double matrix_bytes(const kernels::Matrix& m) {
 // norms, the embedding row, lm_head, and k experts per layer.
 double active_bytes_per_token(const model::Weights& w, double k) {
   double bytes = matrix_bytes(w.lm_head) + matrix_bytes(w.final_norm);
-  bytes += w.embed.cols * static_cast<double>(kernels::dtype_size(w.embed.dtype));
+  bytes += static_cast<double>(kernels::row_bytes(w.embed.dtype, w.embed.cols));
   for (const auto& layer : w.layers) {
     for (const auto* m :
          {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,

@@ -19,7 +19,7 @@ void release_pages(const kernels::Matrix& m) {
   const long page = sysconf(_SC_PAGESIZE);
   if (page <= 0) return;
   const auto begin = reinterpret_cast<uintptr_t>(m.data);
-  const auto end = begin + static_cast<uintptr_t>(m.numel()) * kernels::dtype_size(m.dtype);
+  const auto end = begin + static_cast<uintptr_t>(m.rows) * kernels::row_bytes(m.dtype, m.cols);
   const uintptr_t first = (begin + page - 1) / page * page;
   const uintptr_t last = end / page * page;
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);

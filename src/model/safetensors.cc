@@ -76,7 +76,7 @@ const char* safetensors_dtype_name(kernels::DType dtype) {
     case kernels::DType::BF16:
       return "BF16";
     default:
-      fail("dtype Q8 has no safetensors name");
+      fail("dtype ", kernels::dtype_name(dtype), " has no safetensors name");
   }
 }
 

@@ -24,7 +24,7 @@ namespace bhmoe::model {
 size_t safetensors_dtype_size(std::string_view dtype);
 // The kernel dtype for BF16, F16 and F32; nullopt for every other dtype.
 std::optional<kernels::DType> kernel_dtype(std::string_view dtype);
-const char* safetensors_dtype_name(kernels::DType dtype);  // F32 -> "F32" (Q8 has none: throws)
+const char* safetensors_dtype_name(kernels::DType dtype);  // F32 -> "F32" (Q8 and the block types have none: throws)
 
 struct SafetensorsTensor {
   std::string name;
