@@ -111,18 +111,27 @@ ModelCard read_model_card(const std::string& readme, int64_t params) {
 json model_identity(const model::Model& m) {
   const model::ModelConfig& c = m.config();
   const fs::path& dir = m.dir();
-  std::string material = read_file(dir / "config.json");
-  if (fs::exists(dir / "tokenizer.json")) material += read_file(dir / "tokenizer.json");
-  std::vector<fs::path> weights;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() == ".safetensors") weights.push_back(entry.path());
+  std::string material;
+  const bool single_file = fs::is_regular_file(dir);  // a GGUF file
+  if (single_file) {
+    // Its config as read, name and size: hashing gigabytes of tensors would cost more than runs.
+    material = model::to_json(c).dump() + dir.filename().string() + ":" +
+               std::to_string(fs::file_size(dir)) + ";";
+  } else {
+    material = read_file(dir / "config.json");
+    if (fs::exists(dir / "tokenizer.json")) material += read_file(dir / "tokenizer.json");
+    std::vector<fs::path> weights;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.path().extension() == ".safetensors") weights.push_back(entry.path());
+    }
+    std::sort(weights.begin(), weights.end());
+    for (const fs::path& w : weights)
+      material += w.filename().string() + ":" + std::to_string(fs::file_size(w)) + ";";
   }
-  std::sort(weights.begin(), weights.end());
-  for (const fs::path& w : weights)
-    material += w.filename().string() + ":" + std::to_string(fs::file_size(w)) + ";";
   int64_t params = parameter_count(c);
+  const fs::path readme = single_file ? fs::path() : dir / "README.md";
   const ModelCard card =
-      read_model_card(fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "", params);
+      read_model_card(!readme.empty() && fs::exists(readme) ? read_file(readme) : "", params);
   return {{"name", dir.filename().string()},
           {"dir", fs::absolute(dir).lexically_normal().string()},
           {"fingerprint", fnv1a_hex(material)},

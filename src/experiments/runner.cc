@@ -25,6 +25,7 @@
 #include "routing/stats.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/gguf.h"
 #include "util/time.h"
 
 namespace bhmoe::experiments {
@@ -368,7 +369,7 @@ void check_options(const RunOptions& o) {
   }
   if (o.threads < 0) fail("--threads ", o.threads, ": must be >= 0");
   try {
-    require_directory(o.model_dir);
+    if (!is_gguf_file(o.model_dir)) require_directory(o.model_dir);
   } catch (const Error& e) {
     fail("--model: ", e.what());
   }

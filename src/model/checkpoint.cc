@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/gguf_checkpoint.h"
 #include "model/safetensors.h"
 #include "model/tensor_names.h"
 #include "util/error.h"
@@ -76,13 +77,9 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   try {
     require_directory(dir);
   } catch (const Error& e) {
-    if (is_gguf_file(dir)) {
-      fail(dir.string(), ": a GGUF file; bhmoe does not run GGUF models yet (`bhmoe inspect --model ",
-           dir.string(), "` shows its metadata and tensors); use the model's Hugging Face checkpoint folder");
-    }
     // Say what a model path is, so a typo and a wrong kind of path are told apart.
     fail(e.what(), " (a model is a Hugging Face checkpoint folder: config.json, model.safetensors "
-         "or its shards, tokenizer.json)");
+         "or its shards, tokenizer.json; or a GGUF file)");
   }
   fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) fail(dir.string(), ": no config.json");
@@ -333,6 +330,8 @@ const char* expert_layout_name(ExpertLayout layout) {
 }
 
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::filesystem::path& dir) {
+  // A GGUF file is recognised by its content (the magic), whatever its name.
+  if (is_gguf_file(dir)) return open_gguf_checkpoint(dir);
   return std::make_unique<CheckpointImpl>(dir);
 }
 

@@ -23,8 +23,10 @@
 #include <unistd.h>
 
 #include "kernels/ops.h"
+#include "model/gguf_checkpoint.h"
 #include "model/materialize.h"
 #include "util/error.h"
+#include "util/gguf.h"
 #include "util/memory.h"
 
 namespace bhmoe::model {
@@ -88,6 +90,11 @@ class LoadedModel final : public Model {
 
 std::shared_ptr<const Model> Model::load(const std::filesystem::path& dir,
                                          const ModelOptions& options) {
+  if (is_gguf_file(dir)) {
+    GgufModel gguf = open_gguf_model(dir);
+    return std::make_shared<LoadedModel>(std::move(gguf.checkpoint), std::move(gguf.tokenizer),
+                                         options);
+  }
   auto checkpoint = Checkpoint::open(dir);
   auto tokenizer_path = dir / "tokenizer.json";
   if (!std::filesystem::exists(tokenizer_path)) {

@@ -349,6 +349,15 @@ ModelConfig preset_config(std::string_view preset) {
     c.num_experts = 8;
     c.num_experts_per_tok = 2;
     c.vocab_size = 1024;
+  } else if (preset == "tiny256") {
+    c.hidden_size = 256;
+    c.intermediate_size = 256;
+    c.num_layers = 2;
+    c.num_heads = 4;
+    c.num_kv_heads = 4;
+    c.num_experts = 8;
+    c.num_experts_per_tok = 2;
+    c.vocab_size = 1024;
   } else if (preset == "olmoe-1b-7b") {
     c.hidden_size = 2048;
     c.intermediate_size = 1024;
@@ -359,7 +368,7 @@ ModelConfig preset_config(std::string_view preset) {
     c.num_experts_per_tok = 8;
     c.vocab_size = 50304;
   } else {
-    fail("unknown preset \"", preset, "\" (expected tiny or olmoe-1b-7b)");
+    fail("unknown preset \"", preset, "\" (expected tiny, tiny256 or olmoe-1b-7b)");
   }
   c.head_dim = c.hidden_size / c.num_heads;
   c.norm_topk_prob = false;

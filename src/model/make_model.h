@@ -19,7 +19,7 @@
 namespace bhmoe::model {
 
 struct MakeModelOptions {
-  std::string preset = "tiny";                  // "tiny" or "olmoe-1b-7b"
+  std::string preset = "tiny";                  // "tiny", "tiny256" or "olmoe-1b-7b"
   std::optional<int> layers;                    // overrides the preset's num_hidden_layers
   kernels::DType dtype = kernels::DType::BF16;  // BF16, F16 or F32
   uint64_t seed = 0;
@@ -30,6 +30,7 @@ struct MakeModelOptions {
 };
 
 // "tiny": D 64, 2 layers, 4 heads, 8 experts top-2, F 32, V 1024 (the goldens' shape).
+// "tiny256": the same with D and F 256, so rows hold whole 256-value blocks (GGUF's K types).
 // "olmoe-1b-7b": the published OLMoE-1B-7B-0924 shape (6.92 B parameters).
 ModelConfig preset_config(std::string_view preset);
 

@@ -32,4 +32,8 @@ std::string expert_name(int layer, int64_t expert, std::string_view leaf) {
   return cat(experts_prefix(layer), expert, ".", leaf);
 }
 
+std::string gguf_layer_name(int layer, std::string_view gguf_leaf) {
+  return cat("blk.", layer, ".", gguf_leaf, ".weight");
+}
+
 }  // namespace bhmoe::model::hf

@@ -1139,12 +1139,15 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& tokenize
   if (std::filesystem::is_directory(tokenizer_json, ec)) {
     fail(tokenizer_json.string(), " is a directory, not a tokenizer.json file");
   }
-  const json root = read_json_file(tokenizer_json);
+  return from_json(read_json_file(tokenizer_json), tokenizer_json.string());
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_json(const json& root, const std::string& source) {
   try {
-    return std::make_unique<ByteLevelBpeTokenizer>(tokenizer_json, root);
+    return std::make_unique<ByteLevelBpeTokenizer>(source, root);
   } catch (const json::exception& e) {
     // Every field is type-checked before use; this is a last line, in our words all the same.
-    fail(tokenizer_json.string(), ": unexpected JSON structure: ", json_error_text(e));
+    fail(source, ": unexpected JSON structure: ", json_error_text(e));
   }
 }
 

@@ -11,12 +11,16 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace bhmoe::model {
 
 class Tokenizer {
  public:
   // Throws bhmoe::Error naming the file and what is malformed or unsupported.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& tokenizer_json);
+  // The same from a parsed tokenizer.json; `source` names it in messages.
+  static std::unique_ptr<Tokenizer> from_json(const nlohmann::json& root, const std::string& source);
   virtual ~Tokenizer() = default;
 
   // Ids for `text`, no special tokens added. Thread-safe.

@@ -650,20 +650,50 @@ void GgufWriter::set_alignment(uint32_t alignment) {
   add_uint32("general.alignment", alignment);
 }
 
-void GgufWriter::add_tensor(const std::string& name, GgmlType type, const std::vector<int64_t>& ne,
-                            std::string data) {
+uint64_t GgufWriter::tensor_bytes(const std::string& name, GgmlType type,
+                                  const std::vector<int64_t>& ne) const {
   const auto layout = ggml_type_layout(static_cast<uint32_t>(type));
-  if (!layout) fail("GGUF writer: tensor '", name, "': no layout for ", ggml_type_name(static_cast<uint32_t>(type)));
+  if (!layout) {
+    fail("GGUF writer: tensor '", name, "': no layout for ",
+         ggml_type_name(static_cast<uint32_t>(type)));
+  }
   int64_t numel = 1;
   for (int64_t d : ne) numel *= d;
-  if (ne.empty() || ne[0] % layout->block_elements != 0 ||
-      static_cast<uint64_t>(numel / layout->block_elements * layout->block_bytes) != data.size()) {
-    fail("GGUF writer: tensor '", name, "': ", data.size(), " bytes do not match its type and shape");
+  if (ne.empty() || ne[0] % layout->block_elements != 0) {
+    fail("GGUF writer: tensor '", name, "': rows of ", ne.empty() ? 0 : ne[0],
+         " values are not whole blocks of ", layout->block_elements);
   }
-  tensors_.push_back({name, static_cast<uint32_t>(type), ne, std::move(data)});
+  return static_cast<uint64_t>(numel / layout->block_elements * layout->block_bytes);
 }
 
-std::string GgufWriter::bytes() const {
+void GgufWriter::add_tensor(const std::string& name, GgmlType type, const std::vector<int64_t>& ne,
+                            std::string data) {
+  const uint64_t nbytes = tensor_bytes(name, type, ne);
+  if (nbytes != data.size()) {
+    fail("GGUF writer: tensor '", name, "': ", data.size(), " bytes do not match its type and shape (",
+         nbytes, ")");
+  }
+  tensors_.push_back({name, static_cast<uint32_t>(type), ne, nbytes, std::move(data), nullptr});
+}
+
+void GgufWriter::add_tensor_later(const std::string& name, GgmlType type,
+                                  const std::vector<int64_t>& ne,
+                                  std::function<std::string()> produce) {
+  const uint64_t nbytes = tensor_bytes(name, type, ne);
+  tensors_.push_back({name, static_cast<uint32_t>(type), ne, nbytes, {}, std::move(produce)});
+}
+
+std::string GgufWriter::data_of(const Pending& t) const {
+  if (!t.produce) return t.data;
+  std::string data = t.produce();
+  if (data.size() != t.nbytes) {
+    fail("GGUF writer: tensor '", t.name, "': produced ", data.size(), " bytes, its type and shape take ",
+         t.nbytes);
+  }
+  return data;
+}
+
+std::string GgufWriter::header() const {
   std::string out;
   put(out, kMagic, 4);
   put(out, 3, 4);
@@ -671,27 +701,52 @@ std::string GgufWriter::bytes() const {
   put(out, kv_count_, 8);
   out += kv_;
   uint64_t offset = 0;
-  std::vector<uint64_t> offsets;
   for (const Pending& t : tensors_) {
     put_string(out, t.name);
     put(out, t.ne.size(), 4);
     for (int64_t d : t.ne) put(out, static_cast<uint64_t>(d), 8);
     put(out, t.type, 4);
     put(out, offset, 8);
-    offsets.push_back(offset);
-    offset = (offset + t.data.size() + alignment_ - 1) / alignment_ * alignment_;
+    offset = (offset + t.nbytes + alignment_ - 1) / alignment_ * alignment_;
   }
   out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_, '\0');
-  const size_t data_start = out.size();
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    out.resize(data_start + offsets[i], '\0');
-    out += tensors_[i].data;
+  return out;
+}
+
+std::string GgufWriter::bytes() const {
+  std::string out = header();
+  for (const Pending& t : tensors_) {
+    out += data_of(t);
+    out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_, '\0');
   }
   return out;
 }
 
 void GgufWriter::write(const std::filesystem::path& path) const {
-  write_file_atomic(path, bytes());
+  const std::filesystem::path partial = path.string() + ".partial";
+  {
+    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+    if (!out) fail("cannot create ", partial.string());
+    auto put_bytes = [&](const std::string& bytes) {
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      if (!out) fail("writing ", partial.string(), " failed (disk full?)");
+    };
+    uint64_t written = 0;
+    const std::string head = header();
+    put_bytes(head);
+    for (const Pending& t : tensors_) {
+      put_bytes(data_of(t));
+      written += t.nbytes;
+      const uint64_t padded = (written + alignment_ - 1) / alignment_ * alignment_;
+      put_bytes(std::string(padded - written, '\0'));
+      written = padded;
+    }
+    out.flush();
+    if (!out) fail("writing ", partial.string(), " failed (disk full?)");
+  }
+  std::error_code ec;
+  std::filesystem::rename(partial, path, ec);
+  if (ec) fail("cannot rename ", partial.string(), " to ", path.string(), ": ", ec.message());
 }
 
 }  // namespace bhmoe

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -133,6 +134,7 @@ class GgufFile {
   uint64_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // file offset of the data region
   size_t size() const { return size_; }
+  const FileIdentity& identity() const { return file_.identity(); }  // when mapped (open() only)
 
   const std::vector<std::string>& keys() const { return key_order_; }  // in file order
   const GgufValue* find(std::string_view key) const;                    // nullptr if absent
@@ -191,10 +193,16 @@ class GgufWriter {
   // `data` must hold exactly the bytes the type and shape take.
   void add_tensor(const std::string& name, GgmlType type, const std::vector<int64_t>& ne,
                   std::string data);
+  // A tensor whose bytes `produce` returns when the file is written, so that a multi-GB file is
+  // never held in memory (write() calls it once, in tensor order, and checks the size it returns).
+  void add_tensor_later(const std::string& name, GgmlType type, const std::vector<int64_t>& ne,
+                        std::function<std::string()> produce);
   void set_alignment(uint32_t alignment);  // also written as general.alignment
 
   std::string bytes() const;
-  void write(const std::filesystem::path& path) const;  // atomically
+  // Streams the file to `path` + ".partial", then renames it over `path` (a reader never sees half
+  // a file; an error leaves `path` as it was).
+  void write(const std::filesystem::path& path) const;
 
  private:
   void key(const std::string& name, GgufValueType type);
@@ -205,8 +213,14 @@ class GgufWriter {
     std::string name;
     uint32_t type;
     std::vector<int64_t> ne;
-    std::string data;
+    uint64_t nbytes;
+    std::string data;                      // when given now
+    std::function<std::string()> produce;  // when produced at write time
   };
+  uint64_t tensor_bytes(const std::string& name, GgmlType type,
+                        const std::vector<int64_t>& ne) const;
+  std::string header() const;  // everything before the data region, padded
+  std::string data_of(const Pending& t) const;
   std::vector<Pending> tensors_;
 };
 

@@ -1,0 +1,344 @@
+#include "model/gguf_checkpoint.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "kernels/quant.h"
+#include "model/tensor_names.h"
+#include "util/error.h"
+
+namespace bhmoe::model {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// The ggml types bhmoe runs, as kernel dtypes.
+std::optional<kernels::DType> kernel_dtype_of(uint32_t ggml_type) {
+  switch (static_cast<GgmlType>(ggml_type)) {
+    case GgmlType::F32:
+      return kernels::DType::F32;
+    case GgmlType::F16:
+      return kernels::DType::F16;
+    case GgmlType::BF16:
+      return kernels::DType::BF16;
+    case GgmlType::Q8_0:
+      return kernels::DType::Q8_0;
+    case GgmlType::Q4_0:
+      return kernels::DType::Q4_0;
+    case GgmlType::Q4_K:
+      return kernels::DType::Q4_K;
+    case GgmlType::Q6_K:
+      return kernels::DType::Q6_K;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::string ne_text(const std::vector<int64_t>& ne) {
+  std::string text = "{";
+  for (size_t i = 0; i < ne.size(); ++i) text += (i ? ", " : "") + std::to_string(ne[i]);
+  return text + "}";
+}
+
+// An int metadata value that must fit a positive int (a dimension or count).
+int positive_int(const GgufFile& f, const std::string& key) {
+  const uint64_t v = f.get_uint(key);
+  if (v < 1 || v > static_cast<uint64_t>(std::numeric_limits<int>::max()))
+    fail(f.source(), ": ", key, " = ", v, ": expected a positive count below 2^31");
+  return static_cast<int>(v);
+}
+
+class GgufCheckpoint final : public Checkpoint {
+ public:
+  explicit GgufCheckpoint(const fs::path& path) : path_(path), file_(GgufFile::open(path)) {
+    config_ = gguf_model_config(file_);
+    load_weights();
+    WeightFileInfo info;
+    info.path = path_;
+    info.bytes = file_.size();
+    info.tensors = file_.tensors().size();
+    for (const GgufTensor& t : file_.tensors()) {
+      const std::string name = ggml_type_name(t.type);
+      if (std::find(info.dtypes.begin(), info.dtypes.end(), name) == info.dtypes.end())
+        info.dtypes.push_back(name);
+    }
+    info.identity = file_.identity();
+    infos_.push_back(std::move(info));
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  const Weights& weights() const override { return weights_; }
+  const fs::path& dir() const override { return path_; }
+  size_t mapped_bytes() const override { return file_.size(); }
+  const std::vector<WeightFileInfo>& weight_files() const override { return infos_; }
+  ExpertLayout expert_layout() const override { return ExpertLayout::Fused; }
+  std::optional<NonFiniteValue> find_non_finite() const override;
+
+  const GgufFile& file() const { return file_; }
+
+ private:
+  void load_weights();
+  // The tensor `name`, which must exist with ggml ne == `ne` and a type bhmoe runs whose blocks
+  // divide its rows (ne[0]).
+  const GgufTensor& checked(const std::string& name, const std::vector<int64_t>& ne) const;
+  TensorView matrix(const std::string& name, int64_t rows, int64_t cols) const;
+  TensorView vector(const std::string& name, int64_t size) const;
+
+  fs::path path_;
+  GgufFile file_;
+  ModelConfig config_;
+  Weights weights_;
+  std::vector<WeightFileInfo> infos_;
+};
+
+const GgufTensor& GgufCheckpoint::checked(const std::string& name,
+                                          const std::vector<int64_t>& ne) const {
+  const GgufTensor* t = file_.find_tensor(name);
+  if (!t) fail(file_.source(), ": missing tensor ", name);
+  if (t->ne != ne) {
+    fail(file_.source(), ": tensor ", name, " has ggml shape ", ne_text(t->ne), ", expected ",
+         ne_text(ne), " from the metadata");
+  }
+  const std::optional<kernels::DType> dtype = kernel_dtype_of(t->type);
+  if (!dtype) {
+    fail(file_.source(), ": tensor ", name, " has type ", ggml_type_name(t->type),
+         ", which bhmoe does not run (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
+  }
+  const int64_t block = kernels::block_values(*dtype);
+  if (ne[0] % block != 0) {
+    fail(file_.source(), ": tensor ", name, ": rows of ", ne[0], " values are not whole ",
+         ggml_type_name(t->type), " blocks of ", block);
+  }
+  return *t;
+}
+
+TensorView GgufCheckpoint::matrix(const std::string& name, int64_t rows, int64_t cols) const {
+  const GgufTensor& t = checked(name, {cols, rows});
+  TensorView view;
+  view.data = t.data;
+  view.dtype = *kernel_dtype_of(t.type);
+  view.rows = rows;
+  view.cols = cols;
+  view.name = name;
+  return view;
+}
+
+// Norm weights: ggml shape {size}, one dimension.
+TensorView GgufCheckpoint::vector(const std::string& name, int64_t size) const {
+  const GgufTensor& t = checked(name, {size});
+  TensorView view;
+  view.data = t.data;
+  view.dtype = *kernel_dtype_of(t.type);
+  view.rows = 1;
+  view.cols = size;
+  view.name = name;
+  return view;
+}
+
+void GgufCheckpoint::load_weights() {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, v = c.vocab_size;
+  weights_.embed = matrix(std::string(hf::kGgufEmbed), v, d);
+  weights_.layers.resize(static_cast<size_t>(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
+    for (const hf::LayerTensor& t : hf::kLayerTensors) {
+      const std::string name = hf::gguf_layer_name(l, t.gguf_leaf);
+      if (t.vector) {
+        lw.*t.field = vector(name, hf::size(t.rows, c));
+      } else {
+        lw.*t.field = matrix(name, hf::size(t.rows, c), hf::size(t.cols, c));
+      }
+    }
+    lw.experts.resize(static_cast<size_t>(c.num_experts));
+    for (const hf::ExpertTensor& t : hf::kExpertTensors) {
+      const int64_t rows = hf::size(t.rows, c), cols = hf::size(t.cols, c);
+      const std::string name = hf::gguf_layer_name(l, t.gguf_stacked);
+      const GgufTensor& g = checked(name, {cols, rows, c.num_experts});
+      TensorView stacked;
+      stacked.data = g.data;
+      stacked.dtype = *kernel_dtype_of(g.type);
+      stacked.rows = rows * c.num_experts;
+      stacked.cols = cols;
+      for (int e = 0; e < c.num_experts; ++e) {
+        TensorView view;
+        static_cast<kernels::Matrix&>(view) = stacked.row_block(e * rows, rows);
+        view.name = cat(name, "[", e, "]");
+        lw.experts[static_cast<size_t>(e)].*t.field = view;
+      }
+    }
+  }
+  weights_.final_norm = vector(std::string(hf::kGgufFinalNorm), d);
+  if (c.tie_word_embeddings) {
+    weights_.lm_head = weights_.embed;
+  } else {
+    weights_.lm_head = matrix(std::string(hf::kGgufLmHead), v, d);
+  }
+  // Tensors beyond the config: more layers than block_count says means config and weights
+  // disagree.
+  for (const GgufTensor& t : file_.tensors()) {
+    if (t.name.rfind("blk.", 0) != 0) continue;
+    const long layer = std::strtol(t.name.c_str() + 4, nullptr, 10);
+    if (layer >= c.num_layers) {
+      fail(file_.source(), ": tensor ", t.name, " is beyond ", file_.get_string("general.architecture"),
+           ".block_count = ", c.num_layers);
+    }
+  }
+}
+
+std::optional<NonFiniteValue> GgufCheckpoint::find_non_finite() const {
+  std::vector<float> row;
+  for (const GgufTensor& t : file_.tensors()) {
+    const std::optional<kernels::DType> dtype = kernel_dtype_of(t.type);
+    if (!dtype || t.ne.empty()) continue;
+    const int64_t cols = t.ne[0];
+    const int64_t rows = t.numel() / std::max<int64_t>(cols, 1);
+    kernels::Matrix m;
+    m.data = t.data;
+    m.dtype = *dtype;
+    m.rows = rows;
+    m.cols = cols;
+    row.resize(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      kernels::dequantize_row(m, r, row.data());
+      for (int64_t i = 0; i < cols; ++i) {
+        if (!std::isfinite(row[static_cast<size_t>(i)])) {
+          std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
+          return NonFiniteValue{path_, t.name, shape, r * cols + i, row[static_cast<size_t>(i)]};
+        }
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+ModelConfig gguf_model_config(const GgufFile& f) {
+  const std::string& arch = f.get_string("general.architecture");
+  if (arch != "olmoe") {
+    fail(f.source(), ": general.architecture = \"", arch,
+         "\": bhmoe runs olmoe GGUF files (the other MoE families are not supported yet)");
+  }
+  const std::string p = arch + ".";
+  json hf;
+  hf["model_type"] = "olmoe";
+  hf["hidden_size"] = positive_int(f, p + "embedding_length");
+  hf["num_hidden_layers"] = positive_int(f, p + "block_count");
+  hf["num_attention_heads"] = positive_int(f, p + "attention.head_count");
+  hf["num_key_value_heads"] =
+      f.find(p + "attention.head_count_kv") ? positive_int(f, p + "attention.head_count_kv")
+                                            : hf["num_attention_heads"].get<int>();
+  hf["num_experts"] = positive_int(f, p + "expert_count");
+  hf["num_experts_per_tok"] = positive_int(f, p + "expert_used_count");
+  hf["intermediate_size"] = f.find(p + "expert_feed_forward_length")
+                                ? positive_int(f, p + "expert_feed_forward_length")
+                                : positive_int(f, p + "feed_forward_length");
+  hf["max_position_embeddings"] = positive_int(f, p + "context_length");
+  hf["rope_theta"] = f.get_real_or(p + "rope.freq_base", 10000.0);
+  hf["rms_norm_eps"] = f.get_real(p + "attention.layer_norm_rms_epsilon");
+  hf["norm_topk_prob"] = f.get_bool_or(p + "expert_weights_norm", false);
+  if (f.find(p + "attention.key_length")) {
+    hf["head_dim"] = positive_int(f, p + "attention.key_length");
+  }
+  const GgufTensor* embed = f.find_tensor(hf::kGgufEmbed);
+  if (!embed) fail(f.source(), ": missing tensor ", hf::kGgufEmbed);
+  if (embed->ne.size() != 2) {
+    fail(f.source(), ": tensor ", hf::kGgufEmbed, " has ", embed->ne.size(),
+         " dimensions, expected 2 ({hidden, vocabulary})");
+  }
+  if (embed->ne[1] < 1 || embed->ne[1] > std::numeric_limits<int>::max())
+    fail(f.source(), ": tensor ", hf::kGgufEmbed, ": vocabulary of ", embed->ne[1], " rows");
+  hf["vocab_size"] = embed->ne[1];
+  hf["tie_word_embeddings"] = f.find_tensor(hf::kGgufLmHead) == nullptr;
+  for (const char* key : {"eos", "bos", "padding"}) {
+    const std::string k = cat("tokenizer.ggml.", key, "_token_id");
+    if (f.find(k)) {
+      const uint64_t id = f.get_uint(k);
+      if (id >= static_cast<uint64_t>(embed->ne[1]))
+        fail(f.source(), ": ", k, " = ", id, " is outside the vocabulary of ", embed->ne[1]);
+      hf[std::string(key == std::string("padding") ? "pad" : key) + "_token_id"] = id;
+    }
+  }
+  hf["torch_dtype"] = "gguf";
+  return parse_config(hf, f.source() + " (GGUF metadata)");
+}
+
+json gguf_tokenizer_json(const GgufFile& f) {
+  const std::string& model = f.get_string("tokenizer.ggml.model");
+  if (model != "gpt2") {
+    fail(f.source(), ": tokenizer.ggml.model = \"", model,
+         "\": bhmoe reads byte-level BPE (\"gpt2\") vocabularies from GGUF files");
+  }
+  const std::string pre = f.get_string_or_none("tokenizer.ggml.pre").value_or("default");
+  if (pre != "olmo" && pre != "gpt-2" && pre != "default") {
+    fail(f.source(), ": tokenizer.ggml.pre = \"", pre,
+         "\": bhmoe knows the pre-tokenisers \"olmo\", \"gpt-2\" and \"default\" (the GPT-2 "
+         "regex)");
+  }
+  const std::vector<std::string>& tokens = f.get_string_array("tokenizer.ggml.tokens");
+  std::vector<int64_t> types;
+  if (f.find("tokenizer.ggml.token_type")) {
+    types = f.get_int_array("tokenizer.ggml.token_type");
+    if (types.size() != tokens.size()) {
+      fail(f.source(), ": tokenizer.ggml.token_type has ", types.size(), " entries for ",
+           tokens.size(), " tokens");
+    }
+  }
+  // "gpt2" vocabularies hold the byte-level strings a tokenizer.json's vocab holds.
+  json vocab = json::object();
+  json added = json::array();
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    // llama.cpp's token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    const int64_t type = types.empty() ? 1 : types[id];
+    if (type == 3 || type == 4) {
+      added.push_back({{"id", id},
+                       {"content", tokens[id]},
+                       {"single_word", false},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", false},
+                       {"special", type == 3}});
+    }
+    vocab[tokens[id]] = id;
+  }
+  json merges = json::array();
+  if (f.find("tokenizer.ggml.merges")) {
+    for (const std::string& m : f.get_string_array("tokenizer.ggml.merges")) merges.push_back(m);
+  }
+  const json byte_level = {{"type", "ByteLevel"},
+                           {"add_prefix_space", false},
+                           {"trim_offsets", true},
+                           {"use_regex", true}};
+  return {{"version", "1.0"},
+          {"added_tokens", added},
+          {"normalizer", nullptr},
+          {"pre_tokenizer", byte_level},
+          {"decoder", byte_level},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},
+            {"fuse_unk", false},
+            {"byte_fallback", false},
+            {"vocab", vocab},
+            {"merges", merges}}}};
+}
+
+std::unique_ptr<Checkpoint> open_gguf_checkpoint(const fs::path& file) {
+  return std::make_unique<GgufCheckpoint>(file);
+}
+
+GgufModel open_gguf_model(const fs::path& file) {
+  auto checkpoint = std::make_unique<GgufCheckpoint>(file);
+  auto tokenizer =
+      Tokenizer::from_json(gguf_tokenizer_json(checkpoint->file()), file.string() + " (GGUF)");
+  return {std::move(checkpoint), std::move(tokenizer)};
+}
+
+}  // namespace bhmoe::model

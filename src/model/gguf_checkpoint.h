@@ -1,0 +1,43 @@
+// A GGUF model file (llama.cpp's single-file format) opened for inference, as a Checkpoint:
+// - the architecture's metadata read as a ModelConfig and validated as a config.json is (an error
+//   names the GGUF key and the file);
+// - every tensor the config implies found under llama.cpp's name, of a type bhmoe runs, shaped as
+//   the config says, and viewed zero-copy in the mapping; a layer's stacked experts
+//   (ffn_*_exps, [N, rows, cols]) are sliced into one view per expert;
+// - the tokenizer from the tokenizer.ggml.* keys (byte-level BPE, "gpt2"), through the same
+//   tokenizer code as a tokenizer.json.
+// Architectures: olmoe.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+#include "util/gguf.h"
+
+namespace bhmoe::model {
+
+std::unique_ptr<Checkpoint> open_gguf_checkpoint(const std::filesystem::path& file);
+
+// The checkpoint and its tokenizer, from one file.
+struct GgufModel {
+  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+GgufModel open_gguf_model(const std::filesystem::path& file);
+
+// The model configuration the metadata describes (general.architecture and its keys; the
+// vocabulary size from token_embd.weight; tie_word_embeddings when output.weight is absent).
+ModelConfig gguf_model_config(const GgufFile& file);
+
+// The Hugging Face tokenizer.json that the tokenizer.ggml.* keys describe: tokens and their ids,
+// merges, control and user-defined tokens as added tokens, the pre-tokeniser that
+// tokenizer.ggml.pre names (llama.cpp's names: "olmo", "gpt-2", "default" use the GPT-2 regex).
+// Other tokenizer models or pre-tokenisers are errors naming the key and its value.
+nlohmann::json gguf_tokenizer_json(const GgufFile& file);
+
+}  // namespace bhmoe::model

@@ -1,0 +1,353 @@
+// GGUF models: a checkpoint exported to GGUF (gguf_export) and loaded back (gguf_checkpoint)
+// reproduces the golden logits; quantised types stay within their error; the tokenizer from the
+// tokenizer.ggml.* keys tokenizes as the tokenizer.json; and broken files are clear errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/matrix.h"
+#include "model/engine.h"
+#include "model/gguf_checkpoint.h"
+#include "model/gguf_export.h"
+#include "model/make_model.h"
+#include "model/verbs.h"
+#include "routing/calibration.h"
+#include "routing/router.h"
+#include "util/error.h"
+#include "util/file.h"
+#include "util/gguf.h"
+#include "util/json.h"
+#include "util/npy.h"
+
+namespace bhmoe::model {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kShared = BHMOE_SHARED_DIR;
+const fs::path kGolden = kShared / "golden" / "tiny-f32";
+
+fs::path scratch() {
+  static const fs::path dir = [] {
+    fs::path d = fs::temp_directory_path() / ("bhmoe_gguf_test_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+// The golden tiny-f32 checkpoint exported as a GGUF file of `type` (once per type).
+fs::path golden_gguf(kernels::DType type) {
+  const fs::path out = scratch() / cat("tiny-", kernels::dtype_name(type), ".gguf");
+  if (!fs::exists(out)) {
+    auto checkpoint = Checkpoint::open(kGolden);
+    export_gguf(*checkpoint, read_json_file(kGolden / "tokenizer.json"), type, out);
+  }
+  return out;
+}
+
+std::vector<float> logits_of(const std::shared_ptr<const Model>& model,
+                             const std::vector<int32_t>& ids, const routing::Router* router) {
+  Session session(model, router, nullptr, static_cast<int64_t>(ids.size()));
+  std::vector<float> out(ids.size() * static_cast<size_t>(model->config().vocab_size));
+  session.prefill(ids, out.data());
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+  return worst;
+}
+
+TEST(GgufModel, ExportedGoldenReproducesEveryGoldenLogitInF32) {
+  const fs::path file = golden_gguf(kernels::DType::F32);
+  ASSERT_TRUE(is_gguf_file(file));
+  auto model = Model::load(file);
+  const ModelConfig& c = model->config();
+  EXPECT_EQ(c.hidden_size, 64);
+  EXPECT_EQ(c.num_experts, 8);
+  EXPECT_EQ(c.num_experts_per_tok, 2);
+  EXPECT_EQ(c.vocab_size, 1024);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  EXPECT_EQ(model->weights_kind(), "f32");
+  auto calibration = std::make_shared<routing::Calibration>(
+      routing::Calibration::load(kGolden / "calibration.json"));
+  const json cases = read_json_file(kGolden / "cases.json");
+  int compared = 0;
+  for (const json& k : cases) {
+    const auto ids = k["ids"].get<std::vector<int32_t>>();
+    for (const auto& [spec, npy] : k["logits"].items()) {
+      SCOPED_TRACE(spec);
+      std::unique_ptr<routing::Router> router;
+      if (spec != "native" && spec != "native_llamacpp")
+        router = routing::make_router(spec, c.num_experts, calibration);
+      const NpyArray expected = read_npy(kGolden / npy.get<std::string>());
+      const std::vector<float> got = logits_of(model, ids, router.get());
+      ASSERT_EQ(got.size(), expected.data.size());
+      std::vector<float> want(expected.data.begin(), expected.data.end());
+      EXPECT_LE(max_abs_diff(got, want), 1e-4);
+      ++compared;
+    }
+  }
+  EXPECT_GE(compared, 15);
+}
+
+// Largest |logit| of a set, the scale the errors below are relative to.
+double largest(const std::vector<float>& logits) {
+  double m = 0;
+  for (float v : logits) m = std::max(m, std::fabs(static_cast<double>(v)));
+  return m;
+}
+
+// Positions where the two agree within `tolerance` (absolute, over the whole row).
+int positions_within(const std::vector<float>& a, const std::vector<float>& b, int V,
+                     double tolerance) {
+  int n = 0;
+  for (size_t t = 0; t < a.size() / static_cast<size_t>(V); ++t) {
+    double worst = 0;
+    for (int v = 0; v < V; ++v) {
+      const size_t i = t * static_cast<size_t>(V) + static_cast<size_t>(v);
+      worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+    }
+    n += worst <= tolerance;
+  }
+  return n;
+}
+
+// A quantised file runs the values its blocks hold: its logits equal those of an F32 file of the
+// dequantised weights (written by exporting the quantised checkpoint itself), up to the kernels'
+// activation rounding (kernels/ops.h: int8 per 32 in matvec, bf16 in batched matmul, 2^-7
+// relative), which can flip a near-tie expert at a few positions. And the quantised model stays
+// near the original one by its type's error.
+void expect_runs_its_blocks(const fs::path& quantised, const std::vector<int32_t>& ids,
+                            const std::vector<float>& original, double drift_bound) {
+  auto model = Model::load(quantised);
+  const int V = model->config().vocab_size;
+  const fs::path twin = quantised.string() + ".dequantised.gguf";
+  {
+    const GgufFile source = GgufFile::open(quantised);
+    export_gguf(*Checkpoint::open(quantised), gguf_tokenizer_json(source), kernels::DType::F32,
+                twin);
+  }
+  const std::vector<float> got = logits_of(model, ids, nullptr);
+  const std::vector<float> exact = logits_of(Model::load(twin), ids, nullptr);
+  const double scale = largest(exact);
+  EXPECT_GE(positions_within(got, exact, V, 0.02 * scale), static_cast<int>(ids.size()) * 3 / 4);
+  EXPECT_LE(max_abs_diff(got, exact) / scale, 0.25);
+  const double drift = max_abs_diff(got, original) / largest(original);
+  EXPECT_LE(drift, drift_bound);
+  EXPECT_GT(drift, 0.0) << "a lossy type gave the original logits exactly: was it converted?";
+}
+
+TEST(GgufModel, QuantisedTypesRunTheValuesTheirBlocksHold) {
+  const json cases = read_json_file(kGolden / "cases.json");
+  const auto ids = cases[2]["ids"].get<std::vector<int32_t>>();
+  const std::vector<float> original = logits_of(Model::load(kGolden), ids, nullptr);
+  // Drift from the f32 original, relative to its largest logit: per-weight errors of 2^-9 (bf16),
+  // 2^-11 (f16), absmax/254 (Q8_0) and absmax/15 (Q4_0) of a random model whose logits are small
+  // sums of many such products; 4-bit moves this tiny model's logits by up to its own scale.
+  for (auto [type, bound] : {std::pair{kernels::DType::BF16, 0.03}, {kernels::DType::F16, 0.005},
+                             {kernels::DType::Q8_0, 0.1}, {kernels::DType::Q4_0, 1.0}}) {
+    SCOPED_TRACE(kernels::dtype_name(type));
+    expect_runs_its_blocks(golden_gguf(type), ids, original, bound);
+  }
+}
+
+TEST(GgufModel, KQuantTypesRunOnRowsOfWholeSuperBlocks) {
+  // Rows of 256 values (the K types' super-block): hidden and expert width 256.
+  const fs::path dir = scratch() / "tiny256";
+  if (!fs::exists(dir)) {
+    MakeModelOptions options;
+    options.preset = "tiny256";
+    options.dtype = kernels::DType::F32;
+    make_model(dir, options);
+  }
+  auto reference = Model::load(dir);
+  const std::vector<int32_t> ids = {5, 77, 300, 12, 999, 4, 256, 31, 8, 640, 2, 100};
+  const std::vector<float> want = logits_of(reference, ids, nullptr);
+  auto checkpoint = Checkpoint::open(dir);
+  for (auto [type, bound] : {std::pair{kernels::DType::Q6_K, 0.15}, {kernels::DType::Q4_K, 0.6}}) {
+    SCOPED_TRACE(kernels::dtype_name(type));
+    const fs::path file = scratch() / cat("tiny256-", kernels::dtype_name(type), ".gguf");
+    export_gguf(*checkpoint, read_json_file(dir / "tokenizer.json"), type, file);
+    GgufFile g = GgufFile::open(file);
+    EXPECT_EQ(g.find_tensor("blk.0.ffn_gate_exps.weight")->type,
+              static_cast<uint32_t>(type == kernels::DType::Q6_K ? GgmlType::Q6_K : GgmlType::Q4_K));
+    EXPECT_EQ(g.find_tensor("blk.0.ffn_gate_inp.weight")->type, static_cast<uint32_t>(GgmlType::F32));
+    EXPECT_EQ(g.find_tensor("blk.0.attn_norm.weight")->type, static_cast<uint32_t>(GgmlType::F32));
+    expect_runs_its_blocks(file, ids, want, bound);
+  }
+}
+
+TEST(GgufModel, TokenizerFromTheMetadataTokenizesAsTheTokenizerJson) {
+  const json tokenizer_json = read_json_file(kShared / "olmoe" / "tokenizer.json");
+  const json config = read_json_file(kShared / "olmoe" / "config.json");
+  const ModelConfig c = parse_config(config, "olmoe config.json");
+  GgufWriter w;
+  add_gguf_tokenizer(w, tokenizer_json, c.vocab_size, c);
+  const std::string bytes = w.bytes();
+  const GgufFile g = GgufFile::parse(bytes, "tokenizer-only.gguf");
+  EXPECT_EQ(g.get_string_array("tokenizer.ggml.tokens").size(), static_cast<size_t>(c.vocab_size));
+  auto from_gguf = Tokenizer::from_json(gguf_tokenizer_json(g), "tokenizer-only.gguf");
+  auto from_json = Tokenizer::load(kShared / "olmoe" / "tokenizer.json");
+  const json cases = read_json_file(kShared / "olmoe" / "tokenizer-cases.json");
+  int checked = 0;
+  for (const json& k : cases["cases"]) {
+    const std::string text = k["text"].get<std::string>();
+    SCOPED_TRACE(text);
+    EXPECT_EQ(from_gguf->encode(text), k["ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(from_gguf->encode(text), from_json->encode(text));
+    ++checked;
+  }
+  EXPECT_GE(checked, 50);
+  // Special tokens are matched whole; padding ids decode to their placeholder.
+  EXPECT_EQ(from_gguf->token_to_id("<|endoftext|>"), from_json->token_to_id("<|endoftext|>"));
+  EXPECT_EQ(from_gguf->id_to_token(c.vocab_size - 1), cat("[PAD", c.vocab_size - 1, "]"));
+}
+
+// A valid tiny GGUF's bytes with one change applied by `edit` to the writer's inputs.
+std::string expect_error_of(const fs::path& file) {
+  try {
+    Model::load(file);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "loading " << file << " did not fail";
+  return "";
+}
+
+// Rewrites the golden f32 GGUF with one metadata key or tensor changed.
+fs::path variant(const std::string& name, const std::function<void(GgufWriter&, const GgufFile&,
+                                                                   const std::string& key)>& key_hook,
+                 const std::function<bool(GgufWriter&, const GgufTensor&)>& tensor_hook) {
+  const GgufFile g = GgufFile::open(golden_gguf(kernels::DType::F32));
+  GgufWriter w;
+  for (const std::string& key : g.keys()) key_hook(w, g, key);
+  for (const GgufTensor& t : g.tensors()) {
+    if (tensor_hook(w, t)) continue;
+    w.add_tensor(t.name, static_cast<GgmlType>(t.type), t.ne,
+                 std::string(reinterpret_cast<const char*>(t.data), t.nbytes));
+  }
+  const fs::path out = scratch() / (name + ".gguf");
+  w.write(out);
+  return out;
+}
+
+// Copies a key of any type the golden file uses.
+void copy_key(GgufWriter& w, const GgufFile& g, const std::string& key) {
+  const GgufValue& v = *g.find(key);
+  switch (v.type) {
+    case GgufValueType::String:
+      w.add_string(key, v.text);
+      break;
+    case GgufValueType::Uint32:
+      w.add_uint32(key, static_cast<uint32_t>(v.as_unsigned));
+      break;
+    case GgufValueType::Float32:
+      w.add_float32(key, static_cast<float>(v.as_double));
+      break;
+    case GgufValueType::Bool:
+      w.add_bool(key, v.as_unsigned != 0);
+      break;
+    case GgufValueType::Array:
+      if (v.element_type == GgufValueType::String) {
+        w.add_string_array(key, v.strings);
+      } else {
+        std::vector<int32_t> ints;
+        for (int64_t x : g.get_int_array(key)) ints.push_back(static_cast<int32_t>(x));
+        w.add_int32_array(key, ints);
+      }
+      break;
+    default:
+      FAIL() << "key " << key << " of an unexpected type";
+  }
+}
+
+TEST(GgufModel, BrokenFilesAreClearErrors) {
+  auto keep_tensor = [](GgufWriter&, const GgufTensor&) { return false; };
+  {
+    const fs::path f = variant(
+        "arch",
+        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
+          if (key == "general.architecture") {
+            w.add_string(key, "qwen9");
+          } else {
+            copy_key(w, g, key);
+          }
+        },
+        keep_tensor);
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("general.architecture = \"qwen9\""), std::string::npos) << e;
+  }
+  {
+    const fs::path f = variant(
+        "no-experts-key",
+        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
+          if (key != "olmoe.expert_count") copy_key(w, g, key);
+        },
+        keep_tensor);
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("olmoe.expert_count"), std::string::npos) << e;
+    EXPECT_NE(e.find("no-experts-key.gguf"), std::string::npos) << e;
+  }
+  {
+    const fs::path f = variant("missing-tensor", copy_key, [](GgufWriter&, const GgufTensor& t) {
+      return t.name == "blk.1.attn_k.weight";
+    });
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("missing tensor blk.1.attn_k.weight"), std::string::npos) << e;
+  }
+  {
+    const fs::path f = variant("wrong-shape", copy_key, [](GgufWriter& w, const GgufTensor& t) {
+      if (t.name != "blk.0.ffn_up_exps.weight") return false;
+      // The same bytes as {32, 64, 8} (experts 32 x 64 instead of 64 x 32... rows and cols swapped).
+      w.add_tensor(t.name, static_cast<GgmlType>(t.type), {t.ne[1], t.ne[0], t.ne[2]},
+                   std::string(reinterpret_cast<const char*>(t.data), t.nbytes));
+      return true;
+    });
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("blk.0.ffn_up_exps.weight has ggml shape {32, 64, 8}, expected {64, 32, 8}"),
+              std::string::npos)
+        << e;
+  }
+  {
+    const fs::path f = variant("unrun-type", copy_key, [](GgufWriter& w, const GgufTensor& t) {
+      if (t.name != "blk.0.attn_q.weight") return false;
+      // Q4_1: 20 bytes per 32 values, a type bhmoe has no kernel for.
+      w.add_tensor(t.name, GgmlType::Q4_1, t.ne, std::string(64 * 64 / 32 * 20, '\0'));
+      return true;
+    });
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("blk.0.attn_q.weight has type Q4_1, which bhmoe does not run"),
+              std::string::npos)
+        << e;
+  }
+  {
+    const fs::path f = variant(
+        "pre",
+        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
+          if (key == "tokenizer.ggml.pre") {
+            w.add_string(key, "qwen2");
+          } else {
+            copy_key(w, g, key);
+          }
+        },
+        keep_tensor);
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("tokenizer.ggml.pre = \"qwen2\""), std::string::npos) << e;
+  }
+}
+
+}  // namespace
+}  // namespace bhmoe::model

@@ -1,0 +1,255 @@
+#include "model/gguf_export.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "kernels/quant.h"
+#include "model/tensor_names.h"
+#include "util/error.h"
+#include "util/gguf.h"
+
+namespace bhmoe::model {
+namespace {
+
+using nlohmann::json;
+using kernels::DType;
+
+GgmlType ggml_type_of(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return GgmlType::F32;
+    case DType::F16:
+      return GgmlType::F16;
+    case DType::BF16:
+      return GgmlType::BF16;
+    case DType::Q8_0:
+      return GgmlType::Q8_0;
+    case DType::Q4_0:
+      return GgmlType::Q4_0;
+    case DType::Q4_K:
+      return GgmlType::Q4_K;
+    case DType::Q6_K:
+      return GgmlType::Q6_K;
+    case DType::Q8:
+      break;
+  }
+  fail("GGUF export: ", kernels::dtype_name(dtype), " has no GGUF type");
+}
+
+// llama.cpp's general.file_type (llama_ftype) for a file whose matrices are `dtype`.
+uint32_t llama_file_type(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return 0;
+    case DType::F16:
+      return 1;
+    case DType::Q4_0:
+      return 2;
+    case DType::Q8_0:
+      return 7;
+    case DType::Q4_K:
+      return 14;  // Q4_K_S: every matrix Q4_K
+    case DType::Q6_K:
+      return 18;
+    case DType::BF16:
+      return 32;
+    case DType::Q8:
+      break;
+  }
+  return 0;
+}
+
+// The rows of `m` converted to `type`, appended to `out`. Same type: the stored bytes.
+void append_converted(const kernels::Matrix& m, DType type, std::string& out) {
+  const size_t row_bytes = kernels::row_bytes(type, m.cols);
+  const size_t start = out.size();
+  out.resize(start + row_bytes * static_cast<size_t>(m.rows));
+  auto* dst = reinterpret_cast<uint8_t*>(out.data() + start);
+  if (m.dtype == type) {
+    std::memcpy(dst, m.data, row_bytes * static_cast<size_t>(m.rows));
+    return;
+  }
+  std::vector<float> row(static_cast<size_t>(m.cols));
+  std::vector<uint16_t> half(static_cast<size_t>(m.cols));
+  for (int64_t r = 0; r < m.rows; ++r) {
+    kernels::dequantize_row(m, r, row.data());
+    uint8_t* d = dst + static_cast<size_t>(r) * row_bytes;
+    switch (type) {
+      case DType::F32:
+        std::memcpy(d, row.data(), row_bytes);
+        break;
+      case DType::F16:
+      case DType::BF16:
+        for (size_t i = 0; i < row.size(); ++i)
+          half[i] = type == DType::F16 ? kernels::f32_to_f16(row[i]) : kernels::f32_to_bf16(row[i]);
+        std::memcpy(d, half.data(), row_bytes);
+        break;
+      default: {
+        kernels::Matrix one;
+        one.data = row.data();
+        one.dtype = DType::F32;
+        one.rows = 1;
+        one.cols = m.cols;
+        kernels::quantize_rows(one, type, d);
+      }
+    }
+  }
+}
+
+std::string converted(const kernels::Matrix& m, DType type) {
+  std::string out;
+  append_converted(m, type, out);
+  return out;
+}
+
+// ggml ne of a [rows, cols] matrix, or of a vector.
+std::vector<int64_t> ne_of(const kernels::Matrix& m, bool vector) {
+  if (vector) return {m.cols};
+  return {m.cols, m.rows};
+}
+
+}  // namespace
+
+void add_gguf_tokenizer(GgufWriter& w, const json& tok, int vocab_size, const ModelConfig& c) {
+  const json& model = tok.at("model");
+  if (model.value("type", "") != "BPE")
+    fail("GGUF export: the tokenizer's model is \"", model.value("type", ""), "\", not BPE");
+  const json& pre = tok.value("pre_tokenizer", json());
+  const bool gpt2_regex = pre.is_object() && pre.value("type", "") == "ByteLevel" &&
+                          pre.value("use_regex", true) && !pre.value("add_prefix_space", false);
+  if (!gpt2_regex) {
+    fail("GGUF export: the tokenizer's pre_tokenizer is not ByteLevel with the GPT-2 regex (",
+         pre.dump(), "); llama.cpp's \"olmo\" pre-tokeniser would split text differently");
+  }
+  std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
+  std::vector<int32_t> types(tokens.size(), 0);
+  for (const auto& [text, id_json] : model.at("vocab").items()) {
+    const int64_t id = id_json.get<int64_t>();
+    if (id < 0 || id >= vocab_size)
+      fail("GGUF export: token \"", text, "\" has id ", id, " outside the embedding's ", vocab_size,
+           " rows");
+    tokens[static_cast<size_t>(id)] = text;
+    types[static_cast<size_t>(id)] = 1;  // normal
+  }
+  for (const json& a : tok.value("added_tokens", json::array())) {
+    const int64_t id = a.at("id").get<int64_t>();
+    if (id < 0 || id >= vocab_size)
+      fail("GGUF export: added token id ", id, " outside the embedding's ", vocab_size, " rows");
+    tokens[static_cast<size_t>(id)] = a.at("content").get<std::string>();
+    types[static_cast<size_t>(id)] = a.value("special", false) ? 3 : 4;  // control : user-defined
+  }
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    if (types[id] == 0) {
+      tokens[id] = cat("[PAD", id, "]");
+      types[id] = 5;  // unused
+    }
+  }
+  std::vector<std::string> merges;
+  for (const json& m : model.value("merges", json::array())) {
+    if (m.is_string()) {
+      merges.push_back(m.get<std::string>());
+    } else {
+      merges.push_back(m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
+    }
+  }
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  w.add_string("tokenizer.ggml.pre", "olmo");
+  w.add_string_array("tokenizer.ggml.tokens", tokens);
+  w.add_int32_array("tokenizer.ggml.token_type", types);
+  w.add_string_array("tokenizer.ggml.merges", merges);
+  if (c.bos_token_id) w.add_uint32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(*c.bos_token_id));
+  if (c.eos_token_id) w.add_uint32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(*c.eos_token_id));
+  if (c.pad_token_id)
+    w.add_uint32("tokenizer.ggml.padding_token_id", static_cast<uint32_t>(*c.pad_token_id));
+  w.add_bool("tokenizer.ggml.add_bos_token", false);
+  w.add_bool("tokenizer.ggml.add_eos_token", false);
+}
+
+DType parse_gguf_matrix_type(const std::string& name) {
+  std::string n = name;
+  for (char& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  static const std::map<std::string, DType> kTypes = {
+      {"f32", DType::F32},   {"f16", DType::F16},   {"bf16", DType::BF16}, {"q8_0", DType::Q8_0},
+      {"q4_0", DType::Q4_0}, {"q4_k", DType::Q4_K}, {"q6_k", DType::Q6_K}};
+  auto it = kTypes.find(n);
+  if (it == kTypes.end())
+    fail("GGUF type \"", name, "\": expected f32, f16, bf16, q8_0, q4_0, q4_k or q6_k");
+  return it->second;
+}
+
+void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType matrix_type,
+                 const std::filesystem::path& out) {
+  const ModelConfig& c = checkpoint.config();
+  const Weights& w = checkpoint.weights();
+  if (c.clip_qkv) fail("GGUF export: clip_qkv has no olmoe GGUF key (llama.cpp would not clip)");
+  if (c.norm_topk_prob)
+    fail("GGUF export: norm_topk_prob true has no olmoe GGUF key (llama.cpp would not renormalise)");
+  if (c.num_kv_heads != c.num_heads)
+    fail("GGUF export: llama.cpp's olmoe needs as many key/value heads as heads (", c.num_kv_heads,
+         " vs ", c.num_heads, ")");
+  const int64_t block = kernels::block_values(matrix_type);
+  if (c.hidden_size % block != 0 || c.intermediate_size % block != 0) {
+    fail("GGUF export: ", kernels::dtype_name(matrix_type), " blocks of ", block,
+         " values do not divide hidden_size ", c.hidden_size, " and intermediate_size ",
+         c.intermediate_size);
+  }
+
+  GgufWriter g;
+  g.add_string("general.architecture", "olmoe");
+  g.add_string("general.name", checkpoint.dir().filename().string());
+  g.add_uint32("general.file_type", llama_file_type(matrix_type));
+  g.add_uint32("olmoe.block_count", static_cast<uint32_t>(c.num_layers));
+  g.add_uint32("olmoe.context_length", static_cast<uint32_t>(c.max_position_embeddings));
+  g.add_uint32("olmoe.embedding_length", static_cast<uint32_t>(c.hidden_size));
+  g.add_uint32("olmoe.feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
+  g.add_uint32("olmoe.attention.head_count", static_cast<uint32_t>(c.num_heads));
+  g.add_uint32("olmoe.attention.head_count_kv", static_cast<uint32_t>(c.num_kv_heads));
+  g.add_float32("olmoe.rope.freq_base", static_cast<float>(c.rope_theta));
+  g.add_float32("olmoe.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  g.add_uint32("olmoe.expert_count", static_cast<uint32_t>(c.num_experts));
+  g.add_uint32("olmoe.expert_used_count", static_cast<uint32_t>(c.num_experts_per_tok));
+  add_gguf_tokenizer(g, tokenizer_json, c.vocab_size, c);
+
+  const GgmlType matrix_ggml = ggml_type_of(matrix_type);
+  auto add_matrix = [&](const std::string& name, const TensorView& m, DType type) {
+    g.add_tensor_later(name, ggml_type_of(type), ne_of(m, false),
+                       [&m, type] { return converted(m, type); });
+  };
+  auto add_vector = [&](const std::string& name, const TensorView& m) {
+    g.add_tensor_later(name, GgmlType::F32, ne_of(m, true),
+                       [&m] { return converted(m, DType::F32); });
+  };
+  add_matrix(std::string(hf::kGgufEmbed), w.embed, matrix_type);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    for (const hf::LayerTensor& t : hf::kLayerTensors) {
+      const TensorView& m = lw.*t.field;
+      const std::string name = hf::gguf_layer_name(l, t.gguf_leaf);
+      if (t.vector) {
+        add_vector(name, m);
+      } else {
+        add_matrix(name, m, t.field == &LayerWeights::router ? DType::F32 : matrix_type);
+      }
+    }
+    for (const hf::ExpertTensor& t : hf::kExpertTensors) {
+      const TensorView& first = lw.experts[0].*t.field;
+      g.add_tensor_later(hf::gguf_layer_name(l, t.gguf_stacked), matrix_ggml,
+                         {first.cols, first.rows, c.num_experts}, [&lw, &t, matrix_type] {
+                           std::string bytes;
+                           for (const ExpertWeights& e : lw.experts)
+                             append_converted(e.*t.field, matrix_type, bytes);
+                           return bytes;
+                         });
+    }
+  }
+  add_vector(std::string(hf::kGgufFinalNorm), w.final_norm);
+  if (!c.tie_word_embeddings) add_matrix(std::string(hf::kGgufLmHead), w.lm_head, matrix_type);
+  g.write(out);
+}
+
+}  // namespace bhmoe::model

@@ -1,0 +1,37 @@
+// Writes a checkpoint as a GGUF file that llama.cpp and bhmoe both run (architecture olmoe):
+// - metadata from the config (llama.cpp's olmoe keys), general.file_type from the matrix type;
+// - the tokenizer.json as tokenizer.ggml.* keys: "gpt2" model, pre-tokeniser "olmo" (the GPT-2
+//   regex), tokens by id padded to the embedding's rows with "[PAD<id>]", added tokens as control
+//   (special) or user-defined tokens, merges as "a b";
+// - llama.cpp's tensor names, a layer's experts stacked into ffn_{gate,up,down}_exps;
+// - every matrix converted to `matrix_type`, except the norms and the router (ffn_gate_inp), kept
+//   in F32 as llama.cpp's converter keeps them.
+// The file is streamed tensor by tensor (memory stays at one stacked tensor) and renamed into place.
+#pragma once
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/matrix.h"
+#include "model/checkpoint.h"
+#include "util/gguf.h"
+
+namespace bhmoe::model {
+
+// Throws bhmoe::Error for what the olmoe GGUF format cannot express (clip_qkv, norm_topk_prob,
+// fewer key/value heads than heads), a tokenizer that is not a byte-level BPE with the GPT-2
+// regex, or a matrix type whose blocks do not divide the rows.
+void export_gguf(const Checkpoint& checkpoint, const nlohmann::json& tokenizer_json,
+                 kernels::DType matrix_type, const std::filesystem::path& out);
+
+// The tokenizer.json as tokenizer.ggml.* keys (as export_gguf writes them), for a vocabulary of
+// `vocab_size` ids (the embedding's rows; ids the tokenizer does not define become "[PAD<id>]").
+void add_gguf_tokenizer(GgufWriter& writer, const nlohmann::json& tokenizer_json, int vocab_size,
+                        const ModelConfig& config);
+
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k" (any case) to the dtype; an error names
+// the accepted names otherwise.
+kernels::DType parse_gguf_matrix_type(const std::string& name);
+
+}  // namespace bhmoe::model
