@@ -19,7 +19,7 @@ CommandRegistration reg{
       auto shard = std::make_shared<std::string>("0/1");
       auto max_new = std::make_shared<int>(0);
       app.add_option("--model", o->model_dir,
-                     "Checkpoint folder (config.json, safetensors, tokenizer.json)")
+                     "Checkpoint folder (config.json, safetensors, tokenizer.json) or GGUF file")
           ->required();
       app.add_option("--out", o->out_dir, "Output folder (created; a re-run resumes what is there)")
           ->required();

@@ -5,7 +5,7 @@
 //       load and encode times and tokens/s on stderr.
 //   bhmoe detokenize (--model DIR | --tokenizer F) --ids "1 2 3" [--no-newline]
 //       prints the text; ids are separated by spaces and/or commas, or given as a JSON array.
-// --model DIR means DIR/tokenizer.json.
+// --model DIR means DIR/tokenizer.json; --model F.gguf the GGUF file's tokenizer.
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "model/gguf_checkpoint.h"
 #include "model/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -30,15 +31,15 @@ struct TokenizerSource {
 
 void add_source_options(CLI::App& app, TokenizerSource& source) {
   auto* model = app.add_option("--model", source.model_dir,
-                               "Checkpoint directory; its tokenizer.json is used");
+                               "Checkpoint folder (its tokenizer.json) or GGUF file");
   auto* file = app.add_option("--tokenizer", source.tokenizer_file, "A tokenizer.json file");
   model->excludes(file);
   file->excludes(model);
 }
 
-fs::path tokenizer_path(const TokenizerSource& source) {
-  if (!source.tokenizer_file.empty()) return source.tokenizer_file;
-  if (!source.model_dir.empty()) return fs::path(source.model_dir) / "tokenizer.json";
+std::unique_ptr<model::Tokenizer> load_tokenizer(const TokenizerSource& source) {
+  if (!source.tokenizer_file.empty()) return model::Tokenizer::load(source.tokenizer_file);
+  if (!source.model_dir.empty()) return model::load_model_tokenizer(source.model_dir);
   fail("give the tokenizer with --model DIR or --tokenizer FILE");
 }
 
@@ -120,7 +121,7 @@ bhmoe::cli::CommandRegistration tokenize_command{
             file->count() ? read_file(options->text_file) : std::string(options->text);
         using Clock = std::chrono::steady_clock;
         auto t0 = Clock::now();
-        auto tokenizer = model::Tokenizer::load(tokenizer_path(options->source));
+        auto tokenizer = load_tokenizer(options->source);
         auto t1 = Clock::now();
         std::vector<int32_t> ids;
         try {
@@ -165,7 +166,7 @@ bhmoe::cli::CommandRegistration detokenize_command{
           fail("detokenize: give the tokenizer with --model DIR or --tokenizer FILE");
         }
         std::vector<int32_t> ids = parse_ids(options->ids);
-        auto tokenizer = model::Tokenizer::load(tokenizer_path(options->source));
+        auto tokenizer = load_tokenizer(options->source);
         std::string text = tokenizer->decode(ids);
         if (!options->no_newline) text += '\n';
         write_stdout(text);

@@ -48,7 +48,7 @@ struct EngineOptions {
 
 inline void add_engine_options(CLI::App& app, EngineOptions& o, bool with_router = true) {
   app.add_option("--model", o.model_dir,
-                 "Checkpoint directory (config.json, safetensors, tokenizer.json)")
+                 "Checkpoint folder (config.json, safetensors, tokenizer.json) or GGUF file")
       ->required();
   if (with_router) {
     app.add_option("--router", o.router_spec,

@@ -91,6 +91,10 @@ ResolvedCalibration resolve_calibration(const RunOptions& o, const Experiment& e
                          "fitted from the experiment's calibration text (cached)");
   }
   fs::path dir = model->dir();
+  if (fs::is_regular_file(dir)) {
+    fail("the experiment has BH configs that need a calibration: pass --calibration FILE or "
+         "--calibration-text TEXT (a GGUF file, ", dir.string(), ", carries none)");
+  }
   if (fs::is_regular_file(dir / "calibration.json")) {
     return load_calibration_file(dir / "calibration.json", "shipped with the model");
   }

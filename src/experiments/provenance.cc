@@ -129,9 +129,13 @@ json model_identity(const model::Model& m) {
       material += w.filename().string() + ":" + std::to_string(fs::file_size(w)) + ";";
   }
   int64_t params = parameter_count(c);
-  const fs::path readme = single_file ? fs::path() : dir / "README.md";
-  const ModelCard card =
-      read_model_card(!readme.empty() && fs::exists(readme) ? read_file(readme) : "", params);
+  ModelCard card;
+  if (single_file) {
+    card.provenance = "A GGUF file (no model card).";
+  } else {
+    card = read_model_card(fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "",
+                           params);
+  }
   return {{"name", dir.filename().string()},
           {"dir", fs::absolute(dir).lexically_normal().string()},
           {"fingerprint", fnv1a_hex(material)},

@@ -334,6 +334,14 @@ std::unique_ptr<Checkpoint> open_gguf_checkpoint(const fs::path& file) {
   return std::make_unique<GgufCheckpoint>(file);
 }
 
+std::unique_ptr<Tokenizer> load_model_tokenizer(const fs::path& model) {
+  if (is_gguf_file(model)) {
+    const GgufFile file = GgufFile::open(model);
+    return Tokenizer::from_json(gguf_tokenizer_json(file), model.string() + " (GGUF)");
+  }
+  return Tokenizer::load(model / "tokenizer.json");
+}
+
 GgufModel open_gguf_model(const fs::path& file) {
   auto checkpoint = std::make_unique<GgufCheckpoint>(file);
   auto tokenizer =

@@ -30,6 +30,10 @@ struct GgufModel {
 };
 GgufModel open_gguf_model(const std::filesystem::path& file);
 
+// A model's tokenizer: `model`/tokenizer.json for a checkpoint folder, the tokenizer.ggml.* keys for
+// a GGUF file.
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model);
+
 // The model configuration the metadata describes (general.architecture and its keys; the
 // vocabulary size from token_embd.weight; tie_word_embeddings when output.weight is absent).
 ModelConfig gguf_model_config(const GgufFile& file);

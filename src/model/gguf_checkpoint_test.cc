@@ -216,6 +216,75 @@ TEST(GgufModel, TokenizerFromTheMetadataTokenizesAsTheTokenizerJson) {
   EXPECT_EQ(from_gguf->id_to_token(c.vocab_size - 1), cat("[PAD", c.vocab_size - 1, "]"));
 }
 
+// FNV-1a 64 of a file's bytes, as 16 hex digits.
+std::string fnv1a64_of(const fs::path& file) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char b : read_file(file)) h = (h ^ b) * 0x100000001b3ull;
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(h));
+  return text;
+}
+
+// llama.cpp's logits for GGUF files bhmoe writes (src/model/testdata/gguf, recorded by
+// tools/llamacpp/make_gguf_goldens.sh). Each file is regenerated here and must be byte-identical to
+// the one llama.cpp read. Tolerances, relative to the case's largest |logit|:
+// - F32: both sides exact fp32 up to summation order: 1e-4 absolute, as the safetensors goldens.
+// - F16, BF16: llama.cpp converts activations to the weight type for its dot products (F16: 2^-11,
+//   BF16: 2^-8 relative per product), bhmoe keeps fp32 in decode and rounds to bf16 in batched
+//   matmuls; Q8_0, Q4_0, Q4_K, Q6_K: both sides quantise activations to 8 bits per block (llama.cpp
+//   Q8_0/Q8_K, bhmoe int8 per 32 or bf16 in batches). Each side's activation error is a random walk
+//   over a dot product, well under 1% of the largest logit, except where it flips a near-tie
+//   expert: hence most positions within 2%, and every position within 25%.
+TEST(GgufModel, ReproducesLlamaCppLogitsOnTheFilesItWrites) {
+  const fs::path dir = fs::path(BHMOE_SOURCE_DIR) / "src" / "model" / "testdata" / "gguf";
+  const json goldens = read_json_file(dir / "goldens.json");
+  ASSERT_EQ(goldens["format"], "bhmoe-gguf-goldens/1");
+  // Named as the script names it: the folder's name is the file's general.name.
+  const fs::path tiny256 = scratch() / "seed7" / "tiny256";
+  if (!fs::exists(tiny256)) {
+    MakeModelOptions options;
+    options.preset = "tiny256";
+    options.dtype = kernels::DType::F32;
+    options.seed = 7;
+    fs::create_directories(tiny256.parent_path());
+    make_model(tiny256, options);
+  }
+  int cases = 0;
+  for (const json& k : goldens["cases"]) {
+    const std::string name = k["name"];
+    SCOPED_TRACE(name);
+    const std::string model_name = k["model"], type_name = k["type"];
+    const fs::path file = scratch() / cat("golden-", model_name, "-", type_name, ".gguf");
+    if (!fs::exists(file)) {
+      const fs::path source = model_name == "tiny" ? kGolden : tiny256;
+      export_gguf(*Checkpoint::open(source), read_json_file(source / "tokenizer.json"),
+                  parse_gguf_matrix_type(type_name), file);
+    }
+    ASSERT_EQ(fnv1a64_of(file), k["fnv1a64"].get<std::string>())
+        << "bhmoe convert no longer writes the file llama.cpp read: rerun "
+           "tools/llamacpp/make_gguf_goldens.sh";
+    auto model = Model::load(file);
+    const int V = model->config().vocab_size;
+    std::unique_ptr<routing::Router> router;
+    if (k["router"] != "native")
+      router = routing::make_router(k["router"].get<std::string>(), model->config().num_experts);
+    const auto ids = k["ids"].get<std::vector<int32_t>>();
+    const std::vector<float> got = logits_of(model, ids, router.get());
+    const NpyArray npy = read_npy(dir / k["logits"].get<std::string>());
+    ASSERT_EQ(npy.shape, (std::vector<int64_t>{static_cast<int64_t>(ids.size()), V}));
+    const std::vector<float> want(npy.data.begin(), npy.data.end());
+    const double scale = largest(want);
+    if (type_name == "f32") {
+      EXPECT_LE(max_abs_diff(got, want), 1e-4);
+    } else {
+      EXPECT_GE(positions_within(got, want, V, 0.02 * scale), static_cast<int>(ids.size()) * 3 / 4);
+      EXPECT_LE(max_abs_diff(got, want) / scale, 0.25);
+    }
+    ++cases;
+  }
+  EXPECT_GE(cases, 11);
+}
+
 // A valid tiny GGUF's bytes with one change applied by `edit` to the writer's inputs.
 std::string expect_error_of(const fs::path& file) {
   try {

@@ -37,6 +37,12 @@ for model in tiny tiny256; do
     file="$work/$model-$type.gguf"
     "$bhmoe" convert --model "${source[$model]}" --type "$type" --out "$file" > /dev/null
     sha=$(sha256sum "$file" | cut -d' ' -f1)
+    # FNV-1a 64 of the file, which the tests recompute (they have no SHA-256).
+    fnv=$(/usr/bin/python3 -c 'import sys
+h = 0xcbf29ce484222325
+for b in open(sys.argv[1], "rb").read():
+    h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+print("%016x" % h)' "$file")
     for used in native 4; do
       [ "$used" = 4 ] && [ "$type" != f32 ] && continue  # forced top-k: once per model
       name="$model-$type-$used"
@@ -46,7 +52,7 @@ for model in tiny tiny256; do
         || { cat "$work/$name.log"; exit 1; }
       router=native
       [ "$used" != native ] && router="topk:k=$used"
-      entries+=("{\"name\": \"$name\", \"model\": \"$model\", \"type\": \"$type\", \"sha256\": \"$sha\", \"router\": \"$router\", \"ids\": [$(echo $ids | tr ' ' ',')], \"logits\": \"$name.npy\"}")
+      entries+=("{\"name\": \"$name\", \"model\": \"$model\", \"type\": \"$type\", \"sha256\": \"$sha\", \"fnv1a64\": \"$fnv\", \"router\": \"$router\", \"ids\": [$(echo $ids | tr ' ' ',')], \"logits\": \"$name.npy\"}")
     done
   done
 done
@@ -55,7 +61,7 @@ commit=$(git -C "$llama" rev-parse HEAD)
 {
   echo "{"
   echo "  \"format\": \"bhmoe-gguf-goldens/1\","
-  echo "  \"reference\": \"llama.cpp $commit (CPU, GGML_NATIVE=ON, 1 thread, one batch from position 0)\","
+  echo "  \"reference\": \"llama.cpp $commit (CPU, GGML_NATIVE=ON, 1 thread, fp32 KV cache, one batch from position 0)\","
   echo "  \"made_by\": \"tools/llamacpp/make_gguf_goldens.sh\","
   echo "  \"models\": {\"tiny\": \"bhmoe convert --model ../shared/golden/tiny-f32 --type TYPE\", \"tiny256\": \"bhmoe make-model --preset tiny256 --dtype f32 --seed 7, then bhmoe convert --type TYPE\"},"
   echo "  \"cases\": ["

@@ -4,7 +4,8 @@
 //
 //   reference_logits MODEL.gguf OUT.npy [--experts-used K] ID [ID ...]
 //
-// One batch of every id from position 0, logits at every position, 1 thread, no flash attention.
+// One batch of every id from position 0, logits at every position, 1 thread, no flash attention,
+// an fp32 KV cache.
 // --experts-used K overrides the file's <arch>.expert_used_count (forced top-k routing).
 #include <cinttypes>
 #include <cstdio>
@@ -71,6 +72,9 @@ int main(int argc, char** argv) {
   context_params.n_threads = 1;
   context_params.n_threads_batch = 1;
   context_params.flash_attn = false;
+  // An fp32 KV cache (llama.cpp's default is f16, which rounds keys and values to 11 bits).
+  context_params.type_k = GGML_TYPE_F32;
+  context_params.type_v = GGML_TYPE_F32;
   llama_context* ctx = llama_init_from_model(model, context_params);
   if (!ctx) {
     std::fprintf(stderr, "cannot create a context\n");
