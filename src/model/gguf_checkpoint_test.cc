@@ -187,6 +187,16 @@ TEST(GgufModel, KQuantTypesRunOnRowsOfWholeSuperBlocks) {
     EXPECT_EQ(g.find_tensor("blk.0.ffn_gate_inp.weight")->type, static_cast<uint32_t>(GgmlType::F32));
     EXPECT_EQ(g.find_tensor("blk.0.attn_norm.weight")->type, static_cast<uint32_t>(GgmlType::F32));
     expect_runs_its_blocks(file, ids, want, bound);
+    // --weights bf16 and q8 convert the blocks' values at load: bf16 rounds them (2^-9 relative),
+    // q8 requantises per 32 (absmax / 254).
+    const std::vector<float> native = logits_of(Model::load(file), ids, nullptr);
+    for (const char* weights : {"bf16", "q8"}) {
+      SCOPED_TRACE(weights);
+      auto converted = Model::load(file, {.weights = weights});
+      const std::vector<float> got = logits_of(converted, ids, nullptr);
+      EXPECT_GE(positions_within(got, native, converted->config().vocab_size, 0.02 * largest(native)),
+                static_cast<int>(ids.size()) * 3 / 4);
+    }
   }
 }
 
