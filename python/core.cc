@@ -23,10 +23,11 @@
 #include "routing/adaptive.h"
 #include "routing/bh.h"
 #include "routing/calibration.h"
-#include "routing/kernels.h"
+#include "routing/router_ops.h"
 #include "routing/router.h"
 #include "routing/spec.h"
 #include "util/error.h"
+#include "util/simd.h"
 
 namespace py = pybind11;
 using namespace bhmoe;
@@ -388,6 +389,19 @@ PYBIND11_MODULE(_core, m) {
            "Columns of the ids/weights arrays a router of this spec fills.")
       .def("__str__", [](const routing::RouterSpec& s) { return routing::canonical_spec(s); })
       .def("__repr__", [](const routing::RouterSpec& s) { return "RouterSpec('" + routing::canonical_spec(s) + "')"; });
+  m.def("simd_level", [] { return std::string(simd_level_name(simd_level())); },
+        "The SIMD level the kernels and routers run at now: scalar, avx2, avx512 or avx512bf16.");
+  m.def("detected_simd_level", [] { return std::string(simd_level_name(detected_simd_level())); },
+        "The best level this CPU supports (capped by the BHMOE_SIMD environment variable).");
+  m.def("set_simd_level", [](const std::string& name) {
+        for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512,
+                                SimdLevel::Avx512Bf16}) {
+          if (name == simd_level_name(level)) return set_simd_level(level);
+        }
+        fail("SIMD level \"", name, "\": expected scalar, avx2, avx512 or avx512bf16");
+      }, py::arg("level"),
+        "Lowers (or restores) the SIMD level for this process, e.g. 'avx512' to keep activations "
+        "fp32 on an AVX512-BF16 CPU; above detected_simd_level() is a ValueError.");
   m.def("parse_router_spec", &routing::parse_router_spec, py::arg("text"),
         "Parses and checks a router spec string (errors name the key and why).");
   m.def("resolve_router_spec", &routing::resolve_router_spec, py::arg("spec"), py::arg("num_experts"));

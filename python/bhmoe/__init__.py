@@ -15,8 +15,10 @@ Errors are ValueError with the library's messages (the CLI's, without its flag n
 """
 
 from ._core import (Calibration, Model, Router, RouterSpec, bh_critical_values, canonical_spec,
-                    parse_router_spec, resolve_router_spec, router_entropy, run)
+                    detected_simd_level, parse_router_spec, resolve_router_spec, router_entropy, run,
+                    set_simd_level, simd_level)
 from .results import load_results
 
 __all__ = ["Calibration", "Model", "Router", "RouterSpec", "bh_critical_values", "canonical_spec",
-           "load_results", "parse_router_spec", "resolve_router_spec", "router_entropy", "run"]
+           "detected_simd_level", "load_results", "parse_router_spec", "resolve_router_spec",
+           "router_entropy", "run", "set_simd_level", "simd_level"]

@@ -154,3 +154,26 @@ def test_load_results_flattens_rows_for_pandas():
             bhmoe.load_results(os.path.join(d, "bad.jsonl"))
     pandas = pytest.importorskip("pandas")
     assert list(pandas.DataFrame(rows)["config.type"]) == ["topk", "bh"]
+
+
+def test_simd_level_can_be_lowered_and_restored_but_not_raised():
+    levels = ["scalar", "avx2", "avx512", "avx512bf16"]
+    best = bhmoe.detected_simd_level()
+    assert best in levels
+    assert bhmoe.simd_level() == best
+    try:
+        bhmoe.set_simd_level("scalar")
+        assert bhmoe.simd_level() == "scalar"
+        # The scalar routers decide exactly as the vectorised ones.
+        r = bhmoe.Router("topk:k=8")
+        logits = np.random.default_rng(3).standard_normal((5, 64)).astype(np.float32)
+        ids_scalar = r.route(logits)[0]
+        bhmoe.set_simd_level(best)
+        np.testing.assert_array_equal(r.route(logits)[0], ids_scalar)
+        with pytest.raises(ValueError, match="expected scalar, avx2, avx512 or avx512bf16"):
+            bhmoe.set_simd_level("sse9")
+        if best != "avx512bf16":
+            with pytest.raises(ValueError, match="not supported by this CPU"):
+                bhmoe.set_simd_level(levels[levels.index(best) + 1])
+    finally:
+        bhmoe.set_simd_level(best)

@@ -24,6 +24,21 @@ import export  # noqa: E402  (tools/: loads a model folder into olmoe_torch)
 MODEL = os.environ.get("BHMOE_MODEL", BUNDLED)  # another OLMoE folder to compare on, if set
 
 
+# Both sides in fp32: on an AVX512-BF16 CPU the engine would round batched activations to bf16
+# (kernels/ops.h), which moves router weights by ~5e-4; one level down it keeps them fp32. The
+# subprocess (bhmoe logits) takes the same cap from BHMOE_SIMD.
+_LEVELS = ["scalar", "avx2", "avx512", "avx512bf16"]
+FP32_LEVEL = _LEVELS[min(_LEVELS.index(bhmoe.detected_simd_level()), _LEVELS.index("avx512"))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fp32_activations():
+    before = bhmoe.simd_level()
+    bhmoe.set_simd_level(FP32_LEVEL)
+    yield
+    bhmoe.set_simd_level(before)
+
+
 @pytest.fixture(scope="module")
 def model_and_ids():
     torch.set_num_threads(1)
@@ -38,7 +53,7 @@ def engine_logits(ids, router, calibration):
         out = os.path.join(d, "logits.npy")
         subprocess.run([BINARY, "logits", "--model", MODEL, "--ids", " ".join(map(str, ids)), "--router", router,
                         "--calibration", calibration, "--threads", "1", "--out", out],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=dict(os.environ, BHMOE_SIMD=FP32_LEVEL))
         return np.load(out)
 
 

@@ -166,11 +166,33 @@ TEST_F(CheckpointCli, InspectShowsAGgufFilesMetadataAndTensors) {
   EXPECT_EQ(j["tensor_types"]["Q8_0"]["bytes"], 68);
   EXPECT_EQ(j["tensors"][1]["ne"], nlohmann::json::array({32, 2}));
 
-  // Running it is refused with a clear message until GGUF models load.
+  // Running it: the metadata lacks what a model needs, named with the file.
   std::ofstream(path("t.txt")) << "Some text to score.";
   r = run("score --model " + path("m.bin") + " --text-file " + path("t.txt"));
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.err, HasSubstr("a GGUF file; bhmoe does not run GGUF models yet"));
+  EXPECT_THAT(r.err, AllOf(HasSubstr("m.bin"), HasSubstr("olmoe.embedding_length")));
+
+  // --check-weights reads every value, block types dequantised: all finite here...
+  r = run("inspect --check-weights --model " + path("m.bin"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  // ...and a NaN in an F32 tensor or an infinite Q8_0 block scale is named.
+  bhmoe::GgufWriter nan;
+  const float values[4] = {1.0f, 2.0f, std::numeric_limits<float>::quiet_NaN(), 4.0f};
+  nan.add_tensor("blk.0.ffn_gate_inp.weight", bhmoe::GgmlType::F32, {2, 2},
+                 std::string(reinterpret_cast<const char*>(values), sizeof values));
+  nan.write(path("nan.gguf"));
+  r = run("inspect --check-weights --model " + path("nan.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, AllOf(HasSubstr("blk.0.ffn_gate_inp.weight"), HasSubstr("is nan")));
+  bhmoe::GgufWriter inf;
+  std::string block(34, '\1');
+  block[0] = '\x00';
+  block[1] = '\x7c';  // f16 +inf as the block's scale
+  inf.add_tensor("blk.0.attn_q.weight", bhmoe::GgmlType::Q8_0, {32, 1}, block);
+  inf.write(path("inf.gguf"));
+  r = run("inspect --check-weights --model " + path("inf.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, AllOf(HasSubstr("blk.0.attn_q.weight"), HasSubstr("is inf")));
 
   // A truncated GGUF file: an error naming the file and the tensor.
   std::string bytes = w.bytes();

@@ -657,6 +657,14 @@ TEST(Plots, DistributionsIntervalsScalesAndCaptionsSayWhatTheyShow) {
   EXPECT_GT(hi, 26);
   EXPECT_NE(heat.script.find("font \",10\""), std::string::npos);
   EXPECT_EQ(heat.script.find("font \",7\""), std::string::npos);
+  // Bars spanning topk_64 and BH's few experts get a log2 axis (the small bars stay readable);
+  // bars within a factor of 10 keep a linear one.
+  for (const char* name : {"avg_experts_comparison", "max_k_comparison_bar"}) {
+    const PlotScript& bars = find_plot(plots, name);
+    EXPECT_NE(bars.script.find("set logscale y 2"), std::string::npos) << name;
+    EXPECT_NE(bars.file.caption.find("Log2 y axis"), std::string::npos) << name;
+  }
+  EXPECT_EQ(find_plot(plots, "expert_utilization_cv").script.find("logscale"), std::string::npos);
   // Fixed configs are left out of the per-category distribution, and the caption says so.
   const PlotScript& cat = find_plot(plots, "experts_by_category");
   EXPECT_EQ(cat.script.find("\"topk_64\""), std::string::npos);

@@ -105,6 +105,24 @@ std::string category_axes(size_t categories, double y_top) {
   return s.str();
 }
 
+// Bars whose values span more than a factor of 10 (top-64 beside BH's one or two experts) get a
+// log2 y axis, so the small bars stay readable: the gnuplot lines that set it (emitted after
+// category_axes, whose linear range they replace), or "" for a linear axis. Appends a note to
+// `caption` when the axis is logarithmic.
+std::string log_axis_if_spread(const std::vector<double>& values, std::string& caption) {
+  double lo = kNaN, hi = kNaN;
+  for (double v : values) {
+    if (!std::isfinite(v) || v <= 0) continue;
+    lo = std::isfinite(lo) ? std::min(lo, v) : v;
+    hi = std::isfinite(hi) ? std::max(hi, v) : v;
+  }
+  if (!std::isfinite(lo) || hi / lo <= 10) return "";
+  caption += " Log2 y axis: the values span more than a factor of 10.";
+  std::ostringstream s;
+  s << "set logscale y 2\nset yrange [" << number(lo / 1.5) << ":" << number(hi * 1.6) << "]\n";
+  return s.str();
+}
+
 std::vector<std::string> rules_of(const std::vector<ConfigSummary>& configs) {
   std::vector<std::string> rules;
   for (const ConfigSummary& s : configs) {
@@ -139,7 +157,7 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
   std::vector<const ConfigSummary*> configs = measured(a);
   std::ostringstream data;
   std::vector<std::string> labels;
-  std::vector<double> tops;
+  std::vector<double> tops, spread;
   for (size_t i = 0; i < configs.size(); ++i) {
     const ConfigSummary& s = *configs[i];
     const MeanInterval& ci = s.*interval;
@@ -147,6 +165,7 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
          << "\t" << number(ci.hi) << "\t" << rule_color_int(s.rule) << "\n";
     labels.push_back(s.config_name);
     tops.push_back(std::isfinite(ci.hi) ? std::max(ci.hi, s.*value) : s.*value);
+    spread.push_back(s.*value);
   }
   p.data = data.str();
   std::ostringstream s;
@@ -154,7 +173,8 @@ PlotScript config_bars(const Analysis& a, std::string name, std::string title, s
     << "set ylabel " << gp_string(ylabel) << "\n"
     << "set style fill solid 0.8 border -1\nset boxwidth 0.7\n"
     << "set xtics rotate by -45 nomirror\n"
-    << category_axes(configs.size(), max_finite(tops) * 1.12) << "plot "
+    << category_axes(configs.size(), max_finite(tops) * 1.12)
+    << log_axis_if_spread(spread, p.file.caption) << "plot "
     << gp_string(p.file.name + ".dat")
     << " using 1:3:(0.7):6:xtic(2) with boxes lc rgb variable notitle, \\\n"
     << "  \"\" using 1:3:4:5 with yerrorbars lc rgb \"black\" ps 0 title \"95% t-interval\"";
@@ -181,7 +201,7 @@ PlotScript max_k_bar(const Analysis& a) {
       "of each prompt's mean over the alphas) at each max_k; labels give BH's reduction against "
       "native " + native + " (dashed line), the routing the model runs without BH."};
   std::ostringstream data;
-  std::vector<double> tops;
+  std::vector<double> tops, spread;
   double native_experts = kNaN;
   for (size_t i = 0; i < a.max_k.size(); ++i) {
     const MaxKRow& m = a.max_k[i];
@@ -191,13 +211,16 @@ PlotScript max_k_bar(const Analysis& a) {
          << "\t" << field(percent_label(m.reduction_vs_native_pct)) << "\n";
     tops.push_back(m.baseline_experts);
     tops.push_back(std::isfinite(m.bh_ci.hi) ? m.bh_ci.hi : m.bh_mean_experts);
+    spread.push_back(m.baseline_experts);
+    spread.push_back(m.bh_mean_experts);
   }
   p.data = data.str();
   std::ostringstream s;
   s << "set title " << gp_string(p.file.title) << "\n"
     << "set xlabel \"max_k\"\nset ylabel \"mean experts per token (measured)\"\n"
     << "set style fill solid 0.85 border -1\nset boxwidth 0.38\n"
-    << category_axes(a.max_k.size(), max_finite(tops) * 1.15);
+    << category_axes(a.max_k.size(), max_finite(tops) * 1.15)
+    << log_axis_if_spread(spread, p.file.caption);
   if (std::isfinite(native_experts)) {
     s << "set arrow from graph 0, first " << number(native_experts) << " to graph 1, first "
       << number(native_experts) << " nohead dt 2 lw 1.5 lc rgb \"#444444\"\n";

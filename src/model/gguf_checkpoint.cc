@@ -192,8 +192,14 @@ void GgufCheckpoint::load_weights() {
 }
 
 std::optional<NonFiniteValue> GgufCheckpoint::find_non_finite() const {
+  return find_non_finite_in(file_);
+}
+
+}  // namespace
+
+std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file) {
   std::vector<float> row;
-  for (const GgufTensor& t : file_.tensors()) {
+  for (const GgufTensor& t : file.tensors()) {
     const std::optional<kernels::DType> dtype = kernel_dtype_of(t.type);
     if (!dtype || t.ne.empty()) continue;
     const int64_t cols = t.ne[0];
@@ -209,15 +215,13 @@ std::optional<NonFiniteValue> GgufCheckpoint::find_non_finite() const {
       for (int64_t i = 0; i < cols; ++i) {
         if (!std::isfinite(row[static_cast<size_t>(i)])) {
           std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-          return NonFiniteValue{path_, t.name, shape, r * cols + i, row[static_cast<size_t>(i)]};
+          return NonFiniteValue{file.source(), t.name, shape, r * cols + i, row[static_cast<size_t>(i)]};
         }
       }
     }
   }
   return std::nullopt;
 }
-
-}  // namespace
 
 ModelConfig gguf_model_config(const GgufFile& f) {
   const std::string& arch = f.get_string("general.architecture");

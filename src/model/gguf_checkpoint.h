@@ -34,6 +34,10 @@ GgufModel open_gguf_model(const std::filesystem::path& file);
 // a GGUF file.
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model);
 
+// The first NaN or infinity in the file's tensors of a type bhmoe reads (F32, F16, BF16 and the
+// block types, dequantised row by row), in file order; nullopt when every value is finite.
+std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file);
+
 // The model configuration the metadata describes (general.architecture and its keys; the
 // vocabulary size from token_embd.weight; tie_word_embeddings when output.weight is absent).
 ModelConfig gguf_model_config(const GgufFile& file);

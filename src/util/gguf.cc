@@ -713,11 +713,12 @@ std::string GgufWriter::header() const {
   return out;
 }
 
+// Each tensor starts at an aligned offset; nothing follows the last one.
 std::string GgufWriter::bytes() const {
   std::string out = header();
-  for (const Pending& t : tensors_) {
-    out += data_of(t);
-    out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_, '\0');
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (i > 0) out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_, '\0');
+    out += data_of(tensors_[i]);
   }
   return out;
 }
@@ -734,12 +735,11 @@ void GgufWriter::write(const std::filesystem::path& path) const {
     uint64_t written = 0;
     const std::string head = header();
     put_bytes(head);
-    for (const Pending& t : tensors_) {
-      put_bytes(data_of(t));
-      written += t.nbytes;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
       const uint64_t padded = (written + alignment_ - 1) / alignment_ * alignment_;
       put_bytes(std::string(padded - written, '\0'));
-      written = padded;
+      put_bytes(data_of(tensors_[i]));
+      written = padded + tensors_[i].nbytes;
     }
     out.flush();
     if (!out) fail("writing ", partial.string(), " failed (disk full?)");

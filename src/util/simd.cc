@@ -1,6 +1,9 @@
 #include "util/simd.h"
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "util/error.h"
 
@@ -25,7 +28,24 @@ SimdLevel detect() {
 #endif
 }
 
-const SimdLevel kDetected = detect();
+// The CPU's level, capped by the environment variable BHMOE_SIMD ("scalar", "avx2", "avx512" or
+// "avx512bf16") when set: e.g. BHMOE_SIMD=avx512 keeps every activation fp32 on an AVX512-BF16
+// machine, for comparisons with fp32 references. An unknown value is ignored with a warning.
+SimdLevel capped_by_environment(SimdLevel level) {
+  const char* env = std::getenv("BHMOE_SIMD");
+  if (env == nullptr || *env == '\0') return level;
+  for (SimdLevel cap : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512,
+                        SimdLevel::Avx512Bf16}) {
+    if (std::strcmp(env, simd_level_name(cap)) == 0)
+      return static_cast<int>(cap) < static_cast<int>(level) ? cap : level;
+  }
+  std::fprintf(stderr,
+               "bhmoe: warning: BHMOE_SIMD=%s is not scalar, avx2, avx512 or avx512bf16; ignored\n",
+               env);
+  return level;
+}
+
+const SimdLevel kDetected = capped_by_environment(detect());
 
 }  // namespace
 

@@ -18,7 +18,9 @@ namespace detail {
 extern std::atomic<SimdLevel> g_simd_level;
 }  // namespace detail
 
-SimdLevel detected_simd_level();  // the best this CPU supports
+// The best this CPU supports, capped by the environment variable BHMOE_SIMD when it names a level
+// (BHMOE_SIMD=avx512: fp32 activations throughout, as fp32 references compute).
+SimdLevel detected_simd_level();
 // What the vectorised code uses now. Inline: kernels dispatch on it per call, some calls per key of
 // the attention loop.
 inline SimdLevel simd_level() {
