@@ -32,7 +32,7 @@ mkdir -p "$out/obj" "$out/bin" "$out/logs" "$out/artifacts"
 # The parsers under test and what they need; only these are compiled (with coverage
 # instrumentation), archived, and linked into each target as needed.
 sources=(util/file.cc util/json.cc util/npy.cc util/npz.cc util/gguf.cc routing/calibration.cc routing/adaptive.cc routing/router_ops.cc util/simd.cc routing/bh.cc routing/spec.cc
-         model/safetensors.cc model/config.cc model/tokenizer.cc experiments/experiment.cc)
+         kernels/matrix.cc model/safetensors.cc model/config.cc model/tokenizer.cc experiments/experiment.cc)
 newest_header=$(find "$root/src" -name '*.h' -printf '%T@\n' | sort -n | tail -1)
 stale() {  # stale OUTPUT INPUT: OUTPUT is missing or older than INPUT or than any header
   [ ! -e "$1" ] && return 0
