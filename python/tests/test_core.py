@@ -2,6 +2,7 @@
 layouts, and bad input raising clear Python exceptions."""
 
 import json
+import subprocess
 import os
 import tempfile
 
@@ -10,7 +11,7 @@ import pytest
 
 import bhmoe
 
-from paths import BUNDLED, OLMOE_CALIBRATION, SHARED
+from paths import BINARY, BUNDLED, OLMOE_CALIBRATION, SHARED, needs_binary
 
 
 def test_router_reproduces_shared_routing_cases():
@@ -177,3 +178,22 @@ def test_simd_level_can_be_lowered_and_restored_but_not_raised():
                 bhmoe.set_simd_level(levels[levels.index(best) + 1])
     finally:
         bhmoe.set_simd_level(best)
+
+
+@needs_binary
+def test_a_gguf_file_loads_as_its_checkpoint_folder_does():
+    # bhmoe convert writes the bundled model as GGUF (bf16 matrices copied as stored, routers F32):
+    # the same tokenizer ids and, on the same ids, logits within the router's bf16-vs-f32 rounding.
+    with tempfile.TemporaryDirectory() as d:
+        gguf = os.path.join(d, "tiny.gguf")
+        subprocess.run([BINARY, "convert", "--model", BUNDLED, "--out", gguf], check=True,
+                       capture_output=True)
+        folder = bhmoe.Model(BUNDLED, threads=1)
+        single = bhmoe.Model(gguf, threads=1)
+        text = "The children of Israel went up out of the land of Egypt."
+        ids = single.tokenize(text)
+        assert ids == folder.tokenize(text)
+        a, b = single.logits(ids), folder.logits(ids)
+        assert a.shape == b.shape
+        assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+        np.testing.assert_allclose(a, b, atol=0.5)
