@@ -270,7 +270,30 @@ ModelConfig gguf_model_config(const GgufFile& f) {
     }
   }
   hf["torch_dtype"] = "gguf";
-  return parse_config(hf, f.source() + " (GGUF metadata)");
+  try {
+    return parse_config(hf, f.source());
+  } catch (const Error& e) {
+    // The config's checks name config.json's keys; say which GGUF key each one came from.
+    std::string message = e.what();
+    for (const auto& [config_key, gguf_key] :
+         {std::pair<std::string, std::string>{"num_hidden_layers", p + "block_count"},
+          {"num_attention_heads", p + "attention.head_count"},
+          {"num_key_value_heads", p + "attention.head_count_kv"},
+          {"num_experts_per_tok", p + "expert_used_count"},
+          {"num_experts", p + "expert_count"},
+          {"hidden_size", p + "embedding_length"},
+          {"intermediate_size", p + "feed_forward_length"},
+          {"max_position_embeddings", p + "context_length"},
+          {"rms_norm_eps", p + "attention.layer_norm_rms_epsilon"},
+          {"rope_theta", p + "rope.freq_base"},
+          {"head_dim", p + "attention.key_length"},
+          {"vocab_size", "token_embd.weight's rows"}}) {
+      if (message.find(config_key) != std::string::npos) {
+        fail(message, " (GGUF: ", gguf_key, ")");
+      }
+    }
+    throw;
+  }
 }
 
 json gguf_tokenizer_json(const GgufFile& f) {

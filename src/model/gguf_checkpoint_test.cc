@@ -381,6 +381,22 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
     EXPECT_NE(e.find("no-experts-key.gguf"), std::string::npos) << e;
   }
   {
+    // A value the config's checks refuse is named by its GGUF key.
+    const fs::path f = variant(
+        "too-many-used",
+        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
+          if (key == "olmoe.expert_used_count") {
+            w.add_uint32(key, 9);
+          } else {
+            copy_key(w, g, key);
+          }
+        },
+        keep_tensor);
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("(GGUF: olmoe.expert_used_count)"), std::string::npos) << e;
+    EXPECT_NE(e.find("too-many-used.gguf"), std::string::npos) << e;
+  }
+  {
     const fs::path f = variant("missing-tensor", copy_key, [](GgufWriter&, const GgufTensor& t) {
       return t.name == "blk.1.attn_k.weight";
     });
