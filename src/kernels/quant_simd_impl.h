@@ -13,8 +13,9 @@
 // absmax, round to nearest); each weight block is unpacked in registers to int8 (Q8_0, Q4_0 - 8,
 // Q6_K - 32: signed, multiplied through |w| and sign(w) * x) or uint8 (Q4_K nibbles, whose mins are
 // applied through the per-block sums of quantised x); the int32 dot of every 32 (Q6_K: 16) columns
-// is scaled in fp32 by weight scale * x scale and accumulated in fp32. (On Avx512Bf16, Q4_K and
-// Q6_K use zmm versions of the same arithmetic in ops_avx512.cc; the others use these.)
+// is scaled in fp32 by weight scale * x scale and accumulated in fp32. (On Avx512Bf16 all four
+// types use zmm versions of the same arithmetic in ops_avx512.cc; Q8_0 and Q4_0 fall back to
+// row_dot_blocks here for the blocks after the last full 16 of an x panel.)
 
 // Columns of x quantised at once (a multiple of 256): a matrix with more columns is processed in
 // panels, adding each panel's dot to y. 4 KiB of int8 on the stack.

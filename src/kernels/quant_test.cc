@@ -377,8 +377,11 @@ struct Case {
 
 std::vector<Case> cases_for(DType dtype) {
   // One block, a few blocks, and more columns than one matmul panel (2048) and one matvec x panel
-  // (4096) hold.
-  if (block_values(dtype) == 32) return {{3, 32}, {9, 96}, {6, 288}, {5, 4160}};
+  // (4096) hold. For the 32-value types also 25 blocks (the Avx512Bf16 matvec takes 16 blocks per
+  // zmm step, then a 256-bit tail of 9) alone and after a full x panel.
+  if (block_values(dtype) == 32) {
+    return {{3, 32}, {9, 96}, {6, 288}, {7, 800}, {5, 4160}, {4, 4896}};
+  }
   return {{3, 256}, {9, 768}, {5, 4352}};
 }
 
