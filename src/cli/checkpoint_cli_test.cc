@@ -300,3 +300,42 @@ TEST_F(CheckpointCli, MakeModelBadOptions) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(CheckpointCli, ConvertWritesAGgufFileThatRunsAndRefusesBadRequests) {
+  const std::string golden = std::string(BHMOE_SHARED_DIR) + "/golden/tiny-f32";
+  CliResult r = run("convert --model '" + golden + "' --type q8_0 --out " + path("t.gguf"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("Q8_0 matrices"));
+  r = run("inspect --json --model " + path("t.gguf"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["architecture"], "olmoe");
+  EXPECT_EQ(j["metadata"]["general.file_type"], "7");
+  EXPECT_GT(j["tensor_types"]["Q8_0"]["tensors"].get<int>(), 0);
+  EXPECT_GT(j["tensor_types"]["F32"]["tensors"].get<int>(), 0);  // norms and routers
+  // It runs: logits of a few ids.
+  r = run("logits --model " + path("t.gguf") + " --ids \"1 2 3\" --out " + path("l.npy"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  // An existing --out is kept unless --force.
+  r = run("convert --model '" + golden + "' --out " + path("t.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("exists (--force replaces it)"));
+  r = run("convert --model '" + golden + "' --out " + path("t.gguf") + " --force --type bf16");
+  EXPECT_EQ(r.status, 0) << r.err;
+  // A type it cannot write, a K type whose blocks do not divide the rows, a GGUF input.
+  r = run("convert --model '" + golden + "' --type q5_k --out " + path("u.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("expected f32, f16, bf16, q8_0, q4_0, q4_k or q6_k"));
+  r = run("convert --model '" + golden + "' --type q4_k --out " + path("u.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("do not divide hidden_size 64"));
+  EXPECT_FALSE(fs::exists(dir_ / "u.gguf"));
+  EXPECT_FALSE(fs::exists(dir_ / "u.gguf.partial"));
+  r = run("convert --model " + path("t.gguf") + " --out " + path("v.gguf"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("is a file; convert reads a checkpoint folder"));
+}
+
+}  // namespace

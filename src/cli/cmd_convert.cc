@@ -46,9 +46,9 @@ bhmoe::cli::CommandRegistration convert_command{
         if (fs::exists(out) && !options->force)
           fail("--out ", out.string(), " exists (--force replaces it)");
         const fs::path dir = options->model_dir;
-        auto checkpoint = model::Checkpoint::open(dir);
         if (fs::is_regular_file(dir))
           fail("--model ", dir.string(), " is a file; convert reads a checkpoint folder");
+        auto checkpoint = model::Checkpoint::open(dir);
         const auto tokenizer = read_json_file(dir / "tokenizer.json");
         const auto start = std::chrono::steady_clock::now();
         model::export_gguf(*checkpoint, tokenizer, type, out);
