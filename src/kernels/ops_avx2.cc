@@ -179,22 +179,14 @@ BHMOE_AVX2 void dequantize_blocks(const uint8_t* row, int64_t blocks, float* out
     }
   } else {
     static_assert(D == DType::Q6_K);
-    const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
     const __m256i offset = _mm256_set1_epi8(32);
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* blk = row + 210 * b;
       const float d = f16_value(blk + q6_k::kD);
       const auto* scales = reinterpret_cast<const int8_t*>(blk + q6_k::kScales);
       for (int n = 0; n < 2; ++n) {
-        const auto* ql = reinterpret_cast<const __m256i*>(blk + q6_k::kQl + 64 * n);
-        const __m256i a = _mm256_loadu_si256(ql), c = _mm256_loadu_si256(ql + 1);
-        const __m256i h =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q6_k::kQh + 32 * n));
         __m256i q[4];
-        q[0] = _mm256_or_si256(low_nibbles(a), _mm256_slli_epi16(_mm256_and_si256(h, low2), 4));
-        q[1] = _mm256_or_si256(low_nibbles(c), _mm256_and_si256(_mm256_slli_epi16(h, 2), bits45));
-        q[2] = _mm256_or_si256(high_nibbles(a), _mm256_and_si256(h, bits45));
-        q[3] = _mm256_or_si256(high_nibbles(c), _mm256_and_si256(_mm256_srli_epi16(h, 2), bits45));
+        q6k_half(blk, n, q);
         for (int k = 0; k < 4; ++k) {
           store_scaled32(out + 256 * b + 128 * n + 32 * k, _mm256_sub_epi8(q[k], offset),
                          d * static_cast<float>(scales[8 * n + 2 * k]),

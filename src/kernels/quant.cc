@@ -98,9 +98,15 @@ int clamp_int(double v, int lo, int hi) {
   return static_cast<int>(std::clamp(v, static_cast<double>(lo), static_cast<double>(hi)));
 }
 
-void quantize_q8_0(const float* x, uint8_t* b, int64_t row, int64_t col) {
+// max |x[i]| over a 32-value block.
+float absmax32(const float* x) {
   float absmax = 0.0f;
   for (int i = 0; i < 32; ++i) absmax = std::fmax(absmax, std::fabs(x[i]));
+  return absmax;
+}
+
+void quantize_q8_0(const float* x, uint8_t* b, int64_t row, int64_t col) {
+  const float absmax = absmax32(x);
   const uint16_t h = f16_at_least(absmax / 127.0, DType::Q8_0, row, col);
   const float d = f16_to_f32(h);
   store_u16(b + q8_0::kD, h);
@@ -111,8 +117,7 @@ void quantize_q8_0(const float* x, uint8_t* b, int64_t row, int64_t col) {
 }
 
 void quantize_q4_0(const float* x, uint8_t* b, int64_t row, int64_t col) {
-  float absmax = 0.0f;
-  for (int i = 0; i < 32; ++i) absmax = std::fmax(absmax, std::fabs(x[i]));
+  const float absmax = absmax32(x);
   const uint16_t h = f16_at_least(absmax / 7.5, DType::Q4_0, row, col);
   const float d = f16_to_f32(h);
   store_u16(b + q4_0::kD, h);

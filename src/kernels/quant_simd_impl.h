@@ -101,6 +101,19 @@ BHMOE_QUANT_TARGET inline __m256i high_nibbles(__m256i v) {
   return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f));
 }
 
+// Half n (0 or 1) of a Q6_K block as four vectors of 32 six-bit q (0..63, before the -32 offset):
+// q[k] holds values 128n + 32k .. 128n + 32k + 31 (the layout in quant.h).
+BHMOE_QUANT_TARGET inline void q6k_half(const uint8_t* blk, int n, __m256i q[4]) {
+  const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
+  const auto* ql = reinterpret_cast<const __m256i*>(blk + q6_k::kQl + 64 * n);
+  const __m256i a = _mm256_loadu_si256(ql), c = _mm256_loadu_si256(ql + 1);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q6_k::kQh + 32 * n));
+  q[0] = _mm256_or_si256(low_nibbles(a), _mm256_slli_epi16(_mm256_and_si256(h, low2), 4));
+  q[1] = _mm256_or_si256(low_nibbles(c), _mm256_and_si256(_mm256_slli_epi16(h, 2), bits45));
+  q[2] = _mm256_or_si256(high_nibbles(a), _mm256_and_si256(h, bits45));
+  q[3] = _mm256_or_si256(high_nibbles(c), _mm256_and_si256(_mm256_srli_epi16(h, 2), bits45));
+}
+
 // The dot of `blocks` consecutive blocks of one row (starting at `row`) with quantised x whose
 // per-32 arrays start at the same column.
 template <DType D>
@@ -156,7 +169,6 @@ BHMOE_QUANT_TARGET inline float row_dot_blocks(const uint8_t* row, int64_t block
     return hsum8(acc) - hsum8(min_acc);
   } else {
     static_assert(D == DType::Q6_K);
-    const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
     const __m256i offset = _mm256_set1_epi8(32);
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* blk = row + 210 * b;
@@ -178,15 +190,8 @@ BHMOE_QUANT_TARGET inline float row_dot_blocks(const uint8_t* row, int64_t block
               _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d),
               dx_hi));
       for (int n = 0; n < 2; ++n) {
-        const auto* ql = reinterpret_cast<const __m256i*>(blk + q6_k::kQl + 64 * n);
-        const __m256i a = _mm256_loadu_si256(ql), c = _mm256_loadu_si256(ql + 1);
-        const __m256i h =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + q6_k::kQh + 32 * n));
         __m256i q[4];
-        q[0] = _mm256_or_si256(low_nibbles(a), _mm256_slli_epi16(_mm256_and_si256(h, low2), 4));
-        q[1] = _mm256_or_si256(low_nibbles(c), _mm256_and_si256(_mm256_slli_epi16(h, 2), bits45));
-        q[2] = _mm256_or_si256(high_nibbles(a), _mm256_and_si256(h, bits45));
-        q[3] = _mm256_or_si256(high_nibbles(c), _mm256_and_si256(_mm256_srli_epi16(h, 2), bits45));
+        q6k_half(blk, n, q);
         for (int k = 0; k < 4; ++k) {
           const int64_t x_block = 8 * b + 4 * n + k;
           const __m256i xv =

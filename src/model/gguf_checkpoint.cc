@@ -17,26 +17,10 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// The ggml types bhmoe runs, as kernel dtypes.
 std::optional<kernels::DType> kernel_dtype_of(uint32_t ggml_type) {
-  switch (static_cast<GgmlType>(ggml_type)) {
-    case GgmlType::F32:
-      return kernels::DType::F32;
-    case GgmlType::F16:
-      return kernels::DType::F16;
-    case GgmlType::BF16:
-      return kernels::DType::BF16;
-    case GgmlType::Q8_0:
-      return kernels::DType::Q8_0;
-    case GgmlType::Q4_0:
-      return kernels::DType::Q4_0;
-    case GgmlType::Q4_K:
-      return kernels::DType::Q4_K;
-    case GgmlType::Q6_K:
-      return kernels::DType::Q6_K;
-    default:
-      return std::nullopt;
-  }
+  const std::optional<GgufType> t = gguf_type(ggml_type);
+  if (!t) return std::nullopt;
+  return t->dtype;
 }
 
 std::string ne_text(const std::vector<int64_t>& ne) {
@@ -107,7 +91,7 @@ const GgufTensor& GgufCheckpoint::checked(const std::string& name,
   const std::optional<kernels::DType> dtype = kernel_dtype_of(t->type);
   if (!dtype) {
     fail(file_.source(), ": tensor ", name, " has type ", ggml_type_name(t->type),
-         ", which bhmoe does not run (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
+         ", which bhmoe does not run (", gguf_type_names(), ")");
   }
   const int64_t block = kernels::block_values(*dtype);
   if (ne[0] % block != 0) {
@@ -196,6 +180,26 @@ std::optional<NonFiniteValue> GgufCheckpoint::find_non_finite() const {
 }
 
 }  // namespace
+
+std::optional<GgufType> gguf_type(uint32_t ggml_type) {
+  for (const GgufType& t : kGgufTypes) {
+    if (static_cast<uint32_t>(t.ggml) == ggml_type) return t;
+  }
+  return std::nullopt;
+}
+
+GgufType gguf_type(kernels::DType dtype) {
+  for (const GgufType& t : kGgufTypes) {
+    if (t.dtype == dtype) return t;
+  }
+  fail(kernels::dtype_name(dtype), " has no GGUF type");
+}
+
+std::string gguf_type_names() {
+  std::string names;
+  for (const GgufType& t : kGgufTypes) names += (names.empty() ? "" : ", ") + std::string(kernels::dtype_name(t.dtype));
+  return names;
+}
 
 std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file) {
   std::vector<float> row;

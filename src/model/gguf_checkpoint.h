@@ -11,15 +11,38 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/matrix.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "util/gguf.h"
 
 namespace bhmoe::model {
+
+// The ggml types bhmoe runs: each with its kernel dtype and llama.cpp's general.file_type for a
+// file whose matrices are of that type. The one table both the reader and the writer use.
+struct GgufType {
+  GgmlType ggml;
+  kernels::DType dtype;
+  uint32_t llama_file_type;
+};
+inline constexpr GgufType kGgufTypes[] = {
+    {GgmlType::F32, kernels::DType::F32, 0},    {GgmlType::F16, kernels::DType::F16, 1},
+    {GgmlType::BF16, kernels::DType::BF16, 32}, {GgmlType::Q8_0, kernels::DType::Q8_0, 7},
+    {GgmlType::Q4_0, kernels::DType::Q4_0, 2},  {GgmlType::Q4_K, kernels::DType::Q4_K, 14},
+    {GgmlType::Q6_K, kernels::DType::Q6_K, 18},
+};
+// The entry of a ggml type number (nullopt: a type bhmoe does not run) or of a kernel dtype
+// (bhmoe::Error for Q8, which has no GGUF type).
+std::optional<GgufType> gguf_type(uint32_t ggml_type);
+GgufType gguf_type(kernels::DType dtype);
+// "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K", for messages.
+std::string gguf_type_names();
 
 std::unique_ptr<Checkpoint> open_gguf_checkpoint(const std::filesystem::path& file);
 

@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <map>
 #include <string>
 #include <vector>
 
 #include "kernels/ops.h"
 #include "kernels/quant.h"
+#include "model/gguf_checkpoint.h"
 #include "model/tensor_names.h"
 #include "util/error.h"
 #include "util/gguf.h"
@@ -18,51 +18,6 @@ namespace {
 
 using nlohmann::json;
 using kernels::DType;
-
-GgmlType ggml_type_of(DType dtype) {
-  switch (dtype) {
-    case DType::F32:
-      return GgmlType::F32;
-    case DType::F16:
-      return GgmlType::F16;
-    case DType::BF16:
-      return GgmlType::BF16;
-    case DType::Q8_0:
-      return GgmlType::Q8_0;
-    case DType::Q4_0:
-      return GgmlType::Q4_0;
-    case DType::Q4_K:
-      return GgmlType::Q4_K;
-    case DType::Q6_K:
-      return GgmlType::Q6_K;
-    case DType::Q8:
-      break;
-  }
-  fail("GGUF export: ", kernels::dtype_name(dtype), " has no GGUF type");
-}
-
-// llama.cpp's general.file_type (llama_ftype) for a file whose matrices are `dtype`.
-uint32_t llama_file_type(DType dtype) {
-  switch (dtype) {
-    case DType::F32:
-      return 0;
-    case DType::F16:
-      return 1;
-    case DType::Q4_0:
-      return 2;
-    case DType::Q8_0:
-      return 7;
-    case DType::Q4_K:
-      return 14;  // Q4_K_S: every matrix Q4_K
-    case DType::Q6_K:
-      return 18;
-    case DType::BF16:
-      return 32;
-    case DType::Q8:
-      break;
-  }
-  return 0;
-}
 
 // The rows of `m` converted to `type`, appended to `out`. Same type: the stored bytes.
 void append_converted(const kernels::Matrix& m, DType type, std::string& out) {
@@ -171,15 +126,17 @@ void add_gguf_tokenizer(GgufWriter& w, const json& tok, int vocab_size, const Mo
 }
 
 DType parse_gguf_matrix_type(const std::string& name) {
-  std::string n = name;
-  for (char& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  static const std::map<std::string, DType> kTypes = {
-      {"f32", DType::F32},   {"f16", DType::F16},   {"bf16", DType::BF16}, {"q8_0", DType::Q8_0},
-      {"q4_0", DType::Q4_0}, {"q4_k", DType::Q4_K}, {"q6_k", DType::Q6_K}};
-  auto it = kTypes.find(n);
-  if (it == kTypes.end())
-    fail("GGUF type \"", name, "\": expected f32, f16, bf16, q8_0, q4_0, q4_k or q6_k");
-  return it->second;
+  auto lower = [](std::string text) {
+    for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return text;
+  };
+  std::string accepted;
+  for (const GgufType& t : kGgufTypes) {
+    const std::string type = lower(kernels::dtype_name(t.dtype));
+    if (lower(name) == type) return t.dtype;
+    accepted += (accepted.empty() ? "" : &t == std::end(kGgufTypes) - 1 ? " or " : ", ") + type;
+  }
+  fail("GGUF type \"", name, "\": expected ", accepted);
 }
 
 void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType matrix_type,
@@ -202,7 +159,7 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   GgufWriter g;
   g.add_string("general.architecture", "olmoe");
   g.add_string("general.name", checkpoint.dir().filename().string());
-  g.add_uint32("general.file_type", llama_file_type(matrix_type));
+  g.add_uint32("general.file_type", gguf_type(matrix_type).llama_file_type);
   g.add_uint32("olmoe.block_count", static_cast<uint32_t>(c.num_layers));
   g.add_uint32("olmoe.context_length", static_cast<uint32_t>(c.max_position_embeddings));
   g.add_uint32("olmoe.embedding_length", static_cast<uint32_t>(c.hidden_size));
@@ -215,9 +172,9 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   g.add_uint32("olmoe.expert_used_count", static_cast<uint32_t>(c.num_experts_per_tok));
   add_gguf_tokenizer(g, tokenizer_json, c.vocab_size, c);
 
-  const GgmlType matrix_ggml = ggml_type_of(matrix_type);
+  const GgmlType matrix_ggml = gguf_type(matrix_type).ggml;
   auto add_matrix = [&](const std::string& name, const TensorView& m, DType type) {
-    g.add_tensor_later(name, ggml_type_of(type), ne_of(m, false),
+    g.add_tensor_later(name, gguf_type(type).ggml, ne_of(m, false),
                        [&m, type] { return converted(m, type); });
   };
   auto add_vector = [&](const std::string& name, const TensorView& m) {

@@ -340,18 +340,10 @@ TokenizerIds scan_tokenizer(const std::string& text, const fs::path& path) {
 
 ModelConfig preset_config(std::string_view preset) {
   ModelConfig c;
-  if (preset == "tiny") {
-    c.hidden_size = 64;
-    c.intermediate_size = 32;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 4;
-    c.num_experts = 8;
-    c.num_experts_per_tok = 2;
-    c.vocab_size = 1024;
-  } else if (preset == "tiny256") {
-    c.hidden_size = 256;
-    c.intermediate_size = 256;
+  if (preset == "tiny" || preset == "tiny256") {
+    const bool wide = preset == "tiny256";
+    c.hidden_size = wide ? 256 : 64;
+    c.intermediate_size = wide ? 256 : 32;
     c.num_layers = 2;
     c.num_heads = 4;
     c.num_kv_heads = 4;
