@@ -556,3 +556,31 @@ TEST(EngineCli, CalibrateRuleReachesTheTargetAndPrintsTheSpecLast) {
 
 }  // namespace
 }  // namespace bhmoe
+
+namespace bhmoe {
+namespace {
+
+TEST(EngineCli, BhmoeSimdCapsTheLevelAndAnUnknownValueIsIgnoredWithAWarning) {
+  const std::string bench = "bench model " + model_arg() +
+                            " --bandwidth-mib 0 --decode-tokens 1 --k-decode-tokens 1 --repeats 1";
+  CliRun run = bhmoe(bench);
+  ASSERT_EQ(run.status, 0) << run.err;
+  const std::string best = nlohmann::json::parse(run.out)["isa"];
+  // The variable is set for the child only (bhmoe() runs it through the shell right away).
+  setenv("BHMOE_SIMD", "scalar", 1);
+  run = bhmoe(bench);
+  unsetenv("BHMOE_SIMD");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_EQ(nlohmann::json::parse(run.out)["isa"], "scalar");
+  setenv("BHMOE_SIMD", "sse9", 1);
+  run = bhmoe(bench);
+  unsetenv("BHMOE_SIMD");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_EQ(nlohmann::json::parse(run.out)["isa"], best);
+  EXPECT_NE(run.err.find("BHMOE_SIMD=sse9 is not scalar, avx2, avx512 or avx512bf16; ignored"),
+            std::string::npos)
+      << run.err;
+}
+
+}  // namespace
+}  // namespace bhmoe

@@ -160,13 +160,14 @@ class Runner {
 
     // Native routing over the same prompt and continuation: KL over the prompt positions, and the
     // continuation's NLL (the native model's surprise at what this config generated).
-    const NativePrompt& native = native_prompt(prompt, ids);
+    const NativePrompt& native = native_prompt(ids);
     double kl = 0;
     for (int64_t i = 0; i < T; ++i) {
       const double* logp = native.logp.data() + i * V_;
+      const double* p = native.prob.data() + i * V_;
       model::log_softmax(config_logits_.data() + i * V_, V_, logq_.data());
       double sum = 0;
-      for (int v = 0; v < V_; ++v) sum += std::exp(logp[v]) * (logp[v] - logq_[v]);
+      for (int v = 0; v < V_; ++v) sum += p[v] * (logp[v] - logq_[v]);
       kl += std::max(0.0, sum);
     }
     row.kl_to_native = kl / static_cast<double>(T);
@@ -265,17 +266,16 @@ class Runner {
   // (Session::truncate rewinds to it), and a continuation seen before (many configs generate
   // what native routing does) reuses its NLL.
   struct NativePrompt {
-    std::string prompt_id;
-    std::vector<int32_t> ids;
+    std::vector<int32_t> ids;  // the prompt's tokens: what the pass depends on
     std::vector<double> logp;  // [T, V] native log-probabilities after each prompt position
+    std::vector<double> prob;  // [T, V] exp(logp), the KL's weights
     std::map<std::vector<int32_t>, double> continuation_nll_sum;  // by continuation
   };
 
-  const NativePrompt& native_prompt(const PromptEntry& prompt, const std::vector<int32_t>& ids) {
-    if (native_.prompt_id == prompt.id && native_.ids == ids && native_session_) return native_;
+  const NativePrompt& native_prompt(const std::vector<int32_t>& ids) {
+    if (native_session_ && native_.ids == ids) return native_;
     if (!native_session_) native_session_.emplace(model_, nullptr, pool_, max_tokens_);
     const int64_t T = static_cast<int64_t>(ids.size());
-    native_.prompt_id = prompt.id;
     native_.ids = ids;
     native_.continuation_nll_sum.clear();
     native_.logp.resize(static_cast<size_t>(T) * V_);
@@ -283,6 +283,8 @@ class Runner {
     native_session_->prefill(ids, native_logits_.data());
     for (int64_t i = 0; i < T; ++i)
       model::log_softmax(native_logits_.data() + i * V_, V_, native_.logp.data() + i * V_);
+    native_.prob.resize(native_.logp.size());
+    for (size_t i = 0; i < native_.logp.size(); ++i) native_.prob[i] = std::exp(native_.logp[i]);
     return native_;
   }
 
@@ -565,11 +567,10 @@ std::vector<const GridItem*> shard_todo(const std::vector<GridItem>& grid,
 }
 
 // The untimed warm-up (Runner::warm_up) on the first prompt, or the start of the first text;
-// recorded in the rows' run object (warmup_tokens: 0 when none ran) so the report can say whether
-// the first config's timings are cold. Returns the line for the log.
+// recorded in the rows' run object as warmup_tokens (the caller sets 0 first, for when none runs)
+// so the report can say whether the first config's timings are cold. Returns the line for the log.
 std::string warm_up(Runner& runner, const Experiment& experiment, const model::Model& model,
                     json& run_info) {
-  run_info["warmup_tokens"] = 0;
   auto start = Clock::now();
   try {
     std::vector<int32_t> ids;

@@ -29,13 +29,30 @@ std::string ne_text(const std::vector<int64_t>& ne) {
   return text + "}";
 }
 
-// An int metadata value that must fit a positive int (a dimension or count).
-int positive_int(const GgufFile& f, const std::string& key) {
-  const uint64_t v = f.get_uint(key);
-  if (v < 1 || v > static_cast<uint64_t>(std::numeric_limits<int>::max()))
-    fail(f.source(), ": ", key, " = ", v, ": expected a positive count below 2^31");
-  return static_cast<int>(v);
-}
+// The config.json keys an olmoe GGUF file's "<arch>.<gguf>" keys give. A config key listed twice
+// takes the first present (the expert width: expert_feed_forward_length, else
+// feed_forward_length). Checks that mention several keys name the first listed: the expert count
+// used comes before the expert count.
+struct ConfigKey {
+  const char* config;
+  const char* gguf;
+  enum Kind { kCount, kReal, kBool } kind;
+};
+constexpr ConfigKey kConfigKeys[] = {
+    {"num_experts_per_tok", "expert_used_count", ConfigKey::kCount},
+    {"num_experts", "expert_count", ConfigKey::kCount},
+    {"hidden_size", "embedding_length", ConfigKey::kCount},
+    {"num_hidden_layers", "block_count", ConfigKey::kCount},
+    {"num_attention_heads", "attention.head_count", ConfigKey::kCount},
+    {"num_key_value_heads", "attention.head_count_kv", ConfigKey::kCount},
+    {"intermediate_size", "expert_feed_forward_length", ConfigKey::kCount},
+    {"intermediate_size", "feed_forward_length", ConfigKey::kCount},
+    {"max_position_embeddings", "context_length", ConfigKey::kCount},
+    {"rope_theta", "rope.freq_base", ConfigKey::kReal},
+    {"rms_norm_eps", "attention.layer_norm_rms_epsilon", ConfigKey::kReal},
+    {"norm_topk_prob", "expert_weights_norm", ConfigKey::kBool},
+    {"head_dim", "attention.key_length", ConfigKey::kCount},
+};
 
 class GgufCheckpoint final : public Checkpoint {
  public:
@@ -70,8 +87,16 @@ class GgufCheckpoint final : public Checkpoint {
   // The tensor `name`, which must exist with ggml ne == `ne` and a type bhmoe runs whose blocks
   // divide its rows (ne[0]).
   const GgufTensor& checked(const std::string& name, const std::vector<int64_t>& ne) const;
-  TensorView matrix(const std::string& name, int64_t rows, int64_t cols) const;
-  TensorView vector(const std::string& name, int64_t size) const;
+  // The tensor `name`, checked against ggml shape `ne`, as a [rows, cols] matrix.
+  TensorView view(const std::string& name, const std::vector<int64_t>& ne, int64_t rows,
+                  int64_t cols) const;
+  TensorView matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    return view(name, {cols, rows}, rows, cols);
+  }
+  // Norm weights: ggml shape {size}, one dimension.
+  TensorView vector(const std::string& name, int64_t size) const {
+    return view(name, {size}, 1, size);
+  }
 
   fs::path path_;
   GgufFile file_;
@@ -101,25 +126,14 @@ const GgufTensor& GgufCheckpoint::checked(const std::string& name,
   return *t;
 }
 
-TensorView GgufCheckpoint::matrix(const std::string& name, int64_t rows, int64_t cols) const {
-  const GgufTensor& t = checked(name, {cols, rows});
+TensorView GgufCheckpoint::view(const std::string& name, const std::vector<int64_t>& ne,
+                                int64_t rows, int64_t cols) const {
+  const GgufTensor& t = checked(name, ne);
   TensorView view;
   view.data = t.data;
   view.dtype = *kernel_dtype_of(t.type);
   view.rows = rows;
   view.cols = cols;
-  view.name = name;
-  return view;
-}
-
-// Norm weights: ggml shape {size}, one dimension.
-TensorView GgufCheckpoint::vector(const std::string& name, int64_t size) const {
-  const GgufTensor& t = checked(name, {size});
-  TensorView view;
-  view.data = t.data;
-  view.dtype = *kernel_dtype_of(t.type);
-  view.rows = 1;
-  view.cols = size;
   view.name = name;
   return view;
 }
@@ -143,12 +157,7 @@ void GgufCheckpoint::load_weights() {
     for (const hf::ExpertTensor& t : hf::kExpertTensors) {
       const int64_t rows = hf::size(t.rows, c), cols = hf::size(t.cols, c);
       const std::string name = hf::gguf_layer_name(l, t.gguf_stacked);
-      const GgufTensor& g = checked(name, {cols, rows, c.num_experts});
-      TensorView stacked;
-      stacked.data = g.data;
-      stacked.dtype = *kernel_dtype_of(g.type);
-      stacked.rows = rows * c.num_experts;
-      stacked.cols = cols;
+      const TensorView stacked = view(name, {cols, rows, c.num_experts}, rows * c.num_experts, cols);
       for (int e = 0; e < c.num_experts; ++e) {
         TensorView view;
         static_cast<kernels::Matrix&>(view) = stacked.row_block(e * rows, rows);
@@ -236,66 +245,60 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   const std::string p = arch + ".";
   json hf;
   hf["model_type"] = "olmoe";
-  hf["hidden_size"] = positive_int(f, p + "embedding_length");
-  hf["num_hidden_layers"] = positive_int(f, p + "block_count");
-  hf["num_attention_heads"] = positive_int(f, p + "attention.head_count");
-  hf["num_key_value_heads"] =
-      f.find(p + "attention.head_count_kv") ? positive_int(f, p + "attention.head_count_kv")
-                                            : hf["num_attention_heads"].get<int>();
-  hf["num_experts"] = positive_int(f, p + "expert_count");
-  hf["num_experts_per_tok"] = positive_int(f, p + "expert_used_count");
-  hf["intermediate_size"] = f.find(p + "expert_feed_forward_length")
-                                ? positive_int(f, p + "expert_feed_forward_length")
-                                : positive_int(f, p + "feed_forward_length");
-  hf["max_position_embeddings"] = positive_int(f, p + "context_length");
-  hf["rope_theta"] = f.get_real_or(p + "rope.freq_base", 10000.0);
-  hf["rms_norm_eps"] = f.get_real(p + "attention.layer_norm_rms_epsilon");
-  hf["norm_topk_prob"] = f.get_bool_or(p + "expert_weights_norm", false);
-  if (f.find(p + "attention.key_length")) {
-    hf["head_dim"] = positive_int(f, p + "attention.key_length");
+  // The keys present are copied; parse_config checks them, fills the optional ones and refuses
+  // what is missing or implausible.
+  for (const ConfigKey& k : kConfigKeys) {
+    const std::string key = p + k.gguf;
+    if (hf.contains(k.config) || !f.find(key)) continue;
+    switch (k.kind) {
+      case ConfigKey::kCount:
+        hf[k.config] = f.get_uint(key);
+        break;
+      case ConfigKey::kReal:
+        hf[k.config] = f.get_real(key);
+        break;
+      case ConfigKey::kBool:
+        hf[k.config] = f.get_bool_or(key, false);
+        break;
+    }
   }
+  // The vocabulary is the embedding's rows. Without that tensor vocab_size stays unset: the
+  // config's checks report the first missing key, or with every key present, the tensor.
   const GgufTensor* embed = f.find_tensor(hf::kGgufEmbed);
-  if (!embed) fail(f.source(), ": missing tensor ", hf::kGgufEmbed);
-  if (embed->ne.size() != 2) {
-    fail(f.source(), ": tensor ", hf::kGgufEmbed, " has ", embed->ne.size(),
-         " dimensions, expected 2 ({hidden, vocabulary})");
-  }
-  if (embed->ne[1] < 1 || embed->ne[1] > std::numeric_limits<int>::max())
-    fail(f.source(), ": tensor ", hf::kGgufEmbed, ": vocabulary of ", embed->ne[1], " rows");
-  hf["vocab_size"] = embed->ne[1];
-  hf["tie_word_embeddings"] = f.find_tensor(hf::kGgufLmHead) == nullptr;
-  for (const char* key : {"eos", "bos", "padding"}) {
-    const std::string k = cat("tokenizer.ggml.", key, "_token_id");
-    if (f.find(k)) {
+  if (embed) {
+    if (embed->ne.size() != 2) {
+      fail(f.source(), ": tensor ", hf::kGgufEmbed, " has ", embed->ne.size(),
+           " dimensions, expected 2 ({hidden, vocabulary})");
+    }
+    if (embed->ne[1] < 1 || embed->ne[1] > std::numeric_limits<int>::max())
+      fail(f.source(), ": tensor ", hf::kGgufEmbed, ": vocabulary of ", embed->ne[1], " rows");
+    hf["vocab_size"] = embed->ne[1];
+    for (const char* key : {"eos", "bos", "padding"}) {
+      const std::string k = cat("tokenizer.ggml.", key, "_token_id");
+      if (!f.find(k)) continue;
       const uint64_t id = f.get_uint(k);
       if (id >= static_cast<uint64_t>(embed->ne[1]))
         fail(f.source(), ": ", k, " = ", id, " is outside the vocabulary of ", embed->ne[1]);
       hf[std::string(key == std::string("padding") ? "pad" : key) + "_token_id"] = id;
     }
   }
+  hf["tie_word_embeddings"] = f.find_tensor(hf::kGgufLmHead) == nullptr;
   hf["torch_dtype"] = "gguf";
   try {
     return parse_config(hf, f.source());
   } catch (const Error& e) {
-    // The config's checks name config.json's keys; say which GGUF key each one came from.
-    std::string message = e.what();
-    for (const auto& [config_key, gguf_key] :
-         {std::pair<std::string, std::string>{"num_hidden_layers", p + "block_count"},
-          {"num_attention_heads", p + "attention.head_count"},
-          {"num_key_value_heads", p + "attention.head_count_kv"},
-          {"num_experts_per_tok", p + "expert_used_count"},
-          {"num_experts", p + "expert_count"},
-          {"hidden_size", p + "embedding_length"},
-          {"intermediate_size", p + "feed_forward_length"},
-          {"max_position_embeddings", p + "context_length"},
-          {"rms_norm_eps", p + "attention.layer_norm_rms_epsilon"},
-          {"rope_theta", p + "rope.freq_base"},
-          {"head_dim", p + "attention.key_length"},
-          {"vocab_size", "token_embd.weight's rows"}}) {
-      if (message.find(config_key) != std::string::npos) {
-        fail(message, " (GGUF: ", gguf_key, ")");
+    // The config's checks name config.json's keys; say which GGUF key the value came from.
+    const std::string message = e.what();
+    for (const ConfigKey& k : kConfigKeys) {
+      if (message.find(k.config) == std::string::npos) continue;
+      std::string keys;
+      for (const ConfigKey& same : kConfigKeys) {
+        if (std::string_view(same.config) == k.config) keys += (keys.empty() ? "" : " or ") + p + same.gguf;
       }
+      fail(message, " (GGUF: ", keys, ")");
     }
+    if (!embed && message.find("vocab_size") != std::string::npos)
+      fail(f.source(), ": missing tensor ", hf::kGgufEmbed);
     throw;
   }
 }

@@ -396,6 +396,62 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
     EXPECT_NE(e.find("(GGUF: olmoe.expert_used_count)"), std::string::npos) << e;
     EXPECT_NE(e.find("too-many-used.gguf"), std::string::npos) << e;
   }
+  // One metadata value replaced: the key it names and what the message must say.
+  auto with_key = [](const std::string& name, const std::string& replaced,
+                     const std::function<void(GgufWriter&)>& write) {
+    return variant(
+        name,
+        [&](GgufWriter& w, const GgufFile& g, const std::string& key) {
+          if (key == replaced) {
+            write(w);
+          } else {
+            copy_key(w, g, key);
+          }
+        },
+        [](GgufWriter&, const GgufTensor&) { return false; });
+  };
+  {
+    const std::string e = expect_error_of(with_key("spm", "tokenizer.ggml.model", [](GgufWriter& w) {
+      w.add_string("tokenizer.ggml.model", "llama");
+    }));
+    EXPECT_NE(e.find("tokenizer.ggml.model = \"llama\""), std::string::npos) << e;
+  }
+  {
+    const std::string e = expect_error_of(
+        with_key("types", "tokenizer.ggml.token_type",
+                 [](GgufWriter& w) { w.add_int32_array("tokenizer.ggml.token_type", {1, 1, 3}); }));
+    EXPECT_NE(e.find("tokenizer.ggml.token_type has 3 entries for 1024 tokens"), std::string::npos)
+        << e;
+  }
+  {
+    const std::string e = expect_error_of(
+        with_key("eos", "tokenizer.ggml.eos_token_id",
+                 [](GgufWriter& w) { w.add_uint32("tokenizer.ggml.eos_token_id", 5000); }));
+    EXPECT_NE(e.find("tokenizer.ggml.eos_token_id = 5000 is outside the vocabulary of 1024"),
+              std::string::npos)
+        << e;
+  }
+  {
+    const fs::path f = variant("no-embedding", copy_key, [](GgufWriter&, const GgufTensor& t) {
+      return t.name == "token_embd.weight";
+    });
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("missing tensor token_embd.weight"), std::string::npos) << e;
+  }
+  {
+    // A layer beyond block_count: the metadata and the tensors disagree.
+    const fs::path f = variant("extra-layer", copy_key, [](GgufWriter& w, const GgufTensor& t) {
+      if (t.name == "output_norm.weight") {
+        w.add_tensor("blk.2.attn_norm.weight", static_cast<GgmlType>(t.type), t.ne,
+                     std::string(reinterpret_cast<const char*>(t.data), t.nbytes));
+      }
+      return false;
+    });
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("tensor blk.2.attn_norm.weight is beyond olmoe.block_count = 2"),
+              std::string::npos)
+        << e;
+  }
   {
     const fs::path f = variant("missing-tensor", copy_key, [](GgufWriter&, const GgufTensor& t) {
       return t.name == "blk.1.attn_k.weight";
