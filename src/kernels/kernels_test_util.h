@@ -1,6 +1,8 @@
 // Helpers shared by the kernel tests.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -93,6 +95,24 @@ inline std::vector<float> random_vector(int64_t n, std::mt19937& rng, float rang
   std::vector<float> v(static_cast<size_t>(n));
   for (float& x : v) x = dist(rng);
   return v;
+}
+
+// matmul (or matmul_exact) of rows [begin, end) into a [tokens, y_stride] buffer filled with -7
+// first; the columns past end - begin must keep it (no write past the row range), checked here.
+inline std::vector<float> matmul_within_range(const Matrix& w, const float* x, int64_t x_stride,
+                                              int64_t tokens, int64_t y_stride, int64_t begin,
+                                              int64_t end, bool exact) {
+  std::vector<float> got(static_cast<size_t>(tokens * y_stride), -7.0f);
+  if (exact) {
+    matmul_exact(w, x, x_stride, tokens, got.data(), y_stride, begin, end);
+  } else {
+    matmul(w, x, x_stride, tokens, got.data(), y_stride, begin, end);
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t i = end - begin; i < y_stride; ++i)
+      EXPECT_EQ(got[static_cast<size_t>(t * y_stride + i)], -7.0f) << "wrote past the row range";
+  }
+  return got;
 }
 
 }  // namespace bhmoe::kernels::testing
