@@ -157,8 +157,10 @@ TEST(GgufModel, QuantisedTypesRunTheValuesTheirBlocksHold) {
   // Drift from the f32 original, relative to its largest logit: per-weight errors of 2^-9 (bf16),
   // 2^-11 (f16), absmax/254 (Q8_0) and absmax/15 (Q4_0) of a random model whose logits are small
   // sums of many such products; 4-bit moves this tiny model's logits by up to its own scale.
-  for (auto [type, bound] : {std::pair{kernels::DType::BF16, 0.03}, {kernels::DType::F16, 0.005},
-                             {kernels::DType::Q8_0, 0.1}, {kernels::DType::Q4_0, 1.0}}) {
+  for (auto [type, bound] : {std::pair{kernels::DType::BF16, 0.03},
+                             {kernels::DType::F16, 0.005},
+                             {kernels::DType::Q8_0, 0.1},
+                             {kernels::DType::Q4_0, 1.0}}) {
     SCOPED_TRACE(kernels::dtype_name(type));
     expect_runs_its_blocks(golden_gguf(type), ids, original, bound);
   }
@@ -182,9 +184,11 @@ TEST(GgufModel, KQuantTypesRunOnRowsOfWholeSuperBlocks) {
     const fs::path file = scratch() / cat("tiny256-", kernels::dtype_name(type), ".gguf");
     export_gguf(*checkpoint, read_json_file(dir / "tokenizer.json"), type, file);
     GgufFile g = GgufFile::open(file);
-    EXPECT_EQ(g.find_tensor("blk.0.ffn_gate_exps.weight")->type,
-              static_cast<uint32_t>(type == kernels::DType::Q6_K ? GgmlType::Q6_K : GgmlType::Q4_K));
-    EXPECT_EQ(g.find_tensor("blk.0.ffn_gate_inp.weight")->type, static_cast<uint32_t>(GgmlType::F32));
+    EXPECT_EQ(
+        g.find_tensor("blk.0.ffn_gate_exps.weight")->type,
+        static_cast<uint32_t>(type == kernels::DType::Q6_K ? GgmlType::Q6_K : GgmlType::Q4_K));
+    EXPECT_EQ(g.find_tensor("blk.0.ffn_gate_inp.weight")->type,
+              static_cast<uint32_t>(GgmlType::F32));
     EXPECT_EQ(g.find_tensor("blk.0.attn_norm.weight")->type, static_cast<uint32_t>(GgmlType::F32));
     expect_runs_its_blocks(file, ids, want, bound);
     // --weights bf16 and q8 convert the blocks' values at load: bf16 rounds them (2^-9 relative),
@@ -194,8 +198,9 @@ TEST(GgufModel, KQuantTypesRunOnRowsOfWholeSuperBlocks) {
       SCOPED_TRACE(weights);
       auto converted = Model::load(file, {.weights = weights});
       const std::vector<float> got = logits_of(converted, ids, nullptr);
-      EXPECT_GE(positions_within(got, native, converted->config().vocab_size, 0.02 * largest(native)),
-                static_cast<int>(ids.size()) * 3 / 4);
+      EXPECT_GE(
+          positions_within(got, native, converted->config().vocab_size, 0.02 * largest(native)),
+          static_cast<int>(ids.size()) * 3 / 4);
     }
   }
 }
@@ -307,9 +312,10 @@ std::string expect_error_of(const fs::path& file) {
 }
 
 // Rewrites the golden f32 GGUF with one metadata key or tensor changed.
-fs::path variant(const std::string& name, const std::function<void(GgufWriter&, const GgufFile&,
-                                                                   const std::string& key)>& key_hook,
-                 const std::function<bool(GgufWriter&, const GgufTensor&)>& tensor_hook) {
+fs::path variant(
+    const std::string& name,
+    const std::function<void(GgufWriter&, const GgufFile&, const std::string& key)>& key_hook,
+    const std::function<bool(GgufWriter&, const GgufTensor&)>& tensor_hook) {
   const GgufFile g = GgufFile::open(golden_gguf(kernels::DType::F32));
   GgufWriter w;
   for (const std::string& key : g.keys()) key_hook(w, g, key);
@@ -355,17 +361,24 @@ void copy_key(GgufWriter& w, const GgufFile& g, const std::string& key) {
 
 TEST(GgufModel, BrokenFilesAreClearErrors) {
   auto keep_tensor = [](GgufWriter&, const GgufTensor&) { return false; };
-  {
-    const fs::path f = variant(
-        "arch",
-        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
-          if (key == "general.architecture") {
-            w.add_string(key, "qwen9");
+  // The golden file with one metadata value written by `write` instead of its own.
+  auto with_key = [&](const std::string& name, const std::string& replaced,
+                      const std::function<void(GgufWriter&)>& write) {
+    return variant(
+        name,
+        [&](GgufWriter& w, const GgufFile& g, const std::string& key) {
+          if (key == replaced) {
+            write(w);
           } else {
             copy_key(w, g, key);
           }
         },
         keep_tensor);
+  };
+  {
+    const fs::path f = with_key("arch", "general.architecture", [](GgufWriter& w) {
+      w.add_string("general.architecture", "qwen9");
+    });
     const std::string e = expect_error_of(f);
     EXPECT_NE(e.find("general.architecture = \"qwen9\""), std::string::npos) << e;
   }
@@ -382,51 +395,32 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
   }
   {
     // A value the config's checks refuse is named by its GGUF key.
-    const fs::path f = variant(
-        "too-many-used",
-        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
-          if (key == "olmoe.expert_used_count") {
-            w.add_uint32(key, 9);
-          } else {
-            copy_key(w, g, key);
-          }
-        },
-        keep_tensor);
+    const fs::path f = with_key("too-many-used", "olmoe.expert_used_count",
+                                [](GgufWriter& w) { w.add_uint32("olmoe.expert_used_count", 9); });
     const std::string e = expect_error_of(f);
     EXPECT_NE(e.find("(GGUF: olmoe.expert_used_count)"), std::string::npos) << e;
     EXPECT_NE(e.find("too-many-used.gguf"), std::string::npos) << e;
   }
-  // One metadata value replaced: the key it names and what the message must say.
-  auto with_key = [](const std::string& name, const std::string& replaced,
-                     const std::function<void(GgufWriter&)>& write) {
-    return variant(
-        name,
-        [&](GgufWriter& w, const GgufFile& g, const std::string& key) {
-          if (key == replaced) {
-            write(w);
-          } else {
-            copy_key(w, g, key);
-          }
-        },
-        [](GgufWriter&, const GgufTensor&) { return false; });
-  };
   {
-    const std::string e = expect_error_of(with_key("spm", "tokenizer.ggml.model", [](GgufWriter& w) {
-      w.add_string("tokenizer.ggml.model", "llama");
-    }));
+    const std::string e =
+        expect_error_of(with_key("spm", "tokenizer.ggml.model", [](GgufWriter& w) {
+          w.add_string("tokenizer.ggml.model", "llama");
+        }));
     EXPECT_NE(e.find("tokenizer.ggml.model = \"llama\""), std::string::npos) << e;
   }
   {
-    const std::string e = expect_error_of(
-        with_key("types", "tokenizer.ggml.token_type",
-                 [](GgufWriter& w) { w.add_int32_array("tokenizer.ggml.token_type", {1, 1, 3}); }));
+    const std::string e =
+        expect_error_of(with_key("types", "tokenizer.ggml.token_type", [](GgufWriter& w) {
+          w.add_int32_array("tokenizer.ggml.token_type", {1, 1, 3});
+        }));
     EXPECT_NE(e.find("tokenizer.ggml.token_type has 3 entries for 1024 tokens"), std::string::npos)
         << e;
   }
   {
-    const std::string e = expect_error_of(
-        with_key("eos", "tokenizer.ggml.eos_token_id",
-                 [](GgufWriter& w) { w.add_uint32("tokenizer.ggml.eos_token_id", 5000); }));
+    const std::string e =
+        expect_error_of(with_key("eos", "tokenizer.ggml.eos_token_id", [](GgufWriter& w) {
+          w.add_uint32("tokenizer.ggml.eos_token_id", 5000);
+        }));
     EXPECT_NE(e.find("tokenizer.ggml.eos_token_id = 5000 is outside the vocabulary of 1024"),
               std::string::npos)
         << e;
@@ -462,7 +456,8 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
   {
     const fs::path f = variant("wrong-shape", copy_key, [](GgufWriter& w, const GgufTensor& t) {
       if (t.name != "blk.0.ffn_up_exps.weight") return false;
-      // The same bytes as {32, 64, 8} (experts 32 x 64 instead of 64 x 32... rows and cols swapped).
+      // The same bytes as {32, 64, 8} (experts 32 x 64 instead of 64 x 32... rows and cols
+      // swapped).
       w.add_tensor(t.name, static_cast<GgmlType>(t.type), {t.ne[1], t.ne[0], t.ne[2]},
                    std::string(reinterpret_cast<const char*>(t.data), t.nbytes));
       return true;
@@ -485,16 +480,8 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
         << e;
   }
   {
-    const fs::path f = variant(
-        "pre",
-        [](GgufWriter& w, const GgufFile& g, const std::string& key) {
-          if (key == "tokenizer.ggml.pre") {
-            w.add_string(key, "qwen2");
-          } else {
-            copy_key(w, g, key);
-          }
-        },
-        keep_tensor);
+    const fs::path f = with_key("pre", "tokenizer.ggml.pre",
+                                [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "qwen2"); });
     const std::string e = expect_error_of(f);
     EXPECT_NE(e.find("tokenizer.ggml.pre = \"qwen2\""), std::string::npos) << e;
   }
