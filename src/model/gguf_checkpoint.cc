@@ -157,7 +157,8 @@ void GgufCheckpoint::load_weights() {
     for (const hf::ExpertTensor& t : hf::kExpertTensors) {
       const int64_t rows = hf::size(t.rows, c), cols = hf::size(t.cols, c);
       const std::string name = hf::gguf_layer_name(l, t.gguf_stacked);
-      const TensorView stacked = view(name, {cols, rows, c.num_experts}, rows * c.num_experts, cols);
+      const TensorView stacked =
+          view(name, {cols, rows, c.num_experts}, rows * c.num_experts, cols);
       for (int e = 0; e < c.num_experts; ++e) {
         TensorView view;
         static_cast<kernels::Matrix&>(view) = stacked.row_block(e * rows, rows);
@@ -178,8 +179,8 @@ void GgufCheckpoint::load_weights() {
     if (t.name.rfind("blk.", 0) != 0) continue;
     const long layer = std::strtol(t.name.c_str() + 4, nullptr, 10);
     if (layer >= c.num_layers) {
-      fail(file_.source(), ": tensor ", t.name, " is beyond ", file_.get_string("general.architecture"),
-           ".block_count = ", c.num_layers);
+      fail(file_.source(), ": tensor ", t.name, " is beyond ",
+           file_.get_string("general.architecture"), ".block_count = ", c.num_layers);
     }
   }
 }
@@ -206,7 +207,8 @@ GgufType gguf_type(kernels::DType dtype) {
 
 std::string gguf_type_names() {
   std::string names;
-  for (const GgufType& t : kGgufTypes) names += (names.empty() ? "" : ", ") + std::string(kernels::dtype_name(t.dtype));
+  for (const GgufType& t : kGgufTypes)
+    names += (names.empty() ? "" : ", ") + std::string(kernels::dtype_name(t.dtype));
   return names;
 }
 
@@ -228,7 +230,8 @@ std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file) {
       for (int64_t i = 0; i < cols; ++i) {
         if (!std::isfinite(row[static_cast<size_t>(i)])) {
           std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-          return NonFiniteValue{file.source(), t.name, shape, r * cols + i, row[static_cast<size_t>(i)]};
+          return NonFiniteValue{file.source(), t.name, shape, r * cols + i,
+                                row[static_cast<size_t>(i)]};
         }
       }
     }
@@ -293,7 +296,8 @@ ModelConfig gguf_model_config(const GgufFile& f) {
       if (message.find(k.config) == std::string::npos) continue;
       std::string keys;
       for (const ConfigKey& same : kConfigKeys) {
-        if (std::string_view(same.config) == k.config) keys += (keys.empty() ? "" : " or ") + p + same.gguf;
+        if (std::string_view(same.config) == k.config)
+          keys += (keys.empty() ? "" : " or ") + p + same.gguf;
       }
       fail(message, " (GGUF: ", keys, ")");
     }

@@ -53,8 +53,8 @@ struct GgufModel {
 };
 GgufModel open_gguf_model(const std::filesystem::path& file);
 
-// A model's tokenizer: `model`/tokenizer.json for a checkpoint folder, the tokenizer.ggml.* keys for
-// a GGUF file.
+// A model's tokenizer: `model`/tokenizer.json for a checkpoint folder, the tokenizer.ggml.* keys
+// for a GGUF file.
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model);
 
 // The first NaN or infinity in the file's tensors of a type bhmoe reads (F32, F16, BF16 and the

@@ -16,8 +16,8 @@
 namespace bhmoe::model {
 namespace {
 
-using nlohmann::json;
 using kernels::DType;
+using nlohmann::json;
 
 // The rows of `m` converted to `type`, appended to `out`. Same type: the stored bytes.
 void append_converted(const kernels::Matrix& m, DType type, std::string& out) {
@@ -117,8 +117,10 @@ void add_gguf_tokenizer(GgufWriter& w, const json& tok, int vocab_size, const Mo
   w.add_string_array("tokenizer.ggml.tokens", tokens);
   w.add_int32_array("tokenizer.ggml.token_type", types);
   w.add_string_array("tokenizer.ggml.merges", merges);
-  if (c.bos_token_id) w.add_uint32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(*c.bos_token_id));
-  if (c.eos_token_id) w.add_uint32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(*c.eos_token_id));
+  if (c.bos_token_id)
+    w.add_uint32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(*c.bos_token_id));
+  if (c.eos_token_id)
+    w.add_uint32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(*c.eos_token_id));
   if (c.pad_token_id)
     w.add_uint32("tokenizer.ggml.padding_token_id", static_cast<uint32_t>(*c.pad_token_id));
   w.add_bool("tokenizer.ggml.add_bos_token", false);
@@ -145,7 +147,8 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   const Weights& w = checkpoint.weights();
   if (c.clip_qkv) fail("GGUF export: clip_qkv has no olmoe GGUF key (llama.cpp would not clip)");
   if (c.norm_topk_prob)
-    fail("GGUF export: norm_topk_prob true has no olmoe GGUF key (llama.cpp would not renormalise)");
+    fail(
+        "GGUF export: norm_topk_prob true has no olmoe GGUF key (llama.cpp would not renormalise)");
   if (c.num_kv_heads != c.num_heads)
     fail("GGUF export: llama.cpp's olmoe needs as many key/value heads as heads (", c.num_kv_heads,
          " vs ", c.num_heads, ")");

@@ -73,6 +73,6 @@ std::string expert_name(int layer, int64_t expert, std::string_view leaf);
 inline constexpr std::string_view kGgufEmbed = "token_embd.weight";       // ne {D, V}
 inline constexpr std::string_view kGgufFinalNorm = "output_norm.weight";  // ne {D}
 inline constexpr std::string_view kGgufLmHead = "output.weight";          // ne {D, V}; absent: tied
-std::string gguf_layer_name(int layer, std::string_view gguf_leaf);  // "blk.<l>.<leaf>.weight"
+std::string gguf_layer_name(int layer, std::string_view gguf_leaf);       // "blk.<l>.<leaf>.weight"
 
 }  // namespace bhmoe::model::hf

@@ -40,8 +40,8 @@ SimdLevel detect() {
 SimdLevel capped_by_environment(SimdLevel level) {
   const char* env = std::getenv("BHMOE_SIMD");
   if (env == nullptr || *env == '\0') return level;
-  for (SimdLevel cap : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512,
-                        SimdLevel::Avx512Bf16}) {
+  for (SimdLevel cap :
+       {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Avx512Bf16}) {
     if (std::strcmp(env, simd_level_name(cap)) == 0)
       return static_cast<int>(cap) < static_cast<int>(level) ? cap : level;
   }
@@ -63,8 +63,8 @@ SimdLevel detected_simd_level() {
 
 void set_simd_level(SimdLevel level) {
   if (static_cast<int>(level) > static_cast<int>(kDetected)) {
-    fail("SIMD level ", simd_level_name(level), " is not supported by this CPU (best: ",
-         simd_level_name(kDetected), ")");
+    fail("SIMD level ", simd_level_name(level),
+         " is not supported by this CPU (best: ", simd_level_name(kDetected), ")");
   }
   detail::g_simd_level.store(level);
 }
