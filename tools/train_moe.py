@@ -162,7 +162,9 @@ def main():
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--init-from", default=None,
                     help="when --work has no checkpoint: start from this snapshot folder's model.safetensors "
-                         "at its recorded step (fresh optimiser state, so not bit-identical to an unbroken run)")
+                         "at its recorded step with a fresh optimiser state: the rate warms up again over "
+                         "--warmup steps from that step to --lr, then decays by cosine to 10%% at --steps "
+                         "(a continued pre-training, not bit-identical to an unbroken run)")
     ap.add_argument("--replan-steps", action="store_true",
                     help="resume a checkpoint planned for another --steps: the cosine continues from the learning "
                          "rate reached and ends at the new --steps (the change is recorded in the log)")
@@ -202,6 +204,7 @@ def main():
     step0, log, trained_seconds = 0, [], 0.0
     # The cosine's segments: (first step, fraction of the decay done there, last step). One segment unless a
     # resumed run was replanned; each replan starts a segment at the fraction reached, so the rate is continuous.
+    # The warm-up is the --warmup steps before the first segment (from step 0, or from the --init-from step).
     plan = [[args.warmup, 0.0, args.steps]]
 
     def decay_fraction(step):
@@ -237,14 +240,18 @@ def main():
             sys.exit("train_moe: %s holds another model config" % args.init_from)
         model.load_state_dict(export.read_safetensors(os.path.join(args.init_from, "model.safetensors")))
         step0, log, trained_seconds = snap["step"], snap["log"], snap["seconds"]
+        if args.steps <= step0 + args.warmup:
+            sys.exit("train_moe: --steps %d must be after the snapshot's step %d and the warm-up (%d steps)"
+                     % (args.steps, step0, args.warmup))
+        plan = [[step0 + args.warmup, 0.0, args.steps]]
         print("train_moe: starting from the snapshot in %s at step %d (fresh optimiser state)"
               % (args.init_from, step0), flush=True)
     print("train_moe: %d parameters (%.1f MB as bf16); domains %s" % (
         n_params, n_params * 2 / 1e6, ", ".join("%s %.3f" % (d, p) for d, p in zip(domains, probs))), flush=True)
 
     def lr_at(step):
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
+        if step < plan[0][0]:
+            return args.lr * (step - (plan[0][0] - args.warmup) + 1) / args.warmup
         frac = decay_fraction(step)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
