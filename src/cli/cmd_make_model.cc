@@ -34,9 +34,12 @@ cli::CommandRegistration make_model_command{
       app.add_option("dir", args->dir, "Output directory (must not exist, or be empty)")
           ->required();
       app.add_option("--preset", args->preset,
-                     "tiny (D 64, 2 layers, 8 experts), tiny256 (the same with D and F 256) or "
-                     "olmoe-1b-7b (6.92 B params)")
-          ->check(CLI::IsMember({"tiny", "tiny256", "olmoe-1b-7b"}));
+                     "Shape: tiny (OLMoE, D 64, 2 layers, 8 experts), tiny256 (the same with D and "
+                     "F 256), olmoe-1b-7b (6.92 B params); qwen2-moe-tiny, qwen1.5-moe-a2.7b, "
+                     "qwen3-moe-tiny, qwen3-30b-a3b, mixtral-tiny, mixtral-8x7b")
+          ->check(CLI::IsMember({"tiny", "tiny256", "olmoe-1b-7b", "qwen2-moe-tiny",
+                                 "qwen1.5-moe-a2.7b", "qwen3-moe-tiny", "qwen3-30b-a3b",
+                                 "mixtral-tiny", "mixtral-8x7b"}));
       app.add_option("--layers", args->layers, "Override the preset's number of layers")
           ->check(CLI::PositiveNumber);
       app.add_option("--dtype", args->dtype, "Weight dtype: bf16 (default), f16 or f32")

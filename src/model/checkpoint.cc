@@ -100,7 +100,8 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = weights_.layers[l];
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
-      const std::string name = hf::layer_name(l, t.leaf);
+      if (!hf::needed(t.needs, c)) continue;
+      const std::string name = hf::layer_tensor_name(l, t, c);
       lw.*t.field = t.vector ? vector(name, hf::size(t.rows, c))
                              : matrix(name, hf::size(t.rows, c), hf::size(t.cols, c));
     }
@@ -252,12 +253,12 @@ TensorView rows_of(const TensorView& whole, int64_t first, int64_t count, std::s
 void CheckpointImpl::load_experts(int layer, LayerWeights& lw, int* fused_layers) {
   const ModelConfig& c = config_;
   const int64_t n = c.num_experts, f = c.intermediate_size, d = c.hidden_size;
-  const std::string p = hf::experts_prefix(layer);
+  const std::string p = hf::experts_prefix(layer, c);
   const std::string fused_gate_up = cat(p, hf::kFusedGateUp), fused_down = cat(p, hf::kFusedDown);
   const bool has_fused = find(fused_gate_up) || find(fused_down);
   bool has_per_expert = false;
   for (const hf::ExpertTensor& t : hf::kExpertTensors)
-    has_per_expert |= find(hf::expert_name(layer, 0, t.leaf)) != nullptr;
+    has_per_expert |= find(hf::expert_name(layer, 0, t, c)) != nullptr;
   if (has_fused && has_per_expert) {
     fail(weight_source_, ": layer ", layer, " holds both fused (", fused_gate_up,
          ") and per-expert expert tensors; expected one layout");
@@ -281,7 +282,7 @@ void CheckpointImpl::load_experts(int layer, LayerWeights& lw, int* fused_layers
   for (int64_t e = 0; e < n; ++e) {
     for (const hf::ExpertTensor& t : hf::kExpertTensors) {
       lw.experts[e].*t.field =
-          matrix(hf::expert_name(layer, e, t.leaf), hf::size(t.rows, c), hf::size(t.cols, c));
+          matrix(hf::expert_name(layer, e, t, c), hf::size(t.rows, c), hf::size(t.cols, c));
     }
   }
 }
@@ -307,7 +308,7 @@ void CheckpointImpl::check_unused() const {
       fail(where, " is beyond num_hidden_layers ", config_.num_layers, " of config.json");
     }
     if (layer >= 0) {
-      long expert = index_after(name, hf::experts_prefix(static_cast<int>(layer)));
+      long expert = index_after(name, hf::experts_prefix(static_cast<int>(layer), config_));
       if (expert >= config_.num_experts) {
         fail(where, " is beyond num_experts ", config_.num_experts, " of config.json");
       }

@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -129,8 +130,9 @@ class Reader {
     const double d = positive_number(key, fallback);
     const float f = static_cast<float>(d);
     if (!(f >= std::numeric_limits<float>::min()) || !std::isfinite(f)) {
-      bad(key, cat("is ", show(*find(key)), ", outside the float range [",
-                   std::numeric_limits<float>::min(), ", ", std::numeric_limits<float>::max(), "]"));
+      bad(key,
+          cat("is ", show(*find(key)), ", outside the float range [",
+              std::numeric_limits<float>::min(), ", ", std::numeric_limits<float>::max(), "]"));
     }
     return f;
   }
@@ -160,27 +162,49 @@ std::string ModelConfig::native_router_spec() const {
   return cat("topk:k=", num_experts_per_tok, ",renorm=", norm_topk_prob ? "true" : "false");
 }
 
+const char* model_type_name(Family family) {
+  switch (family) {
+    case Family::Olmoe:
+      return "olmoe";
+    case Family::Qwen2Moe:
+      return "qwen2_moe";
+    case Family::Qwen3Moe:
+      return "qwen3_moe";
+    case Family::Mixtral:
+      return "mixtral";
+  }
+  return "?";
+}
+
 ModelConfig parse_config(const nlohmann::json& root, const std::string& source) {
   if (!root.is_object()) fail(source, ": expected a JSON object, got ", type_name(root));
   Reader r(root, source);
   ModelConfig c;
 
+  constexpr const char* kSupported = "\"olmoe\", \"qwen2_moe\", \"qwen3_moe\" or \"mixtral\"";
   const json* model_type = r.find("model_type");
-  if (!model_type) r.bad("model_type", "is missing (expected \"olmoe\")");
+  if (!model_type) r.bad("model_type", cat("is missing (expected ", kSupported, ")"));
   c.model_type = r.string("model_type", "");
-  if (c.model_type != "olmoe") {
-    r.bad("model_type", cat("is \"", c.model_type, "\"; only \"olmoe\" is supported"));
+  bool known = false;
+  for (Family f : {Family::Olmoe, Family::Qwen2Moe, Family::Qwen3Moe, Family::Mixtral}) {
+    if (c.model_type == model_type_name(f)) c.family = f, known = true;
   }
+  if (!known) r.bad("model_type", cat("is \"", c.model_type, "\"; bhmoe runs ", kSupported));
+  const bool qwen = c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe;
 
+  // The keys that name the same thing differently per family: the routed experts' width and count.
+  const char* expert_width_key = qwen ? "moe_intermediate_size" : "intermediate_size";
+  const char* experts_key = c.family == Family::Mixtral ? "num_local_experts" : "num_experts";
   c.hidden_size = r.positive_int("hidden_size");
-  c.intermediate_size = r.positive_int("intermediate_size");
+  c.intermediate_size = r.positive_int(expert_width_key);
   c.num_layers = r.positive_int("num_hidden_layers", kMaxLayers);
   c.num_heads = r.positive_int("num_attention_heads");
   c.num_kv_heads = r.optional_positive_int("num_key_value_heads").value_or(c.num_heads);
-  c.num_experts = r.positive_int("num_experts", kMaxNumExperts);
+  c.num_experts = r.positive_int(experts_key, kMaxNumExperts);
   c.num_experts_per_tok = r.positive_int("num_experts_per_tok");
   c.vocab_size = r.positive_int("vocab_size");
-  c.norm_topk_prob = r.boolean("norm_topk_prob", false);
+  // Mixtral always renormalises its top-k weights (it has no key for it).
+  c.norm_topk_prob = c.family == Family::Mixtral || r.boolean("norm_topk_prob", false);
   c.rope_theta = r.positive_number("rope_theta", 10000.0);
   c.rms_norm_eps = r.positive_float("rms_norm_eps", 1e-5);
   if (r.optional_positive_number("clip_qkv")) c.clip_qkv = r.positive_float("clip_qkv", 0);
@@ -190,19 +214,36 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
   c.bos_token_id = r.token_id("bos_token_id");
   c.pad_token_id = r.token_id("pad_token_id");
   c.torch_dtype = r.string("torch_dtype", "");
+  c.qk_norm = c.family == Family::Olmoe      ? QkNorm::Full
+              : c.family == Family::Qwen3Moe ? QkNorm::PerHead
+                                             : QkNorm::None;
+  // Qwen2-MoE's q/k/v projections always carry biases; Qwen3 has them when attention_bias says.
+  c.qkv_bias = c.family == Family::Qwen2Moe;
+  if (c.family == Family::Qwen2Moe) {
+    c.shared_expert_intermediate_size = r.positive_int("shared_expert_intermediate_size");
+  }
 
-  if (c.hidden_size % c.num_heads != 0) {
+  if (c.hidden_size % c.num_heads != 0 && c.family == Family::Olmoe) {
     fail(source, ": hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ",
          c.num_heads);
   }
   c.head_dim = c.hidden_size / c.num_heads;
   if (const json* head_dim = r.find("head_dim"); head_dim && !head_dim->is_null()) {
-    int64_t declared = r.integer(*head_dim, "head_dim");
-    if (declared != c.head_dim) {
-      fail(source, ": head_dim ", declared,
-           " contradicts hidden_size / num_attention_heads = ", c.hidden_size, " / ", c.num_heads,
-           " = ", c.head_dim);
+    // OLMoE's attention is hidden_size / heads wide whatever head_dim says; Qwen3 and Mixtral use
+    // the declared width (Qwen3-30B-A3B: 32 heads of 128 on a hidden size of 2048).
+    if (c.family == Family::Olmoe || c.family == Family::Qwen2Moe) {
+      int64_t declared = r.integer(*head_dim, "head_dim");
+      if (declared != c.head_dim) {
+        fail(source, ": head_dim ", declared,
+             " contradicts hidden_size / num_attention_heads = ", c.hidden_size, " / ", c.num_heads,
+             " = ", c.head_dim);
+      }
+    } else {
+      c.head_dim = r.positive_int("head_dim");
     }
+  } else if (c.hidden_size % c.num_heads != 0) {
+    fail(source, ": hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ",
+         c.num_heads, " and no head_dim is given");
   }
   if (c.head_dim % 2 != 0)
     fail(source, ": head_dim ", c.head_dim, " must be even for rotary embeddings");
@@ -211,7 +252,7 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
          " is not a multiple of num_key_value_heads ", c.num_kv_heads);
   }
   if (c.num_experts_per_tok > c.num_experts) {
-    fail(source, ": num_experts_per_tok ", c.num_experts_per_tok, " exceeds num_experts ",
+    fail(source, ": num_experts_per_tok ", c.num_experts_per_tok, " exceeds ", experts_key, " ",
          c.num_experts);
   }
   for (auto [key, id] :
@@ -228,8 +269,39 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
   if (std::string act = r.string("hidden_act", "silu"); act != "silu") {
     r.bad("hidden_act", cat("is \"", act, "\"; only \"silu\" is supported"));
   }
-  if (r.boolean("attention_bias", false))
-    r.bad("attention_bias", "is true; attention biases are not supported");
+  if (r.boolean("attention_bias", false)) {
+    if (c.family != Family::Qwen3Moe)
+      r.bad("attention_bias", "is true; attention biases are not supported for this model_type");
+    c.qkv_bias = true;
+  }
+  if (c.clip_qkv && c.family != Family::Olmoe)
+    r.bad("clip_qkv", cat("is set; only OLMoE clips q, k and v (model_type ", c.model_type, ")"));
+  if (qwen) {
+    // Every layer must be an MoE layer: dense MLP layers would need weights this engine has no
+    // place for.
+    if (const json* step = r.find("decoder_sparse_step"); step && !step->is_null()) {
+      if (r.integer(*step, "decoder_sparse_step") != 1)
+        r.bad("decoder_sparse_step",
+              cat("is ", show(*step), "; only 1 (every layer MoE) is supported"));
+    }
+    if (const json* dense = r.find("mlp_only_layers"); dense && !dense->is_null()) {
+      if (!dense->is_array() || !dense->empty())
+        r.bad("mlp_only_layers",
+              cat("is ", show(*dense), "; only [] (no dense layers) is supported"));
+    }
+    if (r.boolean("use_sliding_window", false))
+      r.bad("use_sliding_window", "is true; sliding-window attention is not supported");
+  }
+  if (c.family == Family::Mixtral) {
+    // A window at least as long as the context changes nothing; a shorter one would.
+    if (const json* window = r.find("sliding_window"); window && !window->is_null()) {
+      const int64_t w = r.integer(*window, "sliding_window");
+      if (w < c.max_position_embeddings)
+        r.bad("sliding_window",
+              cat("is ", w, ", shorter than max_position_embeddings ", c.max_position_embeddings,
+                  "; sliding-window attention is not supported"));
+    }
+  }
   return c;
 }
 
@@ -239,26 +311,45 @@ ModelConfig load_config(const std::filesystem::path& config_json) {
 
 nlohmann::json to_json(const ModelConfig& c) {
   auto optional_id = [](const std::optional<int>& id) { return id ? json(*id) : json(nullptr); };
+  const bool qwen = c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe;
   json j = json::object();
-  j["architectures"] = json::array({"OlmoeForCausalLM"});
-  j["model_type"] = c.model_type;
+  j["architectures"] = json::array({c.family == Family::Olmoe      ? "OlmoeForCausalLM"
+                                    : c.family == Family::Qwen2Moe ? "Qwen2MoeForCausalLM"
+                                    : c.family == Family::Qwen3Moe ? "Qwen3MoeForCausalLM"
+                                                                   : "MixtralForCausalLM"});
+  j["model_type"] = model_type_name(c.family);
   j["hidden_size"] = c.hidden_size;
-  j["intermediate_size"] = c.intermediate_size;
+  if (qwen) {
+    // intermediate_size is the width of dense MLP layers, which these checkpoints do not have;
+    // the hub's configs carry it, so it is written (as the widest FFN) but never read.
+    j["intermediate_size"] = std::max(c.intermediate_size, c.shared_expert_intermediate_size);
+    j["moe_intermediate_size"] = c.intermediate_size;
+    if (c.family == Family::Qwen2Moe)
+      j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+    j["decoder_sparse_step"] = 1;
+    j["mlp_only_layers"] = json::array();
+    j["use_sliding_window"] = false;
+  } else {
+    j["intermediate_size"] = c.intermediate_size;
+  }
   j["num_hidden_layers"] = c.num_layers;
   j["num_attention_heads"] = c.num_heads;
   j["num_key_value_heads"] = c.num_kv_heads;
-  j["num_experts"] = c.num_experts;
+  if (c.family == Family::Qwen3Moe || c.family == Family::Mixtral) j["head_dim"] = c.head_dim;
+  j[c.family == Family::Mixtral ? "num_local_experts" : "num_experts"] = c.num_experts;
   j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["norm_topk_prob"] = c.norm_topk_prob;
+  if (c.family != Family::Mixtral) j["norm_topk_prob"] = c.norm_topk_prob;
   j["vocab_size"] = c.vocab_size;
   j["rope_theta"] = c.rope_theta;
   j["rope_scaling"] = nullptr;
   j["rms_norm_eps"] = shortest(c.rms_norm_eps);
-  j["clip_qkv"] = c.clip_qkv ? json(shortest(*c.clip_qkv)) : json(nullptr);
+  if (c.family == Family::Olmoe)
+    j["clip_qkv"] = c.clip_qkv ? json(shortest(*c.clip_qkv)) : json(nullptr);
+  if (c.family == Family::Mixtral) j["sliding_window"] = nullptr;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["max_position_embeddings"] = c.max_position_embeddings;
   j["hidden_act"] = "silu";
-  j["attention_bias"] = false;
+  if (c.family != Family::Qwen2Moe) j["attention_bias"] = c.qkv_bias;
   j["attention_dropout"] = 0.0;
   j["pad_token_id"] = optional_id(c.pad_token_id);
   j["bos_token_id"] = optional_id(c.bos_token_id);
@@ -272,15 +363,23 @@ nlohmann::json to_json(const ModelConfig& c) {
 
 ParameterCounts count_parameters(const ModelConfig& c) {
   const int64_t d = c.hidden_size, f = c.intermediate_size, v = c.vocab_size;
+  const int64_t d_q = int64_t{c.num_heads} * c.head_dim;
   const int64_t d_kv = int64_t{c.num_kv_heads} * c.head_dim;
   ParameterCounts p;
   p.embedding = v * d;
   p.lm_head = c.tie_word_embeddings ? 0 : v * d;
   p.per_expert = 3 * f * d;
-  const int64_t attention = 2 * d * d + 2 * d_kv * d;
-  const int64_t norms = 3 * d + d_kv;  // input, post-attention, q and k norms
+  const int64_t attention = 2 * d * d_q + 2 * d_kv * d + (c.qkv_bias ? d_q + 2 * d_kv : 0);
+  const int64_t qk_norms = c.qk_norm == QkNorm::Full      ? d_q + d_kv
+                           : c.qk_norm == QkNorm::PerHead ? 2 * int64_t{c.head_dim}
+                                                          : 0;
+  const int64_t norms = 2 * d + qk_norms;  // input and post-attention norms, q and k norms
   const int64_t router = int64_t{c.num_experts} * d;
-  const int64_t dense_per_layer = attention + norms + router;
+  // The shared expert is dense: always active.
+  const int64_t shared = c.shared_expert_intermediate_size > 0
+                             ? 3 * int64_t{c.shared_expert_intermediate_size} * d + d
+                             : 0;
+  const int64_t dense_per_layer = attention + norms + router + shared;
   p.dense = c.num_layers * dense_per_layer + d /* final norm */;
   p.experts = int64_t{c.num_layers} * c.num_experts * p.per_expert;
   p.total = p.embedding + p.lm_head + p.dense + p.experts;

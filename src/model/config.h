@@ -1,4 +1,8 @@
-// OLMoE model configuration, read from a Hugging Face config.json (SPEC.md §1).
+// The configuration of a mixture-of-experts model bhmoe runs, read from a Hugging Face config.json:
+// OLMoE (SPEC.md §1) and the families that differ from it in a few switches (model_type
+// "qwen2_moe", "qwen3_moe", "mixtral"). Every family shares one forward pass: pre-norm decoder
+// layers of RoPE attention and a softmax-routed MoE of SwiGLU experts; the fields below say what a
+// family changes.
 #pragma once
 
 #include <cstdint>
@@ -10,14 +14,30 @@
 
 namespace bhmoe::model {
 
+// The model families, one per model_type.
+enum class Family { Olmoe, Qwen2Moe, Qwen3Moe, Mixtral };
+
+// Where the query and key RMSNorms sit: none, over the whole projection (OLMoE: weights [H*hd] and
+// [Hkv*hd]) or per head (Qwen3: one [hd] weight each, shared by the heads).
+enum class QkNorm { None, Full, PerHead };
+
 struct ModelConfig {
   std::string model_type = "olmoe";
-  int hidden_size = 0;          // D
-  int intermediate_size = 0;    // F, per expert
-  int num_layers = 0;           // num_hidden_layers
-  int num_heads = 0;            // num_attention_heads
-  int num_kv_heads = 0;         // num_key_value_heads (== num_heads for OLMoE)
-  int head_dim = 0;             // D / num_heads
+  Family family = Family::Olmoe;
+  int hidden_size = 0;        // D
+  int intermediate_size = 0;  // F, per routed expert (Qwen: moe_intermediate_size)
+  int num_layers = 0;         // num_hidden_layers
+  int num_heads = 0;          // num_attention_heads
+  int num_kv_heads = 0;       // num_key_value_heads (GQA when fewer than num_heads)
+  int head_dim = 0;           // D / num_heads unless declared (Qwen3, Mixtral)
+  QkNorm qk_norm = QkNorm::Full;
+  bool qkv_bias = false;  // biases on the q, k and v projections (Qwen2-MoE)
+  // The always-computed shared expert of Qwen2-MoE, scaled by sigmoid(shared_expert_gate . h):
+  // its width Fs, 0 when the family has none. Never routed, never counted as a selected expert.
+  int shared_expert_intermediate_size = 0;
+  // RoPE rotates pairs (2i, 2i+1) instead of NeoX's (i, i + hd/2): llama.cpp's "llama" GGUF files
+  // (Mixtral) store q/k rows permuted for that. Set by the GGUF reader, never by config.json.
+  bool rope_interleaved = false;
   int num_experts = 0;          // N
   int num_experts_per_tok = 0;  // native top-k
   bool norm_topk_prob = false;  // native renormalisation of the top-k weights
@@ -35,6 +55,9 @@ struct ModelConfig {
   // The native router's spec for routing::make_router, e.g. "topk:k=8,renorm=false".
   std::string native_router_spec() const;
 };
+
+// "olmoe", "qwen2_moe", "qwen3_moe", "mixtral".
+const char* model_type_name(Family family);
 
 // Parses and validates: missing, mistyped, non-positive or contradictory keys (hidden_size not a
 // multiple of num_attention_heads, num_experts_per_tok > num_experts, ...) are errors naming the

@@ -184,8 +184,9 @@ TEST(Config, LayerAndExpertCountsHaveSaneLimits) {
 TEST(Config, FloatKeysMustFitAFloat) {
   json j = olmoe_json();
   j["rms_norm_eps"] = 1e-50;
-  EXPECT_EQ(error_of(j), "dir/config.json: key 'rms_norm_eps' is 1e-50, outside the float range "
-                         "[1.17549e-38, 3.40282e+38]");
+  EXPECT_EQ(error_of(j),
+            "dir/config.json: key 'rms_norm_eps' is 1e-50, outside the float range "
+            "[1.17549e-38, 3.40282e+38]");
   j = olmoe_json();
   j["clip_qkv"] = 1e300;
   EXPECT_THAT(error_of(j), AllOf(HasSubstr("key 'clip_qkv' is 1e+300, outside the float range")));
@@ -259,9 +260,138 @@ TEST(Config, TopKExceedsExperts) {
 
 TEST(Config, UnsupportedModelType) {
   json j = olmoe_json();
-  j["model_type"] = "mixtral";
-  EXPECT_THAT(error_of(j),
-              AllOf(HasSubstr("'model_type'"), HasSubstr("mixtral"), HasSubstr("olmoe")));
+  j["model_type"] = "deepseek_v2";
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'model_type'"), HasSubstr("deepseek_v2"),
+                                 HasSubstr("olmoe"), HasSubstr("qwen2_moe"), HasSubstr("mixtral")));
+}
+
+// The published configs of the other families, as the hub has them (the keys that matter).
+json qwen15_moe_json() {
+  return json::parse(R"({
+    "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 2048,
+    "intermediate_size": 5632, "moe_intermediate_size": 1408,
+    "shared_expert_intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "num_experts": 60, "num_experts_per_tok": 4, "norm_topk_prob": false,
+    "decoder_sparse_step": 1, "mlp_only_layers": [], "use_sliding_window": false,
+    "sliding_window": 32768, "max_window_layers": 21, "vocab_size": 151936, "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-06, "hidden_act": "silu", "max_position_embeddings": 8192,
+    "tie_word_embeddings": false, "bos_token_id": 151643, "eos_token_id": 151643,
+    "torch_dtype": "bfloat16"})");
+}
+
+json qwen3_moe_json() {
+  return json::parse(R"({
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
+    "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48,
+    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+    "num_experts_per_tok": 8, "norm_topk_prob": true, "decoder_sparse_step": 1,
+    "mlp_only_layers": [], "use_sliding_window": false, "sliding_window": null,
+    "attention_bias": false, "vocab_size": 151936, "rope_theta": 1000000.0, "rope_scaling": null,
+    "rms_norm_eps": 1e-06, "hidden_act": "silu", "max_position_embeddings": 40960,
+    "tie_word_embeddings": false, "bos_token_id": 151643, "eos_token_id": 151645,
+    "torch_dtype": "bfloat16"})");
+}
+
+json mixtral_json() {
+  return json::parse(R"({
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+    "sliding_window": null, "vocab_size": 32000, "rope_theta": 1e6, "rms_norm_eps": 1e-05,
+    "hidden_act": "silu", "max_position_embeddings": 32768, "tie_word_embeddings": false,
+    "router_aux_loss_coef": 0.02, "bos_token_id": 1, "eos_token_id": 2,
+    "torch_dtype": "bfloat16"})");
+}
+
+TEST(Config, PublishedQwen15Moe) {
+  const ModelConfig c = parse_config(qwen15_moe_json(), "qwen/config.json");
+  EXPECT_EQ(c.family, Family::Qwen2Moe);
+  EXPECT_EQ(c.intermediate_size, 1408);  // the routed experts' width, not the dense 5632
+  EXPECT_EQ(c.shared_expert_intermediate_size, 5632);
+  EXPECT_EQ(c.num_experts, 60);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_TRUE(c.qkv_bias);
+  EXPECT_EQ(c.qk_norm, QkNorm::None);
+  EXPECT_FALSE(c.rope_interleaved);
+  EXPECT_EQ(c.native_router_spec(), "topk:k=4,renorm=false");
+  // The model card's figures: 14.3 B parameters, 2.7 B active, 2.0 B of them outside the
+  // embeddings.
+  const ParameterCounts p = count_parameters(c);
+  EXPECT_NEAR(p.total / 1e9, 14.3, 0.05);
+  EXPECT_NEAR(p.active / 1e9, 2.7, 0.05);
+  EXPECT_NEAR((p.active - p.embedding - p.lm_head) / 1e9, 2.0, 0.1);
+}
+
+TEST(Config, PublishedQwen3Moe) {
+  const ModelConfig c = parse_config(qwen3_moe_json(), "qwen3/config.json");
+  EXPECT_EQ(c.family, Family::Qwen3Moe);
+  EXPECT_EQ(c.intermediate_size, 768);
+  EXPECT_EQ(c.head_dim, 128);  // declared: 32 heads x 128 = 4096 query width on D 2048
+  EXPECT_EQ(c.num_kv_heads, 4);
+  EXPECT_EQ(c.qk_norm, QkNorm::PerHead);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 0);
+  EXPECT_EQ(c.native_router_spec(), "topk:k=8,renorm=true");
+  const ParameterCounts p = count_parameters(c);
+  EXPECT_NEAR(p.total / 1e9, 30.5, 0.1);  // "Qwen3-30B-A3B: 30.5B in total and 3.3B activated"
+  EXPECT_NEAR(p.active / 1e9, 3.3, 0.1);
+}
+
+TEST(Config, PublishedMixtral) {
+  const ModelConfig c = parse_config(mixtral_json(), "mixtral/config.json");
+  EXPECT_EQ(c.family, Family::Mixtral);
+  EXPECT_EQ(c.num_experts, 8);  // num_local_experts
+  EXPECT_EQ(c.intermediate_size, 14336);
+  EXPECT_EQ(c.num_kv_heads, 8);
+  EXPECT_EQ(c.qk_norm, QkNorm::None);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_TRUE(c.norm_topk_prob);  // Mixtral always renormalises its top-2
+  EXPECT_EQ(c.native_router_spec(), "topk:k=2,renorm=true");
+  const ParameterCounts p = count_parameters(c);
+  EXPECT_NEAR(p.total / 1e9, 46.7, 0.1);  // "46.7B total parameters but only uses 12.9B"
+  EXPECT_NEAR(p.active / 1e9, 12.9, 0.1);
+}
+
+TEST(Config, FamiliesRoundTrip) {
+  for (const json& j : {qwen15_moe_json(), qwen3_moe_json(), mixtral_json()}) {
+    const ModelConfig c = parse_config(j, "config.json");
+    const ModelConfig again = parse_config(to_json(c), "to_json");
+    EXPECT_EQ(to_json(again), to_json(c)) << c.model_type;
+    EXPECT_EQ(again.intermediate_size, c.intermediate_size);
+    EXPECT_EQ(again.head_dim, c.head_dim);
+    EXPECT_EQ(again.qk_norm, c.qk_norm);
+    EXPECT_EQ(again.qkv_bias, c.qkv_bias);
+    EXPECT_EQ(again.shared_expert_intermediate_size, c.shared_expert_intermediate_size);
+    EXPECT_EQ(again.norm_topk_prob, c.norm_topk_prob);
+  }
+}
+
+TEST(Config, FamilyKeysTheEngineDoesNotImplementAreRefused) {
+  auto error_with = [](json j, const char* key, const json& value) {
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_THAT(error_with(qwen15_moe_json(), "decoder_sparse_step", 2),
+              AllOf(HasSubstr("'decoder_sparse_step'"), HasSubstr("every layer MoE")));
+  EXPECT_THAT(error_with(qwen3_moe_json(), "mlp_only_layers", json::array({0})),
+              AllOf(HasSubstr("'mlp_only_layers'"), HasSubstr("[0]")));
+  EXPECT_THAT(error_with(qwen3_moe_json(), "use_sliding_window", true),
+              HasSubstr("'use_sliding_window'"));
+  EXPECT_THAT(error_with(mixtral_json(), "sliding_window", 4096),
+              AllOf(HasSubstr("'sliding_window'"), HasSubstr("4096")));
+  EXPECT_EQ(error_with(mixtral_json(), "sliding_window", 32768), "(no error)");
+  EXPECT_THAT(error_with(mixtral_json(), "clip_qkv", 8.0), HasSubstr("'clip_qkv'"));
+  EXPECT_THAT(error_with(mixtral_json(), "attention_bias", true), HasSubstr("'attention_bias'"));
+  EXPECT_EQ(error_with(qwen3_moe_json(), "attention_bias", true), "(no error)");
+  json no_shared = qwen15_moe_json();
+  no_shared.erase("shared_expert_intermediate_size");
+  EXPECT_THAT(error_of(no_shared),
+              AllOf(HasSubstr("'shared_expert_intermediate_size'"), HasSubstr("missing")));
+  json no_experts = mixtral_json();
+  no_experts.erase("num_local_experts");
+  EXPECT_THAT(error_of(no_experts), AllOf(HasSubstr("'num_local_experts'"), HasSubstr("missing")));
+  // OLMoE's attention is hidden_size / heads wide: a different head_dim contradicts it.
+  EXPECT_THAT(error_with(olmoe_json(), "head_dim", 64), HasSubstr("contradicts"));
 }
 
 TEST(Config, RopeScalingUnsupported) {

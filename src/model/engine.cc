@@ -76,7 +76,8 @@ class LoadedModel final : public Model {
   const std::filesystem::path& dir() const override { return checkpoint_->dir(); }
   std::string weights_kind() const override { return kind_; }
   void require_weight_files_unchanged() const override {
-    for (const WeightFileInfo& f : checkpoint_->weight_files()) require_unchanged(f.path, f.identity);
+    for (const WeightFileInfo& f : checkpoint_->weight_files())
+      require_unchanged(f.path, f.identity);
   }
 
  private:
@@ -108,17 +109,20 @@ namespace {
 
 // The model's sizes as the forward pass uses them, checked once.
 struct Dims {
-  int D, F, N, H, Hkv, hd, Dkv, V, L;  // hidden, expert width, experts, heads, kv heads, head dim,
-                                       // kv width, vocabulary, layers
+  int D, F, Fs, N, H, Hkv, hd, Dq, Dkv, V, L;  // hidden, expert width, shared expert width (0:
+                                               // none), experts, heads, kv heads, head dim, query
+                                               // width, kv width, vocabulary, layers
   float eps, attn_scale;
 
   explicit Dims(const ModelConfig& cfg)
       : D(cfg.hidden_size),
         F(cfg.intermediate_size),
+        Fs(cfg.shared_expert_intermediate_size),
         N(cfg.num_experts),
         H(cfg.num_heads),
         Hkv(cfg.num_kv_heads > 0 ? cfg.num_kv_heads : cfg.num_heads),
         hd(cfg.head_dim > 0 ? cfg.head_dim : cfg.hidden_size / cfg.num_heads),
+        Dq(H * hd),
         Dkv(Hkv * hd),
         V(cfg.vocab_size),
         L(cfg.num_layers),
@@ -167,14 +171,17 @@ struct KvCache {
 struct Activations {
   std::unique_ptr<float[]> x;       // [chunk, D] residual stream
   std::unique_ptr<float[]> h;       // [chunk, D] normed input of the current block
-  std::unique_ptr<float[]> q;       // [chunk, D]
-  std::unique_ptr<float[]> attn;    // [chunk, D] attention output before o_proj
+  std::unique_ptr<float[]> q;       // [chunk, Dq]
+  std::unique_ptr<float[]> attn;    // [chunk, Dq] attention output before o_proj
   std::unique_ptr<float[]> tmp;     // [chunk, D] o_proj output
+  std::unique_ptr<float[]> bias;    // [Dq + 2 Dkv] the layer's q | k | v biases in fp32
   std::unique_ptr<float[]> scores;  // [threads, max_tokens] attention scores, one row per thread
   std::unique_ptr<float[]> logits;  // [V] the last position's
 
   Activations(const Dims& d, int64_t chunk, int64_t max_tokens, int threads) {
-    for (auto* buf : {&x, &h, &q, &attn, &tmp}) *buf = raw_array<float>(chunk * d.D);
+    for (auto* buf : {&x, &h, &tmp}) *buf = raw_array<float>(chunk * d.D);
+    for (auto* buf : {&q, &attn}) *buf = raw_array<float>(chunk * d.Dq);
+    bias = raw_array<float>(d.Dq + 2 * int64_t{d.Dkv});
     scores = raw_array<float>(int64_t{threads} * max_tokens);
     logits = raw_array<float>(d.V);
     std::fill_n(logits.get(), d.V, 0.0f);
@@ -183,17 +190,19 @@ struct Activations {
 
 // The router's decisions for a chunk and the selected experts' working space.
 struct MoeScratch {
-  std::unique_ptr<float[]> router_logits;  // [chunk, N]
-  std::unique_ptr<int32_t[]> route_ids;    // [chunk, N] with row stride router->max_count()
-  std::unique_ptr<float[]> route_weights;  // [chunk, N] same
+  std::unique_ptr<float[]> router_logits;   // [chunk, N]
+  std::unique_ptr<int32_t[]> route_ids;     // [chunk, N] with row stride router->max_count()
+  std::unique_ptr<float[]> route_weights;   // [chunk, N] same
   std::unique_ptr<int32_t[]> route_counts;  // [chunk]
   // Prefill grouping: the tokens of expert e at group_tokens[e * chunk + i], i < group_size[e].
-  std::unique_ptr<int32_t[]> group_tokens;          // [N, chunk]
-  std::unique_ptr<float[]> group_weights;           // [N, chunk]
-  std::unique_ptr<int32_t[]> group_size;            // [N]
-  std::unique_ptr<float[]> expert_x, expert_y;      // [chunk, D] an expert's inputs and outputs
-  std::unique_ptr<float[]> expert_gate, expert_up;  // [max(chunk, N), F]
-  std::unique_ptr<float[]> thread_out;              // [threads, D] decode: one down row slice each
+  std::unique_ptr<int32_t[]> group_tokens;      // [N, chunk]
+  std::unique_ptr<float[]> group_weights;       // [N, chunk]
+  std::unique_ptr<int32_t[]> group_size;        // [N]
+  std::unique_ptr<float[]> expert_x, expert_y;  // [chunk, D] an expert's inputs and outputs
+  // [max(chunk, N), F] routed experts; the shared expert's [chunk, Fs] uses the same space.
+  std::unique_ptr<float[]> expert_gate, expert_up;
+  std::unique_ptr<float[]> shared_scale;  // [chunk] sigmoid(shared_expert_gate . h)
+  std::unique_ptr<float[]> thread_out;    // [threads, D] decode: one down row slice each
 
   MoeScratch(const Dims& d, int64_t chunk, int threads) {
     router_logits = raw_array<float>(chunk * d.N);
@@ -205,8 +214,10 @@ struct MoeScratch {
     group_size = raw_array<int32_t>(d.N);
     expert_x = raw_array<float>(chunk * d.D);
     expert_y = raw_array<float>(chunk * d.D);
-    expert_gate = raw_array<float>(std::max<int64_t>(chunk, d.N) * d.F);
-    expert_up = raw_array<float>(std::max<int64_t>(chunk, d.N) * d.F);
+    const int64_t ffn = std::max(std::max<int64_t>(chunk, d.N) * d.F, chunk * d.Fs);
+    expert_gate = raw_array<float>(ffn);
+    expert_up = raw_array<float>(ffn);
+    shared_scale = raw_array<float>(chunk);
     thread_out = raw_array<float>(int64_t{threads} * d.D);
   }
 };
@@ -239,17 +250,28 @@ void project(const Matrix& m, const float* x, int64_t x_stride, int64_t tokens, 
   }
 }
 
-// Every head of v ([heads, hd]) rotated NeoX-style: pairs (i, i + hd/2) by the angles in cos/sin.
-void rope(float* v, int heads, int hd, const float* cos, const float* sin) {
+// Every head of v ([heads, hd]) rotated by the angles in cos/sin: NeoX-style pairs (i, i + hd/2),
+// or with `interleaved` the pairs (2i, 2i + 1) of llama.cpp's permuted llama rows.
+void rope(float* v, int heads, int hd, const float* cos, const float* sin, bool interleaved) {
   const int half = hd / 2;
+  const int step = interleaved ? 2 : 1, partner = interleaved ? 1 : half;
   for (int head = 0; head < heads; ++head) {
-    float* a = v + head * hd;
-    float* b = a + half;
+    float* base = v + head * hd;
     for (int i = 0; i < half; ++i) {
-      const float x1 = a[i], x2 = b[i];
-      a[i] = x1 * cos[i] - x2 * sin[i];
-      b[i] = x2 * cos[i] + x1 * sin[i];
+      float* a = base + i * step;
+      float* b = a + partner;
+      const float x1 = *a, x2 = *b;
+      *a = x1 * cos[i] - x2 * sin[i];
+      *b = x2 * cos[i] + x1 * sin[i];
     }
+  }
+}
+
+// y[t, :] += bias for t < tokens rows of `width` values at row stride `stride`.
+void add_bias(const float* bias, float* y, int64_t tokens, int64_t width, int64_t stride) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = y + t * stride;
+    for (int64_t i = 0; i < width; ++i) row[i] += bias[i];
   }
 }
 
@@ -322,16 +344,17 @@ struct Session::Impl {
   // values are written to the cache.
   void attention_block(int layer, int64_t T) {
     const LayerWeights& lw = w.layers[layer];
-    const int D = dim.D, Dkv = dim.Dkv, H = dim.H, Hkv = dim.Hkv, hd = dim.hd;
+    const int D = dim.D, Dq = dim.Dq, Dkv = dim.Dkv, H = dim.H, Hkv = dim.Hkv, hd = dim.hd;
     float* x = act.x.get();
     float* h = act.h.get();
     float* q = act.q.get();
     float* kc = kv.keys(layer, pos);
     float* vc = kv.values(layer, pos);
-    for (int64_t t = 0; t < T; ++t) kernels::rmsnorm(x + t * D, lw.input_norm, D, dim.eps, h + t * D);
+    for (int64_t t = 0; t < T; ++t)
+      kernels::rmsnorm(x + t * D, lw.input_norm, D, dim.eps, h + t * D);
     // q | k | v as one row space so both threads share the three projections evenly.
-    parallel(D + 2 * Dkv, [&](int, int64_t begin, int64_t end) {
-      const int64_t segments[3] = {D, Dkv, Dkv};
+    parallel(Dq + 2 * Dkv, [&](int, int64_t begin, int64_t end) {
+      const int64_t segments[3] = {Dq, Dkv, Dkv};
       const Matrix* mats[3] = {&lw.q_proj, &lw.k_proj, &lw.v_proj};
       float* outs[3] = {q, kc, vc};
       int64_t base = 0;
@@ -341,17 +364,33 @@ struct Session::Impl {
         base += segments[i];
       }
     });
-    // q/k norms over the whole projection, optional clip, then RoPE per head.
+    if (cfg.qkv_bias) {
+      float* bias = act.bias.get();
+      kernels::embedding_row(lw.q_bias, 0, bias);
+      kernels::embedding_row(lw.k_bias, 0, bias + Dq);
+      kernels::embedding_row(lw.v_bias, 0, bias + Dq + Dkv);
+      add_bias(bias, q, T, Dq, Dq);
+      add_bias(bias + Dq, kc, T, Dkv, Dkv);
+      add_bias(bias + Dq + Dkv, vc, T, Dkv, Dkv);
+    }
+    // q/k norms (over the whole projection, or per head), optional clip, then RoPE per head.
     const int half = hd / 2;
     for (int64_t t = 0; t < T; ++t) {
-      float* qt = q + t * D;
+      float* qt = q + t * Dq;
       float* kt = kc + t * Dkv;
       float* vt = vc + t * Dkv;
-      kernels::rmsnorm(qt, lw.q_norm, D, dim.eps, qt);
-      kernels::rmsnorm(kt, lw.k_norm, Dkv, dim.eps, kt);
+      if (cfg.qk_norm == QkNorm::Full) {
+        kernels::rmsnorm(qt, lw.q_norm, Dq, dim.eps, qt);
+        kernels::rmsnorm(kt, lw.k_norm, Dkv, dim.eps, kt);
+      } else if (cfg.qk_norm == QkNorm::PerHead) {
+        for (int head = 0; head < H; ++head)
+          kernels::rmsnorm(qt + head * hd, lw.q_norm, hd, dim.eps, qt + head * hd);
+        for (int head = 0; head < Hkv; ++head)
+          kernels::rmsnorm(kt + head * hd, lw.k_norm, hd, dim.eps, kt + head * hd);
+      }
       if (cfg.clip_qkv) {
         const float c = *cfg.clip_qkv;
-        for (int i = 0; i < D; ++i) qt[i] = std::clamp(qt[i], -c, c);
+        for (int i = 0; i < Dq; ++i) qt[i] = std::clamp(qt[i], -c, c);
         for (int i = 0; i < Dkv; ++i) {
           kt[i] = std::clamp(kt[i], -c, c);
           vt[i] = std::clamp(vt[i], -c, c);
@@ -359,10 +398,11 @@ struct Session::Impl {
       }
       const float* cos = kv.rope_cos.get() + (pos + t) * half;
       const float* sin = kv.rope_sin.get() + (pos + t) * half;
-      rope(qt, H, hd, cos, sin);
-      rope(kt, Hkv, hd, cos, sin);
+      rope(qt, H, hd, cos, sin, cfg.rope_interleaved);
+      rope(kt, Hkv, hd, cos, sin, cfg.rope_interleaved);
     }
-    // Causal attention, one (token, head) pair per work item.
+    // Causal attention, one (token, head) pair per work item; query heads share their group's
+    // key/value head (GQA).
     const float* keys = kv.keys(layer, 0);
     const float* values = kv.values(layer, 0);
     float* attn = act.attn.get();
@@ -373,13 +413,13 @@ struct Session::Impl {
         const int64_t t = item / H;
         const int head = static_cast<int>(item % H);
         const int kv_off = (head / group) * hd;
-        const float* qh = q + t * D + head * hd;
+        const float* qh = q + t * Dq + head * hd;
         const int64_t n = pos + t + 1;
         for (int64_t j = 0; j < n; ++j) {
           sc[j] = kernels::dot_f32(qh, keys + j * Dkv + kv_off, hd) * dim.attn_scale;
         }
         kernels::softmax(sc, n);
-        float* out = attn + t * D + head * hd;
+        float* out = attn + t * Dq + head * hd;
         std::fill_n(out, hd, 0.0f);
         for (int64_t j = 0; j < n; ++j) kernels::axpy(sc[j], values + j * Dkv + kv_off, out, hd);
       }
@@ -387,7 +427,7 @@ struct Session::Impl {
     // o_proj; each thread adds its output columns into the residual.
     float* tmp = act.tmp.get();
     parallel(D, [&](int, int64_t begin, int64_t end) {
-      project(lw.o_proj, attn, D, T, tmp, D, begin, end);
+      project(lw.o_proj, attn, Dq, T, tmp, D, begin, end);
       for (int64_t t = 0; t < T; ++t) {
         float* xt = x + t * D;
         const float* yt = tmp + t * D;
@@ -516,6 +556,33 @@ struct Session::Impl {
     }
   }
 
+  // Qwen2-MoE's shared expert, for all T tokens: x += sigmoid(shared_gate . h) * FFN_shared(h).
+  void shared_expert_block(int layer, int64_t T) {
+    const LayerWeights& lw = w.layers[layer];
+    const int D = dim.D, Fs = dim.Fs;
+    const float* h = act.h.get();
+    float* gate = moe.expert_gate.get();
+    float* up = moe.expert_up.get();
+    float* y = moe.expert_y.get();
+    float* scale = moe.shared_scale.get();
+    project(lw.shared_gate, h, D, T, scale, 1, 0, 1);
+    for (int64_t t = 0; t < T; ++t) scale[t] = 1.0f / (1.0f + std::exp(-scale[t]));
+    parallel(Fs, [&](int, int64_t begin, int64_t end) {
+      project(lw.shared_gate_proj, h, D, T, gate, Fs, begin, end);
+      project(lw.shared_up_proj, h, D, T, up, Fs, begin, end);
+      for (int64_t t = 0; t < T; ++t) {
+        float* g = gate + t * Fs + begin;
+        kernels::swiglu(g, up + t * Fs + begin, g, end - begin);
+      }
+    });
+    parallel(D, [&](int, int64_t begin, int64_t end) {
+      project(lw.shared_down_proj, gate, Fs, T, y, D, begin, end);
+      for (int64_t t = 0; t < T; ++t) {
+        kernels::axpy(scale[t], y + t * D + begin, act.x.get() + t * D + begin, end - begin);
+      }
+    });
+  }
+
   // NaN or infinity in the logits means non-finite weights or an overflow upstream; whatever is
   // sampled or scored from them would be garbage, so it is an error naming the position. Only the
   // logits rows are checked (V values per row, nothing beside the lm_head matmul), not every
@@ -549,6 +616,7 @@ struct Session::Impl {
       } else {
         moe_prefill(layer, T);
       }
+      if (dim.Fs > 0) shared_expert_block(layer, T);
     }
     routed += T;
     if (!need_logits) {
@@ -587,8 +655,8 @@ void Session::set_router(const routing::Router* router) {
          " experts but the model has ", impl_->dim.N);
   }
   if (router->max_count() < 1 || router->max_count() > impl_->dim.N) {
-    fail("router ", router->spec(), ": max_count ", router->max_count(), " outside [1, ", impl_->dim.N,
-         "]");
+    fail("router ", router->spec(), ": max_count ", router->max_count(), " outside [1, ",
+         impl_->dim.N, "]");
   }
   impl_->router = router;
 }

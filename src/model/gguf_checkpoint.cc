@@ -29,10 +29,11 @@ std::string ne_text(const std::vector<int64_t>& ne) {
   return text + "}";
 }
 
-// The config.json keys an olmoe GGUF file's "<arch>.<gguf>" keys give. A config key listed twice
-// takes the first present (the expert width: expert_feed_forward_length, else
-// feed_forward_length). Checks that mention several keys name the first listed: the expert count
-// used comes before the expert count.
+// The config.json keys a GGUF file's "<arch>.<gguf>" keys give, in OLMoE's spelling (config_key()
+// renames them for the other families). A config key listed twice takes the first present (the
+// expert width: expert_feed_forward_length, else feed_forward_length, which in Qwen files is the
+// dense width and so is not read for them). Checks that mention several keys name the first
+// listed: the expert count used comes before the expert count.
 struct ConfigKey {
   const char* config;
   const char* gguf;
@@ -47,12 +48,37 @@ constexpr ConfigKey kConfigKeys[] = {
     {"num_key_value_heads", "attention.head_count_kv", ConfigKey::kCount},
     {"intermediate_size", "expert_feed_forward_length", ConfigKey::kCount},
     {"intermediate_size", "feed_forward_length", ConfigKey::kCount},
+    {"shared_expert_intermediate_size", "expert_shared_feed_forward_length", ConfigKey::kCount},
     {"max_position_embeddings", "context_length", ConfigKey::kCount},
     {"rope_theta", "rope.freq_base", ConfigKey::kReal},
     {"rms_norm_eps", "attention.layer_norm_rms_epsilon", ConfigKey::kReal},
     {"norm_topk_prob", "expert_weights_norm", ConfigKey::kBool},
     {"head_dim", "attention.key_length", ConfigKey::kCount},
 };
+
+// The config.json spelling of an OLMoE-spelt key in `family`.
+std::string config_key(std::string_view key, Family family) {
+  const bool qwen = family == Family::Qwen2Moe || family == Family::Qwen3Moe;
+  if (key == "intermediate_size" && qwen) return "moe_intermediate_size";
+  if (key == "num_experts" && family == Family::Mixtral) return "num_local_experts";
+  return std::string(key);
+}
+
+// The family of a GGUF general.architecture; llama files are Mixtral only when they have experts.
+Family gguf_family(const GgufFile& f) {
+  const std::string& arch = f.get_string("general.architecture");
+  for (Family family : {Family::Olmoe, Family::Qwen2Moe, Family::Qwen3Moe, Family::Mixtral}) {
+    if (arch != hf::gguf_architecture(family)) continue;
+    if (family == Family::Mixtral && !f.find("llama.expert_count")) {
+      fail(f.source(),
+           ": general.architecture = \"llama\" without llama.expert_count: a dense "
+           "model; bhmoe runs mixture-of-experts models (Mixtral is llama with experts)");
+    }
+    return family;
+  }
+  fail(f.source(), ": general.architecture = \"", arch,
+       "\": bhmoe runs olmoe, qwen2moe, qwen3moe and llama (Mixtral) GGUF files");
+}
 
 class GgufCheckpoint final : public Checkpoint {
  public:
@@ -146,9 +172,10 @@ void GgufCheckpoint::load_weights() {
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
-      const std::string name = hf::gguf_layer_name(l, t.gguf_leaf);
-      if (t.vector) {
-        lw.*t.field = vector(name, hf::size(t.rows, c));
+      if (!hf::needed(t.needs, c)) continue;
+      const std::string name = hf::gguf_layer_name(l, t.gguf);
+      if (t.vector || t.rows == hf::Size::One) {
+        lw.*t.field = vector(name, hf::size(t.vector ? t.rows : t.cols, c));
       } else {
         lw.*t.field = matrix(name, hf::size(t.rows, c), hf::size(t.cols, c));
       }
@@ -240,31 +267,35 @@ std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file) {
 }
 
 ModelConfig gguf_model_config(const GgufFile& f) {
-  const std::string& arch = f.get_string("general.architecture");
-  if (arch != "olmoe") {
-    fail(f.source(), ": general.architecture = \"", arch,
-         "\": bhmoe runs olmoe GGUF files (the other MoE families are not supported yet)");
-  }
-  const std::string p = arch + ".";
+  const Family family = gguf_family(f);
+  const std::string p = f.get_string("general.architecture") + ".";
+  const bool qwen = family == Family::Qwen2Moe || family == Family::Qwen3Moe;
   json hf;
-  hf["model_type"] = "olmoe";
+  hf["model_type"] = model_type_name(family);
   // The keys present are copied; parse_config checks them, fills the optional ones and refuses
   // what is missing or implausible.
   for (const ConfigKey& k : kConfigKeys) {
     const std::string key = p + k.gguf;
-    if (hf.contains(k.config) || !f.find(key)) continue;
+    const std::string config = config_key(k.config, family);
+    if (hf.contains(config) || !f.find(key)) continue;
+    if (qwen && std::string_view(k.gguf) == "feed_forward_length") continue;
     switch (k.kind) {
       case ConfigKey::kCount:
-        hf[k.config] = f.get_uint(key);
+        hf[config] = f.get_uint(key);
         break;
       case ConfigKey::kReal:
-        hf[k.config] = f.get_real(key);
+        hf[config] = f.get_real(key);
         break;
       case ConfigKey::kBool:
-        hf[k.config] = f.get_bool_or(key, false);
+        hf[config] = f.get_bool_or(key, false);
         break;
     }
   }
+  // What llama.cpp's graphs do for these architectures without a key: Qwen3-MoE renormalises its
+  // top-k weights, Qwen2-MoE does not; q/k/v biases are there when the tensors are.
+  if (family == Family::Qwen3Moe && !hf.contains("norm_topk_prob")) hf["norm_topk_prob"] = true;
+  if (family == Family::Qwen3Moe && f.find_tensor(hf::gguf_layer_name(0, "attn_q.bias")))
+    hf["attention_bias"] = true;
   // The vocabulary is the embedding's rows. Without that tensor vocab_size stays unset: the
   // config's checks report the first missing key, or with every key present, the tensor.
   const GgufTensor* embed = f.find_tensor(hf::kGgufEmbed);
@@ -288,12 +319,15 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   hf["tie_word_embeddings"] = f.find_tensor(hf::kGgufLmHead) == nullptr;
   hf["torch_dtype"] = "gguf";
   try {
-    return parse_config(hf, f.source());
+    ModelConfig config = parse_config(hf, f.source());
+    // llama.cpp's converter permutes a llama file's q/k rows for pairwise ("normal") RoPE.
+    config.rope_interleaved = family == Family::Mixtral;
+    return config;
   } catch (const Error& e) {
     // The config's checks name config.json's keys; say which GGUF key the value came from.
     const std::string message = e.what();
     for (const ConfigKey& k : kConfigKeys) {
-      if (message.find(k.config) == std::string::npos) continue;
+      if (message.find(config_key(k.config, family)) == std::string::npos) continue;
       std::string keys;
       for (const ConfigKey& same : kConfigKeys) {
         if (std::string_view(same.config) == k.config)

@@ -6,7 +6,8 @@
 //   (ffn_*_exps, [N, rows, cols]) are sliced into one view per expert;
 // - the tokenizer from the tokenizer.ggml.* keys (byte-level BPE, "gpt2"), through the same
 //   tokenizer code as a tokenizer.json.
-// Architectures: olmoe.
+// Architectures: olmoe, qwen2moe, qwen3moe, and llama with experts (Mixtral; its q/k rows are
+// stored permuted for pairwise RoPE, which ModelConfig::rope_interleaved records).
 #pragma once
 
 #include <filesystem>

@@ -141,38 +141,79 @@ DType parse_gguf_matrix_type(const std::string& name) {
   fail("GGUF type \"", name, "\": expected ", accepted);
 }
 
+// llama.cpp's "llama" graph applies pairwise RoPE to (2i, 2i + 1), so its converter stores each
+// head's q/k rows permuted from Hugging Face's NeoX halves: GGUF row 2i + j of a head is HF row
+// j * hd/2 + i. The rows of `m` ([heads * hd, cols]) in that order.
+std::string llama_permuted(const kernels::Matrix& m, int head_dim, DType type) {
+  std::string out;
+  const int64_t half = head_dim / 2;
+  for (int64_t r = 0; r < m.rows; ++r) {
+    const int64_t head = r / head_dim, within = r % head_dim;
+    const int64_t source = head * head_dim + (within % 2) * half + within / 2;
+    append_converted(m.row_block(source, 1), type, out);
+  }
+  return out;
+}
+
 void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType matrix_type,
                  const std::filesystem::path& out) {
   const ModelConfig& c = checkpoint.config();
   const Weights& w = checkpoint.weights();
-  if (c.clip_qkv) fail("GGUF export: clip_qkv has no olmoe GGUF key (llama.cpp would not clip)");
-  if (c.norm_topk_prob)
+  const std::string arch = hf::gguf_architecture(c.family);
+  if (c.rope_interleaved)
     fail(
-        "GGUF export: norm_topk_prob true has no olmoe GGUF key (llama.cpp would not renormalise)");
-  if (c.num_kv_heads != c.num_heads)
+        "GGUF export: the checkpoint's q/k rows are already permuted for pairwise RoPE (a llama "
+        "GGUF file); export from the Hugging Face folder");
+  if (c.clip_qkv) fail("GGUF export: clip_qkv has no olmoe GGUF key (llama.cpp would not clip)");
+  // llama.cpp's graphs renormalise the top-k weights of qwen3moe and llama, never of olmoe and
+  // qwen2moe, whatever a key says.
+  const bool renormalises = c.family == Family::Qwen3Moe || c.family == Family::Mixtral;
+  if (c.norm_topk_prob != renormalises)
+    fail("GGUF export: norm_topk_prob ", c.norm_topk_prob ? "true" : "false", " has no ", arch,
+         " GGUF key (llama.cpp would ", renormalises ? "" : "not ", "renormalise)");
+  if (c.family == Family::Olmoe && c.num_kv_heads != c.num_heads)
     fail("GGUF export: llama.cpp's olmoe needs as many key/value heads as heads (", c.num_kv_heads,
          " vs ", c.num_heads, ")");
   const int64_t block = kernels::block_values(matrix_type);
-  if (c.hidden_size % block != 0 || c.intermediate_size % block != 0) {
+  const int64_t query_width = int64_t{c.num_heads} * c.head_dim;
+  if (c.hidden_size % block != 0 || c.intermediate_size % block != 0 ||
+      c.shared_expert_intermediate_size % block != 0 || query_width % block != 0) {
     fail("GGUF export: ", kernels::dtype_name(matrix_type), " blocks of ", block,
-         " values do not divide hidden_size ", c.hidden_size, " and intermediate_size ",
-         c.intermediate_size);
+         " values do not divide hidden_size ", c.hidden_size, ", the expert widths ",
+         c.intermediate_size, " and ", c.shared_expert_intermediate_size, " and the query width ",
+         query_width);
   }
 
   GgufWriter g;
-  g.add_string("general.architecture", "olmoe");
+  const std::string p = arch + ".";
+  g.add_string("general.architecture", arch);
   g.add_string("general.name", checkpoint.dir().filename().string());
   g.add_uint32("general.file_type", gguf_type(matrix_type).llama_file_type);
-  g.add_uint32("olmoe.block_count", static_cast<uint32_t>(c.num_layers));
-  g.add_uint32("olmoe.context_length", static_cast<uint32_t>(c.max_position_embeddings));
-  g.add_uint32("olmoe.embedding_length", static_cast<uint32_t>(c.hidden_size));
-  g.add_uint32("olmoe.feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
-  g.add_uint32("olmoe.attention.head_count", static_cast<uint32_t>(c.num_heads));
-  g.add_uint32("olmoe.attention.head_count_kv", static_cast<uint32_t>(c.num_kv_heads));
-  g.add_float32("olmoe.rope.freq_base", static_cast<float>(c.rope_theta));
-  g.add_float32("olmoe.attention.layer_norm_rms_epsilon", c.rms_norm_eps);
-  g.add_uint32("olmoe.expert_count", static_cast<uint32_t>(c.num_experts));
-  g.add_uint32("olmoe.expert_used_count", static_cast<uint32_t>(c.num_experts_per_tok));
+  g.add_uint32(p + "block_count", static_cast<uint32_t>(c.num_layers));
+  g.add_uint32(p + "context_length", static_cast<uint32_t>(c.max_position_embeddings));
+  g.add_uint32(p + "embedding_length", static_cast<uint32_t>(c.hidden_size));
+  if (c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe) {
+    // feed_forward_length is the dense width there; the experts' are their own keys.
+    g.add_uint32(
+        p + "feed_forward_length",
+        static_cast<uint32_t>(std::max(c.intermediate_size, c.shared_expert_intermediate_size)));
+    g.add_uint32(p + "expert_feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
+    if (c.shared_expert_intermediate_size > 0)
+      g.add_uint32(p + "expert_shared_feed_forward_length",
+                   static_cast<uint32_t>(c.shared_expert_intermediate_size));
+  } else {
+    g.add_uint32(p + "feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
+  }
+  g.add_uint32(p + "attention.head_count", static_cast<uint32_t>(c.num_heads));
+  g.add_uint32(p + "attention.head_count_kv", static_cast<uint32_t>(c.num_kv_heads));
+  if (c.head_dim * c.num_heads != c.hidden_size) {
+    g.add_uint32(p + "attention.key_length", static_cast<uint32_t>(c.head_dim));
+    g.add_uint32(p + "attention.value_length", static_cast<uint32_t>(c.head_dim));
+  }
+  g.add_float32(p + "rope.freq_base", static_cast<float>(c.rope_theta));
+  g.add_float32(p + "attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  g.add_uint32(p + "expert_count", static_cast<uint32_t>(c.num_experts));
+  g.add_uint32(p + "expert_used_count", static_cast<uint32_t>(c.num_experts_per_tok));
   add_gguf_tokenizer(g, tokenizer_json, c.vocab_size, c);
 
   const GgmlType matrix_ggml = gguf_type(matrix_type).ggml;
@@ -188,10 +229,17 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
+      if (!hf::needed(t.needs, c)) continue;
       const TensorView& m = lw.*t.field;
-      const std::string name = hf::gguf_layer_name(l, t.gguf_leaf);
-      if (t.vector) {
-        add_vector(name, m);
+      const std::string name = hf::gguf_layer_name(l, t.gguf);
+      const bool permuted = c.family == Family::Mixtral &&
+                            (t.field == &LayerWeights::q_proj || t.field == &LayerWeights::k_proj);
+      if (t.vector || t.rows == hf::Size::One) {
+        add_vector(name, m);  // norms, biases and the shared expert's gate stay F32
+      } else if (permuted) {
+        g.add_tensor_later(name, matrix_ggml, ne_of(m, false), [&m, &c, matrix_type] {
+          return llama_permuted(m, c.head_dim, matrix_type);
+        });
       } else {
         add_matrix(name, m, t.field == &LayerWeights::router ? DType::F32 : matrix_type);
       }

@@ -1,11 +1,14 @@
-// Writes a checkpoint as a GGUF file that llama.cpp and bhmoe both run (architecture olmoe):
-// - metadata from the config (llama.cpp's olmoe keys), general.file_type from the matrix type;
+// Writes a checkpoint as a GGUF file that llama.cpp and bhmoe both run (architecture olmoe,
+// qwen2moe, qwen3moe, or llama for Mixtral):
+// - metadata from the config (llama.cpp's keys of the architecture), general.file_type from the
+//   matrix type;
 // - the tokenizer.json as tokenizer.ggml.* keys: "gpt2" model, pre-tokeniser "olmo" (the GPT-2
 //   regex), tokens by id padded to the embedding's rows with "[PAD<id>]", added tokens as control
 //   (special) or user-defined tokens, merges as "a b";
-// - llama.cpp's tensor names, a layer's experts stacked into ffn_{gate,up,down}_exps;
-// - every matrix converted to `matrix_type`, except the norms and the router (ffn_gate_inp), kept
-//   in F32 as llama.cpp's converter keeps them.
+// - llama.cpp's tensor names, a layer's experts stacked into ffn_{gate,up,down}_exps; for llama,
+//   each head's q/k rows permuted for llama.cpp's pairwise RoPE, as its converter does;
+// - every matrix converted to `matrix_type`, except the norms, biases, the router (ffn_gate_inp)
+//   and the shared expert's gate, kept in F32 as llama.cpp's converter keeps them.
 // The file is streamed tensor by tensor (memory stays at one stacked tensor) and renamed into place.
 #pragma once
 
@@ -19,8 +22,8 @@
 
 namespace bhmoe::model {
 
-// Throws bhmoe::Error for what the olmoe GGUF format cannot express (clip_qkv, norm_topk_prob,
-// fewer key/value heads than heads), a tokenizer that is not a byte-level BPE with the GPT-2
+// Throws bhmoe::Error for what the architecture's GGUF keys cannot express (clip_qkv, a
+// norm_topk_prob llama.cpp's graph does not follow, fewer key/value heads than heads in olmoe), a tokenizer that is not a byte-level BPE with the GPT-2
 // regex, or a matrix type whose blocks do not divide the rows.
 void export_gguf(const Checkpoint& checkpoint, const nlohmann::json& tokenizer_json,
                  kernels::DType matrix_type, const std::filesystem::path& out);

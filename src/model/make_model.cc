@@ -125,13 +125,15 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dty
   simple(std::string(hf::kEmbed), {v, d});
   for (int l = 0; l < c.num_layers; ++l) {
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
+      if (!hf::needed(t.needs, c)) continue;
+      const std::string name = hf::layer_tensor_name(l, t, c);
       if (t.vector) {
-        simple(hf::layer_name(l, t.leaf), {hf::size(t.rows, c)});
+        simple(name, {hf::size(t.rows, c)});
       } else {
-        simple(hf::layer_name(l, t.leaf), {hf::size(t.rows, c), hf::size(t.cols, c)});
+        simple(name, {hf::size(t.rows, c), hf::size(t.cols, c)});
       }
     }
-    const std::string e = hf::experts_prefix(l);
+    const std::string e = hf::experts_prefix(l, c);
     if (fused) {
       PlannedTensor gate_up{{cat(e, hf::kFusedGateUp), dt, {n, 2 * f, d}}, {}};
       PlannedTensor down{{cat(e, hf::kFusedDown), dt, {n, d, f}}, {}};
@@ -139,7 +141,7 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dty
       for (int64_t x = 0; x < n; ++x) {
         for (const hf::ExpertTensor& t : hf::kExpertTensors) {
           PlannedTensor& into = t.field == &ExpertWeights::down ? down : gate_up;
-          into.segments.push_back({fnv1a64(hf::expert_name(l, x, t.leaf)), f * d, false});
+          into.segments.push_back({fnv1a64(hf::expert_name(l, x, t, c)), f * d, false});
         }
       }
       out.push_back(std::move(gate_up));
@@ -147,7 +149,7 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dty
     } else {
       for (int64_t x = 0; x < n; ++x) {
         for (const hf::ExpertTensor& t : hf::kExpertTensors)
-          simple(hf::expert_name(l, x, t.leaf), {hf::size(t.rows, c), hf::size(t.cols, c)});
+          simple(hf::expert_name(l, x, t, c), {hf::size(t.rows, c), hf::size(t.cols, c)});
       }
     }
   }
@@ -340,16 +342,27 @@ TokenizerIds scan_tokenizer(const std::string& text, const fs::path& path) {
 
 ModelConfig preset_config(std::string_view preset) {
   ModelConfig c;
-  if (preset == "tiny" || preset == "tiny256") {
-    const bool wide = preset == "tiny256";
-    c.hidden_size = wide ? 256 : 64;
-    c.intermediate_size = wide ? 256 : 32;
+  c.head_dim = 0;  // D / heads unless a preset sets it
+  c.norm_topk_prob = false;
+  c.rope_theta = 10000.0;
+  c.rms_norm_eps = 1e-5f;
+  c.tie_word_embeddings = false;
+  c.max_position_embeddings = 4096;
+  // The tiny shapes of every family: D 64, 2 layers, 4 heads, 8 experts of width 32, V 1024.
+  auto tiny = [&](Family family) {
+    c.family = family;
+    c.hidden_size = 64;
+    c.intermediate_size = 32;
     c.num_layers = 2;
     c.num_heads = 4;
-    c.num_kv_heads = 4;
+    c.num_kv_heads = family == Family::Olmoe ? 4 : 2;  // GQA where the family has it
     c.num_experts = 8;
     c.num_experts_per_tok = 2;
     c.vocab_size = 1024;
+  };
+  if (preset == "tiny" || preset == "tiny256") {
+    tiny(Family::Olmoe);
+    if (preset == "tiny256") c.hidden_size = c.intermediate_size = 256;  // whole 256-value blocks
   } else if (preset == "olmoe-1b-7b") {
     c.hidden_size = 2048;
     c.intermediate_size = 1024;
@@ -359,15 +372,68 @@ ModelConfig preset_config(std::string_view preset) {
     c.num_experts = 64;
     c.num_experts_per_tok = 8;
     c.vocab_size = 50304;
+  } else if (preset == "qwen2-moe-tiny") {
+    tiny(Family::Qwen2Moe);
+    c.num_experts_per_tok = 4;
+    c.shared_expert_intermediate_size = 64;
+  } else if (preset == "qwen1.5-moe-a2.7b") {
+    c.family = Family::Qwen2Moe;
+    c.hidden_size = 2048;
+    c.intermediate_size = 1408;
+    c.shared_expert_intermediate_size = 5632;
+    c.num_layers = 24;
+    c.num_heads = 16;
+    c.num_kv_heads = 16;
+    c.num_experts = 60;
+    c.num_experts_per_tok = 4;
+    c.vocab_size = 151936;
+    c.rope_theta = 1000000.0;
+    c.rms_norm_eps = 1e-6f;
+    c.max_position_embeddings = 8192;
+  } else if (preset == "qwen3-moe-tiny") {
+    tiny(Family::Qwen3Moe);
+    c.head_dim = 32;  // heads * head_dim = 128 != D, as in Qwen3-30B-A3B
+    c.norm_topk_prob = true;
+  } else if (preset == "qwen3-30b-a3b") {
+    c.family = Family::Qwen3Moe;
+    c.hidden_size = 2048;
+    c.intermediate_size = 768;
+    c.num_layers = 48;
+    c.num_heads = 32;
+    c.num_kv_heads = 4;
+    c.head_dim = 128;
+    c.num_experts = 128;
+    c.num_experts_per_tok = 8;
+    c.norm_topk_prob = true;
+    c.vocab_size = 151936;
+    c.rope_theta = 1000000.0;
+    c.rms_norm_eps = 1e-6f;
+    c.max_position_embeddings = 40960;
+  } else if (preset == "mixtral-tiny") {
+    tiny(Family::Mixtral);
+    c.rope_theta = 1000000.0;
+  } else if (preset == "mixtral-8x7b") {
+    c.family = Family::Mixtral;
+    c.hidden_size = 4096;
+    c.intermediate_size = 14336;
+    c.num_layers = 32;
+    c.num_heads = 32;
+    c.num_kv_heads = 8;
+    c.num_experts = 8;
+    c.num_experts_per_tok = 2;
+    c.vocab_size = 32000;
+    c.rope_theta = 1000000.0;
+    c.max_position_embeddings = 32768;
   } else {
-    fail("unknown preset \"", preset, "\" (expected tiny, tiny256 or olmoe-1b-7b)");
+    fail("unknown preset \"", preset, "\" (expected ", kPresetNames, ")");
   }
-  c.head_dim = c.hidden_size / c.num_heads;
-  c.norm_topk_prob = false;
-  c.rope_theta = 10000.0;
-  c.rms_norm_eps = 1e-5f;
-  c.tie_word_embeddings = false;
-  c.max_position_embeddings = 4096;
+  c.model_type = model_type_name(c.family);
+  if (c.head_dim == 0) c.head_dim = c.hidden_size / c.num_heads;
+  if (c.family == Family::Mixtral) c.norm_topk_prob = true;  // Mixtral always renormalises
+  c.qk_norm = c.family == Family::Olmoe      ? QkNorm::Full
+              : c.family == Family::Qwen3Moe ? QkNorm::PerHead
+                                             : QkNorm::None;
+  c.qkv_bias = c.family == Family::Qwen2Moe;
   c.torch_dtype = "bfloat16";
   return c;
 }

@@ -1,8 +1,9 @@
-// Random-weight OLMoE checkpoints in the Hugging Face layout (config.json, model.safetensors or
-// shards + model.safetensors.index.json, tokenizer.json), for tests and benchmarks when the real
-// weights are not available. Weights are normal-like with standard deviation 0.02 (norm weights 1),
-// generated from the seed alone: the same seed gives the same numbers whatever the thread count,
-// sharding or expert layout (the fused layout holds exactly the per-expert layout's values).
+// Random-weight checkpoints (OLMoE and the other families) in the Hugging Face layout (config.json,
+// model.safetensors or shards + model.safetensors.index.json, tokenizer.json), for tests and
+// benchmarks when the real weights are not available. Weights are normal-like with standard
+// deviation 0.02 (norm weights 1), generated from the seed alone: the same seed gives the same
+// numbers whatever the thread count, sharding or expert layout (the fused layout holds exactly the
+// per-expert layout's values).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,7 @@
 namespace bhmoe::model {
 
 struct MakeModelOptions {
-  std::string preset = "tiny";                  // "tiny", "tiny256" or "olmoe-1b-7b"
+  std::string preset = "tiny";                  // one of kPresetNames
   std::optional<int> layers;                    // overrides the preset's num_hidden_layers
   kernels::DType dtype = kernels::DType::BF16;  // BF16, F16 or F32
   uint64_t seed = 0;
@@ -32,6 +33,15 @@ struct MakeModelOptions {
 // "tiny": D 64, 2 layers, 4 heads, 8 experts top-2, F 32, V 1024 (the goldens' shape).
 // "tiny256": the same with D and F 256, so rows hold whole 256-value blocks (GGUF's K types).
 // "olmoe-1b-7b": the published OLMoE-1B-7B-0924 shape (6.92 B parameters).
+// The other families, a tiny shape each (D 64, 2 layers, 4 heads over 2 key/value heads, 8 experts
+// of width 32, V 1024) and a published one:
+//   "qwen2-moe-tiny" (top-4, a shared expert of width 64), "qwen1.5-moe-a2.7b";
+//   "qwen3-moe-tiny" (head_dim 32, so the query width 128 is not D; renormalised top-2),
+//   "qwen3-30b-a3b";
+//   "mixtral-tiny" (renormalised top-2), "mixtral-8x7b".
+inline constexpr const char* kPresetNames =
+    "tiny, tiny256, olmoe-1b-7b, qwen2-moe-tiny, qwen1.5-moe-a2.7b, qwen3-moe-tiny, qwen3-30b-a3b, "
+    "mixtral-tiny or mixtral-8x7b";
 ModelConfig preset_config(std::string_view preset);
 
 // Every tensor of a checkpoint for `config`, in the order they are written.

@@ -35,8 +35,10 @@ struct Conversion {
 std::vector<TensorView*> converted_matrices(Weights& w) {
   std::vector<TensorView*> targets;
   for (auto& layer : w.layers) {
-    for (TensorView* m : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
-      targets.push_back(m);
+    for (TensorView* m :
+         {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj, &layer.shared_gate_proj,
+          &layer.shared_up_proj, &layer.shared_down_proj}) {
+      if (m->data) targets.push_back(m);  // the shared expert's only where the family has one
     }
     for (auto& expert : layer.experts) {
       for (TensorView* m : {&expert.gate, &expert.up, &expert.down}) targets.push_back(m);
@@ -89,21 +91,20 @@ MaterializedWeights materialize_weights(const Weights& stored, DType dtype) {
   // Converting ~7 B parameters is worth all cores; each thread takes whole matrices. The views
   // still point at the stored tensors while this runs.
   kernels::ThreadPool pool(0);
-  pool.parallel_for(static_cast<int64_t>(conversions.size()),
-                    [&](int, int64_t begin, int64_t end) {
-                      for (int64_t i = begin; i < end; ++i) {
-                        const Conversion& c = conversions[static_cast<size_t>(i)];
-                        const kernels::Matrix& src = *c.target;
-                        if (dtype == DType::Q8) {
-                          kernels::quantize_q8(src, reinterpret_cast<int8_t*>(c.values), c.scales);
-                        } else {
-                          kernels::convert_to_bf16(src, reinterpret_cast<uint16_t*>(c.values));
-                        }
-                        // At once, so the peak stays near the copy + one matrix per thread. A
-                        // tied lm_head is the embedding, which stays in use.
-                        if (src.data != stored.embed.data) release_pages(src);
-                      }
-                    });
+  pool.parallel_for(static_cast<int64_t>(conversions.size()), [&](int, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const Conversion& c = conversions[static_cast<size_t>(i)];
+      const kernels::Matrix& src = *c.target;
+      if (dtype == DType::Q8) {
+        kernels::quantize_q8(src, reinterpret_cast<int8_t*>(c.values), c.scales);
+      } else {
+        kernels::convert_to_bf16(src, reinterpret_cast<uint16_t*>(c.values));
+      }
+      // At once, so the peak stays near the copy + one matrix per thread. A
+      // tied lm_head is the embedding, which stays in use.
+      if (src.data != stored.embed.data) release_pages(src);
+    }
+  });
   for (const Conversion& c : conversions) {
     TensorView& t = *c.target;
     if (dtype == DType::Q8) {

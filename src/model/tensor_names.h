@@ -1,6 +1,7 @@
-// The Hugging Face OLMoE checkpoint's tensor names and shapes: the one place both the loader
-// (checkpoint.cc) and the writer (make_model.cc) take them from, in the order make-model writes
-// them. Shapes are PyTorch's ([out, in] for a matrix, [size] for a norm vector).
+// The checkpoint tensors of every family bhmoe runs: Hugging Face names and shapes, llama.cpp's
+// GGUF names, and which Weights field each fills. The one place the loaders (checkpoint.cc,
+// gguf_checkpoint.cc) and the writers (make_model.cc, gguf_export.cc) take them from, in the order
+// make-model writes them. Shapes are PyTorch's ([out, in] for a matrix, [size] for a vector).
 #pragma once
 
 #include <cstdint>
@@ -12,50 +13,87 @@
 
 namespace bhmoe::model::hf {
 
-// A dimension of a tensor, resolved against a config by size().
-enum class Size : uint8_t { D, Dkv, N, F, V };
+// A dimension of a tensor, resolved against a config by size(): D, the query width H*hd, the
+// key/value width Hkv*hd, experts, the routed and shared expert widths, vocabulary, one, and the
+// q/k norm widths (the projection's for QkNorm::Full, hd for QkNorm::PerHead).
+enum class Size : uint8_t { D, Dq, Dkv, N, F, Fs, V, One, QNorm, KNorm };
 int64_t size(Size s, const ModelConfig& c);
 
-// A per-layer tensor: "model.layers.<l>." + leaf; a vector when `vector`, else [rows, cols]. In a
-// GGUF file (llama.cpp's names): "blk.<l>." + gguf_leaf + ".weight".
+// Which configs hold a tensor.
+enum class Needs : uint8_t { Always, QkNorm, QkvBias, SharedExpert };
+bool needed(Needs needs, const ModelConfig& c);
+
+// A per-layer tensor: "model.layers.<l>." + leaf (Mixtral: mixtral_leaf where it differs); a
+// vector of `rows` values when `vector`, else [rows, cols]. In a GGUF file: "blk.<l>." + gguf, a
+// vector also when rows is One (ggml ne {cols}).
 struct LayerTensor {
   const char* leaf;
+  const char* mixtral_leaf;  // nullptr: the same as leaf
   TensorView LayerWeights::*field;
   Size rows;
   Size cols;
   bool vector;
-  const char* gguf_leaf;
+  Needs needs;
+  const char* gguf;
 };
 inline constexpr LayerTensor kLayerTensors[] = {
-    {"input_layernorm.weight", &LayerWeights::input_norm, Size::D, Size::D, true, "attn_norm"},
-    {"self_attn.q_proj.weight", &LayerWeights::q_proj, Size::D, Size::D, false, "attn_q"},
-    {"self_attn.k_proj.weight", &LayerWeights::k_proj, Size::Dkv, Size::D, false, "attn_k"},
-    {"self_attn.v_proj.weight", &LayerWeights::v_proj, Size::Dkv, Size::D, false, "attn_v"},
-    {"self_attn.o_proj.weight", &LayerWeights::o_proj, Size::D, Size::D, false, "attn_output"},
-    {"self_attn.q_norm.weight", &LayerWeights::q_norm, Size::D, Size::D, true, "attn_q_norm"},
-    {"self_attn.k_norm.weight", &LayerWeights::k_norm, Size::Dkv, Size::Dkv, true, "attn_k_norm"},
-    {"post_attention_layernorm.weight", &LayerWeights::post_norm, Size::D, Size::D, true,
-     "ffn_norm"},
-    {"mlp.gate.weight", &LayerWeights::router, Size::N, Size::D, false, "ffn_gate_inp"},
+    {"input_layernorm.weight", nullptr, &LayerWeights::input_norm, Size::D, Size::D, true,
+     Needs::Always, "attn_norm.weight"},
+    {"self_attn.q_proj.weight", nullptr, &LayerWeights::q_proj, Size::Dq, Size::D, false,
+     Needs::Always, "attn_q.weight"},
+    {"self_attn.k_proj.weight", nullptr, &LayerWeights::k_proj, Size::Dkv, Size::D, false,
+     Needs::Always, "attn_k.weight"},
+    {"self_attn.v_proj.weight", nullptr, &LayerWeights::v_proj, Size::Dkv, Size::D, false,
+     Needs::Always, "attn_v.weight"},
+    {"self_attn.q_proj.bias", nullptr, &LayerWeights::q_bias, Size::Dq, Size::Dq, true,
+     Needs::QkvBias, "attn_q.bias"},
+    {"self_attn.k_proj.bias", nullptr, &LayerWeights::k_bias, Size::Dkv, Size::Dkv, true,
+     Needs::QkvBias, "attn_k.bias"},
+    {"self_attn.v_proj.bias", nullptr, &LayerWeights::v_bias, Size::Dkv, Size::Dkv, true,
+     Needs::QkvBias, "attn_v.bias"},
+    {"self_attn.o_proj.weight", nullptr, &LayerWeights::o_proj, Size::D, Size::Dq, false,
+     Needs::Always, "attn_output.weight"},
+    {"self_attn.q_norm.weight", nullptr, &LayerWeights::q_norm, Size::QNorm, Size::QNorm, true,
+     Needs::QkNorm, "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", nullptr, &LayerWeights::k_norm, Size::KNorm, Size::KNorm, true,
+     Needs::QkNorm, "attn_k_norm.weight"},
+    {"post_attention_layernorm.weight", nullptr, &LayerWeights::post_norm, Size::D, Size::D, true,
+     Needs::Always, "ffn_norm.weight"},
+    {"mlp.gate.weight", "block_sparse_moe.gate.weight", &LayerWeights::router, Size::N, Size::D,
+     false, Needs::Always, "ffn_gate_inp.weight"},
+    {"mlp.shared_expert.gate_proj.weight", nullptr, &LayerWeights::shared_gate_proj, Size::Fs,
+     Size::D, false, Needs::SharedExpert, "ffn_gate_shexp.weight"},
+    {"mlp.shared_expert.up_proj.weight", nullptr, &LayerWeights::shared_up_proj, Size::Fs, Size::D,
+     false, Needs::SharedExpert, "ffn_up_shexp.weight"},
+    {"mlp.shared_expert.down_proj.weight", nullptr, &LayerWeights::shared_down_proj, Size::D,
+     Size::Fs, false, Needs::SharedExpert, "ffn_down_shexp.weight"},
+    {"mlp.shared_expert_gate.weight", nullptr, &LayerWeights::shared_gate, Size::One, Size::D,
+     false, Needs::SharedExpert, "ffn_gate_inp_shexp.weight"},
 };
 
-// A per-expert tensor: "model.layers.<l>.mlp.experts.<e>." + leaf, [rows, cols]. In a GGUF file the
-// layer's experts are stacked: "blk.<l>." + gguf_stacked + ".weight", [N, rows, cols] (ggml ne
-// {cols, rows, N}).
+// The HF name of a per-layer tensor in `config`'s family.
+std::string layer_tensor_name(int layer, const LayerTensor& t, const ModelConfig& config);
+
+// A per-expert tensor: experts_prefix(layer) + "<e>." + leaf (Mixtral: mixtral_leaf), [rows, cols].
+// In a GGUF file the layer's experts are stacked: "blk.<l>." + gguf_stacked, [N, rows, cols] (ggml
+// ne {cols, rows, N}).
 struct ExpertTensor {
   const char* leaf;
+  const char* mixtral_leaf;
   TensorView ExpertWeights::*field;
   Size rows;
   Size cols;
   const char* gguf_stacked;
 };
 inline constexpr ExpertTensor kExpertTensors[] = {
-    {"gate_proj.weight", &ExpertWeights::gate, Size::F, Size::D, "ffn_gate_exps"},
-    {"up_proj.weight", &ExpertWeights::up, Size::F, Size::D, "ffn_up_exps"},
-    {"down_proj.weight", &ExpertWeights::down, Size::D, Size::F, "ffn_down_exps"},
+    {"gate_proj.weight", "w1.weight", &ExpertWeights::gate, Size::F, Size::D,
+     "ffn_gate_exps.weight"},
+    {"up_proj.weight", "w3.weight", &ExpertWeights::up, Size::F, Size::D, "ffn_up_exps.weight"},
+    {"down_proj.weight", "w2.weight", &ExpertWeights::down, Size::D, Size::F,
+     "ffn_down_exps.weight"},
 };
 
-// transformers 5's fused expert tensors, "model.layers.<l>.mlp.experts." + name:
+// transformers 5's fused expert tensors, experts_prefix(layer) + name:
 // gate_up_proj [N, 2F, D] (expert e's gate rows, then its up rows), down_proj [N, D, F].
 inline constexpr std::string_view kFusedGateUp = "gate_up_proj";
 inline constexpr std::string_view kFusedDown = "down_proj";
@@ -66,13 +104,18 @@ inline constexpr std::string_view kLmHead = "lm_head.weight";            // [V, 
 inline constexpr std::string_view kLayersPrefix = "model.layers.";
 
 std::string layer_name(int layer, std::string_view leaf);  // "model.layers.<l>.<leaf>"
-std::string experts_prefix(int layer);                     // "model.layers.<l>.mlp.experts."
-std::string expert_name(int layer, int64_t expert, std::string_view leaf);
+// "model.layers.<l>.mlp.experts." (Mixtral: "model.layers.<l>.block_sparse_moe.experts.")
+std::string experts_prefix(int layer, const ModelConfig& config);
+std::string expert_name(int layer, int64_t expert, const ExpertTensor& t,
+                        const ModelConfig& config);
 
 // GGUF (llama.cpp) names of the same tensors.
 inline constexpr std::string_view kGgufEmbed = "token_embd.weight";       // ne {D, V}
 inline constexpr std::string_view kGgufFinalNorm = "output_norm.weight";  // ne {D}
 inline constexpr std::string_view kGgufLmHead = "output.weight";          // ne {D, V}; absent: tied
-std::string gguf_layer_name(int layer, std::string_view gguf_leaf);       // "blk.<l>.<leaf>.weight"
+std::string gguf_layer_name(int layer, std::string_view gguf);            // "blk.<l>.<gguf>"
+
+// llama.cpp's general.architecture of a family: "olmoe", "qwen2moe", "qwen3moe", "llama".
+const char* gguf_architecture(Family family);
 
 }  // namespace bhmoe::model::hf

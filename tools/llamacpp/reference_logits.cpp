@@ -55,8 +55,18 @@ int main(int argc, char** argv) {
   model_params.use_mmap = true;
   std::vector<llama_model_kv_override> overrides(2);  // the last one all zero: the list's end
   if (experts_used > 0) {
+    // The key is the file's architecture's: read it from a vocabulary-only load first.
+    llama_model_params probe_params = model_params;
+    probe_params.vocab_only = true;
+    llama_model* probe = llama_model_load_from_file(argv[1], probe_params);
+    char arch[64] = {0};
+    if (!probe || llama_model_meta_val_str(probe, "general.architecture", arch, sizeof arch) < 0) {
+      std::fprintf(stderr, "cannot read general.architecture of %s\n", argv[1]);
+      return 1;
+    }
+    llama_model_free(probe);
     overrides[0].tag = LLAMA_KV_OVERRIDE_TYPE_INT;
-    std::snprintf(overrides[0].key, sizeof overrides[0].key, "%s", "olmoe.expert_used_count");
+    std::snprintf(overrides[0].key, sizeof overrides[0].key, "%s.expert_used_count", arch);
     overrides[0].val_i64 = experts_used;
     model_params.kv_overrides = overrides.data();
   }
