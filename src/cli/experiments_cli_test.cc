@@ -19,9 +19,12 @@
 #include <string>
 #include <vector>
 
+#include "util/error.h"
+
 namespace {
 
 namespace fs = std::filesystem;
+using bhmoe::cat;
 using nlohmann::json;
 
 std::string slurp(const fs::path& path) {
@@ -276,9 +279,10 @@ TEST_F(ExperimentsCli, SeedExperimentMeasuresEveryConfigForReal) {
   EXPECT_LT(a001, a010);
 
   for (const char* plot :
-       {"max_k_comparison_bar", "max_k_count_distribution", "max_k_alpha_heatmap", "max_k_saturation",
-        "avg_experts_comparison", "inference_time_comparison", "expert_utilization_cv",
-        "experts_by_category", "experts_vs_latency", "layer_heatmap", "kl_to_native"}) {
+       {"max_k_comparison_bar", "max_k_count_distribution", "max_k_alpha_heatmap",
+        "max_k_saturation", "avg_experts_comparison", "inference_time_comparison",
+        "expert_utilization_cv", "experts_by_category", "experts_vs_latency", "layer_heatmap",
+        "kl_to_native"}) {
     EXPECT_TRUE(is_png(out / "plots" / (std::string(plot) + ".png"))) << plot;
     EXPECT_NE(slurp(out / "plots" / (std::string(plot) + ".svg")).find("<svg"), std::string::npos)
         << plot;
@@ -323,6 +327,80 @@ TEST_F(ExperimentsCli, SeedExperimentMeasuresEveryConfigForReal) {
   ASSERT_EQ(rebuilt.status, 0) << rebuilt.err;
   EXPECT_TRUE(is_png(out / "plots/layer_heatmap.png"));
   EXPECT_NE(slurp(out / "REPORT.md").find("## Conclusions"), std::string::npos);
+}
+
+// Every family runs the experiment suite, the calibration and the trace unchanged: BH with a
+// calibration fitted on the model itself, top-p and top-k, generation and scoring, on the tiny
+// Qwen2-MoE (shared expert), Qwen3-MoE and Mixtral shapes, from their folders and their GGUF files.
+TEST_F(ExperimentsCli, EveryFamilyRunsTheSuiteTraceAndCalibration) {
+  json e = {{"name", "families"},
+            {"routers",
+             {"topk:k=2",
+              "topk:k=4",
+              {{"name", "bh_a02"}, {"spec", "bh:alpha=0.2,max_k=8"}},
+              "topp:p=0.5,max_k=8"}},
+            {"prompts", {"The cat sat on the", "Once upon a time"}},
+            {"texts", {"held.txt"}},
+            {"score_routers", {"topk:k=2", "bh:alpha=0.2,max_k=8"}},
+            {"generation", {{"max_new_tokens", 3}}},
+            {"calibration", {{"text", "calibration.txt"}}}};
+  spit(root_ / "held.txt", kCalibrationText);
+  spit(root_ / "families.json", e.dump(2));
+  for (const char* preset : {"qwen2-moe-tiny", "qwen3-moe-tiny", "mixtral-tiny"}) {
+    SCOPED_TRACE(preset);
+    const fs::path dir = root_ / preset;
+    const fs::path io = scratch(std::string(preset) + "_io");
+    ASSERT_EQ(
+        run_bhmoe(cat("make-model --preset ", preset, " --dtype f32 --seed 3 ", dir.string()), io)
+            .status,
+        0);
+    const fs::path gguf = root_ / (std::string(preset) + ".gguf");
+    ASSERT_EQ(
+        run_bhmoe(cat("convert --model ", dir.string(), " --type q8_0 --out ", gguf.string()), io)
+            .status,
+        0);
+    for (const fs::path& model : {dir, gguf}) {
+      SCOPED_TRACE(model.string());
+      const fs::path out = scratch(cat(model.filename().string(), "_run"));
+      Result r = run_bhmoe("run --model " + model.string() + " --experiment " +
+                               (root_ / "families.json").string() + " --out " + out.string() +
+                               " --threads 1 --no-report",
+                           io);
+      ASSERT_EQ(r.status, 0) << r.err;
+      const std::vector<json> rows = read_rows(out / "results.jsonl");
+      ASSERT_EQ(rows.size(), 4u * 2 + 2u);
+      int bh_rows = 0, top4_rows = 0;
+      for (const json& row : rows) {
+        ASSERT_EQ(row["status"], "ok") << row.dump();
+        if (row["config_name"] == "bh_a02") {
+          EXPECT_GE(row["min_experts"].get<double>(), 1);
+          EXPECT_LE(row["max_experts"].get<double>(), 8);
+          ++bh_rows;
+        }
+        if (row["config_name"] == "topk_4") {
+          EXPECT_DOUBLE_EQ(row["avg_experts_per_token"].get<double>(), 4) << row.dump();
+          ++top4_rows;
+        }
+      }
+      EXPECT_EQ(bh_rows, 2);
+      EXPECT_EQ(top4_rows, 2);
+      const fs::path calibration = out / "own-calibration.json";
+      ASSERT_EQ(
+          run_bhmoe("calibrate --model " + model.string() + " --text-file " +
+                        (root_ / "calibration.txt").string() + " --out " + calibration.string(),
+                    io)
+              .status,
+          0);
+      const fs::path trace = out / "trace.npz";
+      Result t = run_bhmoe("trace --model " + model.string() +
+                               " --router bh:alpha=0.2,max_k=8 --calibration " +
+                               calibration.string() + " --text-file " +
+                               (root_ / "held.txt").string() + " --out " + trace.string(),
+                           io);
+      ASSERT_EQ(t.status, 0) << t.err;
+      EXPECT_GT(fs::file_size(trace), 1000u);
+    }
+  }
 }
 
 TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
@@ -377,7 +455,8 @@ TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
 
   // Overlapping shards (the complete resumed folder and shard 0) are refused, naming an item and
   // both folders, unless --duplicates says which row wins.
-  r = run_bhmoe("merge --out " + scratch("overlap").string() + " " + resumed.string() + shard_dirs, io);
+  r = run_bhmoe("merge --out " + scratch("overlap").string() + " " + resumed.string() + shard_dirs,
+                io);
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("shards overlap: grid item '"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(resumed.string()), std::string::npos) << r.err;
@@ -387,8 +466,8 @@ TEST_F(ExperimentsCli, KillAndResumeAndShardsEqualOneRun) {
   for (const char* policy : {"first", "last", "prefer-ok"}) {
     SCOPED_TRACE(policy);
     fs::path kept = scratch(std::string("overlap-") + policy);
-    r = run_bhmoe("merge --no-report --duplicates " + std::string(policy) + " --out " + kept.string() +
-                      " " + resumed.string() + shard_dirs,
+    r = run_bhmoe("merge --no-report --duplicates " + std::string(policy) + " --out " +
+                      kept.string() + " " + resumed.string() + shard_dirs,
                   io);
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("(14 keys in more than one shard)"), std::string::npos) << r.out;
