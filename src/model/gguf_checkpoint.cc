@@ -184,6 +184,14 @@ void GgufCheckpoint::load_weights() {
     for (const hf::ExpertTensor& t : hf::kExpertTensors) {
       const int64_t rows = hf::size(t.rows, c), cols = hf::size(t.cols, c);
       const std::string name = hf::gguf_layer_name(l, t.gguf_stacked);
+      const std::string first = hf::gguf_layer_name(l, cat(t.gguf_per_expert, ".0.weight"));
+      if (!file_.find_tensor(name) && file_.find_tensor(first)) {
+        for (int e = 0; e < c.num_experts; ++e) {
+          lw.experts[static_cast<size_t>(e)].*t.field =
+              matrix(hf::gguf_layer_name(l, cat(t.gguf_per_expert, ".", e, ".weight")), rows, cols);
+        }
+        continue;
+      }
       const TensorView stacked =
           view(name, {cols, rows, c.num_experts}, rows * c.num_experts, cols);
       for (int e = 0; e < c.num_experts; ++e) {

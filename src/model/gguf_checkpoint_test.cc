@@ -359,6 +359,27 @@ void copy_key(GgufWriter& w, const GgufFile& g, const std::string& key) {
   }
 }
 
+// Older converters wrote one tensor per expert (blk.<l>.ffn_gate.<e>.weight, ...) instead of the
+// stacked ffn_*_exps: such a file runs to the same logits.
+TEST(GgufModel, PerExpertTensorsOfOlderFilesRunAsTheStackedOnes) {
+  const fs::path f = variant("per-expert", copy_key, [](GgufWriter& w, const GgufTensor& t) {
+    const size_t at = t.name.find("_exps.weight");
+    if (at == std::string::npos) return false;
+    const std::string stem = t.name.substr(0, at);  // blk.<l>.ffn_gate
+    const size_t bytes = t.nbytes / static_cast<size_t>(t.ne[2]);
+    for (int64_t e = 0; e < t.ne[2]; ++e) {
+      w.add_tensor(cat(stem, ".", e, ".weight"), static_cast<GgmlType>(t.type), {t.ne[0], t.ne[1]},
+                   std::string(reinterpret_cast<const char*>(t.data) + e * bytes, bytes));
+    }
+    return true;
+  });
+  ASSERT_EQ(GgufFile::open(f).find_tensor("blk.0.ffn_gate_exps.weight"), nullptr);
+  ASSERT_NE(GgufFile::open(f).find_tensor("blk.1.ffn_down.7.weight"), nullptr);
+  const std::vector<int32_t> ids = {3, 17, 254, 900, 41, 5};
+  EXPECT_EQ(logits_of(Model::load(f), ids, nullptr),
+            logits_of(Model::load(golden_gguf(kernels::DType::F32)), ids, nullptr));
+}
+
 TEST(GgufModel, BrokenFilesAreClearErrors) {
   auto keep_tensor = [](GgufWriter&, const GgufTensor&) { return false; };
   // The golden file with one metadata value written by `write` instead of its own.

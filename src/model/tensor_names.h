@@ -76,7 +76,8 @@ std::string layer_tensor_name(int layer, const LayerTensor& t, const ModelConfig
 
 // A per-expert tensor: experts_prefix(layer) + "<e>." + leaf (Mixtral: mixtral_leaf), [rows, cols].
 // In a GGUF file the layer's experts are stacked: "blk.<l>." + gguf_stacked, [N, rows, cols] (ggml
-// ne {cols, rows, N}).
+// ne {cols, rows, N}); files from llama.cpp's converter before April 2024 (many Mixtral GGUFs) hold
+// one tensor per expert instead: "blk.<l>." + gguf_per_expert + ".<e>.weight", ne {cols, rows}.
 struct ExpertTensor {
   const char* leaf;
   const char* mixtral_leaf;
@@ -84,13 +85,15 @@ struct ExpertTensor {
   Size rows;
   Size cols;
   const char* gguf_stacked;
+  const char* gguf_per_expert;
 };
 inline constexpr ExpertTensor kExpertTensors[] = {
     {"gate_proj.weight", "w1.weight", &ExpertWeights::gate, Size::F, Size::D,
-     "ffn_gate_exps.weight"},
-    {"up_proj.weight", "w3.weight", &ExpertWeights::up, Size::F, Size::D, "ffn_up_exps.weight"},
+     "ffn_gate_exps.weight", "ffn_gate"},
+    {"up_proj.weight", "w3.weight", &ExpertWeights::up, Size::F, Size::D, "ffn_up_exps.weight",
+     "ffn_up"},
     {"down_proj.weight", "w2.weight", &ExpertWeights::down, Size::D, Size::F,
-     "ffn_down_exps.weight"},
+     "ffn_down_exps.weight", "ffn_down"},
 };
 
 // transformers 5's fused expert tensors, experts_prefix(layer) + name:
