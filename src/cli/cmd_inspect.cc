@@ -13,8 +13,8 @@
 
 #include "cli/command.h"
 #include "model/checkpoint.h"
-#include "model/gguf_checkpoint.h"
 #include "model/config.h"
+#include "model/gguf_checkpoint.h"
 #include "model/safetensors.h"
 #include "util/error.h"
 #include "util/gguf.h"
@@ -97,6 +97,15 @@ int inspect_gguf(const std::string& path, bool as_json, bool weights) {
   std::printf("format       GGUF v%u, alignment %ju, %.3f GB\n", g.version(),
               static_cast<uintmax_t>(g.alignment()), static_cast<double>(g.size()) / 1e9);
   std::printf("architecture %s\n", arch.c_str());
+  // What bhmoe makes of it: the family and native routing, or why it would refuse the file.
+  try {
+    const model::ModelConfig c = model::gguf_model_config(g);
+    std::printf("runs as      %s, native %s%s\n", c.model_type.c_str(),
+                c.native_router_spec().c_str(),
+                c.rope_interleaved ? ", pairwise RoPE (llama.cpp's permuted q/k rows)" : "");
+  } catch (const Error& e) {
+    std::printf("runs as      not runnable: %s\n", e.what());
+  }
   std::printf("metadata     %zu keys\n", g.keys().size());
   for (const std::string& key : g.keys()) {
     std::printf("  %-44s %s\n", key.c_str(), g.describe(key).c_str());
@@ -104,9 +113,11 @@ int inspect_gguf(const std::string& path, bool as_json, bool weights) {
   std::printf("tensors      %zu\n", g.tensors().size());
   for (const auto& [type, total] : by_type) {
     std::printf("  %-8s %6zu tensors  %14ju bytes  %s parameters\n", type.c_str(), total.tensors,
-                static_cast<uintmax_t>(total.bytes), with_units(static_cast<double>(total.elements)).c_str());
+                static_cast<uintmax_t>(total.bytes),
+                with_units(static_cast<double>(total.elements)).c_str());
   }
-  if (weights) std::printf("values       all finite (checked every tensor of a type bhmoe reads)\n");
+  if (weights)
+    std::printf("values       all finite (checked every tensor of a type bhmoe reads)\n");
   return 0;
 }
 
@@ -154,16 +165,26 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
   std::printf("type         %s, %d layers, hidden %d, %d heads (%d kv, head_dim %d)\n",
               c.model_type.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
               c.head_dim);
-  std::printf("experts      %d per layer, intermediate %d, native %s\n", c.num_experts,
+  std::printf("experts      %d per layer, intermediate %d, native %s", c.num_experts,
               c.intermediate_size, c.native_router_spec().c_str());
+  if (c.shared_expert_intermediate_size > 0) {
+    std::printf("; a shared expert (intermediate %d, sigmoid-gated, always computed)",
+                c.shared_expert_intermediate_size);
+  }
+  std::printf("\n");
   std::printf("vocab        %d, tied embeddings %s, eos %s, pad %s, bos %s\n", c.vocab_size,
               c.tie_word_embeddings ? "yes" : "no",
               c.eos_token_id ? std::to_string(*c.eos_token_id).c_str() : "none",
               c.pad_token_id ? std::to_string(*c.pad_token_id).c_str() : "none",
               c.bos_token_id ? std::to_string(*c.bos_token_id).c_str() : "none");
-  std::printf("attention    rope_theta %g, rms_norm_eps %g, clip_qkv %s, max positions %d\n",
-              c.rope_theta, c.rms_norm_eps,
-              c.clip_qkv ? std::to_string(*c.clip_qkv).c_str() : "none", c.max_position_embeddings);
+  const char* qk_norm = c.qk_norm == model::QkNorm::Full      ? "over the projection"
+                        : c.qk_norm == model::QkNorm::PerHead ? "per head"
+                                                              : "none";
+  std::printf(
+      "attention    rope_theta %g, rms_norm_eps %g, q/k norm %s, q/k/v bias %s, clip_qkv %s, max "
+      "positions %d\n",
+      c.rope_theta, c.rms_norm_eps, qk_norm, c.qkv_bias ? "yes" : "no",
+      c.clip_qkv ? std::to_string(*c.clip_qkv).c_str() : "none", c.max_position_embeddings);
   std::printf("parameters   total %lld (%s), active per token %lld (%s) at top-%d\n",
               static_cast<long long>(p.total), with_units(p.total).c_str(),
               static_cast<long long>(p.active), with_units(p.active).c_str(),

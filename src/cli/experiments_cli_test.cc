@@ -359,6 +359,13 @@ TEST_F(ExperimentsCli, EveryFamilyRunsTheSuiteTraceAndCalibration) {
         run_bhmoe(cat("convert --model ", dir.string(), " --type q8_0 --out ", gguf.string()), io)
             .status,
         0);
+    const std::string family = std::string(preset) == "mixtral-tiny"     ? "mixtral"
+                               : std::string(preset) == "qwen2-moe-tiny" ? "qwen2_moe"
+                                                                         : "qwen3_moe";
+    const Result inspected = run_bhmoe("inspect --model " + gguf.string(), io);
+    ASSERT_EQ(inspected.status, 0) << inspected.err;
+    EXPECT_NE(inspected.out.find("runs as      " + family + ", native topk:k="), std::string::npos)
+        << inspected.out;
     for (const fs::path& model : {dir, gguf}) {
       SCOPED_TRACE(model.string());
       const fs::path out = scratch(cat(model.filename().string(), "_run"));
