@@ -3,12 +3,18 @@
 # training -> export (weights, tokenizer, texts, calibration, reference logits, model card).
 #
 #   tools/build_bundled_model.sh [--seed N] [--steps N] [--replan FIRST@STEP] [--max-minutes M]
+#                                [--continue-steps N] [--continue-lr LR] [--continue-warmup N]
 #                                [--out DIR] [--work DIR] [--baseline-model DIR] [--export-only]
 #
-# The bundled model's schedule: a cosine planned over 2600 steps, replanned at step 720 to end at
-# step 1600 (train_moe.py --replan-steps: the rate continues from where it was) so that training
-# fitted the time available. The defaults (--steps 1600 --replan 2600@720) repeat it bit for bit;
-# --replan none trains one plan of --steps.
+# The bundled model's schedule, in two runs:
+# 1. a cosine planned over 2600 steps, replanned at step 720 to end at step 1600 (train_moe.py
+#    --replan-steps: the rate continues from where it was) so that training fitted the time
+#    available (work folder train/). The defaults (--steps 1600 --replan 2600@720) repeat it bit for
+#    bit; --replan none trains one plan of --steps.
+# 2. a continued pre-training from run 1's weights with a fresh optimiser state (its optimiser state
+#    was not kept across machines): train_moe.py --init-from train/snapshot, the rate warmed up again
+#    over 50 steps to 1e-3 and decayed by cosine to step 2450 (work folder train2/), so the model
+#    sees 20.1 M tokens in all. --continue-steps 0 stops after run 1.
 #
 # Training takes hours on a CPU core. It checkpoints every 5 minutes into --work and resumes from
 # there when run again with the same settings (bit for bit, on one thread), so the script can be
@@ -32,8 +38,14 @@ out="$root/models/bhmoe-tiny-moe"
 work="$root/build-bundled-model"
 baseline=()
 export_only=0
+continue_steps=2450
+continue_lr=1e-3
+continue_warmup=50
 while [ $# -gt 0 ]; do
   case "$1" in
+    --continue-steps) continue_steps=$2; shift 2 ;;
+    --continue-lr) continue_lr=$2; shift 2 ;;
+    --continue-warmup) continue_warmup=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --replan) replan=$2; shift 2 ;;
@@ -77,8 +89,18 @@ except OSError: print(0)' "$work/train/train_log.json")
   else
     "${train[@]}" --steps "$steps"
   fi
+  done_steps=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps_done"])' \
+               "$work/train/train_log.json")
+  if [ "$done_steps" -lt "$steps" ]; then exit 0; fi  # --max-minutes stopped run 1: run again to go on
+  if [ "$continue_steps" -gt 0 ]; then
+    "$python" "$here/train_moe.py" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" \
+      --work "$work/train2" --seed "$seed" --max-minutes "$max_minutes" --init-from "$work/train/snapshot" \
+      --steps "$continue_steps" --lr "$continue_lr" --warmup "$continue_warmup"
+  fi
 fi
-export_args=(--work "$work/train" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out"
+final="$work/train"
+[ "$continue_steps" -gt 0 ] && final="$work/train2"
+export_args=(--work "$final" --corpus "$work/corpus" --tokenizer "$work/tokenizer.json" --out "$out"
              "${baseline[@]}")
 bhmoe=$(realpath -m "${BHMOE_BINARY:-$root/build/bhmoe}")
 if [ -x "$bhmoe" ]; then

@@ -373,6 +373,22 @@ def logit_distribution(grids, olmoe_path):
             "olmoe_source": os.path.basename(olmoe_path) if theirs else None}
 
 
+def continued_from(info):
+    """For a run continued from a snapshot (train_moe.py --init-from): the snapshot's step and its run's
+    plan and arguments ({"step", "plan", "args"}), else None. Runs recorded before train_moe.py kept
+    this in its log are read from the snapshot folder named by --init-from."""
+    if info.get("continued_from"):
+        return info["continued_from"]
+    folder = info["args"].get("init_from")
+    if not folder:
+        return None
+    with open(os.path.join(folder, "snapshot.json")) as f:
+        snap = json.load(f)
+    if "plan" not in snap or "args" not in snap:
+        sys.exit("export: %s/snapshot.json lacks the first run's plan and args" % folder)
+    return {"step": snap["step"], "plan": snap["plan"], "args": snap["args"]}
+
+
 def schedule_text(info, a):
     """The cosine's plan in words: '1600 steps', or with the replans (train_moe.py --replan-steps) of a run."""
     segments = info.get("schedule_segments") or [[a["warmup"], 0.0, a["steps"]]]
@@ -587,6 +603,7 @@ def main():
     # The training's paths as the model card shows paths ($WORK/..., not this machine's folders).
     metrics["train"]["args"] = {k: portable_path(v) if isinstance(v, str) else v
                                 for k, v in info["args"].items()}
+    metrics["train"]["continued_from"] = continued_from(info)
     metrics["loss_curve"] = info["log"]
     write_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     write_atomic(os.path.join(out, "README.md"), model_card(cfg, info, metrics, eos_id))
@@ -627,12 +644,24 @@ def model_card(cfg, info, m, eos_id):
         L.append("| %s | %s |" % (k, v))
     L.append("")
     L.append("## Training (tools/train_moe.py)\n")
-    L.append("AdamW (betas 0.9/0.95, weight decay %.2g on matrices), lr %.1e with %d warm-up steps and "
-             "cosine decay to 10%% over %s, batch %d x %d tokens, gradient clip 1.0; loss = cross-entropy "
+    first = continued_from(info)
+    if first:
+        fa = first["args"]
+        rate = ("in two runs: steps 1 to %d with lr %.1e, %d warm-up steps and cosine decay to 10%% over %s; "
+                "then, from those weights with a fresh optimiser state (the first run's was not kept), the "
+                "rate warmed up again over %d steps to %.1e and decayed by cosine to 10%% at step %d (a "
+                "continued pre-training, tools/train_moe.py --init-from)" % (
+                    first["step"], fa["lr"], fa["warmup"],
+                    schedule_text({"schedule_segments": first["plan"]}, fa), a["warmup"], a["lr"], a["steps"]))
+    else:
+        rate = "lr %.1e with %d warm-up steps and cosine decay to 10%% over %s" % (
+            a["lr"], a["warmup"], schedule_text(info, a))
+    L.append("AdamW (betas 0.9/0.95, weight decay %.2g on matrices), batch %d x %d tokens, gradient clip 1.0, "
+             "%s; loss = cross-entropy "
              "+ %.3g x load-balancing loss (Switch/OLMoE, N * sum f_e P_e) + %.3g x router z-loss. Each batch "
              "row is a window of one domain, drawn with probability proportional to the domain's train tokens "
              "to the power %.2g: %s. %d steps (%.1f M tokens) in %.1f h on one CPU thread (torch %s).\n"
-             % (a["weight_decay"], a["lr"], a["warmup"], schedule_text(info, a), a["batch"], a["seq_len"], a["aux_coef"],
+             % (a["weight_decay"], a["batch"], a["seq_len"], rate, a["aux_coef"],
                 a["z_coef"], a["domain_temperature"],
                 ", ".join("%s %.3f" % (d, p) for d, p in info["domain_probabilities"].items()),
                 info["steps_done"], info["tokens_seen"] / 1e6, info["wall_seconds"] / 3600, info["torch"]))

@@ -273,16 +273,27 @@ class TrainingTest(unittest.TestCase):
             for k in a["state_dict"]:
                 self.assertTrue(torch.equal(a["state_dict"][k], b["state_dict"][k]), k)
             self.assertEqual([e["ce"] for e in a["info"]["log"]], [e["ce"] for e in b["info"]["log"]])
-            # Without the checkpoint, --init-from the 4-step snapshot continues at step 4.
+            # Without the checkpoint, --init-from the 4-step snapshot continues at step 4: the rate warms up
+            # again over --warmup steps from there, then decays by cosine to --steps; the first run's plan and
+            # arguments are recorded for the model card.
             warm = os.path.join(d, "warm")
-            r = subprocess.run(common[:-8] + ["--steps", "5", "--warmup", "1", "--log-every", "1",
+            r = subprocess.run(common[:-8] + ["--steps", "8", "--warmup", "2", "--lr", "1e-3", "--log-every", "1",
                                                 "--checkpoint-minutes", "0", "--work", warm,
                                                 "--init-from", os.path.join(whole, "snapshot")],
                                check=True, capture_output=True, text=True)
             self.assertIn("at step 4 (fresh optimiser state)", r.stdout)
             w = torch.load(os.path.join(warm, "state.pt"))
-            self.assertEqual(w["info"]["steps_done"], 5)
-            self.assertEqual(len(w["info"]["log"]), 5)
+            self.assertEqual(w["info"]["steps_done"], 8)
+            self.assertEqual(len(w["info"]["log"]), 8)
+            self.assertEqual([e["lr"] for e in w["info"]["log"][4:]], [5e-4, 1e-3, 1e-3, 1e-3 * 0.55])
+            self.assertEqual(w["info"]["continued_from"]["step"], 4)
+            self.assertEqual(w["info"]["continued_from"]["plan"], [[1, 0.0, 4]])
+            self.assertEqual(w["info"]["continued_from"]["args"]["steps"], 4)
+            r = subprocess.run(common[:-8] + ["--steps", "5", "--warmup", "2", "--work", os.path.join(d, "short"),
+                                              "--init-from", os.path.join(whole, "snapshot")],
+                               capture_output=True, text=True)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("must be after the snapshot's step 4 and the warm-up", r.stderr)
             # A run stopped at step 1 of 4 and resumed for 6 steps: refused without --replan-steps; with it the
             # learning rate at the stop is the planned one (continuous) and the decay ends at step 6.
             longer = os.path.join(d, "longer")

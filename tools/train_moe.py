@@ -117,16 +117,17 @@ def batch_at(step, seed, streams, domains, probs, batch, seq_len):
     return b[:, :-1], b[:, 1:]
 
 
-def write_snapshot(folder, model, cfg, step, log, seconds, schedule):
+def write_snapshot(folder, model, cfg, step, log, seconds, schedule, plan, args):
     """Weights only (bf16 safetensors) and where training stood: what may be committed while a run is
-    unfinished, and what --init-from starts from when the optimiser state is lost."""
+    unfinished, and what --init-from starts from when the optimiser state is lost (its plan and
+    arguments describe the first run in the model card of a continued one)."""
     import export  # noqa: E402 (bf16 safetensors writer)
     os.makedirs(folder, exist_ok=True)
     export.write_safetensors(os.path.join(folder, "model.safetensors"), list(model.state_dict().items()))
     tmp = os.path.join(folder, "snapshot.json.tmp")
     with open(tmp, "w") as f:
-        json.dump({"step": step, "config": cfg.__dict__, "schedule": schedule, "seconds": seconds, "log": log}, f,
-                  indent=1)
+        json.dump({"step": step, "config": cfg.__dict__, "schedule": schedule, "seconds": seconds, "log": log,
+                   "plan": plan, "args": args}, f, indent=1)
     os.replace(tmp, os.path.join(folder, "snapshot.json"))
 
 
@@ -202,6 +203,7 @@ def main():
 
     ckpt_path = os.path.join(args.work, "ckpt.pt")
     step0, log, trained_seconds = 0, [], 0.0
+    continued_from = None  # --init-from: the snapshot's step, and the plan and arguments of its run
     # The cosine's segments: (first step, fraction of the decay done there, last step). One segment unless a
     # resumed run was replanned; each replan starts a segment at the fraction reached, so the rate is continuous.
     # The warm-up is the --warmup steps before the first segment (from step 0, or from the --init-from step).
@@ -231,6 +233,7 @@ def main():
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step0, log, trained_seconds = ck["step"], ck["log"], ck["seconds"]
+        continued_from = ck.get("continued_from")
         print("train_moe: resumed at step %d of %d" % (step0, args.steps), flush=True)
     elif args.init_from:
         import export  # noqa: E402 (bf16 safetensors reader)
@@ -240,6 +243,7 @@ def main():
             sys.exit("train_moe: %s holds another model config" % args.init_from)
         model.load_state_dict(export.read_safetensors(os.path.join(args.init_from, "model.safetensors")))
         step0, log, trained_seconds = snap["step"], snap["log"], snap["seconds"]
+        continued_from = {"step": step0, "plan": snap.get("plan"), "args": snap.get("args")}
         if args.steps <= step0 + args.warmup:
             sys.exit("train_moe: --steps %d must be after the snapshot's step %d and the warm-up (%d steps)"
                      % (args.steps, step0, args.warmup))
@@ -261,14 +265,15 @@ def main():
                 "train_tokens_in_stream": {d: int(len(streams[d])) for d in domains},
                 "domain_probabilities": {d: float(p) for d, p in zip(domains, probs)},
                 "wall_seconds": trained_seconds, "tokens_seen": step * args.batch * args.seq_len,
-                "log": log, "torch": torch.__version__}
+                "log": log, "torch": torch.__version__, "continued_from": continued_from}
 
     def checkpoint(step):
         write_snapshot(os.path.join(args.work, "snapshot"), model, cfg, step, log, trained_seconds,
-                       [args.steps, args.lr, args.warmup, args.seed, args.batch])
+                       [args.steps, args.lr, args.warmup, args.seed, args.batch], plan, vars(args))
         atomic_save({"config": cfg.__dict__, "model": model.state_dict(), "opt": opt.state_dict(),
                      "schedule": [args.steps, args.lr, args.warmup, args.seed, args.batch], "plan": plan,
-                     "step": step, "log": log, "seconds": trained_seconds}, ckpt_path)
+                     "step": step, "log": log, "seconds": trained_seconds, "continued_from": continued_from},
+                    ckpt_path)
         atomic_save({"config": cfg.__dict__, "state_dict": model.state_dict(), "info": info(step)},
                     os.path.join(args.work, "state.pt"))
         with open(os.path.join(args.work, "train_log.json.tmp"), "w") as f:
