@@ -330,6 +330,8 @@ class PyModel {
   py::dict config() const {
     const model::ModelConfig& c = model().config();
     py::dict d;
+    d["model_type"] = c.model_type;
+    d["native_router"] = c.native_router_spec();
     d["num_hidden_layers"] = c.num_layers;
     d["num_experts"] = c.num_experts;
     d["num_experts_per_tok"] = c.num_experts_per_tok;

@@ -197,3 +197,32 @@ def test_a_gguf_file_loads_as_its_checkpoint_folder_does():
         assert a.shape == b.shape
         assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
         np.testing.assert_allclose(a, b, atol=0.5)
+
+
+@needs_binary
+@pytest.mark.parametrize("preset,model_type", [("qwen2-moe-tiny", "qwen2_moe"),
+                                               ("qwen3-moe-tiny", "qwen3_moe"),
+                                               ("mixtral-tiny", "mixtral")])
+def test_every_family_loads_and_routes_from_python(preset, model_type):
+    # The family goldens' seed-7 f32 models: the module reproduces their reference logits, and the
+    # observer and trace see the family's own router (Qwen2-MoE's shared expert never counted).
+    data = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "src", "model", "testdata", "families")
+    with tempfile.TemporaryDirectory() as d:
+        folder = os.path.join(d, preset)
+        subprocess.run([BINARY, "make-model", "--preset", preset, "--dtype", "f32", "--seed", "7", folder],
+                       check=True, capture_output=True)
+        model = bhmoe.Model(folder, threads=1)
+        assert model.config["model_type"] == model_type
+        ids = [5, 77, 300, 12, 999, 4, 256, 31, 8, 640, 2, 100]
+        seen = []
+        logits = model.logits(ids, observer=lambda layer, pos, lg, e, w: seen.append(len(e)))
+        want = np.load(os.path.join(data, preset + "-hf-native.npy"))
+        np.testing.assert_allclose(logits, want, atol=1e-4, rtol=0)
+        k = model.config["num_experts_per_tok"]
+        assert seen == [k] * (len(ids) * model.config["num_hidden_layers"])
+        calibration = os.path.join(data, preset + "-calibration.json")
+        trace = model.trace(ids, router="bh:alpha=0.2,max_k=6", calibration=calibration)
+        counts = np.asarray(trace["counts"])
+        assert counts.shape == (len(ids), model.config["num_hidden_layers"])
+        assert counts.min() >= 1 and counts.max() <= 6
