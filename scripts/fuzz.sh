@@ -65,15 +65,16 @@ for t in "${targets[@]}"; do
   fi
 done
 
-# Seeds, made afresh from the shared material each run (small versions of the real files, so that
-# mutations reach the parsers' checks rather than spending the time on megabytes of valid data).
+# Seeds, made afresh each run from the shared material and the repository's test tokenizers (small
+# versions of the real files, so that mutations reach the parsers' checks rather than spending the
+# time on megabytes of valid data).
 seeds="$out/seeds"
 rm -rf "$seeds"
 mkdir -p "$seeds"/{safetensors,config,tokenizer,npy,npz,gguf,calibration,router_spec,experiment}
 for f in "$shared"/olmoe/config.json "$shared"/golden/*/config.json; do
   [ -f "$f" ] && cp "$f" "$seeds/config/$(echo "$f" | md5sum | cut -c1-12).json"
 done
-for f in "$shared"/golden/*/tokenizer.json; do
+for f in "$shared"/golden/*/tokenizer.json "$root"/src/model/testdata/tokenizers/*.tokenizer.json; do
   [ -f "$f" ] && cp "$f" "$seeds/tokenizer/$(echo "$f" | md5sum | cut -c1-12).json"
 done
 for f in "$shared"/golden/*/*_1.npy "$shared"/routing-cases/*.npy; do

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
+#include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -349,41 +352,190 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   }
 }
 
-json gguf_tokenizer_json(const GgufFile& f) {
-  const std::string& model = f.get_string("tokenizer.ggml.model");
-  if (model != "gpt2") {
-    fail(f.source(), ": tokenizer.ggml.model = \"", model,
-         "\": bhmoe reads byte-level BPE (\"gpt2\") vocabularies from GGUF files");
+namespace {
+
+// Qwen2's pre-tokeniser regex, as its tokenizer.json writes it (Oniguruma syntax); llama.cpp's
+// pre-tokeniser "qwen2" stands for it.
+constexpr const char* kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+constexpr const char* kMetaSpace = "\u2581";  // ▁, SentencePiece's stand-in for a space
+
+// llama.cpp's token types.
+enum TokenType : int64_t {
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6
+};
+
+// The tokenizer.ggml.token_type array, checked against the token count; empty when absent and not
+// `required`.
+std::vector<int64_t> token_types(const GgufFile& f, size_t tokens, bool required,
+                                 const std::string& why) {
+  if (!f.find("tokenizer.ggml.token_type")) {
+    if (required) fail(f.source(), ": tokenizer.ggml.token_type is missing (", why, ")");
+    return {};
   }
+  std::vector<int64_t> types = f.get_int_array("tokenizer.ggml.token_type");
+  if (types.size() != tokens) {
+    fail(f.source(), ": tokenizer.ggml.token_type has ", types.size(), " entries for ", tokens,
+         " tokens");
+  }
+  return types;
+}
+
+json added_token(size_t id, const std::string& content, bool special) {
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", special}};
+}
+
+// tokenizer.ggml.model "llama": llama.cpp's SentencePiece tokenizer (tokens, scores, token types,
+// no merges) as a SentencePiece-style BPE tokenizer.json. llama.cpp merges, among adjacent symbols,
+// the pair whose concatenation is a token with the highest score (leftmost on ties). The same
+// encoding by merge rank: every split of a normal token into two normal tokens is a merge, ranked
+// by the merged token's score, highest first; equal scores rank by the merged token's id, then the
+// halves' ids. That is the rule for SentencePiece BPE models, where every piece has its own score
+// (-its rank), so the ranking is exact; where several tokens share a score (files converted
+// without a tokenizer.model give every token -1000), llama.cpp takes the leftmost pair and this the
+// lowest id. Control, unknown and user-defined tokens become added tokens (matched before BPE, as
+// llama.cpp matches them when it parses special tokens); byte tokens (<0xXX>) are the byte
+// fallback; unknown, control, user-defined, unused and byte tokens are never merge results.
+json gguf_spm_tokenizer_json(const GgufFile& f) {
   const std::string pre = f.get_string_or_none("tokenizer.ggml.pre").value_or("default");
-  if (pre != "olmo" && pre != "gpt-2" && pre != "default") {
+  if (pre != "default") {
     fail(f.source(), ": tokenizer.ggml.pre = \"", pre,
-         "\": bhmoe knows the pre-tokenisers \"olmo\", \"gpt-2\" and \"default\" (the GPT-2 "
-         "regex)");
+         "\": a \"llama\" (SentencePiece) vocabulary has the pre-tokeniser \"default\"");
   }
   const std::vector<std::string>& tokens = f.get_string_array("tokenizer.ggml.tokens");
-  std::vector<int64_t> types;
-  if (f.find("tokenizer.ggml.token_type")) {
-    types = f.get_int_array("tokenizer.ggml.token_type");
-    if (types.size() != tokens.size()) {
-      fail(f.source(), ": tokenizer.ggml.token_type has ", types.size(), " entries for ",
-           tokens.size(), " tokens");
+  if (!f.find("tokenizer.ggml.scores")) {
+    fail(f.source(), ": tokenizer.ggml.scores is missing (a \"llama\" vocabulary merges by score)");
+  }
+  const std::vector<double> scores = f.get_real_array("tokenizer.ggml.scores");
+  if (scores.size() != tokens.size()) {
+    fail(f.source(), ": tokenizer.ggml.scores has ", scores.size(), " entries for ", tokens.size(),
+         " tokens");
+  }
+  for (size_t id = 0; id < scores.size(); ++id) {
+    // A NaN would leave the merges without an order (and std::sort without a strict weak order).
+    if (std::isnan(scores[id]))
+      fail(f.source(), ": tokenizer.ggml.scores[", id, "] (token \"", tokens[id], "\") is NaN");
+  }
+  const std::vector<int64_t> types = token_types(
+      f, tokens.size(), true, "a \"llama\" vocabulary needs it to tell normal tokens from bytes");
+
+  json vocab = json::object();
+  json added = json::array();
+  std::unordered_map<std::string, size_t> normal;  // normal token -> id
+  std::optional<std::string> unk;
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    vocab[tokens[id]] = id;
+    switch (types[id]) {
+      case kNormal:
+        normal[tokens[id]] = id;
+        break;
+      case kUnknown:
+        if (!unk) unk = tokens[id];
+        added.push_back(added_token(id, tokens[id], true));
+        break;
+      case kControl:
+        added.push_back(added_token(id, tokens[id], true));
+        break;
+      case kUserDefined:
+        added.push_back(added_token(id, tokens[id], false));
+        break;
+      default:
+        break;
     }
   }
+  // The byte fallback needs every byte's token (a tokenizer.json would say model.byte_fallback).
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    if (!vocab.contains(name)) {
+      fail(f.source(), ": tokenizer.ggml.tokens has no \"", name,
+           "\" (a \"llama\" vocabulary needs the byte tokens <0x00> to <0xFF>)");
+    }
+  }
+  struct Merge {
+    double score;
+    size_t merged, left, right;
+  };
+  std::vector<Merge> ranked;
+  for (const auto& [token, id] : normal) {
+    for (size_t cut = 1; cut < token.size(); ++cut) {
+      if ((static_cast<unsigned char>(token[cut]) & 0xC0) == 0x80) continue;  // inside a character
+      auto left = normal.find(token.substr(0, cut));
+      if (left == normal.end()) continue;
+      auto right = normal.find(token.substr(cut));
+      if (right == normal.end()) continue;
+      ranked.push_back({scores[id], id, left->second, right->second});
+    }
+  }
+  std::sort(ranked.begin(), ranked.end(), [](const Merge& a, const Merge& b) {
+    if (a.score != b.score) return a.score > b.score;
+    return std::tie(a.merged, a.left, a.right) < std::tie(b.merged, b.left, b.right);
+  });
+  json merges = json::array();
+  for (const Merge& m : ranked) merges.push_back({tokens[m.left], tokens[m.right]});
+
+  // llama.cpp puts a space before the text (and after every special token) unless
+  // tokenizer.ggml.add_space_prefix is false; Prepend does the same to every stretch of text
+  // between added tokens.
+  const bool add_space_prefix = f.get_bool_or("tokenizer.ggml.add_space_prefix", true);
+  json normalizers = json::array();
+  if (add_space_prefix) normalizers.push_back({{"type", "Prepend"}, {"prepend", kMetaSpace}});
+  normalizers.push_back(
+      {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kMetaSpace}});
+  json decoders = {{{"type", "Replace"}, {"pattern", {{"String", kMetaSpace}}}, {"content", " "}},
+                   {{"type", "ByteFallback"}},
+                   {{"type", "Fuse"}}};
+  if (add_space_prefix) {
+    decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  }
+  return {{"version", "1.0"},
+          {"added_tokens", added},
+          {"normalizer", {{"type", "Sequence"}, {"normalizers", normalizers}}},
+          {"pre_tokenizer", nullptr},
+          {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", unk ? json(*unk) : json(nullptr)},
+            {"fuse_unk", true},
+            {"byte_fallback", true},
+            {"vocab", vocab},
+            {"merges", merges}}}};
+}
+
+}  // namespace
+
+json gguf_tokenizer_json(const GgufFile& f) {
+  const std::string& model = f.get_string("tokenizer.ggml.model");
+  if (model == "llama") return gguf_spm_tokenizer_json(f);
+  if (model != "gpt2") {
+    fail(f.source(), ": tokenizer.ggml.model = \"", model,
+         "\": bhmoe reads byte-level BPE (\"gpt2\") and SentencePiece BPE (\"llama\") "
+         "vocabularies from GGUF files");
+  }
+  const std::string pre = f.get_string_or_none("tokenizer.ggml.pre").value_or("default");
+  const bool qwen2 = pre == "qwen2";
+  if (pre != "olmo" && pre != "gpt-2" && pre != "default" && !qwen2) {
+    fail(f.source(), ": tokenizer.ggml.pre = \"", pre,
+         "\": bhmoe knows the pre-tokenisers \"olmo\", \"gpt-2\" and \"default\" (the GPT-2 "
+         "regex) and \"qwen2\"");
+  }
+  const std::vector<std::string>& tokens = f.get_string_array("tokenizer.ggml.tokens");
+  const std::vector<int64_t> types = token_types(f, tokens.size(), false, "");
   // "gpt2" vocabularies hold the byte-level strings a tokenizer.json's vocab holds.
   json vocab = json::object();
   json added = json::array();
   for (size_t id = 0; id < tokens.size(); ++id) {
-    // llama.cpp's token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
-    const int64_t type = types.empty() ? 1 : types[id];
-    if (type == 3 || type == 4) {
-      added.push_back({{"id", id},
-                       {"content", tokens[id]},
-                       {"single_word", false},
-                       {"lstrip", false},
-                       {"rstrip", false},
-                       {"normalized", false},
-                       {"special", type == 3}});
+    const int64_t type = types.empty() ? kNormal : types[id];
+    if (type == kControl || type == kUserDefined) {
+      added.push_back(added_token(id, tokens[id], type == kControl));
     }
     vocab[tokens[id]] = id;
   }
@@ -391,14 +543,29 @@ json gguf_tokenizer_json(const GgufFile& f) {
   if (f.find("tokenizer.ggml.merges")) {
     for (const std::string& m : f.get_string_array("tokenizer.ggml.merges")) merges.push_back(m);
   }
-  const json byte_level = {{"type", "ByteLevel"},
-                           {"add_prefix_space", false},
-                           {"trim_offsets", true},
-                           {"use_regex", true}};
+  json byte_level = {{"type", "ByteLevel"},
+                     {"add_prefix_space", false},
+                     {"trim_offsets", true},
+                     {"use_regex", true}};
+  json pre_tokenizer = byte_level;
+  if (qwen2) {
+    // Qwen2's tokenizer.json: its regex, then the byte map without a regex. Its NFC normaliser is
+    // left out, as llama.cpp leaves it out (as for "olmo"): GGUF files tokenize as llama.cpp
+    // tokenizes them, which differs from the tokenizer.json only on text that is not in NFC.
+    byte_level["use_regex"] = false;
+    byte_level["trim_offsets"] = false;
+    pre_tokenizer = {{"type", "Sequence"},
+                     {"pretokenizers",
+                      {{{"type", "Split"},
+                        {"pattern", {{"Regex", kQwen2Pattern}}},
+                        {"behavior", "Isolated"},
+                        {"invert", false}},
+                       byte_level}}};
+  }
   return {{"version", "1.0"},
           {"added_tokens", added},
           {"normalizer", nullptr},
-          {"pre_tokenizer", byte_level},
+          {"pre_tokenizer", pre_tokenizer},
           {"decoder", byte_level},
           {"model",
            {{"type", "BPE"},

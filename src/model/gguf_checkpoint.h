@@ -4,8 +4,8 @@
 // - every tensor the config implies found under llama.cpp's name, of a type bhmoe runs, shaped as
 //   the config says, and viewed zero-copy in the mapping; a layer's stacked experts
 //   (ffn_*_exps, [N, rows, cols]) are sliced into one view per expert;
-// - the tokenizer from the tokenizer.ggml.* keys (byte-level BPE, "gpt2"), through the same
-//   tokenizer code as a tokenizer.json.
+// - the tokenizer from the tokenizer.ggml.* keys (byte-level BPE "gpt2", SentencePiece "llama"),
+//   through the same tokenizer code as a tokenizer.json.
 // Architectures: olmoe, qwen2moe, qwen3moe, and llama with experts (Mixtral; its q/k rows are
 // stored permuted for pairwise RoPE, which ModelConfig::rope_interleaved records).
 #pragma once
@@ -66,10 +66,17 @@ std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file);
 // vocabulary size from token_embd.weight; tie_word_embeddings when output.weight is absent).
 ModelConfig gguf_model_config(const GgufFile& file);
 
-// The Hugging Face tokenizer.json that the tokenizer.ggml.* keys describe: tokens and their ids,
-// merges, control and user-defined tokens as added tokens, the pre-tokeniser that
-// tokenizer.ggml.pre names (llama.cpp's names: "olmo", "gpt-2", "default" use the GPT-2 regex).
-// Other tokenizer models or pre-tokenisers are errors naming the key and its value.
+// The Hugging Face tokenizer.json that the tokenizer.ggml.* keys describe:
+// - tokenizer.ggml.model "gpt2" (byte-level BPE): tokens and their ids, merges, control and
+//   user-defined tokens as added tokens, the pre-tokeniser that tokenizer.ggml.pre names, in
+//   llama.cpp's names: "olmo", "gpt-2", "default" use the GPT-2 regex; "qwen2" is Qwen2's layout
+//   (a Split with Qwen2's regex, then ByteLevel without a regex); no NFC normaliser, as llama.cpp;
+// - tokenizer.ggml.model "llama" (SentencePiece BPE: tokens, scores, token types, no merges): a
+//   SentencePiece-style BPE with byte fallback, the spaces done by a Prepend("▁") (unless
+//   tokenizer.ggml.add_space_prefix is false) + Replace(" " -> "▁") normaliser, and merges derived
+//   from the scores (see gguf_checkpoint.cc for the rule and how it matches llama.cpp's).
+// Other tokenizer models or pre-tokenisers, and missing or mis-sized scores or token types, are
+// errors naming the key and its value.
 nlohmann::json gguf_tokenizer_json(const GgufFile& file);
 
 }  // namespace bhmoe::model

@@ -424,10 +424,10 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
   }
   {
     const std::string e =
-        expect_error_of(with_key("spm", "tokenizer.ggml.model", [](GgufWriter& w) {
-          w.add_string("tokenizer.ggml.model", "llama");
+        expect_error_of(with_key("bert", "tokenizer.ggml.model", [](GgufWriter& w) {
+          w.add_string("tokenizer.ggml.model", "bert");
         }));
-    EXPECT_NE(e.find("tokenizer.ggml.model = \"llama\""), std::string::npos) << e;
+    EXPECT_NE(e.find("tokenizer.ggml.model = \"bert\""), std::string::npos) << e;
   }
   {
     const std::string e =
@@ -501,10 +501,11 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
         << e;
   }
   {
-    const fs::path f = with_key("pre", "tokenizer.ggml.pre",
-                                [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "qwen2"); });
+    const fs::path f = with_key("pre", "tokenizer.ggml.pre", [](GgufWriter& w) {
+      w.add_string("tokenizer.ggml.pre", "deepseek-llm");
+    });
     const std::string e = expect_error_of(f);
-    EXPECT_NE(e.find("tokenizer.ggml.pre = \"qwen2\""), std::string::npos) << e;
+    EXPECT_NE(e.find("tokenizer.ggml.pre = \"deepseek-llm\""), std::string::npos) << e;
   }
 }
 

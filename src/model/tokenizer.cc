@@ -1,26 +1,60 @@
-// Byte-level BPE tokenizer read from a Hugging Face tokenizer.json.
+// BPE tokenizers read from a Hugging Face tokenizer.json, of two kinds, chosen from the file:
+//   - byte-level BPE (GPT-2 style: OLMoE, Qwen2/Qwen3-MoE), when the pre_tokenizer or the decoder
+//     has a ByteLevel step: text is pre-tokenised, then each piece's bytes are mapped to printable
+//     byte-level symbols;
+//   - SentencePiece-style BPE (Llama, Mistral/Mixtral), when nothing is ByteLevel: the symbols are
+//     the text's characters, and a character absent from model.vocab becomes its UTF-8 bytes as
+//     <0xXX> tokens (model.byte_fallback must be true and all 256 byte tokens present).
 //
 // Encoding follows the Hugging Face `tokenizers` pipeline:
 //   1. added tokens with `normalized: false` are matched in the raw text (leftmost, longest first);
-//   2. every stretch between them is normalised (NFC etc. via utf8proc), then added tokens with
+//   2. every stretch between them is normalised (steps NFC/NFD/NFKC/NFKD via utf8proc; Prepend,
+//      which prefixes a non-empty stretch; Replace of a literal string), then added tokens with
 //      `normalized: true` are matched in the normalised text;
-//   3. every remaining stretch goes through the pre-tokeniser steps (Split / ByteLevel, with the
-//      GPT-2 regex when ByteLevel.use_regex), each piece is mapped to byte-level symbols and merged
-//      by BPE (lowest merge rank first, leftmost among equal ranks).
-// Decoding maps ids to token strings, token strings to bytes through the inverse byte-level map,
-// added tokens to their content.
+//   3. every remaining stretch goes through the pre-tokeniser steps:
+//      - byte-level: Split (regex or string) and ByteLevel (the GPT-2 regex when use_regex), last;
+//      - SentencePiece: none (the whole stretch is one piece: the Mixtral/Llama layout with a
+//        Prepend("▁") + Replace(" " -> "▁") normaliser), or Metaspace: spaces become the
+//        replacement character, which is prepended unless the stretch already starts with it, per
+//        prepend_scheme: "always" (the default), "first" (only to the stretch at the very start of
+//        the text, so not after an added token), "never" (also what add_prefix_space false, of
+//        older files, means); with split (default true) a piece starts at every replacement
+//        character;
+//   4. BPE on each piece: one merge loop for both kinds, merging the adjacent pair of lowest merge
+//      rank, leftmost among equal ranks, until no adjacent pair has a merge. SentencePiece's own
+//      rule (merge the pair whose merged piece scores highest) is the same when merges are ranked
+//      by the merged piece's score, which is how SentencePiece models convert to tokenizer.json.
+// Decoding maps ids to token strings (added tokens to their content), then:
+//   - byte-level: token strings to bytes through the inverse byte-level map;
+//   - SentencePiece: the decoder steps Replace (literal string), ByteFallback (a run of <0xXX>
+//     tokens becomes its bytes when they are valid UTF-8, else one U+FFFD per byte, so the text is
+//     always valid UTF-8), Fuse, Strip (up to `start` leading and `stop` trailing characters equal
+//     to `content`), in the file's order, over the list of token strings.
+//
+// Split regexes are written for Oniguruma, the engine of Hugging Face tokenizers, and run here by
+// PCRE2 (UTF, Unicode properties), translated where the two differ: \s \S are Unicode White_Space
+// (PCRE2's \s also takes U+180E), \w \W letters, marks, numbers and connector punctuation, \h \H
+// hexadecimal digits (horizontal space in PCRE2), \v the vertical tab (any vertical space in
+// PCRE2), and ^ $ match at line boundaries. Constructs whose meaning differs and that are not
+// translated are errors: \b \B, \V, \Q \E, POSIX brackets, nested classes and && in classes,
+// \S \W \H inside a class, inline options other than i and x. Case-insensitive matching is PCRE2's
+// one-to-one case folding: unlike Oniguruma, (?i:ss) does not match "ß" (multi-character folds);
+// Qwen2's (?i:'s|'t|'re|'ve|'m|'ll|'d) has no sequence that a single character folds to.
 //
 // Decisions where the file can be inconsistent (each an error naming the file and field, as the
 // Hugging Face loader does, never a silent skip):
 //   - a merge naming a token absent from the vocabulary, or whose concatenation is absent: error;
 //   - two vocabulary entries with one id: error;
 //   - model types other than BPE, BPE options that change the algorithm (dropout, subword
-//     prefixes/suffixes, byte_fallback), normalisers other than NFC/NFD/NFKC/NFKD, pre-tokenisers
-//     other than Split/ByteLevel, decoders other than ByteLevel: error.
+//     prefixes/suffixes), byte_fallback other than false for byte-level and true for SentencePiece,
+//     normalisers other than the above, pre-tokenisers other than Split/ByteLevel (byte-level) or
+//     Metaspace (SentencePiece), decoders other than ByteLevel (byte-level) or Replace,
+//     ByteFallback, Fuse and Strip (SentencePiece): error.
 // The post_processor, truncation and padding only matter when special tokens are added or batches
-// padded, which this tokenizer never does; they are accepted and ignored.
-// Text must be valid UTF-8 (the Hugging Face API takes Rust strings, which always are); invalid
-// input is an error naming the byte offset. A byte with no symbol in the vocabulary (only possible
+// padded, which this tokenizer never does; they are accepted and ignored. fuse_unk only matters
+// when the unknown token is produced, which byte fallback with all 256 byte tokens never does. Text
+// must be valid UTF-8 (the Hugging Face API takes Rust strings, which always are); invalid input is
+// an error naming the byte offset. A byte with no symbol in a byte-level vocabulary (only possible
 // for vocabularies lacking some of the 256 byte-level symbols) is an error unless unk_token is set.
 #include "model/tokenizer.h"
 
@@ -30,10 +64,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstring>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <unordered_map>
 
 #include "util/error.h"
@@ -45,16 +81,10 @@ namespace {
 
 using nlohmann::json;
 
-// The GPT-2 pre-tokeniser regex used by ByteLevel when use_regex is true (SPEC §1):
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// spelt with \s as the Unicode White_Space set, which is what \s means in Oniguruma (the engine of
-// Hugging Face tokenizers); PCRE2's own \s with UCP also takes U+180E.
-std::string byte_level_pattern() {
-  const std::string ws =
-      R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
-  return R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^)" + ws + R"(\p{L}\p{N}]+|[)" + ws +
-         "]+(?![^" + ws + "])|[" + ws + "]+";
-}
+// The GPT-2 pre-tokeniser regex used by ByteLevel when use_regex is true (SPEC §1), in Hugging
+// Face's (Oniguruma) spelling; it runs through oniguruma_to_pcre2 like any Split regex.
+constexpr std::string_view kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // ---- UTF-8 helpers --------------------------------------------------------------------------
 
@@ -199,11 +229,14 @@ struct MatchDataDeleter {
 using RegexPtr = std::unique_ptr<pcre2_code, CodeDeleter>;
 using MatchDataPtr = std::unique_ptr<pcre2_match_data, MatchDataDeleter>;
 
-// Compiles `pattern`; on failure returns null and sets `error`.
-RegexPtr compile_regex(const std::string& pattern, bool literal, std::string& error) {
+// Compiles `pattern` (UTF-8, Unicode properties; `literal`: a plain string); on failure returns
+// null and sets `error`. A translated Oniguruma pattern needs `multiline` (^ and $ at line ends).
+RegexPtr compile_regex(const std::string& pattern, bool literal, std::string& error,
+                       bool multiline = false) {
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+  if (multiline && !literal) options |= PCRE2_MULTILINE;
   RegexPtr code(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options,
                               &error_code, &error_offset, nullptr));
   if (!code) {
@@ -215,6 +248,117 @@ RegexPtr compile_regex(const std::string& pattern, bool literal, std::string& er
   // Without JIT support pcre2_match falls back to the interpreter: slower, same results.
   pcre2_jit_compile(code.get(), PCRE2_JIT_COMPLETE);
   return code;
+}
+
+// An Oniguruma pattern (what a tokenizer.json's Split Regex is written for) as a PCRE2 pattern of
+// the same meaning, compiled with compile_regex(..., multiline = true); the header comment lists
+// what is translated. Returns nullopt and sets `error` for a construct that is not translated.
+std::optional<std::string> oniguruma_to_pcre2(std::string_view pattern, std::string& error) {
+  // Unicode White_Space (Oniguruma's \s), written out because PCRE2's \s also takes U+180E.
+  static const std::string kSpace =
+      R"(\t\n\x0B\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+  static const std::string kWord = R"(\p{L}\p{M}\p{N}\p{Pc})";  // Oniguruma's Unicode \w
+  static const std::string kHex = "0-9A-Fa-f";                  // Oniguruma's \h
+  std::string out;
+  out.reserve(pattern.size() * 2);
+  bool in_class = false;
+  size_t class_body = 0;  // index of the first character inside the current class
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    const char next = i + 1 < pattern.size() ? pattern[i + 1] : '\0';
+    if (c == '\\' && i + 1 < pattern.size()) {
+      ++i;
+      const std::string* set = nullptr;
+      switch (next) {
+        case 's':
+        case 'S':
+          set = &kSpace;
+          break;
+        case 'w':
+        case 'W':
+          set = &kWord;
+          break;
+        case 'h':
+        case 'H':
+          set = &kHex;
+          break;
+        case 'b':
+        case 'B':
+          if (in_class) break;  // \b in a class is a backspace in both
+          error = cat("\\", next, " (a word boundary by Oniguruma's \\w) is not supported");
+          return std::nullopt;
+        case 'v':  // Oniguruma: the vertical tab only; PCRE2: any vertical white space
+          out += "\\x0B";
+          continue;
+        case 'V':
+        case 'Q':
+        case 'E':
+          error = cat(
+              "\\", next, " is not supported (",
+              next == 'V' ? "PCRE2: not vertical space" : "PCRE2 quotes text between \\Q and \\E",
+              ", Oniguruma: the letter ", next, ")");
+          return std::nullopt;
+        default:
+          break;
+      }
+      if (!set) {
+        out += '\\';
+        out += next;
+        continue;
+      }
+      const bool negated = next == 'S' || next == 'W' || next == 'H';
+      if (in_class && negated) {
+        error = cat("\\", next, " inside a character class is not supported");
+        return std::nullopt;
+      }
+      out += in_class ? *set : (negated ? "[^" : "[") + *set + "]";
+      continue;
+    }
+    if (in_class) {
+      if (c == '[') {
+        error = next == ':' ? "POSIX brackets ([:name:]) are not supported"
+                            : "a nested character class is not supported";
+        return std::nullopt;
+      }
+      if (c == '&' && next == '&') {
+        error = "a class intersection (&&) is not supported";
+        return std::nullopt;
+      }
+      if (c == ']' && i != class_body) in_class = false;  // a ']' first in a class is literal
+      out += c;
+      continue;
+    }
+    if (c == '[') {
+      in_class = true;
+      out += c;
+      if (next == '^') {
+        out += '^';
+        ++i;
+      }
+      class_body = i + 1;
+      continue;
+    }
+    if (c == '(' && next == '?') {
+      // Inline options (?imx-imx) or (?imx-imx:...): Oniguruma's m is PCRE2's s (dot matches a
+      // newline); only i and x mean the same in both.
+      size_t j = i + 2;
+      while (j < pattern.size() &&
+             (std::isalpha(static_cast<unsigned char>(pattern[j])) || pattern[j] == '-')) {
+        ++j;
+      }
+      if (j > i + 2 && j < pattern.size() && (pattern[j] == ')' || pattern[j] == ':')) {
+        for (size_t k = i + 2; k < j; ++k) {
+          if (pattern[k] != 'i' && pattern[k] != 'x' && pattern[k] != '-') {
+            error = cat("the inline option ", pattern[k], " in \"", pattern.substr(i, j + 1 - i),
+                        "\" is not supported (only i and x)");
+            return std::nullopt;
+          }
+        }
+      }
+    }
+    out += c;
+  }
+  return out;
 }
 
 struct Range {
@@ -278,6 +422,13 @@ class MergeTable {
   size_t mask_ = 0;
 };
 
+// Hashing for maps keyed by std::string that are looked up by std::string_view.
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+using StringMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
 // ---- Word cache: pre-token bytes -> ids, sharded, thread-safe --------------------------------
 
 class WordCache {
@@ -305,13 +456,9 @@ class WordCache {
  private:
   static constexpr size_t kShards = 32;
   static constexpr size_t kMaxWordsPerShard = 4096;
-  struct Hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
   struct Shard {
     std::mutex mutex;
-    std::unordered_map<std::string, std::vector<int32_t>, Hash, std::equal_to<>> words;
+    std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> words;
   };
   std::array<Shard, kShards> shards_;
 };
@@ -386,21 +533,58 @@ class TokenMatcher {
   std::vector<Node> nodes_;
 };
 
-// ---- Pre-tokeniser steps --------------------------------------------------------------------
+// ---- Normaliser, pre-tokeniser and decoder steps ----------------------------------------------
+
+struct NormalizerStep {
+  enum class Type { kUnicode, kPrepend, kReplace } type = Type::kUnicode;
+  utf8proc_option_t options{};  // kUnicode
+  std::string text;             // kPrepend: the prefix; kReplace: the string replaced
+  std::string content;          // kReplace: what replaces it
+};
+
+enum class PrependScheme { kAlways, kFirst, kNever };
 
 struct PreTokenizerStep {
-  bool byte_level = false;        // ByteLevel (always the last step) or Split
-  bool add_prefix_space = false;  // ByteLevel only
-  RegexPtr regex;                 // null: the step does not split
+  enum class Type { kSplit, kByteLevel, kMetaspace } type = Type::kSplit;
+  bool add_prefix_space = false;  // ByteLevel
+  // Split: its pattern; ByteLevel: the GPT-2 regex or null; Metaspace: the replacement character
+  // (MergedWithNext) when it splits, else null. Null: the step does not split.
+  RegexPtr regex;
   SplitBehavior behavior = SplitBehavior::kIsolated;
   bool invert = false;
+  std::string replacement;  // Metaspace
+  PrependScheme prepend = PrependScheme::kAlways;
 };
+
+struct DecoderStep {
+  enum class Type { kReplace, kByteFallback, kFuse, kStrip } type = Type::kFuse;
+  std::string pattern;  // kReplace: the string replaced
+  std::string content;  // kReplace: what replaces it; kStrip: the character stripped
+  size_t start = 0;     // kStrip: at most this many leading characters
+  size_t stop = 0;      // kStrip: at most this many trailing characters
+};
+
+// Every non-overlapping occurrence of `from` (not empty) in `text`, left to right, replaced by
+// `to`.
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(text.size());
+  size_t pos = 0;
+  for (size_t hit; (hit = text.find(from, pos)) != std::string_view::npos;
+       pos = hit + from.size()) {
+    out.append(text.substr(pos, hit - pos));
+    out.append(to);
+  }
+  out.append(text.substr(pos));
+  return out;
+}
 
 // Per-call working memory: allocated once per encode() call, reused for every word.
 struct EncodeScratch {
   MatchDataPtr match_data{pcre2_match_data_create(1, nullptr)};
   std::vector<std::vector<Range>> ranges;  // one per pre-tokeniser step (recursion depth)
   std::vector<Range> merged_ranges;
+  std::vector<int32_t> initial;  // a word's symbols before merging
   struct Symbol {
     int32_t id;
     int32_t prev;
@@ -419,14 +603,52 @@ struct EncodeScratch {
     }
   };
   std::vector<Candidate> heap;
-  std::string normalized;
 };
 
 // ---- The tokenizer --------------------------------------------------------------------------
 
-class ByteLevelBpeTokenizer final : public Tokenizer {
+enum class Kind { kByteLevel, kSentencePiece };
+
+std::string describe(const json& value) {
+  std::string text = value.dump();
+  if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
+}
+
+// True when `component` (a pre_tokenizer or decoder) is ByteLevel or a Sequence holding one.
+bool has_byte_level(const json& component, const char* list_key) {
+  if (!component.is_object()) return false;
+  auto type = component.find("type");
+  if (type != component.end() && type->is_string() && *type == "ByteLevel") return true;
+  auto list = component.find(list_key);
+  if (list == component.end() || !list->is_array()) return false;
+  return std::any_of(list->begin(), list->end(),
+                     [&](const json& step) { return has_byte_level(step, list_key); });
+}
+
+// "<0x0A>": the token SentencePiece's byte fallback gives a byte.
+std::string byte_token(unsigned char byte) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  return std::string("<0x") + kHex[byte >> 4] + kHex[byte & 15] + ">";
+}
+
+// The byte a "<0xXX>" token stands for (two hex digits of either case), or -1.
+int byte_of_token(std::string_view token) {
+  if (token.size() != 6 || token.substr(0, 3) != "<0x" || token[5] != '>') return -1;
+  auto digit = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  const int high = digit(token[3]);
+  const int low = digit(token[4]);
+  return high < 0 || low < 0 ? -1 : high * 16 + low;
+}
+
+class BpeTokenizer final : public Tokenizer {
  public:
-  ByteLevelBpeTokenizer(const std::filesystem::path& path, const json& root);
+  BpeTokenizer(const std::filesystem::path& path, const json& root);
 
   std::vector<int32_t> encode(std::string_view text) const override;
   std::string decode(std::span<const int32_t> ids) const override;
@@ -442,35 +664,45 @@ class ByteLevelBpeTokenizer final : public Tokenizer {
   void load_added_tokens(const json& added);
   void load_normalizer(const json& normalizer, const std::string& field);
   void load_pre_tokenizer(const json& pre_tokenizer, const std::string& field);
+  void load_metaspace(const json& pre, const std::string& field);
   void load_decoder(const json& decoder, const std::string& field);
+  void load_decoder_step(const json& step, const std::string& field);
 
   void normalize(std::string_view text, std::string& out) const;
   template <typename OnText>
   void split_added(std::string_view text, const TokenMatcher& matcher, std::vector<int32_t>& out,
                    OnText&& on_text) const;
-  void pre_tokenize(std::string_view piece, size_t step, EncodeScratch& scratch,
+  // `at_start`: the piece begins at the very start of the text (Metaspace's "first").
+  void pre_tokenize(std::string_view piece, size_t step, bool at_start, EncodeScratch& scratch,
                     std::vector<int32_t>& out) const;
-  void split_and_continue(std::string_view piece, size_t step, EncodeScratch& scratch,
-                          std::vector<int32_t>& out) const;
+  void split_and_continue(std::string_view piece, size_t step, bool at_start,
+                          EncodeScratch& scratch, std::vector<int32_t>& out) const;
   void bpe(std::string_view word, EncodeScratch& scratch, std::vector<int32_t>& out) const;
+  void merge(EncodeScratch& scratch, std::vector<int32_t>& out) const;
   int32_t byte_symbol(unsigned char byte) const;
+  void character_symbols(std::string_view word, std::vector<int32_t>& ids) const;
+  std::string decode_pieces(std::span<const int32_t> ids) const;
 
   // Why an id >= id_limit_ is refused, for messages.
   std::string id_limit_text() const {
-    return cat("the file defines ", defined_tokens_, " tokens (vocab and added_tokens), so ids must be below ",
-               id_limit_, ": at most as many gaps as tokens, plus 256");
+    return cat("the file defines ", defined_tokens_,
+               " tokens (vocab and added_tokens), so ids must be below ", id_limit_,
+               ": at most as many gaps as tokens, plus 256");
   }
 
   std::filesystem::path path_;
+  Kind kind_ = Kind::kByteLevel;
   int64_t id_limit_ = 0;  // every id is below this (set before loading)
   size_t defined_tokens_ = 0;
   // Id -> token string ("" and has_token_ false for ids the file leaves undefined).
   std::vector<std::string> tokens_;
   std::vector<uint8_t> has_token_;
-  std::vector<std::string> token_bytes_;  // id -> the bytes it decodes to
-  std::unordered_map<std::string, int32_t> vocab_;
+  std::vector<std::string> token_bytes_;  // byte-level: id -> the bytes it decodes to
+  StringMap vocab_;                       // model.vocab only (what BPE looks symbols up in)
+  StringMap added_ids_;                   // added token content -> id
   MergeTable merges_;
-  std::array<int32_t, 256> byte_ids_{};  // byte -> id of its byte-level symbol, -1 if absent
+  std::array<int32_t, 256> byte_ids_{};      // byte-level: byte -> id of its symbol, -1 if absent
+  std::array<int32_t, 256> fallback_ids_{};  // SentencePiece: byte -> id of its <0xXX> token
   std::optional<int32_t> unk_id_;
   bool ignore_merges_ = false;
 
@@ -479,25 +711,19 @@ class ByteLevelBpeTokenizer final : public Tokenizer {
   TokenMatcher raw_matcher_;                // added tokens with normalized == false
   TokenMatcher normalized_matcher_;         // added tokens with normalized == true
 
-  std::vector<utf8proc_option_t> normalizers_;  // applied in order
+  std::vector<NormalizerStep> normalizers_;  // applied in order
   std::vector<PreTokenizerStep> steps_;
+  std::vector<DecoderStep> decoders_;  // SentencePiece only, applied in order
 
   mutable WordCache cache_;
 };
 
-std::string describe(const json& value) {
-  std::string text = value.dump();
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
-}
-
-ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const std::filesystem::path& path, const json& root)
-    : path_(path) {
+BpeTokenizer::BpeTokenizer(const std::filesystem::path& path, const json& root) : path_(path) {
   if (!root.is_object()) bad("top level", "expected a JSON object, got " + describe(root));
   if (!root.contains("model")) bad("model", "missing");
   // Ids index per-id tables (token strings, bytes, added-token slots), so their range is bounded by
-  // what the file defines: no more undefined ids than defined ones, plus a little. One stray huge id
-  // is then an error naming it, never a table of gigabytes.
+  // what the file defines: no more undefined ids than defined ones, plus a little. One stray huge
+  // id is then an error naming it, never a table of gigabytes.
   size_t defined = 0;
   if (auto model = root.find("model"); model->is_object()) {
     if (auto vocab = model->find("vocab"); vocab != model->end() && vocab->is_object())
@@ -507,11 +733,16 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const std::filesystem::path& path, 
     defined += added->size();
   id_limit_ = std::min<int64_t>(2 * static_cast<int64_t>(defined) + 256, INT32_MAX);
   defined_tokens_ = defined;
+  const json pre_tokenizer = root.value("pre_tokenizer", json());
+  const json decoder = root.value("decoder", json());
+  kind_ = has_byte_level(pre_tokenizer, "pretokenizers") || has_byte_level(decoder, "decoders")
+              ? Kind::kByteLevel
+              : Kind::kSentencePiece;
   load_model(root["model"]);
   if (root.contains("added_tokens")) load_added_tokens(root["added_tokens"]);
   load_normalizer(root.value("normalizer", json()), "normalizer");
-  load_pre_tokenizer(root.value("pre_tokenizer", json()), "pre_tokenizer");
-  load_decoder(root.value("decoder", json()), "decoder");
+  load_pre_tokenizer(pre_tokenizer, "pre_tokenizer");
+  load_decoder(decoder, "decoder");
 
   // Normalised added tokens are matched in normalised text, so their patterns are normalised too.
   for (size_t i = 0; i < added_.size(); ++i) {
@@ -526,7 +757,7 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(const std::filesystem::path& path, 
   }
 }
 
-void ByteLevelBpeTokenizer::load_model(const json& model) {
+void BpeTokenizer::load_model(const json& model) {
   if (!model.is_object()) bad("model", "expected an object, got " + describe(model));
   if (model.contains("type")) {
     if (!model["type"].is_string()) bad("model.type", "expected a string");
@@ -546,7 +777,21 @@ void ByteLevelBpeTokenizer::load_model(const json& model) {
           [](const json& v) { return v.is_string() && v.get<std::string>().empty(); });
   null_or("end_of_word_suffix",
           [](const json& v) { return v.is_string() && v.get<std::string>().empty(); });
-  null_or("byte_fallback", [](const json& v) { return v.is_boolean() && !v.get<bool>(); });
+  bool byte_fallback = false;
+  if (model.contains("byte_fallback") && !model["byte_fallback"].is_null()) {
+    if (!model["byte_fallback"].is_boolean()) bad("model.byte_fallback", "expected a boolean");
+    byte_fallback = model["byte_fallback"].get<bool>();
+  }
+  if (kind_ == Kind::kByteLevel && byte_fallback) {
+    bad("model.byte_fallback",
+        "true is not supported for a byte-level BPE (a ByteLevel pre-tokenizer or decoder); "
+        "byte fallback belongs to SentencePiece-style BPE");
+  }
+  if (kind_ == Kind::kSentencePiece && !byte_fallback) {
+    bad("model.byte_fallback",
+        "false or missing: without a ByteLevel pre-tokenizer or decoder this is a "
+        "SentencePiece-style BPE, which bhmoe reads only with byte_fallback true");
+  }
   if (model.contains("ignore_merges") && !model["ignore_merges"].is_null()) {
     if (!model["ignore_merges"].is_boolean()) bad("model.ignore_merges", "expected a boolean");
     ignore_merges_ = model["ignore_merges"].get<bool>();
@@ -563,8 +808,8 @@ void ByteLevelBpeTokenizer::load_model(const json& model) {
                              " (ids must be integers in 0..2^31-2)");
     }
     if (it.value().get<int64_t>() >= id_limit_) {
-      bad("model.vocab", cat("token \"", it.key(), "\" has id ", it.value().get<int64_t>(), ", but ",
-                             id_limit_text()));
+      bad("model.vocab", cat("token \"", it.key(), "\" has id ", it.value().get<int64_t>(),
+                             ", but ", id_limit_text()));
     }
     max_id = std::max(max_id, it.value().get<int64_t>());
   }
@@ -584,11 +829,23 @@ void ByteLevelBpeTokenizer::load_model(const json& model) {
     vocab_.emplace(it.key(), id);
   }
 
+  byte_ids_.fill(-1);
+  fallback_ids_.fill(-1);
   for (int b = 0; b < 256; ++b) {
-    std::string symbol;
-    append_utf8(symbol, byte_alphabet().code_point[b]);
-    auto it = vocab_.find(symbol);
-    byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    if (kind_ == Kind::kByteLevel) {
+      std::string symbol;
+      append_utf8(symbol, byte_alphabet().code_point[b]);
+      auto it = vocab_.find(symbol);
+      byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    } else {
+      const std::string token = byte_token(static_cast<unsigned char>(b));
+      auto it = vocab_.find(token);
+      if (it == vocab_.end()) {
+        bad("model.byte_fallback", "true, but model.vocab has no \"" + token +
+                                       "\" (byte fallback needs all of <0x00> to <0xFF>)");
+      }
+      fallback_ids_[b] = it->second;
+    }
   }
 
   if (model.contains("unk_token") && !model["unk_token"].is_null()) {
@@ -642,7 +899,7 @@ void ByteLevelBpeTokenizer::load_model(const json& model) {
   }
 }
 
-void ByteLevelBpeTokenizer::load_added_tokens(const json& added) {
+void BpeTokenizer::load_added_tokens(const json& added) {
   if (!added.is_array()) bad("added_tokens", "expected an array");
   for (size_t i = 0; i < added.size(); ++i) {
     const json& entry = added[i];
@@ -688,7 +945,7 @@ void ByteLevelBpeTokenizer::load_added_tokens(const json& added) {
     // An added token overrides a vocabulary entry with the same id (as in Hugging Face).
     tokens_[token.id] = token.content;
     has_token_[token.id] = 1;
-    vocab_.try_emplace(token.content, token.id);
+    added_ids_.try_emplace(token.content, token.id);
     added_.push_back(std::move(token));
   }
   added_index_of_id_.assign(tokens_.size(), -1);
@@ -700,7 +957,7 @@ void ByteLevelBpeTokenizer::load_added_tokens(const json& added) {
   }
 }
 
-void ByteLevelBpeTokenizer::load_normalizer(const json& normalizer, const std::string& field) {
+void BpeTokenizer::load_normalizer(const json& normalizer, const std::string& field) {
   if (normalizer.is_null()) return;
   if (!normalizer.is_object() || !normalizer.contains("type") || !normalizer["type"].is_string()) {
     bad(field, "expected null or an object with a \"type\"");
@@ -716,30 +973,78 @@ void ByteLevelBpeTokenizer::load_normalizer(const json& normalizer, const std::s
     }
     return;
   }
-  auto options = static_cast<utf8proc_option_t>(UTF8PROC_STABLE);
-  if (type == "NFC") {
-    options = static_cast<utf8proc_option_t>(options | UTF8PROC_COMPOSE);
-  } else if (type == "NFD") {
-    options = static_cast<utf8proc_option_t>(options | UTF8PROC_DECOMPOSE);
-  } else if (type == "NFKC") {
-    options = static_cast<utf8proc_option_t>(options | UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
-  } else if (type == "NFKD") {
-    options = static_cast<utf8proc_option_t>(options | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
+  auto string_field = [&](const char* key, bool may_be_empty) {
+    auto it = normalizer.find(key);
+    if (it == normalizer.end() || !it->is_string() ||
+        (!may_be_empty && it->get<std::string>().empty())) {
+      bad(field + "." + key,
+          may_be_empty ? "missing or not a string" : "missing, empty or not a string");
+    }
+    return it->get<std::string>();
+  };
+  NormalizerStep step;
+  if (type == "Prepend") {
+    step.type = NormalizerStep::Type::kPrepend;
+    step.text = string_field("prepend", false);
+  } else if (type == "Replace") {
+    step.type = NormalizerStep::Type::kReplace;
+    auto pattern = normalizer.find("pattern");
+    if (pattern == normalizer.end() || !pattern->is_object() || !pattern->contains("String") ||
+        !(*pattern)["String"].is_string() || (*pattern)["String"].get<std::string>().empty()) {
+      bad(field + ".pattern", describe(normalizer.value("pattern", json())) +
+                                  " is not supported (only {\"String\": \"...\"}, not empty)");
+    }
+    step.text = (*pattern)["String"].get<std::string>();
+    step.content = string_field("content", true);
   } else {
-    bad(field + ".type",
-        "\"" + type + "\" is not supported (NFC, NFD, NFKC, NFKD, Sequence or null)");
+    auto options = static_cast<utf8proc_option_t>(UTF8PROC_STABLE);
+    if (type == "NFC") {
+      options = static_cast<utf8proc_option_t>(options | UTF8PROC_COMPOSE);
+    } else if (type == "NFD") {
+      options = static_cast<utf8proc_option_t>(options | UTF8PROC_DECOMPOSE);
+    } else if (type == "NFKC") {
+      options = static_cast<utf8proc_option_t>(options | UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
+    } else if (type == "NFKD") {
+      options = static_cast<utf8proc_option_t>(options | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
+    } else {
+      bad(field + ".type", "\"" + type +
+                               "\" is not supported (NFC, NFD, NFKC, NFKD, Prepend, Replace, "
+                               "Sequence or null)");
+    }
+    step.options = options;
   }
-  normalizers_.push_back(options);
+  normalizers_.push_back(std::move(step));
 }
 
-void ByteLevelBpeTokenizer::load_pre_tokenizer(const json& pre, const std::string& field) {
+void BpeTokenizer::load_pre_tokenizer(const json& pre, const std::string& field) {
+  if (kind_ == Kind::kSentencePiece) {
+    // Null (the Mixtral/Llama layout: the normaliser does the spaces), a Metaspace, or a Sequence
+    // of one Metaspace.
+    if (pre.is_null()) return;
+    if (!pre.is_object() || !pre.contains("type") || !pre["type"].is_string()) {
+      bad(field, "expected null or an object with a \"type\"");
+    }
+    std::string type = pre["type"];
+    if (type == "Sequence" && pre.contains("pretokenizers") && pre["pretokenizers"].is_array() &&
+        pre["pretokenizers"].size() == 1) {
+      load_pre_tokenizer(pre["pretokenizers"][0], field + ".pretokenizers[0]");
+      return;
+    }
+    if (type != "Metaspace") {
+      bad(field + ".type", "\"" + type +
+                               "\" is not supported in a SentencePiece-style BPE (null or "
+                               "Metaspace; a byte-level BPE has a ByteLevel step)");
+    }
+    load_metaspace(pre, field);
+    return;
+  }
   if (pre.is_null()) {
     bad(field, "null is not supported: a byte-level BPE needs a ByteLevel pre-tokenizer");
   }
   if (!pre.is_object() || !pre.contains("type") || !pre["type"].is_string()) {
     bad(field, "expected an object with a \"type\"");
   }
-  if (!steps_.empty() && steps_.back().byte_level) {
+  if (!steps_.empty() && steps_.back().type == PreTokenizerStep::Type::kByteLevel) {
     bad(field, "a pre-tokenizer after ByteLevel is not supported (ByteLevel must come last)");
   }
   auto flag = [&](const char* key, bool fallback) {
@@ -756,7 +1061,8 @@ void ByteLevelBpeTokenizer::load_pre_tokenizer(const json& pre, const std::strin
     for (size_t i = 0; i < list.size(); ++i) {
       load_pre_tokenizer(list[i], cat(field, ".pretokenizers[", i, "]"));
     }
-    if (field == "pre_tokenizer" && (steps_.empty() || !steps_.back().byte_level)) {
+    if (field == "pre_tokenizer" &&
+        (steps_.empty() || steps_.back().type != PreTokenizerStep::Type::kByteLevel)) {
       bad(field, "the Sequence has no ByteLevel step: not a byte-level BPE");
     }
     return;
@@ -764,10 +1070,10 @@ void ByteLevelBpeTokenizer::load_pre_tokenizer(const json& pre, const std::strin
   PreTokenizerStep step;
   std::string error;
   if (type == "ByteLevel") {
-    step.byte_level = true;
+    step.type = PreTokenizerStep::Type::kByteLevel;
     step.add_prefix_space = flag("add_prefix_space", true);
     if (flag("use_regex", true)) {
-      step.regex = compile_regex(byte_level_pattern(), false, error);
+      step.regex = compile_regex(*oniguruma_to_pcre2(kGpt2Pattern, error), false, error, true);
       if (!step.regex) bad(field, "cannot compile the ByteLevel regex: " + error);
     }
   } else if (type == "Split") {
@@ -776,7 +1082,10 @@ void ByteLevelBpeTokenizer::load_pre_tokenizer(const json& pre, const std::strin
     }
     const json& pattern = pre["pattern"];
     if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
-      step.regex = compile_regex(pattern["Regex"].get<std::string>(), false, error);
+      const std::optional<std::string> translated =
+          oniguruma_to_pcre2(pattern["Regex"].get<std::string>(), error);
+      if (!translated) bad(field + ".pattern.Regex", describe(pattern["Regex"]) + ": " + error);
+      step.regex = compile_regex(*translated, false, error, true);
     } else if (pattern.contains("String") && pattern["String"].is_string()) {
       if (pattern["String"].get<std::string>().empty()) bad(field + ".pattern.String", "empty");
       step.regex = compile_regex(pattern["String"].get<std::string>(), true, error);
@@ -800,15 +1109,87 @@ void ByteLevelBpeTokenizer::load_pre_tokenizer(const json& pre, const std::strin
     }
     step.invert = flag("invert", false);
   } else {
-    bad(field + ".type", "\"" + type + "\" is not supported (ByteLevel, Split or Sequence)");
+    bad(field + ".type", "\"" + type +
+                             "\" is not supported in a byte-level BPE (ByteLevel, Split or "
+                             "Sequence)");
   }
   steps_.push_back(std::move(step));
-  if (field == "pre_tokenizer" && !steps_.back().byte_level) {
+  if (field == "pre_tokenizer" && steps_.back().type != PreTokenizerStep::Type::kByteLevel) {
     bad(field, "a lone " + type + " is not a byte-level BPE pre-tokenizer (ByteLevel is needed)");
   }
 }
 
-void ByteLevelBpeTokenizer::load_decoder(const json& decoder, const std::string& field) {
+// As Hugging Face reads it: replacement (one character) is required; prepend_scheme defaults to
+// "always"; add_prefix_space, from files written before prepend_scheme existed, false means "never"
+// (and contradicts any other declared scheme); split defaults to true.
+void BpeTokenizer::load_metaspace(const json& pre, const std::string& field) {
+  PreTokenizerStep step;
+  step.type = PreTokenizerStep::Type::kMetaspace;
+  const json replacement = pre.value("replacement", json());
+  int32_t cp = -1;
+  if (replacement.is_string() && !replacement.get<std::string>().empty() &&
+      first_invalid_utf8(replacement.get<std::string>()) == std::string_view::npos) {
+    const std::string& text = replacement.get_ref<const std::string&>();
+    if (decode_utf8(text, 0, cp) != text.size()) cp = -1;
+  }
+  if (cp < 0) bad(field + ".replacement", describe(replacement) + " is not one character");
+  step.replacement = replacement.get<std::string>();
+  auto flag = [&](const char* key, bool fallback) {
+    if (!pre.contains(key) || pre[key].is_null()) return fallback;
+    if (!pre[key].is_boolean()) bad(field + "." + key, "expected a boolean");
+    return pre[key].get<bool>();
+  };
+  step.prepend = PrependScheme::kAlways;
+  const bool scheme_given = pre.contains("prepend_scheme") && !pre["prepend_scheme"].is_null();
+  if (scheme_given) {
+    const json& scheme = pre["prepend_scheme"];
+    if (scheme == "always") {
+      step.prepend = PrependScheme::kAlways;
+    } else if (scheme == "first") {
+      step.prepend = PrependScheme::kFirst;
+    } else if (scheme == "never") {
+      step.prepend = PrependScheme::kNever;
+    } else {
+      bad(field + ".prepend_scheme",
+          describe(scheme) + " is not supported (\"always\", \"first\" or \"never\")");
+    }
+  }
+  if (!flag("add_prefix_space", true)) {
+    if (scheme_given && step.prepend != PrependScheme::kNever) {
+      bad(field + ".add_prefix_space",
+          "false contradicts prepend_scheme " + describe(pre["prepend_scheme"]));
+    }
+    step.prepend = PrependScheme::kNever;
+  }
+  if (flag("split", true)) {
+    std::string error;
+    step.regex = compile_regex(step.replacement, true, error);
+    if (!step.regex) bad(field + ".replacement", "cannot compile: " + error);
+    step.behavior = SplitBehavior::kMergedWithNext;
+  }
+  steps_.push_back(std::move(step));
+}
+
+void BpeTokenizer::load_decoder(const json& decoder, const std::string& field) {
+  if (kind_ == Kind::kSentencePiece) {
+    if (!decoder.is_object() || !decoder.contains("type") || !decoder["type"].is_string()) {
+      bad(field, describe(decoder) +
+                     " is not supported (a SentencePiece-style BPE needs a Sequence of Replace, "
+                     "ByteFallback, Fuse and Strip)");
+    }
+    if (decoder["type"] == "Sequence") {
+      if (!decoder.contains("decoders") || !decoder["decoders"].is_array()) {
+        bad(field + ".decoders", "missing or not an array");
+      }
+      const json& list = decoder["decoders"];
+      for (size_t i = 0; i < list.size(); ++i) {
+        load_decoder_step(list[i], cat(field, ".decoders[", i, "]"));
+      }
+    } else {
+      load_decoder_step(decoder, field);
+    }
+    return;
+  }
   if (!decoder.is_object() || !decoder.contains("type") || !decoder["type"].is_string()) {
     bad(field, describe(decoder) + " is not supported (only ByteLevel)");
   }
@@ -827,23 +1208,83 @@ void ByteLevelBpeTokenizer::load_decoder(const json& decoder, const std::string&
   }
 }
 
-void ByteLevelBpeTokenizer::normalize(std::string_view text, std::string& out) const {
-  out.assign(text);
-  if (normalizers_.empty() || is_ascii(text)) return;  // ASCII is invariant under all four forms
-  for (utf8proc_option_t options : normalizers_) {
-    utf8proc_uint8_t* result = nullptr;
-    utf8proc_ssize_t length =
-        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(out.data()),
-                     static_cast<utf8proc_ssize_t>(out.size()), &result, options);
-    if (length < 0) fail("cannot normalise text: ", utf8proc_errmsg(length));
-    out.assign(reinterpret_cast<const char*>(result), static_cast<size_t>(length));
-    std::free(result);
+void BpeTokenizer::load_decoder_step(const json& step, const std::string& field) {
+  if (!step.is_object() || !step.contains("type") || !step["type"].is_string()) {
+    bad(field, "expected an object with a \"type\"");
   }
+  const std::string type = step["type"];
+  DecoderStep decoder;
+  if (type == "Replace") {
+    decoder.type = DecoderStep::Type::kReplace;
+    auto pattern = step.find("pattern");
+    if (pattern == step.end() || !pattern->is_object() || !pattern->contains("String") ||
+        !(*pattern)["String"].is_string() || (*pattern)["String"].get<std::string>().empty()) {
+      bad(field + ".pattern", describe(step.value("pattern", json())) +
+                                  " is not supported (only {\"String\": \"...\"}, not empty)");
+    }
+    if (!step.contains("content") || !step["content"].is_string()) {
+      bad(field + ".content", "missing or not a string");
+    }
+    decoder.pattern = (*pattern)["String"].get<std::string>();
+    decoder.content = step["content"].get<std::string>();
+  } else if (type == "ByteFallback") {
+    decoder.type = DecoderStep::Type::kByteFallback;
+  } else if (type == "Fuse") {
+    decoder.type = DecoderStep::Type::kFuse;
+  } else if (type == "Strip") {
+    decoder.type = DecoderStep::Type::kStrip;
+    int32_t cp = -1;
+    if (step.contains("content") && step["content"].is_string()) {
+      const std::string& text = step["content"].get_ref<const std::string&>();
+      if (!text.empty() && first_invalid_utf8(text) == std::string_view::npos &&
+          decode_utf8(text, 0, cp) != text.size()) {
+        cp = -1;
+      }
+      decoder.content = text;
+    }
+    if (cp < 0) bad(field + ".content", "missing or not one character");
+    for (const char* key : {"start", "stop"}) {
+      if (!step.contains(key) || !step[key].is_number_integer() || step[key].get<int64_t>() < 0) {
+        bad(field + "." + key, "missing or not a non-negative integer");
+      }
+    }
+    decoder.start = step["start"].get<size_t>();
+    decoder.stop = step["stop"].get<size_t>();
+  } else {
+    bad(field + ".type", "\"" + type +
+                             "\" is not supported in a SentencePiece-style BPE (Replace, "
+                             "ByteFallback, Fuse, Strip or Sequence)");
+  }
+  decoders_.push_back(std::move(decoder));
 }
 
+void BpeTokenizer::normalize(std::string_view text, std::string& out) const {
+  out.assign(text);
+  for (const NormalizerStep& step : normalizers_) {
+    switch (step.type) {
+      case NormalizerStep::Type::kPrepend:
+        if (!out.empty()) out.insert(0, step.text);
+        break;
+      case NormalizerStep::Type::kReplace:
+        out = replace_all(out, step.text, step.content);
+        break;
+      case NormalizerStep::Type::kUnicode: {
+        if (is_ascii(out)) break;  // ASCII is invariant under all four forms
+        utf8proc_uint8_t* result = nullptr;
+        utf8proc_ssize_t length =
+            utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(out.data()),
+                         static_cast<utf8proc_ssize_t>(out.size()), &result, step.options);
+        if (length < 0) fail("cannot normalise text: ", utf8proc_errmsg(length));
+        out.assign(reinterpret_cast<const char*>(result), static_cast<size_t>(length));
+        std::free(result);
+        break;
+      }
+    }
+  }
+}
 template <typename OnText>
-void ByteLevelBpeTokenizer::split_added(std::string_view text, const TokenMatcher& matcher,
-                                        std::vector<int32_t>& out, OnText&& on_text) const {
+void BpeTokenizer::split_added(std::string_view text, const TokenMatcher& matcher,
+                               std::vector<int32_t>& out, OnText&& on_text) const {
   if (matcher.empty()) {
     if (!text.empty()) on_text(text);
     return;
@@ -981,42 +1422,53 @@ void apply_behavior(SplitBehavior behavior, bool invert, std::vector<Range>& ran
   ranges.swap(merged);
 }
 
-void ByteLevelBpeTokenizer::pre_tokenize(std::string_view piece, size_t step,
-                                         EncodeScratch& scratch, std::vector<int32_t>& out) const {
+void BpeTokenizer::pre_tokenize(std::string_view piece, size_t step, bool at_start,
+                                EncodeScratch& scratch, std::vector<int32_t>& out) const {
   if (piece.empty()) return;
   if (step == steps_.size()) {
     bpe(piece, scratch, out);
     return;
   }
   const PreTokenizerStep& current = steps_[step];
-  if (current.byte_level && current.add_prefix_space && piece[0] != ' ') {
+  if (current.type == PreTokenizerStep::Type::kByteLevel && current.add_prefix_space &&
+      piece[0] != ' ') {
     std::string spaced;
     spaced.reserve(piece.size() + 1);
     spaced.push_back(' ');
     spaced.append(piece);
-    split_and_continue(spaced, step, scratch, out);
+    split_and_continue(spaced, step, at_start, scratch, out);
     return;
   }
-  split_and_continue(piece, step, scratch, out);
+  if (current.type == PreTokenizerStep::Type::kMetaspace) {
+    std::string replaced = replace_all(piece, " ", current.replacement);
+    const bool prepend = current.prepend == PrependScheme::kAlways ||
+                         (current.prepend == PrependScheme::kFirst && at_start);
+    if (prepend && !std::string_view(replaced).starts_with(current.replacement)) {
+      replaced.insert(0, current.replacement);
+    }
+    split_and_continue(replaced, step, at_start, scratch, out);
+    return;
+  }
+  split_and_continue(piece, step, at_start, scratch, out);
 }
 
-void ByteLevelBpeTokenizer::split_and_continue(std::string_view piece, size_t step,
-                                               EncodeScratch& scratch,
-                                               std::vector<int32_t>& out) const {
+void BpeTokenizer::split_and_continue(std::string_view piece, size_t step, bool at_start,
+                                      EncodeScratch& scratch, std::vector<int32_t>& out) const {
   const PreTokenizerStep& current = steps_[step];
   if (!current.regex) {
-    pre_tokenize(piece, step + 1, scratch, out);
+    pre_tokenize(piece, step + 1, at_start, scratch, out);
     return;
   }
   std::vector<Range>& ranges = scratch.ranges[step];
   find_ranges(current.regex.get(), piece, scratch.match_data.get(), ranges);
   apply_behavior(current.behavior, current.invert, ranges, scratch.merged_ranges);
   for (const Range& r : ranges) {
-    pre_tokenize(piece.substr(r.begin, r.end - r.begin), step + 1, scratch, out);
+    pre_tokenize(piece.substr(r.begin, r.end - r.begin), step + 1, at_start && r.begin == 0,
+                 scratch, out);
   }
 }
 
-int32_t ByteLevelBpeTokenizer::byte_symbol(unsigned char byte) const {
+int32_t BpeTokenizer::byte_symbol(unsigned char byte) const {
   int32_t id = byte_ids_[byte];
   if (id >= 0) return id;
   if (unk_id_) return *unk_id_;
@@ -1024,14 +1476,30 @@ int32_t ByteLevelBpeTokenizer::byte_symbol(unsigned char byte) const {
        " and model.unk_token is null");
 }
 
-void ByteLevelBpeTokenizer::bpe(std::string_view word, EncodeScratch& scratch,
-                                std::vector<int32_t>& out) const {
-  if (word.size() == 1) {
+// SentencePiece-style symbols: each character's token, or for a character absent from model.vocab
+// the <0xXX> tokens of its UTF-8 bytes (Hugging Face's byte fallback, applied before merging).
+void BpeTokenizer::character_symbols(std::string_view word, std::vector<int32_t>& ids) const {
+  for (size_t pos = 0; pos < word.size();) {
+    int32_t cp;
+    const size_t length = decode_utf8(word, pos, cp);
+    const std::string_view character = word.substr(pos, length);
+    if (auto it = vocab_.find(character); it != vocab_.end()) {
+      ids.push_back(it->second);
+    } else {
+      for (unsigned char byte : character) ids.push_back(fallback_ids_[byte]);
+    }
+    pos += length;
+  }
+}
+
+void BpeTokenizer::bpe(std::string_view word, EncodeScratch& scratch,
+                       std::vector<int32_t>& out) const {
+  if (kind_ == Kind::kByteLevel && word.size() == 1) {
     out.push_back(byte_symbol(static_cast<unsigned char>(word[0])));
     return;
   }
   if (ignore_merges_) {
-    auto it = vocab_.find(bytes_to_symbols(word));
+    auto it = kind_ == Kind::kByteLevel ? vocab_.find(bytes_to_symbols(word)) : vocab_.find(word);
     if (it != vocab_.end()) {
       out.push_back(it->second);
       return;
@@ -1043,14 +1511,29 @@ void ByteLevelBpeTokenizer::bpe(std::string_view word, EncodeScratch& scratch,
     hash = std::hash<std::string_view>{}(word);
     if (cache_.lookup(word, hash, out)) return;
   }
+  scratch.initial.clear();
+  if (kind_ == Kind::kByteLevel) {
+    for (unsigned char byte : word) scratch.initial.push_back(byte_symbol(byte));
+  } else {
+    character_symbols(word, scratch.initial);
+  }
+  const size_t first = out.size();
+  merge(scratch, out);
+  if (cacheable) {
+    cache_.insert(word, hash, std::span<const int32_t>(out.data() + first, out.size() - first));
+  }
+}
 
+// The merge loop of both kinds: starting from scratch.initial, repeatedly merges the adjacent pair
+// of lowest merge rank (leftmost among equal ranks) until no adjacent pair has a merge, and
+// appends the resulting ids to `out`. A heap of candidate pairs, each checked for staleness when
+// popped, keeps it O(n log n) in the number of symbols.
+void BpeTokenizer::merge(EncodeScratch& scratch, std::vector<int32_t>& out) const {
   auto& symbols = scratch.symbols;
   auto& heap = scratch.heap;
-  const auto n = static_cast<int32_t>(word.size());
-  symbols.resize(word.size());
-  for (int32_t i = 0; i < n; ++i) {
-    symbols[i] = {byte_symbol(static_cast<unsigned char>(word[i])), i - 1, i + 1};
-  }
+  const auto n = static_cast<int32_t>(scratch.initial.size());
+  symbols.resize(scratch.initial.size());
+  for (int32_t i = 0; i < n; ++i) symbols[i] = {scratch.initial[i], i - 1, i + 1};
   heap.clear();
   auto consider = [&](int32_t left, int32_t right) {
     const MergeTable::Entry* merge = merges_.find(symbols[left].id, symbols[right].id);
@@ -1076,14 +1559,10 @@ void ByteLevelBpeTokenizer::bpe(std::string_view word, EncodeScratch& scratch,
     if (symbols[c.left].prev >= 0) consider(symbols[c.left].prev, c.left);
     if (next < n) consider(c.left, next);
   }
-  const size_t first = out.size();
   for (int32_t i = 0; i < n; i = symbols[i].next) out.push_back(symbols[i].id);
-  if (cacheable) {
-    cache_.insert(word, hash, std::span<const int32_t>(out.data() + first, out.size() - first));
-  }
 }
 
-std::vector<int32_t> ByteLevelBpeTokenizer::encode(std::string_view text) const {
+std::vector<int32_t> BpeTokenizer::encode(std::string_view text) const {
   std::vector<int32_t> ids;
   if (text.empty()) return ids;
   if (size_t bad_at = first_invalid_utf8(text); bad_at != std::string_view::npos) {
@@ -1095,20 +1574,93 @@ std::vector<int32_t> ByteLevelBpeTokenizer::encode(std::string_view text) const 
   scratch.ranges.resize(steps_.size());
   std::string normalized;  // one stretch between raw-matched added tokens
   split_added(text, raw_matcher_, ids, [&](std::string_view raw) {
+    const bool raw_at_start = raw.data() == text.data();
     normalize(raw, normalized);
-    split_added(normalized, normalized_matcher_, ids,
-                [&](std::string_view piece) { pre_tokenize(piece, 0, scratch, ids); });
+    split_added(normalized, normalized_matcher_, ids, [&](std::string_view piece) {
+      pre_tokenize(piece, 0, raw_at_start && piece.data() == normalized.data(), scratch, ids);
+    });
   });
   return ids;
 }
 
-std::string ByteLevelBpeTokenizer::decode(std::span<const int32_t> ids) const {
+// SentencePiece-style decoding: the decoder steps over the token strings, as Hugging Face runs
+// them, then the strings joined.
+std::string BpeTokenizer::decode_pieces(std::span<const int32_t> ids) const {
+  std::vector<std::string> pieces;
+  pieces.reserve(ids.size());
+  for (int32_t id : ids) pieces.push_back(tokens_[id]);
+  for (const DecoderStep& step : decoders_) {
+    switch (step.type) {
+      case DecoderStep::Type::kReplace:
+        for (std::string& piece : pieces) piece = replace_all(piece, step.pattern, step.content);
+        break;
+      case DecoderStep::Type::kByteFallback: {
+        std::vector<std::string> decoded;
+        decoded.reserve(pieces.size());
+        std::string bytes;  // the current run of <0xXX> tokens
+        auto flush = [&] {
+          if (bytes.empty()) return;
+          if (first_invalid_utf8(bytes) == std::string_view::npos) {
+            decoded.push_back(bytes);
+          } else {
+            for (size_t i = 0; i < bytes.size(); ++i) decoded.emplace_back("\xEF\xBF\xBD");
+          }
+          bytes.clear();
+        };
+        for (std::string& piece : pieces) {
+          if (int byte = byte_of_token(piece); byte >= 0) {
+            bytes.push_back(static_cast<char>(byte));
+          } else {
+            flush();
+            decoded.push_back(std::move(piece));
+          }
+        }
+        flush();
+        pieces.swap(decoded);
+        break;
+      }
+      case DecoderStep::Type::kFuse: {
+        std::string fused;
+        for (const std::string& piece : pieces) fused += piece;
+        pieces.assign(1, std::move(fused));
+        break;
+      }
+      case DecoderStep::Type::kStrip:
+        for (std::string& piece : pieces) {
+          size_t begin = 0;
+          for (size_t k = 0;
+               k < step.start && piece.compare(begin, step.content.size(), step.content) == 0;
+               ++k) {
+            begin += step.content.size();
+          }
+          size_t end = piece.size();
+          for (size_t k = 0;
+               k < step.stop && end >= begin + step.content.size() &&
+               piece.compare(end - step.content.size(), step.content.size(), step.content) == 0;
+               ++k) {
+            end -= step.content.size();
+          }
+          piece = piece.substr(begin, end - begin);
+        }
+        break;
+    }
+  }
   std::string text;
+  for (const std::string& piece : pieces) text += piece;
+  return text;
+}
+
+std::string BpeTokenizer::decode(std::span<const int32_t> ids) const {
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab_size() || !has_token_[id]) {
       fail("token id ", id, " is outside the vocabulary of ", path_.string(), " (ids 0..",
            vocab_size() - 1, (id >= 0 && id < vocab_size() ? ", this one undefined)" : ")"));
     }
+  }
+  // tokens_ holds an added token's content at its id.
+  if (kind_ == Kind::kSentencePiece) return decode_pieces(ids);
+  std::string text;
+  for (int32_t id : ids) {
     if (added_index_of_id_.size() > static_cast<size_t>(id) && added_index_of_id_[id] >= 0) {
       text += added_[added_index_of_id_[id]].content;
     } else {
@@ -1118,13 +1670,14 @@ std::string ByteLevelBpeTokenizer::decode(std::span<const int32_t> ids) const {
   return text;
 }
 
-std::optional<int32_t> ByteLevelBpeTokenizer::token_to_id(std::string_view token) const {
-  auto it = vocab_.find(std::string(token));
-  if (it == vocab_.end()) return std::nullopt;
-  return it->second;
+// As in Hugging Face: an added token's content first, then model.vocab.
+std::optional<int32_t> BpeTokenizer::token_to_id(std::string_view token) const {
+  if (auto it = added_ids_.find(token); it != added_ids_.end()) return it->second;
+  if (auto it = vocab_.find(token); it != vocab_.end()) return it->second;
+  return std::nullopt;
 }
 
-std::string ByteLevelBpeTokenizer::id_to_token(int32_t id) const {
+std::string BpeTokenizer::id_to_token(int32_t id) const {
   if (id < 0 || id >= vocab_size() || !has_token_[id]) {
     fail("token id ", id, " is outside the vocabulary of ", path_.string(), " (ids 0..",
          vocab_size() - 1, ")");
@@ -1144,7 +1697,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& tokenize
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json(const json& root, const std::string& source) {
   try {
-    return std::make_unique<ByteLevelBpeTokenizer>(source, root);
+    return std::make_unique<BpeTokenizer>(source, root);
   } catch (const json::exception& e) {
     // Every field is type-checked before use; this is a last line, in our words all the same.
     fail(source, ": unexpected JSON structure: ", json_error_text(e));

@@ -1,5 +1,8 @@
-// Hugging Face tokenizer.json (byte-level BPE) as used by OLMoE: NFC normaliser, the GPT-2/NeoX
-// pre-tokeniser regex, added/special tokens matched before BPE, ByteLevel decoder.
+// Hugging Face tokenizer.json BPE tokenizers: byte-level BPE (OLMoE: NFC, the GPT-2/NeoX regex;
+// Qwen2/Qwen3-MoE: NFC, Qwen2's Split regex; ByteLevel decoder) and SentencePiece-style BPE with
+// byte fallback (Llama, Mistral/Mixtral: Prepend/Replace normaliser or Metaspace, decoder
+// Replace/ByteFallback/Fuse/Strip); added/special tokens matched before BPE. The contracts are in
+// tokenizer.cc's header comment.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +23,8 @@ class Tokenizer {
   // Throws bhmoe::Error naming the file and what is malformed or unsupported.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& tokenizer_json);
   // The same from a parsed tokenizer.json; `source` names it in messages.
-  static std::unique_ptr<Tokenizer> from_json(const nlohmann::json& root, const std::string& source);
+  static std::unique_ptr<Tokenizer> from_json(const nlohmann::json& root,
+                                              const std::string& source);
   virtual ~Tokenizer() = default;
 
   // Ids for `text`, no special tokens added. Thread-safe.

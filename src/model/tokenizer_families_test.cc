@@ -1,0 +1,639 @@
+// The Qwen2 and Mixtral/Llama tokenizer families, against references made by implementations
+// independent of bhmoe (src/model/testdata/tokenizers, made by
+// tools/tokenizer_cases/make_cases.py):
+// - SentencePiece BPE: a model trained by sentencepiece, its ids from sentencepiece's encoder (the
+//   tokenizer.json path) and from llama.cpp's SPM tokenizer on the model's GGUF vocabulary (the
+//   GGUF path);
+// - Qwen2: a byte-level BPE with Qwen2's tokenizer.json layout, its ids from Hugging Face semantics
+//   computed in Python with Oniguruma, HF's regex engine (the tokenizer.json path), and from
+//   llama.cpp's "qwen2" pre-tokeniser on its GGUF vocabulary (the GGUF path).
+// Then the semantics that have no independent reference here (the Metaspace layout, the decoder
+// steps, the Oniguruma-to-PCRE2 regex translation) and bad input.
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <utf8proc.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/gguf_checkpoint.h"
+#include "model/tokenizer.h"
+#include "util/error.h"
+#include "util/file.h"
+#include "util/gguf.h"
+
+namespace bhmoe::model {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+const fs::path kData = fs::path(BHMOE_SOURCE_DIR) / "src" / "model" / "testdata" / "tokenizers";
+const fs::path kSpmJson = kData / "spm-bpe.tokenizer.json";
+const fs::path kSpmGguf = kData / "spm-bpe.gguf";
+const fs::path kQwenJson = kData / "qwen2-bpe.tokenizer.json";
+const fs::path kQwenGguf = kData / "qwen2-bpe.gguf";
+const fs::path kTinyTokenizer =
+    fs::path(BHMOE_SHARED_DIR) / "golden" / "tiny-f32" / "tokenizer.json";
+
+const std::string kMeta = "\u2581";  // ▁
+
+json read_json(const fs::path& path) {
+  return json::parse(read_file(path));
+}
+
+std::unique_ptr<Tokenizer> from_gguf(const fs::path& path) {
+  return Tokenizer::from_json(gguf_tokenizer_json(GgufFile::open(path)), path.string());
+}
+
+const Tokenizer& spm_json() {
+  static const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(kSpmJson);
+  return *tokenizer;
+}
+const Tokenizer& spm_gguf() {
+  static const std::unique_ptr<Tokenizer> tokenizer = from_gguf(kSpmGguf);
+  return *tokenizer;
+}
+const Tokenizer& qwen_json() {
+  static const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(kQwenJson);
+  return *tokenizer;
+}
+const Tokenizer& qwen_gguf() {
+  static const std::unique_ptr<Tokenizer> tokenizer = from_gguf(kQwenGguf);
+  return *tokenizer;
+}
+
+std::string nfc(const std::string& text) {
+  auto* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(text.c_str()));
+  std::string result(reinterpret_cast<const char*>(out));
+  std::free(out);
+  return result;
+}
+
+std::vector<int32_t> ids_of(const json& array) {
+  return array.get<std::vector<int32_t>>();
+}
+
+std::vector<int32_t> concat(std::initializer_list<std::vector<int32_t>> parts) {
+  std::vector<int32_t> all;
+  for (const auto& part : parts) all.insert(all.end(), part.begin(), part.end());
+  return all;
+}
+
+int32_t id(const Tokenizer& tokenizer, const std::string& token) {
+  const std::optional<int32_t> found = tokenizer.token_to_id(token);
+  EXPECT_TRUE(found.has_value()) << token;
+  return found.value_or(-1);
+}
+
+// A scratch folder per test, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() / cat("bhmoe-tokenizer-families-test-", ::getpid(), "-",
+                                            info->test_suite_name(), "-", info->name());
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  fs::path write(const std::string& name, const std::string& contents) const {
+    fs::path file = path_ / name;
+    std::ofstream(file, std::ios::binary) << contents;
+    return file;
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::unique_ptr<Tokenizer> load_modified(const TempDir& dir, const fs::path& source,
+                                         const std::function<void(json&)>& modify) {
+  json root = read_json(source);
+  modify(root);
+  return Tokenizer::load(dir.write("tokenizer.json", root.dump()));
+}
+
+// Runs `body`, which must throw bhmoe::Error whose message contains every one of `parts`.
+void expect_error(const std::function<void()>& body, const std::vector<std::string>& parts) {
+  try {
+    body();
+    ADD_FAILURE() << "no error was thrown";
+  } catch (const Error& e) {
+    for (const auto& part : parts) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
+          << "message \"" << e.what() << "\" lacks \"" << part << "\"";
+    }
+  }
+}
+
+// ---- SentencePiece BPE (Mixtral / Llama layout) ------------------------------------------------
+
+TEST(SentencePieceBpe, TokenizerJsonMatchesSentencePiece) {
+  const json cases = read_json(kData / "spm-cases.json");
+  ASSERT_EQ(cases["format"], "bhmoe-tokenizer-cases/1");
+  ASSERT_GE(cases["cases"].size(), 60u);
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    EXPECT_EQ(spm_json().encode(text), ids_of(c["ids"]));
+    EXPECT_EQ(spm_json().decode(ids_of(c["ids"])), c["decoded"].get<std::string>());
+  }
+}
+
+TEST(SentencePieceBpe, GgufMatchesLlamaCpp) {
+  const json cases = read_json(kData / "spm-cases.json");
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    // llama.cpp agrees with sentencepiece on every case (llamacpp_ids would record a difference).
+    EXPECT_FALSE(c.contains("llamacpp_ids"));
+    EXPECT_EQ(spm_gguf().encode(text), ids_of(c.value("llamacpp_ids", c["ids"])));
+    EXPECT_EQ(spm_gguf().decode(ids_of(c["ids"])), c["decoded"].get<std::string>());
+  }
+}
+
+// <s>, </s> and <unk> written in the text: llama.cpp matches them and puts a space before the text
+// after each; the tokenizer.json matches them as added tokens and prepends ▁ to every stretch
+// between them. Both paths give llama.cpp's ids.
+TEST(SentencePieceBpe, SpecialTokensInTheTextMatchLlamaCpp) {
+  const json cases = read_json(kData / "spm-cases.json");
+  ASSERT_GE(cases["special_cases"].size(), 8u);
+  for (const json& c : cases["special_cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text + "\"");
+    EXPECT_EQ(spm_json().encode(text), ids_of(c["llamacpp_ids"]));
+    EXPECT_EQ(spm_gguf().encode(text), ids_of(c["llamacpp_ids"]));
+  }
+}
+
+// The GGUF has scores, not merges; ranking the merges by the merged piece's score gives the very
+// merges (and order) that the converter wrote into the tokenizer.json.
+TEST(SentencePieceBpe, MergesFromGgufScoresAreTheTokenizerJsonMerges) {
+  const json from_gguf = gguf_tokenizer_json(GgufFile::open(kSpmGguf));
+  const json from_file = read_json(kSpmJson);
+  std::vector<std::string> gguf_merges;
+  for (const json& m : from_gguf["model"]["merges"]) {
+    gguf_merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+  }
+  const auto file_merges = from_file["model"]["merges"].get<std::vector<std::string>>();
+  EXPECT_GT(file_merges.size(), 800u);
+  EXPECT_EQ(gguf_merges, file_merges);
+  EXPECT_EQ(from_gguf["model"]["vocab"], from_file["model"]["vocab"]);
+  EXPECT_EQ(spm_gguf().vocab_size(), spm_json().vocab_size());
+}
+
+TEST(SentencePieceBpe, ByteFallbackAndDecoderSteps) {
+  const Tokenizer& t = spm_json();
+  // U+1F999 is not a piece: ▁ then its four bytes.
+  EXPECT_EQ(t.encode("🦙"), (std::vector<int32_t>{id(t, kMeta), id(t, "<0xF0>"), id(t, "<0x9F>"),
+                                                    id(t, "<0xA6>"), id(t, "<0x99>")}));
+  EXPECT_EQ(t.encode("\n"), (std::vector<int32_t>{id(t, kMeta), id(t, "<0x0A>")}));
+  // A run of byte tokens that is not valid UTF-8 decodes to one U+FFFD per byte (as Hugging Face).
+  EXPECT_EQ(t.decode(std::vector<int32_t>{id(t, "<0xF0>"), id(t, "<0x9F>")}),
+            "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(t.decode(std::vector<int32_t>{id(t, "<0xC3>"), id(t, "<0xA9>")}), "é");
+  // Runs end at a non-byte token: "é" then an invalid lone 0xC3.
+  EXPECT_EQ(t.decode(std::vector<int32_t>{id(t, "<0xC3>"), id(t, "<0xA9>"), id(t, kMeta),
+                                          id(t, "<0xC3>")}),
+            "é \xEF\xBF\xBD");
+  // Strip removes one leading space, of the whole text (Fuse comes first), not of every token.
+  EXPECT_EQ(t.decode(std::vector<int32_t>{id(t, kMeta), id(t, kMeta)}), " ");
+  EXPECT_EQ(t.decode(std::vector<int32_t>{1, id(t, kMeta)}), "<s> ");
+  EXPECT_EQ(t.decode(std::vector<int32_t>{}), "");
+  EXPECT_EQ(t.token_to_id("<s>"), 1);
+  EXPECT_EQ(t.token_to_id("</s>"), 2);
+  EXPECT_EQ(t.token_to_id("<unk>"), 0);
+  EXPECT_EQ(t.id_to_token(3), "<0x00>");
+  EXPECT_THROW(t.decode(std::vector<int32_t>{t.vocab_size()}), Error);
+}
+
+TEST(SentencePieceBpe, LongTextIsOnePieceAndRoundTrips) {
+  // No pre-tokeniser: the whole text is one BPE word (thousands of symbols through the heap).
+  std::string text;
+  for (int i = 0; i < 300; ++i)
+    text += cat("Copyright (C) ", 1989 + i % 30, " Free Software Foundation.\n");
+  const std::vector<int32_t> ids = spm_json().encode(text);
+  EXPECT_LT(ids.size(), text.size() / 2);
+  EXPECT_EQ(spm_json().decode(ids), text);
+  EXPECT_EQ(spm_gguf().encode(text), ids);
+}
+
+// The newer layout (transformers' legacy=false): no normaliser, a Metaspace pre-tokeniser. Its
+// semantics here are Hugging Face's as its source states them (no independent reference ran):
+// spaces become ▁, then ▁ is prepended unless the stretch already starts with one, only at the
+// start of the text for "first"; split cuts before every ▁.
+TEST(SentencePieceBpe, MetaspaceLayout) {
+  TempDir dir;
+  auto metaspace = [&](const std::string& scheme, bool split) {
+    return load_modified(dir, kSpmJson, [&](json& root) {
+      root["normalizer"] = nullptr;
+      root["pre_tokenizer"] = {{"type", "Metaspace"},
+                               {"replacement", kMeta},
+                               {"prepend_scheme", scheme},
+                               {"split", split}};
+      root["model"]["merges"] = [&] {
+        json pairs = json::array();
+        for (const json& m : root["model"]["merges"]) {
+          const std::string text = m;
+          pairs.push_back({text.substr(0, text.find(' ')), text.substr(text.find(' ') + 1)});
+        }
+        return pairs;
+      }();
+    });
+  };
+  const Tokenizer& legacy = spm_json();
+  const auto first = metaspace("first", false);
+  const auto always = metaspace("always", false);
+  const auto never = metaspace("never", false);
+  const auto split = metaspace("first", true);
+  // Text not starting with a space and without added tokens: the same ids as the legacy layout.
+  const json cases = read_json(kData / "spm-cases.json");
+  int same = 0;
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    if (text.empty() || text[0] == ' ' || text.starts_with(kMeta)) continue;
+    EXPECT_EQ(first->encode(text), ids_of(c["ids"])) << text;
+    ++same;
+  }
+  EXPECT_GE(same, 40);
+  // A leading space is the prepended ▁ itself (the legacy layout adds another).
+  EXPECT_EQ(first->encode(" Hello world"), legacy.encode("Hello world"));
+  EXPECT_NE(first->encode(" Hello world"), legacy.encode(" Hello world"));
+  // "first": nothing is prepended after an added token; "always": it is; "never": nowhere.
+  EXPECT_EQ(first->encode("<s>Hello"), concat({{1}, never->encode("Hello")}));
+  EXPECT_EQ(always->encode("<s>Hello"), concat({{1}, legacy.encode("Hello")}));
+  EXPECT_EQ(always->encode("Hello"), legacy.encode("Hello"));
+  EXPECT_NE(never->encode("Hello"), legacy.encode("Hello"));
+  // split: each word is its own piece.
+  EXPECT_EQ(split->encode("license the"), concat({legacy.encode("license"), legacy.encode("the")}));
+  // Runs of spaces: split keeps every ▁ with the word after it, so no "▁▁▁" piece can form.
+  EXPECT_EQ(split->encode("license    the"),
+            concat({legacy.encode("license"),
+                    {id(legacy, kMeta), id(legacy, kMeta), id(legacy, kMeta)},
+                    legacy.encode("the")}));
+  EXPECT_NE(split->encode("license    the"), first->encode("license    the"));
+  EXPECT_EQ(split->decode(split->encode("Hello  world")), "Hello  world");
+  // Files written before prepend_scheme say add_prefix_space.
+  const auto old = load_modified(dir, kSpmJson, [&](json& root) {
+    root["normalizer"] = nullptr;
+    root["pre_tokenizer"] = {
+        {"type", "Metaspace"}, {"replacement", kMeta}, {"add_prefix_space", true}};
+  });
+  EXPECT_EQ(old->encode("license the"), split->encode("license the"));
+  EXPECT_EQ(old->encode("<s>Hello"), concat({{1}, legacy.encode("Hello")}));
+  const auto old_never = load_modified(dir, kSpmJson, [&](json& root) {
+    root["normalizer"] = nullptr;
+    root["pre_tokenizer"] = {
+        {"type", "Metaspace"}, {"replacement", kMeta}, {"add_prefix_space", false}};
+  });
+  EXPECT_EQ(old_never->encode("Hello"), never->encode("Hello"));
+}
+
+// ---- Qwen2 byte-level BPE ----------------------------------------------------------------------
+
+TEST(Qwen2Bpe, TokenizerJsonMatchesHuggingFaceSemantics) {
+  const json cases = read_json(kData / "qwen2-cases.json");
+  ASSERT_EQ(cases["format"], "bhmoe-tokenizer-cases/1");
+  ASSERT_GE(cases["cases"].size(), 70u);
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    EXPECT_EQ(qwen_json().encode(text), ids_of(c["ids"]));
+    EXPECT_EQ(qwen_json().decode(ids_of(c["ids"])), nfc(text));
+  }
+}
+
+// The GGUF path tokenizes as llama.cpp (no NFC normaliser, as llama.cpp), so it gives llama.cpp's
+// ids everywhere, which are the tokenizer.json's except on text not in NFC.
+TEST(Qwen2Bpe, GgufMatchesLlamaCpp) {
+  const json cases = read_json(kData / "qwen2-cases.json");
+  int differ = 0;
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    EXPECT_EQ(qwen_gguf().encode(text), ids_of(c.value("llamacpp_ids", c["ids"])));
+    if (c.contains("llamacpp_ids")) {
+      ++differ;
+      EXPECT_EQ(c["note"], "llama.cpp does not apply the NFC normaliser");
+      EXPECT_NE(nfc(text), text);
+      EXPECT_EQ(qwen_gguf().encode(nfc(text)), ids_of(c["ids"]));
+    } else {
+      EXPECT_EQ(qwen_gguf().decode(ids_of(c["ids"])), text);
+    }
+  }
+  EXPECT_EQ(differ, 2);
+  EXPECT_EQ(qwen_gguf().vocab_size(), qwen_json().vocab_size());
+  for (const char* special : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+    EXPECT_EQ(qwen_gguf().token_to_id(special), qwen_json().token_to_id(special)) << special;
+  }
+}
+
+// Qwen2's regex cuts where GPT-2's does not: single digits, a non-letter before letters, the
+// contractions in any case, newlines.
+TEST(Qwen2Bpe, PreTokeniserPieces) {
+  const Tokenizer& t = qwen_json();
+  EXPECT_EQ(t.encode("2024"), concat({t.encode("2"), t.encode("0"), t.encode("2"), t.encode("4")}));
+  EXPECT_EQ(t.encode("IT'SOMETHING"),
+            concat({t.encode("IT"), t.encode("'S"), t.encode("OMETHING")}));
+  EXPECT_EQ(t.encode("x.name"), concat({t.encode("x"), t.encode(".name")}));
+  EXPECT_EQ(t.encode("end.\n\nNext"),
+            concat({t.encode("end"), t.encode(".\n\n"), t.encode("Next")}));
+  EXPECT_EQ(t.encode("a  \n\n  b"),
+            concat({t.encode("a"), t.encode("  \n\n"), t.encode(" "), t.encode(" b")}));
+}
+
+// The symbol GPT-2's byte-level alphabet gives `byte` (written out here independently).
+std::string byte_symbol(unsigned char byte) {
+  auto printable = [](int b) {
+    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+  };
+  int code_point = byte;
+  if (!printable(byte)) {
+    code_point = 256;
+    for (int b = 0; b < byte; ++b) code_point += printable(b) ? 0 : 1;
+  }
+  std::string out;
+  if (code_point < 0x80) {
+    out.push_back(static_cast<char>(code_point));
+  } else {
+    out.push_back(static_cast<char>(0xC0 | (code_point >> 6)));
+    out.push_back(static_cast<char>(0x80 | (code_point & 0x3F)));
+  }
+  return out;
+}
+
+// \s in a Split regex is Oniguruma's (Unicode White_Space), which excludes U+180E MONGOLIAN VOWEL
+// SEPARATOR: "\u180E\u180E" is one [^\s\p{L}\p{N}]+ piece, and the training text had the pair, so
+// its merged token applies. (PCRE2's own \s would cut the text into "a", "\u180E", "\u180Eb".)
+TEST(Qwen2Bpe, SplitWhitespaceIsOnigurumas) {
+  const Tokenizer& t = qwen_json();
+  std::string both;  // the byte-level symbols of "\u180E\u180E"
+  for (unsigned char b : std::string("\u180E\u180E")) both += byte_symbol(b);
+  const std::optional<int32_t> joined = t.token_to_id(both);
+  ASSERT_TRUE(joined.has_value());
+  EXPECT_EQ(t.encode("a\u180E\u180Eb"), concat({t.encode("a"), {*joined}, t.encode("b")}));
+  EXPECT_EQ(t.decode(t.encode("a\u180E\u180Eb")), "a\u180E\u180Eb");
+}
+
+// ---- Oniguruma regexes run by PCRE2 ------------------------------------------------------------
+
+// A tiny byte-level tokenizer whose Split removes what `regex` matches: the ids show what matched.
+std::unique_ptr<Tokenizer> removing(const TempDir& dir, const std::string& regex) {
+  return load_modified(dir, kTinyTokenizer, [&](json& root) {
+    root["normalizer"] = nullptr;
+    root["pre_tokenizer"] = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Removed"}},
+          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  });
+}
+
+TEST(SplitRegex, OnigurumaSemantics) {
+  TempDir dir;
+  auto text_of = [&](const std::string& regex, const std::string& text) {
+    auto tokenizer = removing(dir, regex);
+    return tokenizer->decode(tokenizer->encode(text));
+  };
+  // \s: White_Space (not U+180E, not U+200B); \S its complement.
+  EXPECT_EQ(text_of(R"(\s)", "a b\u00a0c\u180Ed\u200Be\u3000f\u0085g"), "abc\u180Ed\u200Befg");
+  EXPECT_EQ(text_of(R"(\S+)", "a \u180E\t"), " \t");
+  EXPECT_EQ(text_of(R"([x\s]+)", "x y\u180E"), "y\u180E");
+  // \w: letters, marks, numbers, connector punctuation; \W the rest.
+  EXPECT_EQ(text_of(R"(\w+)", "a\u0301_\u203F\u2163\u00B2-9!"), "-!");
+  EXPECT_EQ(text_of(R"(\W+)", "a\u0301 b-\u2163"), "a\u0301b\u2163");
+  // \h: hexadecimal digits (PCRE2: horizontal space).
+  EXPECT_EQ(text_of(R"(\h+)", "zz09afAF gq"), "zz gq");
+  EXPECT_EQ(text_of(R"(\H+)", "zz09afAF gq"), "09afAF");
+  // ^ and $ are line anchors.
+  EXPECT_EQ(text_of("^a", "a\na\nba"), "\n\nba");
+  EXPECT_EQ(text_of("b$", "b\nab\nb"), "\na\n");
+  // \v: the vertical tab only.
+  EXPECT_EQ(text_of(R"(\v)", "a\x0B\n\x0C\r b"), "a\n\x0C\r b");
+  // (?i:...) folds case by Unicode (ſ is a case variant of s).
+  EXPECT_EQ(text_of("(?i:'s)", "'s 'S '\u017F"), "  ");
+}
+
+TEST(SplitRegex, UntranslatedConstructsAreErrors) {
+  TempDir dir;
+  for (const auto& [regex, problem] : std::vector<std::pair<std::string, std::string>>{
+           {R"(\bx)", "\\b"},
+           {R"(a\Bb)", "\\B"},
+           {R"(\Qa.b\E)", "\\Q"},
+           {R"(\V)", "\\V"},
+           {R"([[:alpha:]]+)", "POSIX brackets"},
+           {R"([a[bc]])", "nested character class"},
+           {R"([a-z&&[^aeiou]])", "intersection"},
+           {R"([\S])", "\\S inside a character class"},
+           {R"((?m:a.b))", "inline option m"},
+           {R"((?s)a)", "inline option s"},
+       }) {
+    SCOPED_TRACE(regex);
+    expect_error([&] { removing(dir, regex); },
+                 {"tokenizer.json: pre_tokenizer.pretokenizers[0].pattern.Regex", problem});
+  }
+  // Options i and x, lookarounds and named groups pass.
+  EXPECT_NO_THROW(removing(dir, R"((?i)a(?=b)(?<name>c)(?x: d ))"));
+}
+
+// ---- Bad input ---------------------------------------------------------------------------------
+
+TEST(TokenizerFamiliesErrors, SentencePieceFilesNameTheField) {
+  TempDir dir;
+  struct Case {
+    std::function<void(json&)> modify;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {[](json& r) { r["model"]["vocab"].erase("<0x41>"); },
+       {"model.byte_fallback", "no \"<0x41>\""}},
+      {[](json& r) { r["model"]["byte_fallback"] = false; },
+       {"model.byte_fallback", "false", "SentencePiece-style"}},
+      {[](json& r) { r["model"].erase("byte_fallback"); }, {"model.byte_fallback"}},
+      {[](json& r) { r["model"]["byte_fallback"] = "yes"; },
+       {"model.byte_fallback", "expected a boolean"}},
+      {[](json& r) {
+         r["normalizer"]["normalizers"].push_back({{"type", "Lowercase"}});
+       },
+       {"normalizer.normalizers[2].type", "\"Lowercase\" is not supported"}},
+      {[](json& r) {
+         r["normalizer"]["normalizers"][1]["pattern"] = {{"Regex", " +"}};
+       },
+       {"normalizer.normalizers[1].pattern", "only {\"String\""}},
+      {[](json& r) { r["normalizer"]["normalizers"][0].erase("prepend"); },
+       {"normalizer.normalizers[0].prepend", "missing"}},
+      {[](json& r) {
+         r["pre_tokenizer"] = {{"type", "Whitespace"}};
+       },
+       {"pre_tokenizer.type", "\"Whitespace\" is not supported in a SentencePiece-style BPE"}},
+      {[](json& r) {
+         r["pre_tokenizer"] = {
+             {"type", "Metaspace"}, {"replacement", kMeta}, {"prepend_scheme", "sometimes"}};
+       },
+       {"pre_tokenizer.prepend_scheme", "\"sometimes\""}},
+      {[](json& r) {
+         r["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "__"}};
+       },
+       {"pre_tokenizer.replacement", "not one character"}},
+      {[](json& r) {
+         r["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", kMeta}, {"split", "no"}};
+       },
+       {"pre_tokenizer.split", "expected a boolean"}},
+      {[](json& r) {
+         r["pre_tokenizer"] = {{"type", "Metaspace"}, {"prepend_scheme", "first"}};
+       },
+       {"pre_tokenizer.replacement", "null is not one character"}},
+      {[](json& r) {
+         r["pre_tokenizer"] = {{"type", "Metaspace"},
+                               {"replacement", kMeta},
+                               {"add_prefix_space", false},
+                               {"prepend_scheme", "first"}};
+       },
+       {"pre_tokenizer.add_prefix_space", "false contradicts prepend_scheme \"first\""}},
+      {[](json& r) { r["decoder"] = nullptr; }, {"decoder", "Sequence of Replace"}},
+      {[](json& r) {
+         r["decoder"]["decoders"][0] = {{"type", "Metaspace"}};
+       },
+       {"decoder.decoders[0].type", "\"Metaspace\" is not supported"}},
+      {[](json& r) { r["decoder"]["decoders"][3]["content"] = "ab"; },
+       {"decoder.decoders[3].content", "not one character"}},
+      {[](json& r) { r["decoder"]["decoders"][3]["start"] = -1; },
+       {"decoder.decoders[3].start", "non-negative"}},
+      {[](json& r) {
+         r["decoder"]["decoders"][0]["pattern"] = {{"Regex", "x"}};
+       },
+       {"decoder.decoders[0].pattern", "only {\"String\""}},
+      {[](json& r) { r["model"]["merges"].push_back("▁zz q"); }, {"model.merges[", "\"▁zz\""}},
+  };
+  const std::string file = (dir.path() / "tokenizer.json").string();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cat("case ", i));
+    std::vector<std::string> parts = cases[i].parts;
+    parts[0] = file + ": " + parts[0];  // the message names the file, then the field
+    expect_error([&] { load_modified(dir, kSpmJson, cases[i].modify); }, parts);
+  }
+}
+
+// A GGUF vocabulary file rewritten with one key replaced (`write` adds the new value, if any).
+std::string gguf_with(const fs::path& source, const std::string& replaced,
+                      const std::function<void(GgufWriter&)>& write) {
+  const GgufFile g = GgufFile::open(source);
+  GgufWriter w;
+  for (const std::string& key : g.keys()) {
+    const GgufValue& v = *g.find(key);
+    if (key == replaced) {
+      write(w);
+      continue;
+    }
+    switch (v.type) {
+      case GgufValueType::String:
+        w.add_string(key, v.text);
+        break;
+      case GgufValueType::Uint32:
+        w.add_uint32(key, static_cast<uint32_t>(v.as_unsigned));
+        break;
+      case GgufValueType::Float32:
+        w.add_float32(key, static_cast<float>(v.as_double));
+        break;
+      case GgufValueType::Bool:
+        w.add_bool(key, v.as_unsigned != 0);
+        break;
+      case GgufValueType::Array:
+        if (v.element_type == GgufValueType::String) {
+          w.add_string_array(key, v.strings);
+        } else if (v.element_type == GgufValueType::Float32) {
+          std::vector<float> reals;
+          for (double x : g.get_real_array(key)) reals.push_back(static_cast<float>(x));
+          w.add_float32_array(key, reals);
+        } else {
+          std::vector<int32_t> ints;
+          for (int64_t x : g.get_int_array(key)) ints.push_back(static_cast<int32_t>(x));
+          w.add_int32_array(key, ints);
+        }
+        break;
+      default:
+        ADD_FAILURE() << "key " << key << " of an unexpected type";
+    }
+  }
+  if (!g.find(replaced)) write(w);
+  return w.bytes();
+}
+
+TEST(TokenizerFamiliesErrors, GgufVocabulariesNameTheKey) {
+  auto error_of = [](const fs::path& source, const std::string& key,
+                     const std::function<void(GgufWriter&)>& write) {
+    const std::string bytes = gguf_with(source, key, write);
+    try {
+      Tokenizer::from_json(gguf_tokenizer_json(GgufFile::parse(bytes, "edited.gguf")),
+                           "edited.gguf");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto nothing = [](GgufWriter&) {};
+  EXPECT_EQ(error_of(kSpmGguf, "tokenizer.ggml.scores", nothing),
+            "edited.gguf: tokenizer.ggml.scores is missing (a \"llama\" vocabulary merges by "
+            "score)");
+  EXPECT_EQ(error_of(kSpmGguf, "tokenizer.ggml.scores",
+                     [](GgufWriter& w) {
+                       w.add_float32_array("tokenizer.ggml.scores", {0, -1});
+                     }),
+            "edited.gguf: tokenizer.ggml.scores has 2 entries for 1200 tokens");
+  EXPECT_EQ(
+      error_of(kSpmGguf, "tokenizer.ggml.scores",
+               [](GgufWriter& w) {
+                 std::vector<float> scores(1200, -1.0f);
+                 scores[700] = std::nanf("");
+                 w.add_float32_array("tokenizer.ggml.scores", scores);
+               }),
+      cat("edited.gguf: tokenizer.ggml.scores[700] (token \"",
+          GgufFile::open(kSpmGguf).get_string_array("tokenizer.ggml.tokens")[700], "\") is NaN"));
+  EXPECT_NE(error_of(kSpmGguf, "tokenizer.ggml.token_type", nothing)
+                .find("edited.gguf: tokenizer.ggml.token_type is missing"),
+            std::string::npos);
+  EXPECT_NE(error_of(kSpmGguf, "tokenizer.ggml.pre",
+                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "qwen2"); })
+                .find("edited.gguf: tokenizer.ggml.pre = \"qwen2\""),
+            std::string::npos);
+  EXPECT_NE(error_of(kSpmGguf, "tokenizer.ggml.model",
+                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.model", "bert"); })
+                .find("edited.gguf: tokenizer.ggml.model = \"bert\""),
+            std::string::npos);
+  EXPECT_NE(error_of(kQwenGguf, "tokenizer.ggml.pre",
+                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "deepseek-llm"); })
+                .find("edited.gguf: tokenizer.ggml.pre = \"deepseek-llm\""),
+            std::string::npos);
+  // A "llama" vocabulary without its byte tokens: the byte fallback cannot work.
+  const std::string no_bytes = error_of(kSpmGguf, "tokenizer.ggml.tokens", [](GgufWriter& w) {
+    std::vector<std::string> tokens =
+        GgufFile::open(kSpmGguf).get_string_array("tokenizer.ggml.tokens");
+    tokens[3 + 0x41] = "<0xG1>";
+    w.add_string_array("tokenizer.ggml.tokens", tokens);
+  });
+  EXPECT_EQ(
+      no_bytes,
+      "edited.gguf: tokenizer.ggml.tokens has no \"<0x41>\" (a \"llama\" vocabulary needs the "
+      "byte tokens <0x00> to <0xFF>)");
+  // add_space_prefix false: no ▁ before the text, and none stripped when decoding.
+  const std::string bytes =
+      gguf_with(kSpmGguf, "tokenizer.ggml.add_space_prefix",
+                [](GgufWriter& w) { w.add_bool("tokenizer.ggml.add_space_prefix", false); });
+  auto bare =
+      Tokenizer::from_json(gguf_tokenizer_json(GgufFile::parse(bytes, "bare.gguf")), "bare.gguf");
+  EXPECT_EQ(bare->encode(" license"), spm_gguf().encode("license"));
+  EXPECT_NE(bare->encode("license"), spm_gguf().encode("license"));
+  EXPECT_EQ(bare->decode(bare->encode(" two  spaces")), " two  spaces");
+}
+
+}  // namespace
+}  // namespace bhmoe::model
