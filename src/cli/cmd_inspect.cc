@@ -168,10 +168,27 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
   std::printf("experts      %d per layer, intermediate %d, native %s", c.num_experts,
               c.intermediate_size, c.native_router_spec().c_str());
   if (c.shared_expert_intermediate_size > 0) {
-    std::printf("; a shared expert (intermediate %d, sigmoid-gated, always computed)",
-                c.shared_expert_intermediate_size);
+    std::printf("; a shared expert (intermediate %d, %s, always computed)",
+                c.shared_expert_intermediate_size,
+                c.shared_expert_gated ? "sigmoid-gated" : "ungated");
   }
+  if (c.routed_scaling_factor != 1.0) std::printf("; routed weights x %g", c.routed_scaling_factor);
   std::printf("\n");
+  if (c.first_k_dense_replace > 0) {
+    std::printf(
+        "dense        the first %d layer(s) a dense MLP (intermediate %d, no router); "
+        "routing layers 0..%d are layers %d..%d\n",
+        c.first_k_dense_replace, c.dense_intermediate_size, c.num_routed_layers() - 1,
+        c.first_k_dense_replace, c.num_layers - 1);
+  }
+  if (c.mla()) {
+    std::printf("latent attn  kv_lora_rank %d, qk_nope %d, qk_rope %d, v_head %d%s\n",
+                c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                c.yarn ? cat(", YaRN factor ", c.yarn->factor, " over ",
+                             c.yarn->original_max_position_embeddings, " positions")
+                             .c_str()
+                       : "");
+  }
   std::printf("vocab        %d, tied embeddings %s, eos %s, pad %s, bos %s\n", c.vocab_size,
               c.tie_word_embeddings ? "yes" : "no",
               c.eos_token_id ? std::to_string(*c.eos_token_id).c_str() : "none",
