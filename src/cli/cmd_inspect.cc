@@ -100,9 +100,11 @@ int inspect_gguf(const std::string& path, bool as_json, bool weights) {
   // What bhmoe makes of it: the family and native routing, or why it would refuse the file.
   try {
     const model::ModelConfig c = model::gguf_model_config(g);
+    const char* attention = c.mla() ? ", latent attention, pairwise RoPE on the rope dims"
+                            : c.rope_interleaved ? ", pairwise RoPE (llama.cpp's permuted q/k rows)"
+                                                 : "";
     std::printf("runs as      %s, native %s%s\n", c.model_type.c_str(),
-                c.native_router_spec().c_str(),
-                c.rope_interleaved ? ", pairwise RoPE (llama.cpp's permuted q/k rows)" : "");
+                c.native_router_spec().c_str(), attention);
   } catch (const Error& e) {
     std::printf("runs as      not runnable: %s\n", e.what());
   }
@@ -165,7 +167,7 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
   std::printf("type         %s, %d layers, hidden %d, %d heads (%d kv, head_dim %d)\n",
               c.model_type.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
               c.head_dim);
-  std::printf("experts      %d per layer, intermediate %d, native %s", c.num_experts,
+  std::printf("experts      %d per MoE layer, intermediate %d, native %s", c.num_experts,
               c.intermediate_size, c.native_router_spec().c_str());
   if (c.shared_expert_intermediate_size > 0) {
     std::printf("; a shared expert (intermediate %d, %s, always computed)",
@@ -207,7 +209,9 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
               static_cast<long long>(p.active), with_units(p.active).c_str(),
               c.num_experts_per_tok);
   std::printf(
-      "             embedding %s, lm_head %s, attention+norms+routers %s, experts %s (%s each)\n",
+      "             embedding %s, lm_head %s, attention+norms+routers+dense MLPs %s, experts %s "
+      "(%s "
+      "each)\n",
       with_units(p.embedding).c_str(), with_units(p.lm_head).c_str(), with_units(p.dense).c_str(),
       with_units(p.experts).c_str(), with_units(p.per_expert).c_str());
   std::string dtype_list;
