@@ -18,9 +18,11 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "kernels/thread_pool.h"
 #include "model/engine.h"
 #include "model/gguf_export.h"
 #include "model/make_model.h"
@@ -215,6 +217,34 @@ TEST(FamilyGoldens, DeepseekDenseLayerIsNotRouted) {
             c.num_routed_layers() - 1);
   EXPECT_EQ(routing::Calibration::load(kData / "deepseek-v2-tiny-calibration.json").num_layers(),
             c.num_routed_layers());
+}
+
+// Latent attention split over threads (q | latent rows, kv_b rows, heads), prefill of a prefix then
+// decode, reaches llama.cpp's logits as the single-threaded prefill does.
+TEST(FamilyGoldens, DeepseekThreadedPrefillThenDecode) {
+  const json goldens = read_json_file(kData / "goldens.json");
+  for (const char* name : {"deepseek-v2-tiny-f32-native", "deepseek-v2-tiny-yarn-f32-native"}) {
+    SCOPED_TRACE(name);
+    const json* k = nullptr;
+    for (const json& c : goldens["cases"])
+      if (c["name"] == name) k = &c;
+    ASSERT_NE(k, nullptr);
+    const NpyArray want = read_npy(kData / (*k)["logits"].get<std::string>());
+    const auto ids = (*k)["ids"].get<std::vector<int32_t>>();
+    auto model = Model::load(family_folder((*k)["model"].get<std::string>()));
+    const size_t V = static_cast<size_t>(model->config().vocab_size);
+    kernels::ThreadPool pool(3);
+    Session session(model, nullptr, &pool, static_cast<int64_t>(ids.size()));
+    const size_t prefix = 5;
+    std::vector<float> logits(prefix * V);
+    session.prefill(std::span<const int32_t>(ids.data(), prefix), logits.data());
+    EXPECT_LE(max_abs_diff(logits.data(), want.data.data(), prefix * V), 1e-4);
+    for (size_t t = prefix; t < ids.size(); ++t) {
+      session.decode(ids[t]);
+      EXPECT_LE(max_abs_diff(session.last_logits(), want.data.data() + t * V, V), 1e-4)
+          << "decode, position " << t;
+    }
+  }
 }
 
 // The deepseek2 GGUF file bhmoe writes reads back as the folder's config (MLA widths, the dense
