@@ -46,19 +46,19 @@ struct ModelConfig {
   std::string model_type = "olmoe";
   Family family = Family::Olmoe;
   int hidden_size = 0;        // D
-  int intermediate_size = 0;  // F, per routed expert (Qwen: moe_intermediate_size)
+  int intermediate_size = 0;  // F, per routed expert (Qwen, DeepSeek: moe_intermediate_size)
   int num_layers = 0;         // num_hidden_layers
   int num_heads = 0;          // num_attention_heads
   int num_kv_heads = 0;       // num_key_value_heads (GQA when fewer than num_heads)
   int head_dim = 0;           // D / num_heads unless declared (Qwen3, Mixtral)
   QkNorm qk_norm = QkNorm::Full;
   bool qkv_bias = false;  // biases on the q, k and v projections (Qwen2-MoE)
-  // The always-computed shared expert of Qwen2-MoE, scaled by sigmoid(shared_expert_gate . h):
-  // its width Fs, 0 when the family has none. Never routed, never counted as a selected expert.
-  // DeepSeek-V2: n_shared_experts * moe_intermediate_size, one dense SwiGLU without a gate.
+  // The always-computed shared expert of Qwen2-MoE, scaled by sigmoid(shared_expert_gate . h),
+  // and DeepSeek-V2's n_shared_experts as one SwiGLU of n_shared_experts * moe_intermediate_size
+  // without a gate: its width Fs, 0 when the family has none. Never routed, never counted as a
+  // selected expert.
   int shared_expert_intermediate_size = 0;
-  bool shared_expert_gated =
-      false;  // the sigmoid gate (Qwen2-MoE); DeepSeek's shared experts have none
+  bool shared_expert_gated = false;  // the sigmoid gate (Qwen2-MoE); DeepSeek's has none
   // RoPE rotates pairs (2i, 2i+1) instead of NeoX's (i, i + hd/2): llama.cpp's "llama" GGUF files
   // (Mixtral) store q/k rows permuted for that (set by the GGUF reader); DeepSeek-V2 always pairs
   // its rope dims that way (HF's apply_rotary_pos_emb de-interleaves them before rotate_half, which
@@ -83,10 +83,11 @@ struct ModelConfig {
   int dense_intermediate_size = 0;
   double routed_scaling_factor = 1.0;  // multiplies the routed experts' weights (not the shared's)
   std::optional<YarnScaling> yarn;     // rope_scaling yarn; nullopt: plain RoPE
-  int num_experts = 0;                 // N
-  int num_experts_per_tok = 0;         // native top-k
-  bool norm_topk_prob = false;         // native renormalisation of the top-k weights
-  int vocab_size = 0;                  // V (embedding rows; may exceed the tokenizer's size)
+
+  int num_experts = 0;          // N
+  int num_experts_per_tok = 0;  // native top-k
+  bool norm_topk_prob = false;  // native renormalisation of the top-k weights
+  int vocab_size = 0;           // V (embedding rows; may exceed the tokenizer's size)
   double rope_theta = 10000.0;
   float rms_norm_eps = 1e-5f;
   std::optional<float> clip_qkv;  // clamp q, k, v to [-c, c] after the q/k norms
