@@ -333,6 +333,9 @@ class PyModel {
     d["model_type"] = c.model_type;
     d["native_router"] = c.native_router_spec();
     d["num_hidden_layers"] = c.num_layers;
+    // The layers with a router: what traces, calibrations and per-layer statistics count
+    // (DeepSeek-V2 leaves out its leading dense layers; every other family routes in every layer).
+    d["num_routed_layers"] = c.num_routed_layers();
     d["num_experts"] = c.num_experts;
     d["num_experts_per_tok"] = c.num_experts_per_tok;
     d["hidden_size"] = c.hidden_size;

@@ -1,8 +1,8 @@
 #!/bin/bash
-# Records the golden logits of the Qwen2-MoE, Qwen3-MoE and Mixtral families
+# Records the golden logits of the Qwen2-MoE, Qwen3-MoE, Mixtral and DeepSeek-V2 families
 # (src/model/testdata/families/), from two references that share no code with bhmoe's engine:
-# - llama.cpp (qwen2moe and llama GGUF files that `bhmoe convert` writes; f32 native and forced
-#   top-k, bf16, q8_0), through tools/llamacpp/reference_logits.cpp;
+# - llama.cpp (qwen2moe, llama and deepseek2 GGUF files that `bhmoe convert` writes; f32 native
+#   and forced top-k, bf16, q8_0), through tools/llamacpp/reference_logits.cpp;
 # - tools/moe_reference.py, a float64 NumPy forward pass written from the Hugging Face modelling
 #   code, on the Hugging Face folders (native, forced top-k, Benjamini-Hochberg with a calibration
 #   of its own router logits) — the only reference for Qwen3-MoE, which the llama.cpp snapshot
@@ -40,16 +40,19 @@ ids="5 77 300 12 999 4 256 31 8 640 2 100"
 ids_json="[$(echo $ids | tr ' ' ',')]"
 # The calibration's ids: 96 fixed pseudo-random ids (not the test ids).
 calib_ids=$("$python" -c 'import random; r = random.Random(11); print(" ".join(str(r.randrange(1024)) for _ in range(96)))')
-declare -A forced=([qwen2-moe-tiny]=2 [qwen3-moe-tiny]=4 [mixtral-tiny]=4)
-declare -A renorm=([qwen2-moe-tiny]=false [qwen3-moe-tiny]=true [mixtral-tiny]=true)
-declare -A llamacpp=([qwen2-moe-tiny]=1 [qwen3-moe-tiny]=0 [mixtral-tiny]=1)
+declare -A forced=([qwen2-moe-tiny]=2 [qwen3-moe-tiny]=4 [mixtral-tiny]=4 [deepseek-v2-tiny]=4
+                   [deepseek-v2-tiny-yarn]=4)
+declare -A renorm=([qwen2-moe-tiny]=false [qwen3-moe-tiny]=true [mixtral-tiny]=true
+                   [deepseek-v2-tiny]=false [deepseek-v2-tiny-yarn]=false)
+declare -A llamacpp=([qwen2-moe-tiny]=1 [qwen3-moe-tiny]=0 [mixtral-tiny]=1 [deepseek-v2-tiny]=1
+                     [deepseek-v2-tiny-yarn]=1)
 bh="bh:alpha=0.2,max_k=6,min_k=1"
 
 entries=()
 add() {  # name model source(hf|gguf type) reference router file-fnv mean_experts
   entries+=("{\"name\": \"$1\", \"model\": \"$2\", \"source\": \"$3\", \"reference\": \"$4\", \"router\": \"$5\", \"fnv1a64\": \"$6\", \"mean_experts\": $7, \"ids\": $ids_json, \"logits\": \"$1.npy\"}")
 }
-for model in qwen2-moe-tiny qwen3-moe-tiny mixtral-tiny; do
+for model in qwen2-moe-tiny qwen3-moe-tiny mixtral-tiny deepseek-v2-tiny deepseek-v2-tiny-yarn; do
   dir="$work/$model"
   "$bhmoe" make-model --preset "$model" --dtype f32 --seed 7 "$dir" > /dev/null
   hf_fnv=$(fnv "$dir/model.safetensors")

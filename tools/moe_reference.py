@@ -21,7 +21,19 @@ Per family (what differs from OLMoE):
              shared_expert(h), top-k renormalised when norm_topk_prob;
   qwen3_moe  q/k RMSNorm per head (weights [head_dim]), head_dim declared (H * head_dim may differ
              from hidden_size), GQA, norm_topk_prob;
-  mixtral    block_sparse_moe.{gate, experts.<e>.w1/w3/w2}, GQA, top-k always renormalised.
+  mixtral    block_sparse_moe.{gate, experts.<e>.w1/w3/w2}, GQA, top-k always renormalised;
+  deepseek_v2 (DeepseekV2ForCausalLM, modeling_deepseek.py; q_lora_rank null only) multi-head latent
+             attention: q = q_proj(h) split per head into q_nope | q_pe; kv_a_proj_with_mqa(h) =
+             latent | k_pe; kv_b_proj(rmsnorm(latent, kv_a_layernorm)) = k_nope | v per head; k_pe
+             shared by the heads; RoPE on q_pe and k_pe only, with the rope dims first de-interleaved
+             (view(d/2, 2).transpose) before rotate_half, and YaRN frequencies
+             (DeepseekV2YarnRotaryEmbedding) when rope_scaling is yarn; softmax scale
+             1/sqrt(qk_nope + qk_rope) times yarn_get_mscale(factor, mscale_all_dim)^2; the first
+             first_k_dense_replace layers a dense SwiGLU MLP (mlp.{gate,up,down}_proj) without a
+             router; later layers routed experts whose weights are multiplied by
+             routed_scaling_factor (greedy top-k, renormalised when norm_topk_prob) plus
+             mlp.shared_experts, an ungated SwiGLU. Routing layer ids (for the calibration) count
+             the MoE layers only, from 0.
 Every family: RMSNorm x / sqrt(mean(x^2) + eps) * w, NeoX RoPE (rotate_half), causal softmax
 attention with scale 1/sqrt(head_dim), router probabilities softmax(logits) over all experts, SwiGLU
 experts down(silu(gate(h)) * up(h)).
@@ -29,6 +41,7 @@ experts down(silu(gate(h)) * up(h)).
 
 import argparse
 import json
+import math
 import os
 import struct
 import sys
@@ -122,8 +135,136 @@ def route(logits, layer, router, calibration):
     return chosen, weights
 
 
+def yarn_get_mscale(scale, mscale):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_find_correction_dim(num_rotations, dim, base, max_position_embeddings):
+    return (dim * math.log(max_position_embeddings / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+
+def yarn_find_correction_range(low_rot, high_rot, dim, base, max_position_embeddings):
+    low = math.floor(yarn_find_correction_dim(low_rot, dim, base, max_position_embeddings))
+    high = math.ceil(yarn_find_correction_dim(high_rot, dim, base, max_position_embeddings))
+    return max(low, 0), min(high, dim - 1)
+
+
+def yarn_linear_ramp_mask(lo, hi, dim):
+    if lo == hi:
+        hi += 0.001
+    return np.clip((np.arange(dim, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def deepseek_rope_tables(cfg, T):
+    """cos, sin [T, d] of DeepseekV2RotaryEmbedding / DeepseekV2YarnRotaryEmbedding (d = qk_rope)."""
+    d = cfg["qk_rope_head_dim"]
+    base = cfg.get("rope_theta", 10000.0)
+    scaling = cfg.get("rope_scaling")
+    t = np.arange(T, dtype=np.float64)
+    freq_extra = 1.0 / (base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    mscale = 1.0
+    if scaling is None:
+        inv_freq = freq_extra
+    else:
+        assert scaling.get("type", scaling.get("rope_type")) == "yarn", scaling
+        factor = scaling["factor"]
+        freq_inter = 1.0 / (factor * base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+        low, high = yarn_find_correction_range(scaling.get("beta_fast", 32), scaling.get("beta_slow", 1), d, base,
+                                               scaling["original_max_position_embeddings"])
+        inv_freq_mask = 1.0 - yarn_linear_ramp_mask(low, high, d // 2)
+        inv_freq = freq_inter * (1 - inv_freq_mask) + freq_extra * inv_freq_mask
+        mscale = (yarn_get_mscale(factor, scaling.get("mscale", 1)) /
+                  yarn_get_mscale(factor, scaling.get("mscale_all_dim", 0)))
+    freqs = np.outer(t, inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb) * mscale, np.sin(emb) * mscale
+
+
+def deepseek_attention(cfg, w, p, h, eps, mask, cos, sin):
+    """DeepseekV2Attention (q_lora_rank null) of the normed input h [T, D]; returns o_proj's output."""
+    T = h.shape[0]
+    H = cfg["num_attention_heads"]
+    nope, rope, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    lora = cfg["kv_lora_rank"]
+    if cfg.get("q_lora_rank") is not None:
+        sys.exit("moe_reference: deepseek_v2 with q_lora_rank is not handled")
+    q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, H, nope + rope)
+    q_nope, q_pe = q[..., :nope], q[..., nope:]
+    compressed = h @ w[p + "self_attn.kv_a_proj_with_mqa.weight"].T
+    latent, k_pe = compressed[:, :lora], compressed[:, lora:].reshape(T, 1, rope)
+    kv = (rmsnorm(latent, w[p + "self_attn.kv_a_layernorm.weight"], eps)
+          @ w[p + "self_attn.kv_b_proj.weight"].T).reshape(T, H, nope + vd)
+    k_nope, v = kv[..., :nope], kv[..., nope:]
+
+    def apply_rope(x):  # x [T, heads, rope]: de-interleave, then q * cos + rotate_half(q) * sin
+        x = x.reshape(T, x.shape[1], rope // 2, 2).transpose(0, 1, 3, 2).reshape(T, x.shape[1], rope)
+        rot = np.concatenate([-x[..., rope // 2:], x[..., :rope // 2]], axis=-1)
+        return x * cos[:, None, :] + rot * sin[:, None, :]
+
+    q_pe, k_pe = apply_rope(q_pe), apply_rope(k_pe)
+    q = np.concatenate([q_nope, q_pe], axis=-1)
+    k = np.concatenate([k_nope, np.repeat(k_pe, H, axis=1)], axis=-1)
+    scale = (nope + rope) ** -0.5
+    scaling = cfg.get("rope_scaling")
+    if scaling is not None and scaling.get("mscale_all_dim", 0):
+        m = yarn_get_mscale(scaling["factor"], scaling["mscale_all_dim"])
+        scale = scale * m * m
+    scores = np.einsum("thd,shd->hts", q, k) * scale + mask
+    attn = np.einsum("hts,shd->thd", softmax(scores), v).reshape(T, H * vd)
+    return attn @ w[p + "self_attn.o_proj.weight"].T
+
+
+def swiglu_mlp(w, prefix, h):
+    g = h @ w[prefix + "gate_proj.weight"].T
+    u = h @ w[prefix + "up_proj.weight"].T
+    return (silu(g) * u) @ w[prefix + "down_proj.weight"].T
+
+
+def forward_deepseek_v2(cfg, w, ids, router, calibration=None, record=None):
+    if cfg.get("topk_method", "greedy") != "greedy" or cfg.get("scoring_func", "softmax") != "softmax":
+        sys.exit("moe_reference: deepseek_v2 routing other than greedy softmax is not handled")
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    T = len(ids)
+    x = w["model.embed_tokens.weight"][ids]
+    cos, sin = deepseek_rope_tables(cfg, T)
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    first_moe = cfg.get("first_k_dense_replace", 0)
+    scale = cfg.get("routed_scaling_factor", 1.0)
+    renorm_native = bool(cfg.get("norm_topk_prob", False))
+    counts = []
+    for layer in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % layer
+        h = rmsnorm(x, w[p + "input_layernorm.weight"], eps)
+        x = x + deepseek_attention(cfg, w, p, h, eps, mask, cos, sin)
+        h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps)
+        if layer < first_moe:
+            x = x + swiglu_mlp(w, p + "mlp.", h)
+            continue
+        routing_layer = layer - first_moe
+        router_logits = h @ w[p + "mlp.gate.weight"].T
+        y = np.zeros_like(x)
+        for t in range(T):
+            chosen, weights = route(router_logits[t], routing_layer, router, calibration)
+            counts.append(len(chosen))
+            # MoEGate: routed_scaling_factor multiplies the weights unless they were renormalised
+            # (bhmoe refuses norm_topk_prob with a factor other than 1, so here it always applies).
+            assert not (renorm_native and scale != 1.0)
+            for e, we in zip(chosen, weights):
+                y[t] += we * scale * swiglu_mlp(w, p + "mlp.experts.%d." % e, h[t:t + 1])[0]
+        if cfg.get("n_shared_experts"):
+            y = y + swiglu_mlp(w, p + "mlp.shared_experts.", h)
+        if record is not None:
+            record.append(router_logits)
+        x = x + y
+    x = rmsnorm(x, w["model.norm.weight"], eps)
+    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
+    return x @ head.T, float(np.mean(counts))
+
+
 def forward(cfg, w, ids, router, calibration=None, record=None):
     family = cfg["model_type"]
+    if family == "deepseek_v2":
+        return forward_deepseek_v2(cfg, w, ids, router, calibration, record)
     D = cfg["hidden_size"]
     H = cfg["num_attention_heads"]
     Hkv = cfg.get("num_key_value_heads") or H

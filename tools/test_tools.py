@@ -8,7 +8,9 @@ training is deterministic and round-trips text; the safetensors writer/reader ro
 export.py's BH router reproduces the shared routing cases (SPEC.md section 2) exactly; the ECDF grid
 is a valid bh-calibration-grid/1 layer that equals the empirical CDF at the samples; the torch
 module's state_dict names are the hub's; make_corpus.py's splitting, per-source cleaning, readers
-(R serialization, SWORD zText) and manifest checks, on small inline samples (no packages needed).
+(R serialization, SWORD zText) and manifest checks, on small inline samples (no packages needed);
+moe_reference.py's DeepSeek-V2 RoPE pairing, YaRN frequencies and a one-token forward pass against
+values worked out by hand.
 """
 
 import collections
@@ -30,6 +32,7 @@ sys.path.insert(0, HERE)
 import bhmoe_tok  # noqa: E402
 import export  # noqa: E402
 import make_corpus  # noqa: E402
+import moe_reference  # noqa: E402
 import olmoe_torch  # noqa: E402
 import train_moe  # noqa: E402
 import train_tokenizer  # noqa: E402
@@ -452,6 +455,105 @@ class CorpusTest(unittest.TestCase):
         self.assertEqual(make_corpus.compare_manifests(old, new),
                          ["package dict-gcide: manifest 1, installed 2", "source p:a changed",
                           "train.jsonl: rebuilt output differs from the manifest"])
+
+
+class DeepseekReferenceTest(unittest.TestCase):
+    """moe_reference.py's deepseek_v2 pieces on cases that can be worked out by hand."""
+
+    def test_rope_is_pairwise_rotation_of_interleaved_dims(self):
+        # HF de-interleaves the rope dims and applies rotate_half: the scores equal those of rotating
+        # pairs (2i, 2i + 1) by position * theta^(-2i/d), which llama.cpp's "normal" RoPE does.
+        d, T = 8, 6
+        cos, sin = moe_reference.deepseek_rope_tables({"qk_rope_head_dim": d, "rope_theta": 1e4}, T)
+
+        def hf(x):
+            x = x.reshape(T, d // 2, 2).transpose(0, 2, 1).reshape(T, d)
+            return x * cos + np.concatenate([-x[:, d // 2:], x[:, :d // 2]], -1) * sin
+
+        def pairwise(x):
+            out = x.copy()
+            for t in range(T):
+                for i in range(d // 2):
+                    a = t * 1e4 ** (-2 * i / d)
+                    out[t, 2 * i] = x[t, 2 * i] * math.cos(a) - x[t, 2 * i + 1] * math.sin(a)
+                    out[t, 2 * i + 1] = x[t, 2 * i + 1] * math.cos(a) + x[t, 2 * i] * math.sin(a)
+            return out
+
+        rng = np.random.default_rng(0)
+        q, k = rng.normal(size=(T, d)), rng.normal(size=(T, d))
+        np.testing.assert_allclose(hf(q) @ hf(k).T, pairwise(q) @ pairwise(k).T, atol=1e-12)
+
+    def test_yarn_frequencies_by_hand(self):
+        # d 8, theta 1e4, 4096 original positions: the correction dims of 32 and 1 rotations are
+        # 8 ln(4096 / 64 pi) / (2 ln 1e4) = 1.31 -> 1 and 8 ln(4096 / 2 pi) / (2 ln 1e4) = 2.81 -> 3,
+        # so pairs 0 and 1 keep theta^(-2i/d), pair 3 divides it by the factor, pair 2 is halfway.
+        yarn = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32,
+                "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
+        self.assertEqual(moe_reference.yarn_find_correction_range(32, 1, 8, 1e4, 4096), (1, 3))
+        cos, sin = moe_reference.deepseek_rope_tables(
+            {"qk_rope_head_dim": 8, "rope_theta": 1e4, "rope_scaling": yarn}, 2)
+        base = 1e4 ** (-np.arange(0, 8, 2) / 8)
+        want = [base[0], base[1], 0.5 * base[2] + 0.5 * base[2] / 40, base[3] / 40]
+        np.testing.assert_allclose(np.arctan2(sin[1, :4], cos[1, :4]), want, rtol=1e-12)
+        np.testing.assert_allclose(cos ** 2 + sin ** 2, 1.0)  # mscale == mscale_all_dim: unscaled
+        self.assertAlmostEqual(moe_reference.yarn_get_mscale(40, 0.707), 1 + 0.0707 * math.log(40))
+
+    def test_one_token_forward_by_hand(self):
+        # One token at position 0: RoPE is the identity and attention returns the head's value, so
+        # the logits follow from v = kv_b(rmsnorm(latent))'s value rows alone; the MoE layer with
+        # top-k = N adds routed_scaling_factor * sum softmax_e * expert_e(h) plus the shared experts.
+        rng = np.random.default_rng(1)
+        D, H, nope, rope, vd, lora, F, N, V = 16, 2, 4, 4, 6, 8, 5, 3, 11
+        cfg = {"model_type": "deepseek_v2", "hidden_size": D, "num_attention_heads": H, "num_hidden_layers": 2,
+               "qk_nope_head_dim": nope, "qk_rope_head_dim": rope, "v_head_dim": vd, "kv_lora_rank": lora,
+               "q_lora_rank": None, "first_k_dense_replace": 1, "n_routed_experts": N, "num_experts_per_tok": N,
+               "n_shared_experts": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": False,
+               "rms_norm_eps": 1e-6, "rope_theta": 1e4, "rope_scaling": None}
+        shapes = {"model.embed_tokens.weight": (V, D), "lm_head.weight": (V, D), "model.norm.weight": (D,)}
+        for layer in range(2):
+            p = "model.layers.%d." % layer
+            shapes.update({p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+                           p + "self_attn.q_proj.weight": (H * (nope + rope), D),
+                           p + "self_attn.kv_a_proj_with_mqa.weight": (lora + rope, D),
+                           p + "self_attn.kv_a_layernorm.weight": (lora,),
+                           p + "self_attn.kv_b_proj.weight": (H * (nope + vd), lora),
+                           p + "self_attn.o_proj.weight": (D, H * vd)})
+            mlps = ["mlp."] if layer == 0 else ["mlp.shared_experts."] + ["mlp.experts.%d." % e for e in range(N)]
+            for m in mlps:
+                shapes.update({p + m + "gate_proj.weight": (F, D), p + m + "up_proj.weight": (F, D),
+                               p + m + "down_proj.weight": (D, F)})
+            if layer == 1:
+                shapes[p + "mlp.gate.weight"] = (N, D)
+        w = {name: rng.normal(size=shape) for name, shape in shapes.items()}
+
+        def rms(x, g):
+            return x / np.sqrt(np.mean(x * x) + 1e-6) * g
+
+        def mlp(prefix, h):
+            g, u = w[prefix + "gate_proj.weight"] @ h, w[prefix + "up_proj.weight"] @ h
+            return w[prefix + "down_proj.weight"] @ (g / (1 + np.exp(-g)) * u)
+
+        x = w["model.embed_tokens.weight"][3]
+        for layer in range(2):
+            p = "model.layers.%d." % layer
+            h = rms(x, w[p + "input_layernorm.weight"])
+            latent = (w[p + "self_attn.kv_a_proj_with_mqa.weight"] @ h)[:lora]
+            kv = (w[p + "self_attn.kv_b_proj.weight"] @ rms(latent, w[p + "self_attn.kv_a_layernorm.weight"]))
+            v = np.concatenate([kv[head * (nope + vd) + nope:(head + 1) * (nope + vd)] for head in range(H)])
+            x = x + w[p + "self_attn.o_proj.weight"] @ v
+            h = rms(x, w[p + "post_attention_layernorm.weight"])
+            if layer == 0:
+                x = x + mlp(p + "mlp.", h)
+                continue
+            probs = np.exp(w[p + "mlp.gate.weight"] @ h)
+            probs /= probs.sum()
+            x = x + 2.5 * sum(probs[e] * mlp(p + "mlp.experts.%d." % e, h) for e in range(N)) + \
+                mlp(p + "mlp.shared_experts.", h)
+        want = w["lm_head.weight"] @ rms(x, w["model.norm.weight"])
+        router = moe_reference.parse_router("native", N, False)
+        got, mean_experts = moe_reference.forward(cfg, w, [3], router)
+        np.testing.assert_allclose(got[0], want, rtol=1e-10, atol=1e-10)
+        self.assertEqual(mean_experts, N)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,20 @@ def test_run_from_python_writes_results_pandas_reads():
             bhmoe.run(BUNDLED, "seed", out, shard="3/2")
         pandas = pytest.importorskip("pandas")
         assert len(pandas.DataFrame(bhmoe.load_results(out))) == 4
+
+
+@needs_binary
+def test_deepseek_traces_count_routed_layers_only():
+    # DeepSeek-V2's first layer is a dense MLP without a router: traces and per-layer statistics hold
+    # the 26 layers with one (routing layers 0..25 = decoder layers 1..26).
+    with tempfile.TemporaryDirectory() as d:
+        folder = os.path.join(d, "ds")
+        subprocess.run([BINARY, "make-model", "--preset", "deepseek-v2-tiny", "--dtype", "f32", "--seed", "7",
+                        folder], check=True, capture_output=True)
+        model = bhmoe.Model(folder, threads=1)
+        c = model.config
+        assert (c["model_type"], c["num_hidden_layers"], c["num_routed_layers"]) == ("deepseek_v2", 27, 26)
+        t = model.trace(IDS, router="topk:k=3", router_logits=True)
+        assert t["counts"].shape == (len(IDS), 26) and (t["counts"] == 3).all()
+        assert t["router_logits"].shape == (len(IDS), 26, 8)
+        model.close()

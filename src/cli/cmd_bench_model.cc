@@ -48,17 +48,24 @@ double matrix_bytes(const kernels::Matrix& m) {
   return bytes;
 }
 
+// Every tensor of a layer but the routed experts (empty views, which a family or layer lacks, count
+// 0 bytes).
+std::vector<const kernels::Matrix*> dense_tensors(const model::LayerWeights& l) {
+  return {&l.input_norm,       &l.q_proj,         &l.k_proj,           &l.v_proj,      &l.q_bias,
+          &l.k_bias,           &l.v_bias,         &l.kv_a_proj,        &l.kv_a_norm,   &l.kv_b_proj,
+          &l.o_proj,           &l.q_norm,         &l.k_norm,           &l.post_norm,   &l.router,
+          &l.shared_gate_proj, &l.shared_up_proj, &l.shared_down_proj, &l.shared_gate, &l.mlp_gate,
+          &l.mlp_up,           &l.mlp_down};
+}
+
 // Weight bytes read per decoded token when every layer runs `k` experts: attention, router,
 // norms, the embedding row, lm_head, and k experts per layer.
 double active_bytes_per_token(const model::Weights& w, double k) {
   double bytes = matrix_bytes(w.lm_head) + matrix_bytes(w.final_norm);
   bytes += static_cast<double>(kernels::row_bytes(w.embed.dtype, w.embed.cols));
   for (const auto& layer : w.layers) {
-    for (const auto* m :
-         {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
-          &layer.q_norm, &layer.k_norm, &layer.post_norm, &layer.router}) {
-      bytes += matrix_bytes(*m);
-    }
+    for (const auto* m : dense_tensors(layer)) bytes += matrix_bytes(*m);
+    if (layer.experts.empty()) continue;  // a dense layer (DeepSeek-V2's leading ones)
     const auto& e = layer.experts[0];
     bytes += k * (matrix_bytes(e.gate) + matrix_bytes(e.up) + matrix_bytes(e.down));
   }
@@ -69,11 +76,7 @@ double total_weight_bytes(const model::Weights& w) {
   double bytes = matrix_bytes(w.embed) + matrix_bytes(w.lm_head) + matrix_bytes(w.final_norm);
   if (w.lm_head.data == w.embed.data) bytes -= matrix_bytes(w.lm_head);
   for (const auto& layer : w.layers) {
-    for (const auto* m :
-         {&layer.input_norm, &layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj,
-          &layer.q_norm, &layer.k_norm, &layer.post_norm, &layer.router}) {
-      bytes += matrix_bytes(*m);
-    }
+    for (const auto* m : dense_tensors(layer)) bytes += matrix_bytes(*m);
     for (const auto& e : layer.experts)
       bytes += matrix_bytes(e.gate) + matrix_bytes(e.up) + matrix_bytes(e.down);
   }

@@ -100,9 +100,11 @@ int inspect_gguf(const std::string& path, bool as_json, bool weights) {
   // What bhmoe makes of it: the family and native routing, or why it would refuse the file.
   try {
     const model::ModelConfig c = model::gguf_model_config(g);
+    const char* attention = c.mla() ? ", latent attention, pairwise RoPE on the rope dims"
+                            : c.rope_interleaved ? ", pairwise RoPE (llama.cpp's permuted q/k rows)"
+                                                 : "";
     std::printf("runs as      %s, native %s%s\n", c.model_type.c_str(),
-                c.native_router_spec().c_str(),
-                c.rope_interleaved ? ", pairwise RoPE (llama.cpp's permuted q/k rows)" : "");
+                c.native_router_spec().c_str(), attention);
   } catch (const Error& e) {
     std::printf("runs as      not runnable: %s\n", e.what());
   }
@@ -165,13 +167,30 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
   std::printf("type         %s, %d layers, hidden %d, %d heads (%d kv, head_dim %d)\n",
               c.model_type.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
               c.head_dim);
-  std::printf("experts      %d per layer, intermediate %d, native %s", c.num_experts,
+  std::printf("experts      %d per MoE layer, intermediate %d, native %s", c.num_experts,
               c.intermediate_size, c.native_router_spec().c_str());
   if (c.shared_expert_intermediate_size > 0) {
-    std::printf("; a shared expert (intermediate %d, sigmoid-gated, always computed)",
-                c.shared_expert_intermediate_size);
+    std::printf("; a shared expert (intermediate %d, %s, always computed)",
+                c.shared_expert_intermediate_size,
+                c.shared_expert_gated ? "sigmoid-gated" : "ungated");
   }
+  if (c.routed_scaling_factor != 1.0) std::printf("; routed weights x %g", c.routed_scaling_factor);
   std::printf("\n");
+  if (c.first_k_dense_replace > 0) {
+    std::printf(
+        "dense        the first %d layer(s) a dense MLP (intermediate %d, no router); "
+        "routing layers 0..%d are layers %d..%d\n",
+        c.first_k_dense_replace, c.dense_intermediate_size, c.num_routed_layers() - 1,
+        c.first_k_dense_replace, c.num_layers - 1);
+  }
+  if (c.mla()) {
+    std::printf("latent attn  kv_lora_rank %d, qk_nope %d, qk_rope %d, v_head %d%s\n",
+                c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                c.yarn ? cat(", YaRN factor ", c.yarn->factor, " over ",
+                             c.yarn->original_max_position_embeddings, " positions")
+                             .c_str()
+                       : "");
+  }
   std::printf("vocab        %d, tied embeddings %s, eos %s, pad %s, bos %s\n", c.vocab_size,
               c.tie_word_embeddings ? "yes" : "no",
               c.eos_token_id ? std::to_string(*c.eos_token_id).c_str() : "none",
@@ -190,7 +209,9 @@ int inspect(const std::string& dir, bool as_json, bool weights) {
               static_cast<long long>(p.active), with_units(p.active).c_str(),
               c.num_experts_per_tok);
   std::printf(
-      "             embedding %s, lm_head %s, attention+norms+routers %s, experts %s (%s each)\n",
+      "             embedding %s, lm_head %s, attention+norms+routers+dense MLPs %s, experts %s "
+      "(%s "
+      "each)\n",
       with_units(p.embedding).c_str(), with_units(p.lm_head).c_str(), with_units(p.dense).c_str(),
       with_units(p.experts).c_str(), with_units(p.per_expert).c_str());
   std::string dtype_list;

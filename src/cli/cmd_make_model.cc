@@ -36,10 +36,12 @@ cli::CommandRegistration make_model_command{
       app.add_option("--preset", args->preset,
                      "Shape: tiny (OLMoE, D 64, 2 layers, 8 experts), tiny256 (the same with D and "
                      "F 256), olmoe-1b-7b (6.92 B params); qwen2-moe-tiny, qwen1.5-moe-a2.7b, "
-                     "qwen3-moe-tiny, qwen3-30b-a3b, mixtral-tiny, mixtral-8x7b")
+                     "qwen3-moe-tiny, qwen3-30b-a3b, mixtral-tiny, mixtral-8x7b, "
+                     "deepseek-v2-tiny, deepseek-v2-tiny-yarn, deepseek-v2-lite")
           ->check(CLI::IsMember({"tiny", "tiny256", "olmoe-1b-7b", "qwen2-moe-tiny",
                                  "qwen1.5-moe-a2.7b", "qwen3-moe-tiny", "qwen3-30b-a3b",
-                                 "mixtral-tiny", "mixtral-8x7b"}));
+                                 "mixtral-tiny", "mixtral-8x7b", "deepseek-v2-tiny",
+                                 "deepseek-v2-tiny-yarn", "deepseek-v2-lite"}));
       app.add_option("--layers", args->layers, "Override the preset's number of layers")
           ->check(CLI::PositiveNumber);
       app.add_option("--dtype", args->dtype, "Weight dtype: bf16 (default), f16 or f32")

@@ -331,7 +331,8 @@ TEST_F(ExperimentsCli, SeedExperimentMeasuresEveryConfigForReal) {
 
 // Every family runs the experiment suite, the calibration and the trace unchanged: BH with a
 // calibration fitted on the model itself, top-p and top-k, generation and scoring, on the tiny
-// Qwen2-MoE (shared expert), Qwen3-MoE and Mixtral shapes, from their folders and their GGUF files.
+// Qwen2-MoE (shared expert), Qwen3-MoE, Mixtral and DeepSeek-V2 (latent attention, YaRN, a dense
+// first layer without a router) shapes, from their folders and their GGUF files.
 TEST_F(ExperimentsCli, EveryFamilyRunsTheSuiteTraceAndCalibration) {
   json e = {{"name", "families"},
             {"routers",
@@ -346,7 +347,8 @@ TEST_F(ExperimentsCli, EveryFamilyRunsTheSuiteTraceAndCalibration) {
             {"calibration", {{"text", "calibration.txt"}}}};
   spit(root_ / "held.txt", kCalibrationText);
   spit(root_ / "families.json", e.dump(2));
-  for (const char* preset : {"qwen2-moe-tiny", "qwen3-moe-tiny", "mixtral-tiny"}) {
+  for (const char* preset :
+       {"qwen2-moe-tiny", "qwen3-moe-tiny", "mixtral-tiny", "deepseek-v2-tiny-yarn"}) {
     SCOPED_TRACE(preset);
     const fs::path dir = root_ / preset;
     const fs::path io = scratch(std::string(preset) + "_io");
@@ -361,7 +363,8 @@ TEST_F(ExperimentsCli, EveryFamilyRunsTheSuiteTraceAndCalibration) {
         0);
     const std::string family = std::string(preset) == "mixtral-tiny"     ? "mixtral"
                                : std::string(preset) == "qwen2-moe-tiny" ? "qwen2_moe"
-                                                                         : "qwen3_moe";
+                               : std::string(preset) == "qwen3-moe-tiny" ? "qwen3_moe"
+                                                                         : "deepseek_v2";
     const Result inspected = run_bhmoe("inspect --model " + gguf.string(), io);
     ASSERT_EQ(inspected.status, 0) << inspected.err;
     EXPECT_NE(inspected.out.find("runs as      " + family + ", native topk:k="), std::string::npos)

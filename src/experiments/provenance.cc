@@ -66,10 +66,9 @@ std::string lower(std::string text) {
   return text;
 }
 
+// Every family's count (OLMoE's formula alone missed shared experts, MLA and dense layers).
 int64_t parameter_count(const model::ModelConfig& c) {
-  int64_t D = c.hidden_size, F = c.intermediate_size, N = c.num_experts, V = c.vocab_size;
-  int64_t per_layer = 4 * D * D + 4 * D + N * D + N * 3 * D * F;
-  return V * D * (c.tie_word_embeddings ? 1 : 2) + c.num_layers * per_layer + D;
+  return model::count_parameters(c).total;
 }
 
 std::string params_text(int64_t n) {
@@ -103,8 +102,7 @@ ModelCard read_model_card(const std::string& readme, int64_t params) {
   const std::string para_lower = lower(para);
   card.synthetic = para_lower.find("synthetic") != std::string::npos ||
                    para_lower.find("random") != std::string::npos;
-  card.provenance =
-      "Model card: \"" + para.substr(0, 400) + (para.size() > 400 ? "…" : "") + "\"";
+  card.provenance = "Model card: \"" + para.substr(0, 400) + (para.size() > 400 ? "…" : "") + "\"";
   return card;
 }
 
@@ -133,8 +131,8 @@ json model_identity(const model::Model& m) {
   if (single_file) {
     card.provenance = "A GGUF file (no model card).";
   } else {
-    card = read_model_card(fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "",
-                           params);
+    card =
+        read_model_card(fs::exists(dir / "README.md") ? read_file(dir / "README.md") : "", params);
   }
   return {{"name", dir.filename().string()},
           {"dir", fs::absolute(dir).lexically_normal().string()},

@@ -78,7 +78,8 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
     require_directory(dir);
   } catch (const Error& e) {
     // Say what a model path is, so a typo and a wrong kind of path are told apart.
-    fail(e.what(), " (a model is a Hugging Face checkpoint folder: config.json, model.safetensors "
+    fail(e.what(),
+         " (a model is a Hugging Face checkpoint folder: config.json, model.safetensors "
          "or its shards, tokenizer.json; or a GGUF file)");
   }
   fs::path config_path = dir / "config.json";
@@ -100,16 +101,16 @@ CheckpointImpl::CheckpointImpl(const fs::path& dir) : dir_(dir) {
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = weights_.layers[l];
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
-      if (!hf::needed(t.needs, c)) continue;
+      if (!hf::needed(t.needs, c, l)) continue;
       const std::string name = hf::layer_tensor_name(l, t, c);
       lw.*t.field = t.vector ? vector(name, hf::size(t.rows, c))
                              : matrix(name, hf::size(t.rows, c), hf::size(t.cols, c));
     }
-    load_experts(l, lw, &fused_layers);
+    if (hf::is_moe_layer(c, l)) load_experts(l, lw, &fused_layers);
   }
-  layout_ = fused_layers == 0              ? ExpertLayout::PerExpert
-            : fused_layers == c.num_layers ? ExpertLayout::Fused
-                                           : ExpertLayout::Mixed;
+  layout_ = fused_layers == 0                       ? ExpertLayout::PerExpert
+            : fused_layers == c.num_routed_layers() ? ExpertLayout::Fused
+                                                    : ExpertLayout::Mixed;
   weights_.final_norm = vector(std::string(hf::kFinalNorm), d);
   if (c.tie_word_embeddings) {
     weights_.lm_head = weights_.embed;

@@ -156,7 +156,103 @@ class Reader {
   const std::string& source_;
 };
 
+// DeepSeek-V2's own keys (the shared ones are read by parse_config): MLA widths, leading dense
+// layers, shared experts, routing switches and YaRN. Everything it does not implement is refused
+// naming the key: q_lora_rank (DeepSeek-V2 full), topk_method other than "greedy"
+// (group_limited_greedy, noaux_tc: V2 full and V3), scoring_func other than "softmax".
+void parse_deepseek_v2(const Reader& r, const std::string& source, ModelConfig& c) {
+  if (const json* q_lora = r.find("q_lora_rank"); q_lora && !q_lora->is_null()) {
+    r.bad("q_lora_rank",
+          cat("is ", show(*q_lora),
+              "; only null (q_proj, as DeepSeek-V2-Lite) is supported, not the low-rank query "
+              "(q_a_proj, q_a_layernorm, q_b_proj)"));
+  }
+  c.kv_lora_rank = r.positive_int("kv_lora_rank");
+  c.qk_nope_head_dim = r.positive_int("qk_nope_head_dim");
+  c.qk_rope_head_dim = r.positive_int("qk_rope_head_dim");
+  c.v_head_dim = r.positive_int("v_head_dim");
+  c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  if (c.qk_rope_head_dim % 2 != 0)
+    r.bad("qk_rope_head_dim", cat("is ", c.qk_rope_head_dim, "; it must be even for RoPE"));
+  // MLA gives every head its own key and value: key/value heads are the heads.
+  if (const json* kv = r.find("num_key_value_heads"); kv && !kv->is_null()) {
+    if (r.integer(*kv, "num_key_value_heads") != c.num_heads)
+      r.bad("num_key_value_heads",
+            cat("is ", show(*kv), "; DeepSeek-V2's latent attention has one key/value per head (",
+                c.num_heads, ")"));
+  }
+  c.num_kv_heads = c.num_heads;
+  c.dense_intermediate_size = r.positive_int("intermediate_size");
+  c.first_k_dense_replace = 0;
+  if (const json* k = r.find("first_k_dense_replace"); k && !k->is_null()) {
+    const int64_t n = r.integer(*k, "first_k_dense_replace");
+    if (n < 0 || n >= c.num_layers)
+      r.bad("first_k_dense_replace", cat("is ", n, "; it must be in [0, num_hidden_layers ",
+                                         c.num_layers, ") so that at least one layer has experts"));
+    c.first_k_dense_replace = static_cast<int>(n);
+  }
+  if (const json* step = r.find("moe_layer_freq"); step && !step->is_null()) {
+    if (r.integer(*step, "moe_layer_freq") != 1)
+      r.bad("moe_layer_freq", cat("is ", show(*step),
+                                  "; only 1 (every layer after "
+                                  "first_k_dense_replace has experts) is supported"));
+  }
+  if (const json* shared = r.find("n_shared_experts"); shared && !shared->is_null()) {
+    const int64_t n = r.integer(*shared, "n_shared_experts");
+    if (n < 0 || n > 1024) r.bad("n_shared_experts", cat("must be in [0, 1024], got ", n));
+    c.shared_expert_intermediate_size = static_cast<int>(n * c.intermediate_size);
+  }
+  c.shared_expert_gated = false;
+  c.routed_scaling_factor = r.positive_number("routed_scaling_factor", 1.0);
+  if (std::string method = r.string("topk_method", "greedy"); method != "greedy") {
+    r.bad("topk_method", cat("is \"", method,
+                             "\"; only \"greedy\" (DeepSeek-V2-Lite) is supported, not the "
+                             "group-limited routing of DeepSeek-V2 and V3"));
+  }
+  if (std::string scoring = r.string("scoring_func", "softmax"); scoring != "softmax")
+    r.bad("scoring_func", cat("is \"", scoring, "\"; only \"softmax\" is supported"));
+  // DeepSeek's modelling code multiplies by routed_scaling_factor only when it does not
+  // renormalise, llama.cpp's deepseek2 graph always: refused where the two disagree.
+  if (r.boolean("norm_topk_prob", false) && c.routed_scaling_factor != 1.0) {
+    r.bad("routed_scaling_factor",
+          cat("is ", c.routed_scaling_factor,
+              " with norm_topk_prob true; the reference implementations disagree on whether it "
+              "applies to renormalised weights, so only 1 is supported with norm_topk_prob"));
+  }
+  c.rope_interleaved = true;
+  if (const json* scaling = r.find("rope_scaling"); scaling && !scaling->is_null()) {
+    if (!scaling->is_object())
+      r.bad("rope_scaling", cat("must be an object or null, got ", show(*scaling)));
+    const Reader y(*scaling, source);
+    std::string type = y.string("type", y.string("rope_type", ""));
+    if (type != "yarn")
+      r.bad("rope_scaling",
+            cat("is ", show(*scaling), "; only null or type \"yarn\" is supported"));
+    YarnScaling yarn;
+    auto field = [&](const char* key, double fallback) {
+      const json* value = y.find(key);
+      if (!value || value->is_null()) return fallback;
+      if (!value->is_number() || !std::isfinite(value->get<double>()) || value->get<double>() < 0)
+        r.bad("rope_scaling", cat("key '", key, "' must be a number >= 0, got ", show(*value)));
+      return value->get<double>();
+    };
+    yarn.factor = field("factor", 0);
+    if (!(yarn.factor >= 1.0))
+      r.bad("rope_scaling", cat("key 'factor' must be at least 1 for yarn, got ", yarn.factor));
+    yarn.original_max_position_embeddings = y.positive_int("original_max_position_embeddings");
+    yarn.beta_fast = field("beta_fast", 32.0);
+    yarn.beta_slow = field("beta_slow", 1.0);
+    yarn.mscale = field("mscale", 1.0);
+    yarn.mscale_all_dim = field("mscale_all_dim", 0.0);
+    c.yarn = yarn;
+  }
+}
+
 }  // namespace
+
+double yarn_mscale(double factor, double m) {
+  return factor <= 1.0 ? 1.0 : 0.1 * m * std::log(factor) + 1.0;
+}
 
 std::string ModelConfig::native_router_spec() const {
   return cat("topk:k=", num_experts_per_tok, ",renorm=", norm_topk_prob ? "true" : "false");
@@ -172,6 +268,8 @@ const char* model_type_name(Family family) {
       return "qwen3_moe";
     case Family::Mixtral:
       return "mixtral";
+    case Family::DeepseekV2:
+      return "deepseek_v2";
   }
   return "?";
 }
@@ -181,20 +279,25 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
   Reader r(root, source);
   ModelConfig c;
 
-  constexpr const char* kSupported = "\"olmoe\", \"qwen2_moe\", \"qwen3_moe\" or \"mixtral\"";
+  constexpr const char* kSupported =
+      "\"olmoe\", \"qwen2_moe\", \"qwen3_moe\", \"mixtral\" or \"deepseek_v2\"";
   const json* model_type = r.find("model_type");
   if (!model_type) r.bad("model_type", cat("is missing (expected ", kSupported, ")"));
   c.model_type = r.string("model_type", "");
   bool known = false;
-  for (Family f : {Family::Olmoe, Family::Qwen2Moe, Family::Qwen3Moe, Family::Mixtral}) {
+  for (Family f :
+       {Family::Olmoe, Family::Qwen2Moe, Family::Qwen3Moe, Family::Mixtral, Family::DeepseekV2}) {
     if (c.model_type == model_type_name(f)) c.family = f, known = true;
   }
   if (!known) r.bad("model_type", cat("is \"", c.model_type, "\"; bhmoe runs ", kSupported));
   const bool qwen = c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe;
+  const bool deepseek = c.family == Family::DeepseekV2;
 
   // The keys that name the same thing differently per family: the routed experts' width and count.
-  const char* expert_width_key = qwen ? "moe_intermediate_size" : "intermediate_size";
-  const char* experts_key = c.family == Family::Mixtral ? "num_local_experts" : "num_experts";
+  const char* expert_width_key = qwen || deepseek ? "moe_intermediate_size" : "intermediate_size";
+  const char* experts_key = c.family == Family::Mixtral ? "num_local_experts"
+                            : deepseek                  ? "n_routed_experts"
+                                                        : "num_experts";
   c.hidden_size = r.positive_int("hidden_size");
   c.intermediate_size = r.positive_int(expert_width_key);
   c.num_layers = r.positive_int("num_hidden_layers", kMaxLayers);
@@ -221,14 +324,18 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
   c.qkv_bias = c.family == Family::Qwen2Moe;
   if (c.family == Family::Qwen2Moe) {
     c.shared_expert_intermediate_size = r.positive_int("shared_expert_intermediate_size");
+    c.shared_expert_gated = true;
   }
 
   if (c.hidden_size % c.num_heads != 0 && c.family == Family::Olmoe) {
     fail(source, ": hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ",
          c.num_heads);
   }
-  c.head_dim = c.hidden_size / c.num_heads;
-  if (const json* head_dim = r.find("head_dim"); head_dim && !head_dim->is_null()) {
+  const json* head_dim = r.find("head_dim");
+  if (deepseek) {
+    // The query/key head is qk_nope_head_dim + qk_rope_head_dim wide; a head_dim key is not read.
+    parse_deepseek_v2(r, source, c);
+  } else if (c.head_dim = c.hidden_size / c.num_heads; head_dim && !head_dim->is_null()) {
     // OLMoE's attention is hidden_size / heads wide whatever head_dim says; Qwen3 and Mixtral use
     // the declared width (Qwen3-30B-A3B: 32 heads of 128 on a hidden size of 2048).
     if (c.family == Family::Olmoe || c.family == Family::Qwen2Moe) {
@@ -263,7 +370,7 @@ ModelConfig parse_config(const nlohmann::json& root, const std::string& source) 
   }
 
   // Keys whose other values would change the computation in ways this engine does not implement.
-  if (const json* scaling = r.find("rope_scaling"); scaling && !scaling->is_null()) {
+  if (const json* scaling = r.find("rope_scaling"); scaling && !scaling->is_null() && !deepseek) {
     r.bad("rope_scaling", cat("is ", show(*scaling), "; only null (no RoPE scaling) is supported"));
   }
   if (std::string act = r.string("hidden_act", "silu"); act != "silu") {
@@ -312,10 +419,12 @@ ModelConfig load_config(const std::filesystem::path& config_json) {
 nlohmann::json to_json(const ModelConfig& c) {
   auto optional_id = [](const std::optional<int>& id) { return id ? json(*id) : json(nullptr); };
   const bool qwen = c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe;
+  const bool deepseek = c.family == Family::DeepseekV2;
   json j = json::object();
   j["architectures"] = json::array({c.family == Family::Olmoe      ? "OlmoeForCausalLM"
                                     : c.family == Family::Qwen2Moe ? "Qwen2MoeForCausalLM"
                                     : c.family == Family::Qwen3Moe ? "Qwen3MoeForCausalLM"
+                                    : deepseek                     ? "DeepseekV2ForCausalLM"
                                                                    : "MixtralForCausalLM"});
   j["model_type"] = model_type_name(c.family);
   j["hidden_size"] = c.hidden_size;
@@ -329,6 +438,22 @@ nlohmann::json to_json(const ModelConfig& c) {
     j["decoder_sparse_step"] = 1;
     j["mlp_only_layers"] = json::array();
     j["use_sliding_window"] = false;
+  } else if (deepseek) {
+    j["intermediate_size"] = c.dense_intermediate_size;
+    j["moe_intermediate_size"] = c.intermediate_size;
+    j["n_shared_experts"] = c.shared_expert_intermediate_size / c.intermediate_size;
+    j["first_k_dense_replace"] = c.first_k_dense_replace;
+    j["moe_layer_freq"] = 1;
+    j["q_lora_rank"] = nullptr;
+    j["kv_lora_rank"] = c.kv_lora_rank;
+    j["qk_nope_head_dim"] = c.qk_nope_head_dim;
+    j["qk_rope_head_dim"] = c.qk_rope_head_dim;
+    j["v_head_dim"] = c.v_head_dim;
+    j["routed_scaling_factor"] = c.routed_scaling_factor;
+    j["topk_method"] = "greedy";
+    j["scoring_func"] = "softmax";
+    j["n_group"] = 1;
+    j["topk_group"] = 1;
   } else {
     j["intermediate_size"] = c.intermediate_size;
   }
@@ -336,12 +461,25 @@ nlohmann::json to_json(const ModelConfig& c) {
   j["num_attention_heads"] = c.num_heads;
   j["num_key_value_heads"] = c.num_kv_heads;
   if (c.family == Family::Qwen3Moe || c.family == Family::Mixtral) j["head_dim"] = c.head_dim;
-  j[c.family == Family::Mixtral ? "num_local_experts" : "num_experts"] = c.num_experts;
+  j[c.family == Family::Mixtral ? "num_local_experts"
+    : deepseek                  ? "n_routed_experts"
+                                : "num_experts"] = c.num_experts;
   j["num_experts_per_tok"] = c.num_experts_per_tok;
   if (c.family != Family::Mixtral) j["norm_topk_prob"] = c.norm_topk_prob;
   j["vocab_size"] = c.vocab_size;
   j["rope_theta"] = c.rope_theta;
-  j["rope_scaling"] = nullptr;
+  if (c.yarn) {
+    j["rope_scaling"] = {
+        {"type", "yarn"},
+        {"factor", c.yarn->factor},
+        {"original_max_position_embeddings", c.yarn->original_max_position_embeddings},
+        {"beta_fast", c.yarn->beta_fast},
+        {"beta_slow", c.yarn->beta_slow},
+        {"mscale", c.yarn->mscale},
+        {"mscale_all_dim", c.yarn->mscale_all_dim}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
   j["rms_norm_eps"] = shortest(c.rms_norm_eps);
   if (c.family == Family::Olmoe)
     j["clip_qkv"] = c.clip_qkv ? json(shortest(*c.clip_qkv)) : json(nullptr);
@@ -369,22 +507,32 @@ ParameterCounts count_parameters(const ModelConfig& c) {
   p.embedding = v * d;
   p.lm_head = c.tie_word_embeddings ? 0 : v * d;
   p.per_expert = 3 * f * d;
-  const int64_t attention = 2 * d * d_q + 2 * d_kv * d + (c.qkv_bias ? d_q + 2 * d_kv : 0);
+  int64_t attention = 0;
+  if (c.mla()) {
+    // q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj.
+    const int64_t latent = c.kv_lora_rank;
+    attention = d_q * d + (latent + c.qk_rope_head_dim) * d + latent +
+                int64_t{c.num_heads} * (c.qk_nope_head_dim + c.v_head_dim) * latent +
+                d * int64_t{c.num_heads} * c.v_head_dim;
+  } else {
+    attention = 2 * d * d_q + 2 * d_kv * d + (c.qkv_bias ? d_q + 2 * d_kv : 0);
+  }
   const int64_t qk_norms = c.qk_norm == QkNorm::Full      ? d_q + d_kv
                            : c.qk_norm == QkNorm::PerHead ? 2 * int64_t{c.head_dim}
                                                           : 0;
   const int64_t norms = 2 * d + qk_norms;  // input and post-attention norms, q and k norms
   const int64_t router = int64_t{c.num_experts} * d;
   // The shared expert is dense: always active.
-  const int64_t shared = c.shared_expert_intermediate_size > 0
-                             ? 3 * int64_t{c.shared_expert_intermediate_size} * d + d
-                             : 0;
-  const int64_t dense_per_layer = attention + norms + router + shared;
-  p.dense = c.num_layers * dense_per_layer + d /* final norm */;
-  p.experts = int64_t{c.num_layers} * c.num_experts * p.per_expert;
+  const int64_t shared =
+      3 * int64_t{c.shared_expert_intermediate_size} * d + (c.shared_expert_gated ? d : 0);
+  const int64_t dense_mlp = 3 * int64_t{c.dense_intermediate_size} * d;
+  const int64_t routed_layers = c.num_routed_layers();
+  p.dense = c.num_layers * (attention + norms) + routed_layers * (router + shared) +
+            int64_t{c.first_k_dense_replace} * dense_mlp + d /* final norm */;
+  p.experts = routed_layers * c.num_experts * p.per_expert;
   p.total = p.embedding + p.lm_head + p.dense + p.experts;
-  p.active = p.embedding + p.lm_head + p.dense +
-             int64_t{c.num_layers} * c.num_experts_per_tok * p.per_expert;
+  p.active =
+      p.embedding + p.lm_head + p.dense + routed_layers * c.num_experts_per_tok * p.per_expert;
   return p;
 }
 

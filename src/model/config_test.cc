@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "model/make_model.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -260,9 +261,10 @@ TEST(Config, TopKExceedsExperts) {
 
 TEST(Config, UnsupportedModelType) {
   json j = olmoe_json();
-  j["model_type"] = "deepseek_v2";
-  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'model_type'"), HasSubstr("deepseek_v2"),
-                                 HasSubstr("olmoe"), HasSubstr("qwen2_moe"), HasSubstr("mixtral")));
+  j["model_type"] = "deepseek_v3";
+  EXPECT_THAT(error_of(j), AllOf(HasSubstr("'model_type'"), HasSubstr("deepseek_v3"),
+                                 HasSubstr("olmoe"), HasSubstr("qwen2_moe"), HasSubstr("mixtral"),
+                                 HasSubstr("deepseek_v2")));
 }
 
 // The published configs of the other families, as the hub has them (the keys that matter).
@@ -392,6 +394,113 @@ TEST(Config, FamilyKeysTheEngineDoesNotImplementAreRefused) {
   EXPECT_THAT(error_of(no_experts), AllOf(HasSubstr("'num_local_experts'"), HasSubstr("missing")));
   // OLMoE's attention is hidden_size / heads wide: a different head_dim contradicts it.
   EXPECT_THAT(error_with(olmoe_json(), "head_dim", 64), HasSubstr("contradicts"));
+}
+
+// DeepSeek-V2-Lite's config.json (deepseek-ai/DeepSeek-V2-Lite), the keys the modelling code reads.
+json deepseek_v2_lite_json() {
+  return json::parse(R"({
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+    "hidden_size": 2048, "intermediate_size": 10944, "moe_intermediate_size": 1408,
+    "num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16,
+    "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+    "first_k_dense_replace": 1, "moe_layer_freq": 1, "norm_topk_prob": false,
+    "routed_scaling_factor": 1.0, "topk_method": "greedy", "scoring_func": "softmax",
+    "n_group": 1, "topk_group": 1, "aux_loss_alpha": 0.001, "seq_aux": true, "ep_size": 1,
+    "q_lora_rank": null, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+    "v_head_dim": 128, "vocab_size": 102400, "rope_theta": 10000, "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+                     "type": "yarn"},
+    "hidden_act": "silu", "max_position_embeddings": 163840, "attention_bias": false,
+    "attention_dropout": 0.0, "tie_word_embeddings": false, "bos_token_id": 100000,
+    "eos_token_id": 100001, "pretraining_tp": 1, "use_cache": true,
+    "torch_dtype": "bfloat16"})");
+}
+
+TEST(Config, PublishedDeepseekV2Lite) {
+  const ModelConfig c = parse_config(deepseek_v2_lite_json(), "deepseek/config.json");
+  EXPECT_EQ(c.family, Family::DeepseekV2);
+  EXPECT_EQ(c.model_type, "deepseek_v2");
+  EXPECT_EQ(c.intermediate_size, 1408);  // the routed experts'
+  EXPECT_EQ(c.dense_intermediate_size, 10944);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 2 * 1408);
+  EXPECT_FALSE(c.shared_expert_gated);
+  EXPECT_EQ(c.num_experts, 64);
+  EXPECT_EQ(c.first_k_dense_replace, 1);
+  EXPECT_EQ(c.num_routed_layers(), 26);
+  EXPECT_TRUE(c.mla());
+  EXPECT_EQ(c.kv_lora_rank, 512);
+  EXPECT_EQ(c.head_dim, 192);  // qk_nope + qk_rope
+  EXPECT_EQ(c.rope_head_dim(), 64);
+  EXPECT_EQ(c.value_head_dim(), 128);
+  EXPECT_EQ(c.num_kv_heads, 16);
+  EXPECT_TRUE(c.rope_interleaved);
+  EXPECT_EQ(c.qk_norm, QkNorm::None);
+  ASSERT_TRUE(c.yarn.has_value());
+  EXPECT_EQ(c.yarn->factor, 40);
+  EXPECT_EQ(c.yarn->original_max_position_embeddings, 4096);
+  EXPECT_EQ(c.yarn->mscale_all_dim, 0.707);
+  EXPECT_EQ(c.routed_scaling_factor, 1.0);
+  EXPECT_EQ(c.native_router_spec(), "topk:k=6,renorm=false");
+  // "15.7B total parameters, of which 2.4B are activated for each token": 2.4 B counts lm_head but
+  // not the embedding lookup, which count_parameters' active includes (then 2.66 B).
+  const ParameterCounts p = count_parameters(c);
+  EXPECT_NEAR(p.total / 1e9, 15.7, 0.05);
+  EXPECT_NEAR((p.active - p.embedding) / 1e9, 2.4, 0.06);
+  EXPECT_NEAR(p.active / 1e9, 2.66, 0.01);
+  // The preset is the same shape.
+  const ModelConfig preset = preset_config("deepseek-v2-lite");
+  EXPECT_EQ(count_parameters(preset).total, p.total);
+  EXPECT_EQ(count_parameters(preset).active, p.active);
+}
+
+TEST(Config, DeepseekV2RoundTrip) {
+  const ModelConfig c = parse_config(deepseek_v2_lite_json(), "config.json");
+  const ModelConfig again = parse_config(to_json(c), "to_json");
+  EXPECT_EQ(to_json(again), to_json(c));
+  EXPECT_EQ(again.kv_lora_rank, c.kv_lora_rank);
+  EXPECT_EQ(again.qk_nope_head_dim, c.qk_nope_head_dim);
+  EXPECT_EQ(again.v_head_dim, c.v_head_dim);
+  EXPECT_EQ(again.first_k_dense_replace, c.first_k_dense_replace);
+  EXPECT_EQ(again.dense_intermediate_size, c.dense_intermediate_size);
+  EXPECT_EQ(again.shared_expert_intermediate_size, c.shared_expert_intermediate_size);
+  ASSERT_TRUE(again.yarn.has_value());
+  EXPECT_EQ(again.yarn->mscale, c.yarn->mscale);
+  json plain = deepseek_v2_lite_json();
+  plain["rope_scaling"] = nullptr;
+  EXPECT_FALSE(parse_config(plain, "config.json").yarn.has_value());
+}
+
+TEST(Config, DeepseekV2KeysTheEngineDoesNotImplementAreRefused) {
+  auto error_with = [](const char* key, const json& value) {
+    json j = deepseek_v2_lite_json();
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_THAT(error_with("q_lora_rank", 1536),
+              AllOf(HasSubstr("dir/config.json"), HasSubstr("'q_lora_rank'"), HasSubstr("1536")));
+  EXPECT_THAT(error_with("topk_method", "group_limited_greedy"),
+              AllOf(HasSubstr("'topk_method'"), HasSubstr("group_limited_greedy")));
+  EXPECT_THAT(error_with("topk_method", "noaux_tc"), HasSubstr("'topk_method'"));
+  EXPECT_THAT(error_with("scoring_func", "sigmoid"), HasSubstr("'scoring_func'"));
+  EXPECT_THAT(error_with("first_k_dense_replace", 27),
+              AllOf(HasSubstr("'first_k_dense_replace'"), HasSubstr("27")));
+  EXPECT_THAT(error_with("first_k_dense_replace", -1), HasSubstr("'first_k_dense_replace'"));
+  EXPECT_THAT(error_with("moe_layer_freq", 2), HasSubstr("'moe_layer_freq'"));
+  EXPECT_THAT(error_with("num_key_value_heads", 4), HasSubstr("'num_key_value_heads'"));
+  EXPECT_THAT(error_with("qk_rope_head_dim", 63), HasSubstr("'qk_rope_head_dim'"));
+  EXPECT_THAT(error_with("rope_scaling", {{"type", "linear"}, {"factor", 2.0}}),
+              AllOf(HasSubstr("'rope_scaling'"), HasSubstr("yarn")));
+  EXPECT_THAT(error_with("rope_scaling", {{"type", "yarn"}, {"factor", 40}}),
+              HasSubstr("'original_max_position_embeddings'"));
+  json renorm = deepseek_v2_lite_json();
+  renorm["norm_topk_prob"] = true;
+  EXPECT_EQ(error_of(renorm), "(no error)");  // with routed_scaling_factor 1
+  renorm["routed_scaling_factor"] = 16.0;
+  EXPECT_THAT(error_of(renorm), HasSubstr("'routed_scaling_factor'"));
+  json no_latent = deepseek_v2_lite_json();
+  no_latent.erase("kv_lora_rank");
+  EXPECT_THAT(error_of(no_latent), AllOf(HasSubstr("'kv_lora_rank'"), HasSubstr("missing")));
 }
 
 TEST(Config, RopeScalingUnsupported) {

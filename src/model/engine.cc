@@ -1,10 +1,14 @@
-// The OLMoE forward pass (SPEC.md §1) with a pluggable router.
+// The OLMoE forward pass (SPEC.md §1) with a pluggable router, and the switches of the other
+// families (config.h).
 //
 // Layout of the work, per chunk of at most kMaxChunk tokens (prefill) or one token (decode):
 //   attention: the q/k/v projections are one parallel loop over the concatenated output rows (each
 //   weight row read once for all tokens), q/k RMSNorm over the whole projection, NeoX RoPE from
 //   tables built once per session, causal attention over an fp32 KV cache allocated once for
-//   max_tokens, then o_proj with the residual add fused in.
+//   max_tokens, then o_proj with the residual add fused in. DeepSeek-V2's latent attention (MLA)
+//   projects q and the latent in one loop, then the latent's kv_b_proj, and caches the decompressed
+//   per-head keys (qk_nope + qk_rope) and values (v_head); the attention loop is the same.
+//   DeepSeek-V2's leading dense layers run a SwiGLU MLP instead of router and experts.
 //   MoE: router logits, the router's decision (route_batch), then only the selected experts.
 //   Decode runs all selected experts in two parallel loops (gate/up rows split across threads, then
 //   down rows split across threads, each thread adding w_e * down_e into its own slice of x).
@@ -55,8 +59,9 @@ class LoadedModel final : public Model {
       : checkpoint_(std::move(checkpoint)), tokenizer_(std::move(tokenizer)) {
     const Weights& stored = checkpoint_->weights();
     if (options.weights == "native") {
+      // The last layer always has experts (DeepSeek-V2's leading ones do not).
       kind_ = lower_dtype_name(stored.layers.empty() ? stored.lm_head.dtype
-                                                     : stored.layers[0].experts[0].gate.dtype);
+                                                     : stored.layers.back().experts[0].gate.dtype);
     } else if (options.weights == "q8") {
       materialized_ = materialize_weights(stored, DType::Q8);
       kind_ = "q8";
@@ -109,79 +114,149 @@ namespace {
 
 // The model's sizes as the forward pass uses them, checked once.
 struct Dims {
-  int D, F, Fs, N, H, Hkv, hd, Dq, Dkv, V, L;  // hidden, expert width, shared expert width (0:
-                                               // none), experts, heads, kv heads, head dim, query
-                                               // width, kv width, vocabulary, layers
+  int D, F, Fs, Fd, N, H, Hkv, V, L;  // hidden, expert width, shared expert width (0: none), dense
+                                      // MLP width (0: none), experts, heads, kv heads, vocabulary,
+                                      // layers
+  // Per head: the query/key width, the value width, the rotated part (the last rope_dim of the
+  // query/key head) and the unrotated part before it (0 but for MLA).
+  int hd, hd_v, rope_dim, nope;
+  int Dq, Dk, Dv, Do;  // widths per token: queries H*hd, keys Hkv*hd, values Hkv*hd_v, attention
+                       // output H*hd_v
+  int latent, kv_b;    // MLA: kv_lora_rank, the kv_b projection H*(nope + hd_v); 0 otherwise
+  int first_moe;       // the first layer with experts; routing layer = layer - first_moe
+  int R;               // layers with experts
   float eps, attn_scale;
 
   explicit Dims(const ModelConfig& cfg)
       : D(cfg.hidden_size),
         F(cfg.intermediate_size),
         Fs(cfg.shared_expert_intermediate_size),
+        Fd(cfg.first_k_dense_replace > 0 ? cfg.dense_intermediate_size : 0),
         N(cfg.num_experts),
         H(cfg.num_heads),
         Hkv(cfg.num_kv_heads > 0 ? cfg.num_kv_heads : cfg.num_heads),
-        hd(cfg.head_dim > 0 ? cfg.head_dim : cfg.hidden_size / cfg.num_heads),
-        Dq(H * hd),
-        Dkv(Hkv * hd),
         V(cfg.vocab_size),
         L(cfg.num_layers),
+        hd(cfg.head_dim > 0 ? cfg.head_dim : cfg.hidden_size / cfg.num_heads),
+        hd_v(cfg.v_head_dim > 0 ? cfg.v_head_dim : hd),
+        rope_dim(cfg.qk_rope_head_dim > 0 ? cfg.qk_rope_head_dim : hd),
+        nope(hd - rope_dim),
+        Dq(H * hd),
+        Dk(Hkv * hd),
+        Dv(Hkv * hd_v),
+        Do(H * hd_v),
+        latent(cfg.mla() ? cfg.kv_lora_rank : 0),
+        kv_b(cfg.mla() ? H * (nope + hd_v) : 0),
+        first_moe(cfg.first_k_dense_replace),
+        R(cfg.num_layers - cfg.first_k_dense_replace),
         eps(cfg.rms_norm_eps),
-        attn_scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))) {
-    if (hd % 2 != 0) fail("model config: head_dim ", hd, " must be even for RoPE");
+        attn_scale(static_cast<float>(softmax_scale(cfg, hd))) {
+    if (rope_dim % 2 != 0 || rope_dim > hd)
+      fail("model config: the rotated head width ", rope_dim, " must be even and at most ", hd);
     if (H % Hkv != 0)
       fail("model config: num_attention_heads not a multiple of num_key_value_heads");
+    if (cfg.mla() && Hkv != H) fail("model config: latent attention needs num_key_value_heads = H");
     if (N > routing::kMaxExperts)
       fail("model config: num_experts ", N, " exceeds ", routing::kMaxExperts);
+    if (R < 1 || first_moe < 0) fail("model config: no layer with experts");
+  }
+
+  // 1/sqrt(head width), times YaRN's mscale(factor, mscale_all_dim)^2 (DeepseekV2Attention).
+  static double softmax_scale(const ModelConfig& cfg, int hd) {
+    double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    if (cfg.yarn && cfg.yarn->mscale_all_dim != 0) {
+      const double m = yarn_mscale(cfg.yarn->factor, cfg.yarn->mscale_all_dim);
+      scale *= m * m;
+    }
+    return scale;
   }
 };
 
+// The rotary frequency of pair i of `dim` rotated dims: theta^(-2i/dim), or with YaRN the blend of
+// that (extrapolation) and it divided by the factor (interpolation) that
+// DeepseekV2YarnRotaryEmbedding computes: the interpolated share ramps linearly from 0 at pair
+// `low` to 1 at pair `high`, the correction dims of beta_fast and beta_slow full rotations within
+// the original context.
+double rope_inv_freq(const ModelConfig& cfg, int dim, int i) {
+  const double extrapolated = std::pow(cfg.rope_theta, -2.0 * i / dim);
+  if (!cfg.yarn) return extrapolated;
+  const YarnScaling& y = *cfg.yarn;
+  const auto correction_dim = [&](double rotations) {
+    return dim * std::log(y.original_max_position_embeddings / (rotations * 2.0 * M_PI)) /
+           (2.0 * std::log(cfg.rope_theta));
+  };
+  const double low = std::max(std::floor(correction_dim(y.beta_fast)), 0.0);
+  double high = std::min(std::ceil(correction_dim(y.beta_slow)), dim - 1.0);
+  if (low == high) high += 0.001;  // as the reference: no division by zero
+  const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+  const double extrapolated_share = 1.0 - ramp;
+  return extrapolated / y.factor * (1.0 - extrapolated_share) + extrapolated * extrapolated_share;
+}
+
 // Keys and values of every layer at positions < max_tokens, and the RoPE angles of those positions
-// (built once: cos/sin of position * theta^(-2i/hd)).
+// (built once: cos/sin of position * rope_inv_freq, times YaRN's cos/sin scale). With MLA the keys
+// and values are the decompressed per-head ones (H * (qk_nope + qk_rope) and H * v_head floats per
+// token and layer), so attention runs as for MHA: simple, at the cost of memory (DeepSeek-V2-Lite:
+// 27 layers * 16 * (192 + 128) floats = 540 KiB per token, 2.2 GB for 4096 tokens, where caching
+// the latent and rope key would take 61 KiB).
 struct KvCache {
   int64_t max_tokens;
-  int Dkv;
-  std::unique_ptr<float[]> k, v;                // [L, max_tokens, Dkv]
-  std::unique_ptr<float[]> rope_cos, rope_sin;  // [max_tokens, hd/2]
+  int Dk, Dv;
+  std::unique_ptr<float[]> k;                   // [L, max_tokens, Dk]
+  std::unique_ptr<float[]> v;                   // [L, max_tokens, Dv]
+  std::unique_ptr<float[]> rope_cos, rope_sin;  // [max_tokens, rope_dim/2]
 
-  KvCache(const Dims& d, int64_t max_tok, double rope_theta) : max_tokens(max_tok), Dkv(d.Dkv) {
-    const int half = d.hd / 2;
+  KvCache(const Dims& d, int64_t max_tok, const ModelConfig& cfg)
+      : max_tokens(max_tok), Dk(d.Dk), Dv(d.Dv) {
+    const int half = d.rope_dim / 2;
+    // YaRN scales cos and sin by mscale(factor, mscale) / mscale(factor, mscale_all_dim): 1 for
+    // DeepSeek-V2-Lite, whose two are equal.
+    const double scale = cfg.yarn ? yarn_mscale(cfg.yarn->factor, cfg.yarn->mscale) /
+                                        yarn_mscale(cfg.yarn->factor, cfg.yarn->mscale_all_dim)
+                                  : 1.0;
     rope_cos = raw_array<float>(max_tokens * half);
     rope_sin = raw_array<float>(max_tokens * half);
     for (int i = 0; i < half; ++i) {
-      const double inv_freq = std::pow(rope_theta, -2.0 * i / d.hd);
+      const double inv_freq = rope_inv_freq(cfg, d.rope_dim, i);
       for (int64_t p = 0; p < max_tokens; ++p) {
         const double angle = static_cast<double>(p) * inv_freq;
-        rope_cos[p * half + i] = static_cast<float>(std::cos(angle));
-        rope_sin[p * half + i] = static_cast<float>(std::sin(angle));
+        rope_cos[p * half + i] = static_cast<float>(std::cos(angle) * scale);
+        rope_sin[p * half + i] = static_cast<float>(std::sin(angle) * scale);
       }
     }
-    k = raw_array<float>(int64_t{d.L} * max_tokens * Dkv);
-    v = raw_array<float>(int64_t{d.L} * max_tokens * Dkv);
+    k = raw_array<float>(int64_t{d.L} * max_tokens * Dk);
+    v = raw_array<float>(int64_t{d.L} * max_tokens * Dv);
   }
   float* keys(int layer, int64_t position) const {
-    return k.get() + (int64_t{layer} * max_tokens + position) * Dkv;
+    return k.get() + (int64_t{layer} * max_tokens + position) * Dk;
   }
   float* values(int layer, int64_t position) const {
-    return v.get() + (int64_t{layer} * max_tokens + position) * Dkv;
+    return v.get() + (int64_t{layer} * max_tokens + position) * Dv;
   }
 };
 
 // The residual stream and attention buffers of one chunk of tokens.
 struct Activations {
-  std::unique_ptr<float[]> x;       // [chunk, D] residual stream
-  std::unique_ptr<float[]> h;       // [chunk, D] normed input of the current block
-  std::unique_ptr<float[]> q;       // [chunk, Dq]
-  std::unique_ptr<float[]> attn;    // [chunk, Dq] attention output before o_proj
-  std::unique_ptr<float[]> tmp;     // [chunk, D] o_proj output
-  std::unique_ptr<float[]> bias;    // [Dq + 2 Dkv] the layer's q | k | v biases in fp32
+  std::unique_ptr<float[]> x;     // [chunk, D] residual stream
+  std::unique_ptr<float[]> h;     // [chunk, D] normed input of the current block
+  std::unique_ptr<float[]> q;     // [chunk, Dq]
+  std::unique_ptr<float[]> attn;  // [chunk, Do] attention output before o_proj
+  std::unique_ptr<float[]> tmp;   // [chunk, D] o_proj output
+  std::unique_ptr<float[]> bias;  // [Dq + Dk + Dv] the layer's q | k | v biases in fp32
+  // MLA: kv_a_proj's output (the latent, normed in place, then the shared rope key), and
+  // kv_b_proj's (each head's no-rope key and value).
+  std::unique_ptr<float[]> latent;  // [chunk, kv_lora_rank + rope_dim]
+  std::unique_ptr<float[]> kv_b;    // [chunk, H * (nope + hd_v)]
   std::unique_ptr<float[]> scores;  // [threads, max_tokens] attention scores, one row per thread
   std::unique_ptr<float[]> logits;  // [V] the last position's
 
   Activations(const Dims& d, int64_t chunk, int64_t max_tokens, int threads) {
     for (auto* buf : {&x, &h, &tmp}) *buf = raw_array<float>(chunk * d.D);
-    for (auto* buf : {&q, &attn}) *buf = raw_array<float>(chunk * d.Dq);
-    bias = raw_array<float>(d.Dq + 2 * int64_t{d.Dkv});
+    q = raw_array<float>(chunk * d.Dq);
+    attn = raw_array<float>(chunk * d.Do);
+    bias = raw_array<float>(int64_t{d.Dq} + d.Dk + d.Dv);
+    latent = raw_array<float>(d.latent > 0 ? chunk * (d.latent + d.rope_dim) : 0);
+    kv_b = raw_array<float>(chunk * d.kv_b);
     scores = raw_array<float>(int64_t{threads} * max_tokens);
     logits = raw_array<float>(d.V);
     std::fill_n(logits.get(), d.V, 0.0f);
@@ -199,9 +274,10 @@ struct MoeScratch {
   std::unique_ptr<float[]> group_weights;       // [N, chunk]
   std::unique_ptr<int32_t[]> group_size;        // [N]
   std::unique_ptr<float[]> expert_x, expert_y;  // [chunk, D] an expert's inputs and outputs
-  // [max(chunk, N), F] routed experts; the shared expert's [chunk, Fs] uses the same space.
+  // [max(chunk, N), F] routed experts; the shared expert's [chunk, Fs] and a dense layer's MLP
+  // [chunk, Fd] use the same space.
   std::unique_ptr<float[]> expert_gate, expert_up;
-  std::unique_ptr<float[]> shared_scale;  // [chunk] sigmoid(shared_expert_gate . h)
+  std::unique_ptr<float[]> shared_scale;  // [chunk] sigmoid(shared_expert_gate . h) when gated
   std::unique_ptr<float[]> thread_out;    // [threads, D] decode: one down row slice each
 
   MoeScratch(const Dims& d, int64_t chunk, int threads) {
@@ -214,7 +290,7 @@ struct MoeScratch {
     group_size = raw_array<int32_t>(d.N);
     expert_x = raw_array<float>(chunk * d.D);
     expert_y = raw_array<float>(chunk * d.D);
-    const int64_t ffn = std::max(std::max<int64_t>(chunk, d.N) * d.F, chunk * d.Fs);
+    const int64_t ffn = std::max({std::max<int64_t>(chunk, d.N) * d.F, chunk * d.Fs, chunk * d.Fd});
     expert_gate = raw_array<float>(ffn);
     expert_up = raw_array<float>(ffn);
     shared_scale = raw_array<float>(chunk);
@@ -228,8 +304,8 @@ struct MoeScratch {
 // the OOM killer.
 int64_t checked_max_tokens(const Dims& d, int64_t max_tokens, int threads) {
   if (max_tokens < 1) fail("session: max_tokens ", max_tokens, " must be at least 1");
-  const double per_token =
-      sizeof(float) * (2.0 * d.L * d.Dkv + 2.0 * (d.hd / 2) + static_cast<double>(threads));
+  const double per_token = sizeof(float) * (static_cast<double>(d.L) * (d.Dk + d.Dv) +
+                                            2.0 * (d.rope_dim / 2) + static_cast<double>(threads));
   const double need = per_token * static_cast<double>(max_tokens);
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
   const double have = pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0.0;
@@ -250,13 +326,15 @@ void project(const Matrix& m, const float* x, int64_t x_stride, int64_t tokens, 
   }
 }
 
-// Every head of v ([heads, hd]) rotated by the angles in cos/sin: NeoX-style pairs (i, i + hd/2),
-// or with `interleaved` the pairs (2i, 2i + 1) of llama.cpp's permuted llama rows.
-void rope(float* v, int heads, int hd, const float* cos, const float* sin, bool interleaved) {
-  const int half = hd / 2;
+// The first `dim` values of every head of v (heads at a stride of `stride`) rotated by the angles
+// in cos/sin: NeoX-style pairs (i, i + dim/2), or with `interleaved` the pairs (2i, 2i + 1) of
+// llama.cpp's permuted llama rows and of DeepSeek-V2.
+void rope(float* v, int heads, int stride, int dim, const float* cos, const float* sin,
+          bool interleaved) {
+  const int half = dim / 2;
   const int step = interleaved ? 2 : 1, partner = interleaved ? 1 : half;
   for (int head = 0; head < heads; ++head) {
-    float* base = v + head * hd;
+    float* base = v + head * stride;
     for (int i = 0; i < half; ++i) {
       float* a = base + i * step;
       float* b = a + partner;
@@ -291,6 +369,7 @@ struct Session::Impl {
   const routing::Router* router = nullptr;
   RouterObserver* observer = nullptr;
 
+  const float routed_scale;  // routed_scaling_factor
   KvCache kv;
   Activations act;
   MoeScratch moe;
@@ -309,10 +388,11 @@ struct Session::Impl {
         chunk(std::min(max_tokens, kMaxChunk)),
         native_router(routing::make_router(cfg.native_router_spec(), dim.N)),
         router(native_router.get()),
-        kv(dim, max_tokens, cfg.rope_theta),
+        routed_scale(static_cast<float>(cfg.routed_scaling_factor)),
+        kv(dim, max_tokens, cfg),
         act(dim, chunk, max_tokens, num_threads),
         moe(dim, chunk, num_threads),
-        selected_per_layer(dim.L, 0) {}
+        selected_per_layer(dim.R, 0) {}
 
   // Runs fn(thread, begin, end) over a static split of [0, n). The pool takes a non-owning
   // reference to fn, so lambdas capture [&] and nothing is allocated per call.
@@ -344,14 +424,38 @@ struct Session::Impl {
   // values are written to the cache.
   void attention_block(int layer, int64_t T) {
     const LayerWeights& lw = w.layers[layer];
-    const int D = dim.D, Dq = dim.Dq, Dkv = dim.Dkv, H = dim.H, Hkv = dim.Hkv, hd = dim.hd;
+    const int D = dim.D, Do = dim.Do;
     float* x = act.x.get();
     float* h = act.h.get();
+    for (int64_t t = 0; t < T; ++t)
+      kernels::rmsnorm(x + t * D, lw.input_norm, D, dim.eps, h + t * D);
+    if (cfg.mla()) {
+      latent_projections(layer, T);
+    } else {
+      qkv_projections(layer, T);
+    }
+    attend(layer, T);
+    // o_proj; each thread adds its output columns into the residual.
+    float* tmp = act.tmp.get();
+    parallel(D, [&](int, int64_t begin, int64_t end) {
+      project(lw.o_proj, act.attn.get(), Do, T, tmp, D, begin, end);
+      for (int64_t t = 0; t < T; ++t) {
+        float* xt = x + t * D;
+        const float* yt = tmp + t * D;
+        for (int64_t i = begin; i < end; ++i) xt[i] += yt[i];
+      }
+    });
+  }
+
+  // q (act.q) and the cached k and v of h's T tokens from the q/k/v projections: biases, q/k norms,
+  // clip and RoPE as the family says.
+  void qkv_projections(int layer, int64_t T) {
+    const LayerWeights& lw = w.layers[layer];
+    const int D = dim.D, Dq = dim.Dq, Dkv = dim.Dk, H = dim.H, Hkv = dim.Hkv, hd = dim.hd;
+    const float* h = act.h.get();
     float* q = act.q.get();
     float* kc = kv.keys(layer, pos);
     float* vc = kv.values(layer, pos);
-    for (int64_t t = 0; t < T; ++t)
-      kernels::rmsnorm(x + t * D, lw.input_norm, D, dim.eps, h + t * D);
     // q | k | v as one row space so both threads share the three projections evenly.
     parallel(Dq + 2 * Dkv, [&](int, int64_t begin, int64_t end) {
       const int64_t segments[3] = {Dq, Dkv, Dkv};
@@ -398,52 +502,99 @@ struct Session::Impl {
       }
       const float* cos = kv.rope_cos.get() + (pos + t) * half;
       const float* sin = kv.rope_sin.get() + (pos + t) * half;
-      rope(qt, H, hd, cos, sin, cfg.rope_interleaved);
-      rope(kt, Hkv, hd, cos, sin, cfg.rope_interleaved);
+      rope(qt, H, hd, hd, cos, sin, cfg.rope_interleaved);
+      rope(kt, Hkv, hd, hd, cos, sin, cfg.rope_interleaved);
     }
-    // Causal attention, one (token, head) pair per work item; query heads share their group's
-    // key/value head (GQA).
+  }
+
+  // DeepSeek-V2's multi-head latent attention (DeepseekV2Attention, q_lora_rank null): q =
+  // q_proj(h); [latent | k_pe] = kv_a_proj_with_mqa(h); [k_nope | v] per head =
+  // kv_b_proj(rmsnorm(latent, kv_a_layernorm)); each head's key is [k_nope | rope(k_pe)], the rope
+  // key shared by all heads; RoPE rotates the last rope_dim values of each query head too.
+  void latent_projections(int layer, int64_t T) {
+    const LayerWeights& lw = w.layers[layer];
+    const int D = dim.D, Dq = dim.Dq, H = dim.H, hd = dim.hd, hd_v = dim.hd_v;
+    const int nope = dim.nope, rope_dim = dim.rope_dim, lat = dim.latent, kv_b = dim.kv_b;
+    const int A = lat + rope_dim;  // kv_a_proj's rows
+    const float* h = act.h.get();
+    float* q = act.q.get();
+    float* latent = act.latent.get();
+    float* kvb = act.kv_b.get();
+    // q | latent as one row space, as the q/k/v projections.
+    parallel(Dq + A, [&](int, int64_t begin, int64_t end) {
+      if (begin < Dq) project(lw.q_proj, h, D, T, q, Dq, begin, std::min<int64_t>(end, Dq));
+      if (end > Dq)
+        project(lw.kv_a_proj, h, D, T, latent, A, std::max<int64_t>(begin, Dq) - Dq, end - Dq);
+    });
+    for (int64_t t = 0; t < T; ++t)
+      kernels::rmsnorm(latent + t * A, lw.kv_a_norm, lat, dim.eps, latent + t * A);
+    parallel(kv_b, [&](int, int64_t begin, int64_t end) {
+      project(lw.kv_b_proj, latent, A, T, kvb, kv_b, begin, end);
+    });
+    const int half = rope_dim / 2;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* cos = kv.rope_cos.get() + (pos + t) * half;
+      const float* sin = kv.rope_sin.get() + (pos + t) * half;
+      float* k_pe = latent + t * A + lat;
+      rope(k_pe, 1, rope_dim, rope_dim, cos, sin, cfg.rope_interleaved);
+      rope(q + t * Dq + nope, H, hd, rope_dim, cos, sin, cfg.rope_interleaved);
+      float* kt = kv.keys(layer, pos + t);
+      float* vt = kv.values(layer, pos + t);
+      const float* row = kvb + t * kv_b;
+      for (int head = 0; head < H; ++head) {
+        const float* src = row + head * (nope + hd_v);
+        std::memcpy(kt + head * hd, src, sizeof(float) * nope);
+        std::memcpy(kt + head * hd + nope, k_pe, sizeof(float) * rope_dim);
+        std::memcpy(vt + head * hd_v, src + nope, sizeof(float) * hd_v);
+      }
+    }
+  }
+
+  // Causal attention of act.q over the cached keys and values of positions <= pos + t, one (token,
+  // head) pair per work item; query heads share their group's key/value head (GQA).
+  void attend(int layer, int64_t T) {
+    const int Dq = dim.Dq, Dk = dim.Dk, Dv = dim.Dv, Do = dim.Do, H = dim.H, hd = dim.hd;
+    const int hd_v = dim.hd_v;
+    const float* q = act.q.get();
     const float* keys = kv.keys(layer, 0);
     const float* values = kv.values(layer, 0);
     float* attn = act.attn.get();
     parallel(T * H, [&](int thread, int64_t begin, int64_t end) {
       float* sc = act.scores.get() + int64_t{thread} * max_tokens;
-      const int group = H / Hkv;
+      const int group = H / dim.Hkv;
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t = item / H;
         const int head = static_cast<int>(item % H);
-        const int kv_off = (head / group) * hd;
+        const int k_off = (head / group) * hd, v_off = (head / group) * hd_v;
         const float* qh = q + t * Dq + head * hd;
         const int64_t n = pos + t + 1;
         for (int64_t j = 0; j < n; ++j) {
-          sc[j] = kernels::dot_f32(qh, keys + j * Dkv + kv_off, hd) * dim.attn_scale;
+          sc[j] = kernels::dot_f32(qh, keys + j * Dk + k_off, hd) * dim.attn_scale;
         }
         kernels::softmax(sc, n);
-        float* out = attn + t * Dq + head * hd;
-        std::fill_n(out, hd, 0.0f);
-        for (int64_t j = 0; j < n; ++j) kernels::axpy(sc[j], values + j * Dkv + kv_off, out, hd);
-      }
-    });
-    // o_proj; each thread adds its output columns into the residual.
-    float* tmp = act.tmp.get();
-    parallel(D, [&](int, int64_t begin, int64_t end) {
-      project(lw.o_proj, attn, Dq, T, tmp, D, begin, end);
-      for (int64_t t = 0; t < T; ++t) {
-        float* xt = x + t * D;
-        const float* yt = tmp + t * D;
-        for (int64_t i = begin; i < end; ++i) xt[i] += yt[i];
+        float* out = attn + t * Do + head * hd_v;
+        std::fill_n(out, hd_v, 0.0f);
+        for (int64_t j = 0; j < n; ++j) kernels::axpy(sc[j], values + j * Dv + v_off, out, hd_v);
       }
     });
   }
 
-  // h = rmsnorm(x), the router logits of h and the router's decision for each of the T tokens
-  // (moe.route_*), reported to the observer.
+  // h = rmsnorm(x) with the post-attention norm: the input of the layer's MLP or MoE.
+  void ffn_norm(int layer, int64_t T) {
+    const int D = dim.D;
+    for (int64_t t = 0; t < T; ++t) {
+      kernels::rmsnorm(act.x.get() + t * D, w.layers[layer].post_norm, D, dim.eps,
+                       act.h.get() + t * D);
+    }
+  }
+
+  // The router logits of h and the router's decision for each of the T tokens (moe.route_*),
+  // reported to the observer. Routers, observers and the totals see routing layer ids: the
+  // decoder layer minus the leading dense layers.
   void route_block(int layer, int64_t T) {
     const LayerWeights& lw = w.layers[layer];
     const int D = dim.D, N = dim.N;
-    for (int64_t t = 0; t < T; ++t) {
-      kernels::rmsnorm(act.x.get() + t * D, lw.post_norm, D, dim.eps, act.h.get() + t * D);
-    }
+    const int routing_layer = layer - dim.first_moe;
     float* logits = moe.router_logits.get();
     parallel(N, [&](int, int64_t begin, int64_t end) {
       project(lw.router, act.h.get(), D, T, logits, N, begin, end);
@@ -453,9 +604,9 @@ struct Session::Impl {
     int32_t* counts = moe.route_counts.get();
     try {
       if (T == 1) {
-        counts[0] = router->route(logits, layer, ids, weights);
+        counts[0] = router->route(logits, routing_layer, ids, weights);
       } else {
-        router->route_batch(logits, T, layer, ids, weights, counts);
+        router->route_batch(logits, T, routing_layer, ids, weights, counts);
       }
     } catch (const Error& e) {
       // The router names the layer (and a non-finite logit, and for a batch the token in it); the
@@ -466,12 +617,12 @@ struct Session::Impl {
     }
     int64_t selected = 0;
     for (int64_t t = 0; t < T; ++t) selected += counts[t];
-    selected_per_layer[layer] += selected;
+    selected_per_layer[routing_layer] += selected;
     if (observer) {
       const int stride = router->max_count();
       for (int64_t t = 0; t < T; ++t) {
         RouterEvent event;
-        event.layer = layer;
+        event.layer = routing_layer;
         event.position = pos + t;
         event.logits = logits + t * N;
         event.num_experts = N;
@@ -483,7 +634,8 @@ struct Session::Impl {
     }
   }
 
-  // One token: x += sum over the selected experts of weight * expert(h), in two parallel loops.
+  // One token: x += sum over the selected experts of weight * expert(h) (times DeepSeek-V2's
+  // routed_scaling_factor, 1 elsewhere), in two parallel loops.
   void moe_decode(int layer) {
     const auto& experts = w.layers[layer].experts;
     const int D = dim.D, F = dim.F;
@@ -505,7 +657,7 @@ struct Session::Impl {
       for (int j = 0; j < count; ++j) {
         const ExpertWeights& e = experts[ids[j]];
         kernels::matvec(e.down, moe.expert_gate.get() + int64_t{j} * F, out, begin, end);
-        kernels::axpy(moe.route_weights[j], out, act.x.get() + begin, end - begin);
+        kernels::axpy(moe.route_weights[j] * routed_scale, out, act.x.get() + begin, end - begin);
       }
     });
   }
@@ -549,38 +701,50 @@ struct Session::Impl {
       parallel(D, [&](int, int64_t begin, int64_t end) {
         project(expert.down, gate, F, n, expert_y, D, begin, end);
         for (int i = 0; i < n; ++i) {
-          kernels::axpy(weights[i], expert_y + int64_t{i} * D + begin,
+          kernels::axpy(weights[i] * routed_scale, expert_y + int64_t{i} * D + begin,
                         act.x.get() + int64_t{tokens[i]} * D + begin, end - begin);
         }
       });
     }
   }
 
-  // Qwen2-MoE's shared expert, for all T tokens: x += sigmoid(shared_gate . h) * FFN_shared(h).
-  void shared_expert_block(int layer, int64_t T) {
-    const LayerWeights& lw = w.layers[layer];
-    const int D = dim.D, Fs = dim.Fs;
+  // A dense SwiGLU FFN for all T tokens, x += scale * down(silu(gate(h)) * up(h)): the shared
+  // expert (Qwen2-MoE's scaled by sigmoid(shared_expert_gate . h), DeepSeek-V2's by 1) or a leading
+  // dense layer's MLP. `scale` is [T] or nullptr (1).
+  void ffn_block(const Matrix& gate_proj, const Matrix& up_proj, const Matrix& down_proj, int width,
+                 int64_t T, const float* scale) {
+    const int D = dim.D;
     const float* h = act.h.get();
     float* gate = moe.expert_gate.get();
     float* up = moe.expert_up.get();
     float* y = moe.expert_y.get();
-    float* scale = moe.shared_scale.get();
-    project(lw.shared_gate, h, D, T, scale, 1, 0, 1);
-    for (int64_t t = 0; t < T; ++t) scale[t] = 1.0f / (1.0f + std::exp(-scale[t]));
-    parallel(Fs, [&](int, int64_t begin, int64_t end) {
-      project(lw.shared_gate_proj, h, D, T, gate, Fs, begin, end);
-      project(lw.shared_up_proj, h, D, T, up, Fs, begin, end);
+    parallel(width, [&](int, int64_t begin, int64_t end) {
+      project(gate_proj, h, D, T, gate, width, begin, end);
+      project(up_proj, h, D, T, up, width, begin, end);
       for (int64_t t = 0; t < T; ++t) {
-        float* g = gate + t * Fs + begin;
-        kernels::swiglu(g, up + t * Fs + begin, g, end - begin);
+        float* g = gate + t * width + begin;
+        kernels::swiglu(g, up + t * width + begin, g, end - begin);
       }
     });
     parallel(D, [&](int, int64_t begin, int64_t end) {
-      project(lw.shared_down_proj, gate, Fs, T, y, D, begin, end);
+      project(down_proj, gate, width, T, y, D, begin, end);
       for (int64_t t = 0; t < T; ++t) {
-        kernels::axpy(scale[t], y + t * D + begin, act.x.get() + t * D + begin, end - begin);
+        kernels::axpy(scale ? scale[t] : 1.0f, y + t * D + begin, act.x.get() + t * D + begin,
+                      end - begin);
       }
     });
+  }
+
+  // The shared expert of an MoE layer, for all T tokens.
+  void shared_expert_block(int layer, int64_t T) {
+    const LayerWeights& lw = w.layers[layer];
+    float* scale = nullptr;
+    if (cfg.shared_expert_gated) {
+      scale = moe.shared_scale.get();
+      project(lw.shared_gate, act.h.get(), dim.D, T, scale, 1, 0, 1);
+      for (int64_t t = 0; t < T; ++t) scale[t] = 1.0f / (1.0f + std::exp(-scale[t]));
+    }
+    ffn_block(lw.shared_gate_proj, lw.shared_up_proj, lw.shared_down_proj, dim.Fs, T, scale);
   }
 
   // NaN or infinity in the logits means non-finite weights or an overflow upstream; whatever is
@@ -610,6 +774,12 @@ struct Session::Impl {
     for (int64_t t = 0; t < T; ++t) kernels::embedding_row(w.embed, ids[t], x + t * D);
     for (int layer = 0; layer < dim.L; ++layer) {
       attention_block(layer, T);
+      ffn_norm(layer, T);
+      if (layer < dim.first_moe) {  // DeepSeek-V2's leading dense layers: no router
+        const LayerWeights& lw = w.layers[layer];
+        ffn_block(lw.mlp_gate, lw.mlp_up, lw.mlp_down, dim.Fd, T, nullptr);
+        continue;
+      }
       route_block(layer, T);
       if (T == 1) {
         moe_decode(layer);

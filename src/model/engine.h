@@ -19,8 +19,12 @@
 namespace bhmoe::model {
 
 // What a router decided for one token in one layer. Pointers are valid only during the callback.
+// Layers are routing layers: the layers with a router, numbered from 0 (ModelConfig::
+// num_routed_layers; DeepSeek-V2's routing layer r is decoder layer first_k_dense_replace + r, its
+// leading dense layers are never reported). Every other family routes in every layer, so the two
+// numberings agree.
 struct RouterEvent {
-  int layer = 0;
+  int layer = 0;                  // routing layer
   int64_t position = 0;           // position of the token in the sequence
   const float* logits = nullptr;  // [num_experts] raw router logits
   int num_experts = 0;
@@ -83,8 +87,8 @@ class Session {
   void reset();                                    // empties the KV cache
   int64_t position() const;                        // tokens in the KV cache
   // Keeps the first `position` tokens of the KV cache (0 <= position <= position(); anything else
-  // throws bhmoe::Error) and forgets the rest, so one prefilled prefix serves several continuations.
-  // last_logits() is unchanged until the next prefill or decode.
+  // throws bhmoe::Error) and forgets the rest, so one prefilled prefix serves several
+  // continuations. last_logits() is unchanged until the next prefill or decode.
   void truncate(int64_t position);
 
   // Runs `tokens` through the model after what is cached (batched prefill). If all_logits is not
@@ -100,8 +104,9 @@ class Session {
   const routing::Router& router() const;  // the router in use (the native one when none was set)
 
   // Running totals of routing decisions since construction or reset_routing_totals() (kept by the
-  // engine at the cost of one add per token and layer): experts selected per layer, summed over
-  // tokens, and the number of tokens routed (each token is routed once in every layer).
+  // engine at the cost of one add per token and layer): experts selected per routing layer (see
+  // RouterEvent), summed over tokens, and the number of tokens routed (each token is routed once
+  // in every routing layer).
   const std::vector<int64_t>& selected_experts_per_layer() const;
   int64_t routed_tokens() const;
   void reset_routing_totals();

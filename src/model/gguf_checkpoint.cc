@@ -62,15 +62,18 @@ constexpr ConfigKey kConfigKeys[] = {
 // The config.json spelling of an OLMoE-spelt key in `family`.
 std::string config_key(std::string_view key, Family family) {
   const bool qwen = family == Family::Qwen2Moe || family == Family::Qwen3Moe;
-  if (key == "intermediate_size" && qwen) return "moe_intermediate_size";
+  const bool deepseek = family == Family::DeepseekV2;
+  if (key == "intermediate_size" && (qwen || deepseek)) return "moe_intermediate_size";
   if (key == "num_experts" && family == Family::Mixtral) return "num_local_experts";
+  if (key == "num_experts" && deepseek) return "n_routed_experts";
   return std::string(key);
 }
 
 // The family of a GGUF general.architecture; llama files are Mixtral only when they have experts.
 Family gguf_family(const GgufFile& f) {
   const std::string& arch = f.get_string("general.architecture");
-  for (Family family : {Family::Olmoe, Family::Qwen2Moe, Family::Qwen3Moe, Family::Mixtral}) {
+  for (Family family :
+       {Family::Olmoe, Family::Qwen2Moe, Family::Qwen3Moe, Family::Mixtral, Family::DeepseekV2}) {
     if (arch != hf::gguf_architecture(family)) continue;
     if (family == Family::Mixtral && !f.find("llama.expert_count")) {
       fail(f.source(),
@@ -80,7 +83,7 @@ Family gguf_family(const GgufFile& f) {
     return family;
   }
   fail(f.source(), ": general.architecture = \"", arch,
-       "\": bhmoe runs olmoe, qwen2moe, qwen3moe and llama (Mixtral) GGUF files");
+       "\": bhmoe runs olmoe, qwen2moe, qwen3moe, llama (Mixtral) and deepseek2 GGUF files");
 }
 
 class GgufCheckpoint final : public Checkpoint {
@@ -175,7 +178,7 @@ void GgufCheckpoint::load_weights() {
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
-      if (!hf::needed(t.needs, c)) continue;
+      if (!hf::needed(t.needs, c, l)) continue;
       const std::string name = hf::gguf_layer_name(l, t.gguf);
       if (t.vector || t.rows == hf::Size::One) {
         lw.*t.field = vector(name, hf::size(t.vector ? t.rows : t.cols, c));
@@ -183,6 +186,7 @@ void GgufCheckpoint::load_weights() {
         lw.*t.field = matrix(name, hf::size(t.rows, c), hf::size(t.cols, c));
       }
     }
+    if (!hf::is_moe_layer(c, l)) continue;
     lw.experts.resize(static_cast<size_t>(c.num_experts));
     for (const hf::ExpertTensor& t : hf::kExpertTensors) {
       const int64_t rows = hf::size(t.rows, c), cols = hf::size(t.cols, c);
@@ -277,6 +281,61 @@ std::optional<NonFiniteValue> find_non_finite_in(const GgufFile& file) {
   return std::nullopt;
 }
 
+// deepseek2's keys (llama.cpp's convert_hf_to_gguf.py DeepseekV2Model and its loader) as
+// config.json's: the dense width, MLA's widths, leading dense layers, shared experts, routing and
+// YaRN. A file with q_lora_rank is refused by parse_config naming the key (and the GGUF key).
+void deepseek2_config(const GgufFile& f, const std::string& p, json& hf) {
+  const auto count = [&](const char* key, const char* config) {
+    if (f.find(p + key)) hf[config] = f.get_uint(p + key);
+  };
+  count("feed_forward_length", "intermediate_size");
+  count("leading_dense_block_count", "first_k_dense_replace");
+  count("attention.kv_lora_rank", "kv_lora_rank");
+  count("attention.q_lora_rank", "q_lora_rank");
+  count("attention.value_length", "v_head_dim");
+  count("rope.dimension_count", "qk_rope_head_dim");
+  count("expert_shared_count", "n_shared_experts");
+  if (f.find(p + "attention.key_length") && f.find(p + "rope.dimension_count")) {
+    const int64_t key = static_cast<int64_t>(f.get_uint(p + "attention.key_length"));
+    const int64_t rope = static_cast<int64_t>(f.get_uint(p + "rope.dimension_count"));
+    if (key <= rope)
+      fail(f.source(), ": ", p, "attention.key_length ", key, " must exceed ", p,
+           "rope.dimension_count ", rope, " (the head is qk_nope + qk_rope wide)");
+    hf["qk_nope_head_dim"] = key - rope;
+  }
+  if (f.find(p + "expert_weights_scale"))
+    hf["routed_scaling_factor"] = f.get_real(p + "expert_weights_scale");
+  // llama.cpp: 1 softmax (the default of files without the key), 2 sigmoid (DeepSeek-V3).
+  if (f.find(p + "expert_gating_func")) {
+    const uint64_t gating = f.get_uint(p + "expert_gating_func");
+    if (gating == 2)
+      hf["scoring_func"] = "sigmoid";  // refused by parse_config
+    else if (gating > 2)
+      fail(f.source(), ": ", p, "expert_gating_func = ", gating, " is unknown");
+  }
+  // The selection bias of DeepSeek-V3's noaux_tc routing.
+  for (const GgufTensor& t : f.tensors()) {
+    if (t.name.find("exp_probs_b") != std::string::npos) hf["topk_method"] = "noaux_tc";
+  }
+  // YaRN: llama.cpp keeps factor, original context and 0.1 * mscale_all_dim; beta_fast and
+  // beta_slow are its context defaults (32, 1), and cos/sin are never scaled (mscale equal to
+  // mscale_all_dim, as in every DeepSeek-V2 config).
+  const std::optional<std::string> type = f.get_string_or_none(p + "rope.scaling.type");
+  if (type && *type == "yarn") {
+    const double log_mul = f.get_real_or(p + "rope.scaling.yarn_log_multiplier", 0.0);
+    json yarn = {
+        {"type", "yarn"},          {"factor", f.get_real_or(p + "rope.scaling.factor", 1.0)},
+        {"beta_fast", 32.0},       {"beta_slow", 1.0},
+        {"mscale", log_mul / 0.1}, {"mscale_all_dim", log_mul / 0.1}};
+    if (f.find(p + "rope.scaling.original_context_length"))
+      yarn["original_max_position_embeddings"] =
+          f.get_uint(p + "rope.scaling.original_context_length");
+    hf["rope_scaling"] = yarn;
+  } else if (type && *type != "none") {
+    hf["rope_scaling"] = {{"type", *type}};  // refused by parse_config, naming the type
+  }
+}
+
 ModelConfig gguf_model_config(const GgufFile& f) {
   const Family family = gguf_family(f);
   const std::string p = f.get_string("general.architecture") + ".";
@@ -290,6 +349,9 @@ ModelConfig gguf_model_config(const GgufFile& f) {
     const std::string config = config_key(k.config, family);
     if (hf.contains(config) || !f.find(key)) continue;
     if (qwen && std::string_view(k.gguf) == "feed_forward_length") continue;
+    // deepseek2's key_length is qk_nope + qk_rope (read below), not a head_dim key.
+    if (family == Family::DeepseekV2 && std::string_view(k.gguf) == "attention.key_length")
+      continue;
     switch (k.kind) {
       case ConfigKey::kCount:
         hf[config] = f.get_uint(key);
@@ -302,6 +364,7 @@ ModelConfig gguf_model_config(const GgufFile& f) {
         break;
     }
   }
+  if (family == Family::DeepseekV2) deepseek2_config(f, p, hf);
   // What llama.cpp's graphs do for these architectures without a key: Qwen3-MoE renormalises its
   // top-k weights, Qwen2-MoE does not; q/k/v biases are there when the tensors are.
   if (family == Family::Qwen3Moe && !hf.contains("norm_topk_prob")) hf["norm_topk_prob"] = true;
@@ -332,11 +395,33 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   try {
     ModelConfig config = parse_config(hf, f.source());
     // llama.cpp's converter permutes a llama file's q/k rows for pairwise ("normal") RoPE.
-    config.rope_interleaved = family == Family::Mixtral;
+    // (deepseek2 pairs its rope dims so in every file: parse_config sets it.)
+    config.rope_interleaved = family == Family::Mixtral || family == Family::DeepseekV2;
     return config;
   } catch (const Error& e) {
     // The config's checks name config.json's keys; say which GGUF key the value came from.
     const std::string message = e.what();
+    // DeepSeek-V2's own keys first: their messages may mention shared ones (num_hidden_layers).
+    if (family == Family::DeepseekV2) {
+      constexpr std::pair<const char*, const char*> kDeepseekKeys[] = {
+          {"'q_lora_rank'", "attention.q_lora_rank"},
+          {"'kv_lora_rank'", "attention.kv_lora_rank"},
+          {"'first_k_dense_replace'", "leading_dense_block_count"},
+          {"'intermediate_size'", "feed_forward_length"},
+          {"'v_head_dim'", "attention.value_length"},
+          {"'qk_rope_head_dim'", "rope.dimension_count"},
+          {"'qk_nope_head_dim'", "attention.key_length"},
+          {"'n_shared_experts'", "expert_shared_count"},
+          {"'routed_scaling_factor'", "expert_weights_scale"},
+          {"'scoring_func'", "expert_gating_func"},
+          {"'topk_method'", "blk.*.exp_probs_b"},
+          {"'rope_scaling'", "rope.scaling.*"}};
+      for (const auto& [config, gguf] : kDeepseekKeys) {
+        if (message.find(config) != std::string::npos)
+          fail(message, " (GGUF: ", std::string_view(gguf).rfind("blk.", 0) == 0 ? "" : p, gguf,
+               ")");
+      }
+    }
     for (const ConfigKey& k : kConfigKeys) {
       if (message.find(config_key(k.config, family)) == std::string::npos) continue;
       std::string keys;

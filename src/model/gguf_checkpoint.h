@@ -6,8 +6,10 @@
 //   (ffn_*_exps, [N, rows, cols]) are sliced into one view per expert;
 // - the tokenizer from the tokenizer.ggml.* keys (byte-level BPE "gpt2", SentencePiece "llama"),
 //   through the same tokenizer code as a tokenizer.json.
-// Architectures: olmoe, qwen2moe, qwen3moe, and llama with experts (Mixtral; its q/k rows are
-// stored permuted for pairwise RoPE, which ModelConfig::rope_interleaved records).
+// Architectures: olmoe, qwen2moe, qwen3moe, llama with experts (Mixtral; its q/k rows are
+// stored permuted for pairwise RoPE, which ModelConfig::rope_interleaved records), and deepseek2
+// as llama.cpp c392e509 writes it (attn_kv_b whole, not split into attn_k_b / attn_v_b as later
+// converters do; YaRN from rope.scaling.*, with llama.cpp's beta_fast 32 and beta_slow 1).
 #pragma once
 
 #include <filesystem>

@@ -160,7 +160,8 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   const ModelConfig& c = checkpoint.config();
   const Weights& w = checkpoint.weights();
   const std::string arch = hf::gguf_architecture(c.family);
-  if (c.rope_interleaved)
+  const bool deepseek = c.family == Family::DeepseekV2;
+  if (c.rope_interleaved && !deepseek)  // (DeepSeek's rope dims are paired so in every file)
     fail(
         "GGUF export: the checkpoint's q/k rows are already permuted for pairwise RoPE (a llama "
         "GGUF file); export from the Hugging Face folder");
@@ -168,12 +169,20 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   // llama.cpp's graphs renormalise the top-k weights of qwen3moe and llama, never of olmoe and
   // qwen2moe, whatever a key says.
   const bool renormalises = c.family == Family::Qwen3Moe || c.family == Family::Mixtral;
-  if (c.norm_topk_prob != renormalises)
+  if (c.norm_topk_prob != renormalises && !deepseek)  // deepseek2 has expert_weights_norm
     fail("GGUF export: norm_topk_prob ", c.norm_topk_prob ? "true" : "false", " has no ", arch,
          " GGUF key (llama.cpp would ", renormalises ? "" : "not ", "renormalise)");
   if (c.family == Family::Olmoe && c.num_kv_heads != c.num_heads)
     fail("GGUF export: llama.cpp's olmoe needs as many key/value heads as heads (", c.num_kv_heads,
          " vs ", c.num_heads, ")");
+  if (deepseek && c.num_layers != 27) {
+    // llama.cpp (c392e509) reads q_proj ("attn_q") only when block_count is 27, DeepSeek-V2-Lite's;
+    // other counts must have the low-rank query (attn_q_a, attn_q_b), which bhmoe does not run.
+    fail(
+        "GGUF export: llama.cpp reads a deepseek2 file without q_lora_rank only with 27 layers "
+        "(DeepSeek-V2-Lite's), and this model has ",
+        c.num_layers, "; it would not load there");
+  }
   const int64_t block = kernels::block_values(matrix_type);
   const int64_t query_width = int64_t{c.num_heads} * c.head_dim;
   if (c.hidden_size % block != 0 || c.intermediate_size % block != 0 ||
@@ -182,6 +191,15 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
          " values do not divide hidden_size ", c.hidden_size, ", the expert widths ",
          c.intermediate_size, " and ", c.shared_expert_intermediate_size, " and the query width ",
          query_width);
+  }
+  // DeepSeek-V2's other matrix rows: kv_b_proj's (the latent), o_proj's (H * v_head), the dense
+  // MLP's down_proj.
+  const int64_t attention_width = int64_t{c.num_heads} * c.value_head_dim();
+  if (deepseek && (c.kv_lora_rank % block != 0 || attention_width % block != 0 ||
+                   c.dense_intermediate_size % block != 0)) {
+    fail("GGUF export: ", kernels::dtype_name(matrix_type), " blocks of ", block,
+         " values do not divide kv_lora_rank ", c.kv_lora_rank, ", the attention output width ",
+         attention_width, " or the dense layers' width ", c.dense_intermediate_size);
   }
 
   GgufWriter g;
@@ -192,7 +210,11 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   g.add_uint32(p + "block_count", static_cast<uint32_t>(c.num_layers));
   g.add_uint32(p + "context_length", static_cast<uint32_t>(c.max_position_embeddings));
   g.add_uint32(p + "embedding_length", static_cast<uint32_t>(c.hidden_size));
-  if (c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe) {
+  if (deepseek) {
+    // feed_forward_length is the leading dense layers' width.
+    g.add_uint32(p + "feed_forward_length", static_cast<uint32_t>(c.dense_intermediate_size));
+    g.add_uint32(p + "expert_feed_forward_length", static_cast<uint32_t>(c.intermediate_size));
+  } else if (c.family == Family::Qwen2Moe || c.family == Family::Qwen3Moe) {
     // feed_forward_length is the dense width there; the experts' are their own keys.
     g.add_uint32(
         p + "feed_forward_length",
@@ -206,14 +228,43 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   }
   g.add_uint32(p + "attention.head_count", static_cast<uint32_t>(c.num_heads));
   g.add_uint32(p + "attention.head_count_kv", static_cast<uint32_t>(c.num_kv_heads));
-  if (c.head_dim * c.num_heads != c.hidden_size) {
+  if (c.head_dim * c.num_heads != c.hidden_size || deepseek) {
     g.add_uint32(p + "attention.key_length", static_cast<uint32_t>(c.head_dim));
-    g.add_uint32(p + "attention.value_length", static_cast<uint32_t>(c.head_dim));
+    g.add_uint32(p + "attention.value_length", static_cast<uint32_t>(c.value_head_dim()));
   }
   g.add_float32(p + "rope.freq_base", static_cast<float>(c.rope_theta));
   g.add_float32(p + "attention.layer_norm_rms_epsilon", c.rms_norm_eps);
   g.add_uint32(p + "expert_count", static_cast<uint32_t>(c.num_experts));
   g.add_uint32(p + "expert_used_count", static_cast<uint32_t>(c.num_experts_per_tok));
+  if (deepseek) {
+    // What llama.cpp's convert_hf_to_gguf.py writes for DeepseekV2ForCausalLM.
+    g.add_uint32(p + "leading_dense_block_count", static_cast<uint32_t>(c.first_k_dense_replace));
+    g.add_uint32(p + "attention.kv_lora_rank", static_cast<uint32_t>(c.kv_lora_rank));
+    g.add_uint32(p + "expert_shared_count",
+                 static_cast<uint32_t>(c.shared_expert_intermediate_size / c.intermediate_size));
+    g.add_float32(p + "expert_weights_scale", static_cast<float>(c.routed_scaling_factor));
+    g.add_bool(p + "expert_weights_norm", c.norm_topk_prob);
+    g.add_uint32(p + "expert_gating_func", 1);  // softmax
+    g.add_uint32(p + "rope.dimension_count", static_cast<uint32_t>(c.qk_rope_head_dim));
+    if (c.yarn) {
+      // llama.cpp keeps no beta_fast, beta_slow or mscale: it uses 32, 1 and mscale_all_dim.
+      if (c.yarn->beta_fast != 32.0 || c.yarn->beta_slow != 1.0 ||
+          c.yarn->mscale != c.yarn->mscale_all_dim)
+        fail("GGUF export: rope_scaling yarn with beta_fast ", c.yarn->beta_fast, ", beta_slow ",
+             c.yarn->beta_slow, ", mscale ", c.yarn->mscale, " and mscale_all_dim ",
+             c.yarn->mscale_all_dim,
+             " has no deepseek2 GGUF keys (llama.cpp assumes 32, 1 and mscale = mscale_all_dim)");
+      g.add_string(p + "rope.scaling.type", "yarn");
+      g.add_float32(p + "rope.scaling.factor", static_cast<float>(c.yarn->factor));
+      g.add_uint32(p + "rope.scaling.original_context_length",
+                   static_cast<uint32_t>(c.yarn->original_max_position_embeddings));
+      g.add_float32(p + "rope.scaling.yarn_log_multiplier",
+                    static_cast<float>(0.1 * c.yarn->mscale_all_dim));
+    } else {
+      g.add_string(p + "rope.scaling.type", "none");
+      g.add_float32(p + "rope.scaling.yarn_log_multiplier", 0.0f);  // a key llama.cpp requires
+    }
+  }
   add_gguf_tokenizer(g, tokenizer_json, c.vocab_size, c);
 
   const GgmlType matrix_ggml = gguf_type(matrix_type).ggml;
@@ -229,7 +280,7 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
-      if (!hf::needed(t.needs, c)) continue;
+      if (!hf::needed(t.needs, c, l)) continue;
       const TensorView& m = lw.*t.field;
       const std::string name = hf::gguf_layer_name(l, t.gguf);
       const bool permuted = c.family == Family::Mixtral &&
@@ -244,6 +295,7 @@ void export_gguf(const Checkpoint& checkpoint, const json& tokenizer_json, DType
         add_matrix(name, m, t.field == &LayerWeights::router ? DType::F32 : matrix_type);
       }
     }
+    if (!hf::is_moe_layer(c, l)) continue;
     for (const hf::ExpertTensor& t : hf::kExpertTensors) {
       const TensorView& first = lw.experts[0].*t.field;
       g.add_tensor_later(hf::gguf_layer_name(l, t.gguf_stacked), matrix_ggml,

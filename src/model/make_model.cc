@@ -125,7 +125,7 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dty
   simple(std::string(hf::kEmbed), {v, d});
   for (int l = 0; l < c.num_layers; ++l) {
     for (const hf::LayerTensor& t : hf::kLayerTensors) {
-      if (!hf::needed(t.needs, c)) continue;
+      if (!hf::needed(t.needs, c, l)) continue;
       const std::string name = hf::layer_tensor_name(l, t, c);
       if (t.vector) {
         simple(name, {hf::size(t.rows, c)});
@@ -133,6 +133,7 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c, kernels::DType dty
         simple(name, {hf::size(t.rows, c), hf::size(t.cols, c)});
       }
     }
+    if (!hf::is_moe_layer(c, l)) continue;
     const std::string e = hf::experts_prefix(l, c);
     if (fused) {
       PlannedTensor gate_up{{cat(e, hf::kFusedGateUp), dt, {n, 2 * f, d}}, {}};
@@ -340,6 +341,22 @@ TokenizerIds scan_tokenizer(const std::string& text, const fs::path& path) {
 
 }  // namespace
 
+namespace {
+
+// DeepSeek-V2-Lite's rope_scaling.
+YarnScaling deepseek_v2_lite_yarn() {
+  YarnScaling y;
+  y.factor = 40;
+  y.original_max_position_embeddings = 4096;
+  y.beta_fast = 32;
+  y.beta_slow = 1;
+  y.mscale = 0.707;
+  y.mscale_all_dim = 0.707;
+  return y;
+}
+
+}  // namespace
+
 ModelConfig preset_config(std::string_view preset) {
   ModelConfig c;
   c.head_dim = 0;  // D / heads unless a preset sets it
@@ -424,6 +441,44 @@ ModelConfig preset_config(std::string_view preset) {
     c.vocab_size = 32000;
     c.rope_theta = 1000000.0;
     c.max_position_embeddings = 32768;
+  } else if (preset == "deepseek-v2-tiny" || preset == "deepseek-v2-tiny-yarn") {
+    // DeepSeek-V2-Lite's structure in small: 27 layers, because llama.cpp reads q_proj (no
+    // q_lora_rank) only at that layer count; the first dense.
+    tiny(Family::DeepseekV2);
+    c.num_layers = 27;
+    c.num_kv_heads = c.num_heads;
+    c.kv_lora_rank = 32;
+    c.qk_nope_head_dim = 16;
+    c.qk_rope_head_dim = 8;
+    c.v_head_dim = 16;
+    c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    c.first_k_dense_replace = 1;
+    c.dense_intermediate_size = 96;
+    c.shared_expert_intermediate_size = 2 * c.intermediate_size;  // n_shared_experts 2
+    c.routed_scaling_factor = 2.0;                                // not 1, so that a test sees it
+    if (preset == "deepseek-v2-tiny-yarn") c.yarn = deepseek_v2_lite_yarn();
+  } else if (preset == "deepseek-v2-lite") {
+    c.family = Family::DeepseekV2;
+    c.hidden_size = 2048;
+    c.intermediate_size = 1408;
+    c.dense_intermediate_size = 10944;
+    c.num_layers = 27;
+    c.num_heads = 16;
+    c.num_kv_heads = 16;
+    c.kv_lora_rank = 512;
+    c.qk_nope_head_dim = 128;
+    c.qk_rope_head_dim = 64;
+    c.v_head_dim = 128;
+    c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    c.first_k_dense_replace = 1;
+    c.num_experts = 64;
+    c.num_experts_per_tok = 6;
+    c.shared_expert_intermediate_size = 2 * c.intermediate_size;
+    c.routed_scaling_factor = 1.0;
+    c.vocab_size = 102400;
+    c.rms_norm_eps = 1e-6f;
+    c.max_position_embeddings = 163840;
+    c.yarn = deepseek_v2_lite_yarn();
   } else {
     fail("unknown preset \"", preset, "\" (expected ", kPresetNames, ")");
   }
@@ -434,6 +489,8 @@ ModelConfig preset_config(std::string_view preset) {
               : c.family == Family::Qwen3Moe ? QkNorm::PerHead
                                              : QkNorm::None;
   c.qkv_bias = c.family == Family::Qwen2Moe;
+  c.shared_expert_gated = c.family == Family::Qwen2Moe;
+  c.rope_interleaved = c.family == Family::DeepseekV2;
   c.torch_dtype = "bfloat16";
   return c;
 }

@@ -38,10 +38,13 @@ struct MakeModelOptions {
 //   "qwen2-moe-tiny" (top-4, a shared expert of width 64), "qwen1.5-moe-a2.7b";
 //   "qwen3-moe-tiny" (head_dim 32, so the query width 128 is not D; renormalised top-2),
 //   "qwen3-30b-a3b";
-//   "mixtral-tiny" (renormalised top-2), "mixtral-8x7b".
+//   "mixtral-tiny" (renormalised top-2), "mixtral-8x7b";
+//   "deepseek-v2-tiny" (DeepSeek-V2-Lite's structure: 27 layers, the first dense of width 96, MLA
+//   with kv_lora_rank 32, qk_nope 16, qk_rope 8, v_head 16, 2 shared experts, routed_scaling_factor
+//   2, no RoPE scaling), "deepseek-v2-tiny-yarn" (the same with Lite's YaRN), "deepseek-v2-lite".
 inline constexpr const char* kPresetNames =
     "tiny, tiny256, olmoe-1b-7b, qwen2-moe-tiny, qwen1.5-moe-a2.7b, qwen3-moe-tiny, qwen3-30b-a3b, "
-    "mixtral-tiny or mixtral-8x7b";
+    "mixtral-tiny, mixtral-8x7b, deepseek-v2-tiny, deepseek-v2-tiny-yarn or deepseek-v2-lite";
 ModelConfig preset_config(std::string_view preset);
 
 // Every tensor of a checkpoint for `config`, in the order they are written.

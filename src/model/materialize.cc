@@ -36,9 +36,10 @@ std::vector<TensorView*> converted_matrices(Weights& w) {
   std::vector<TensorView*> targets;
   for (auto& layer : w.layers) {
     for (TensorView* m :
-         {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj, &layer.shared_gate_proj,
-          &layer.shared_up_proj, &layer.shared_down_proj}) {
-      if (m->data) targets.push_back(m);  // the shared expert's only where the family has one
+         {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.kv_a_proj, &layer.kv_b_proj,
+          &layer.o_proj, &layer.shared_gate_proj, &layer.shared_up_proj, &layer.shared_down_proj,
+          &layer.mlp_gate, &layer.mlp_up, &layer.mlp_down}) {
+      if (m->data) targets.push_back(m);  // only the projections the family (and layer) has
     }
     for (auto& expert : layer.experts) {
       for (TensorView* m : {&expert.gate, &expert.up, &expert.down}) targets.push_back(m);

@@ -23,7 +23,7 @@ double measure_mean_experts(Session& session, std::span<const int32_t> ids, int6
   int64_t selected = 0;
   for (int64_t s : session.selected_experts_per_layer()) selected += s;
   const double events = static_cast<double>(session.routed_tokens()) *
-                        static_cast<double>(session.model().config().num_layers);
+                        static_cast<double>(session.model().config().num_routed_layers());
   return static_cast<double>(selected) / events;
 }
 
@@ -31,7 +31,8 @@ namespace {
 
 double round_significant(double value, int digits) {
   if (value == 0 || !std::isfinite(value)) return value;
-  const double scale = std::pow(10.0, digits - 1 - static_cast<int>(std::floor(std::log10(std::fabs(value)))));
+  const double scale =
+      std::pow(10.0, digits - 1 - static_cast<int>(std::floor(std::log10(std::fabs(value)))));
   return std::round(value * scale) / scale;
 }
 
@@ -45,7 +46,8 @@ RuleSearchResult search_rule_parameter(Session& session, std::span<const int32_t
   const std::string rule = routing::rule_name(rule_template);
   const routing::RuleParameter* parameter = routing::find_rule_parameter(rule);
   if (!parameter) {
-    fail("rule \"", rule, "\" has no parameter to calibrate (bh: alpha, topp: p, skip: beta, "
+    fail("rule \"", rule,
+         "\" has no parameter to calibrate (bh: alpha, topp: p, skip: beta, "
          "threshold: tau; top-k's k is the count itself)");
   }
   const ModelConfig& config = session.model().config();
@@ -83,7 +85,9 @@ RuleSearchResult search_rule_parameter(Session& session, std::span<const int32_t
   };
   auto to_search = [&](double v) { return parameter->log_scale ? std::log(v) : v; };
   auto from_search = [&](double s) { return parameter->log_scale ? std::exp(s) : s; };
-  auto close_enough = [&] { return std::fabs(result.mean_experts - options.target) <= options.tolerance; };
+  auto close_enough = [&] {
+    return std::fabs(result.mean_experts - options.target) <= options.tolerance;
+  };
 
   // The mean rises with the value when more_when_larger; orient so that "low" gives fewer experts.
   double low = to_search(parameter->more_when_larger ? parameter->lo : parameter->hi);
@@ -106,7 +110,8 @@ RuleSearchResult search_rule_parameter(Session& session, std::span<const int32_t
     const std::string best_spec = result.spec;
     const double best_value = result.value, best_mean = result.mean_experts;
     const double mean = measure(rounded);
-    if (std::fabs(mean - options.target) <= std::max(options.tolerance, std::fabs(best_mean - options.target))) {
+    if (std::fabs(mean - options.target) <=
+        std::max(options.tolerance, std::fabs(best_mean - options.target))) {
       result.spec = result.steps.back().spec;
       result.value = rounded;
       result.mean_experts = mean;

@@ -26,11 +26,21 @@ int64_t size(Size s, const ModelConfig& c) {
       return c.qk_norm == QkNorm::PerHead ? c.head_dim : size(Size::Dq, c);
     case Size::KNorm:
       return c.qk_norm == QkNorm::PerHead ? c.head_dim : size(Size::Dkv, c);
+    case Size::Do:
+      return int64_t{c.num_heads} * c.value_head_dim();
+    case Size::KvLora:
+      return c.kv_lora_rank;
+    case Size::KvA:
+      return int64_t{c.kv_lora_rank} + c.qk_rope_head_dim;
+    case Size::KvB:
+      return int64_t{c.num_heads} * (c.qk_nope_head_dim + c.v_head_dim);
+    case Size::Fd:
+      return c.dense_intermediate_size;
   }
   return 0;
 }
 
-bool needed(Needs needs, const ModelConfig& c) {
+bool needed(Needs needs, const ModelConfig& c, int layer) {
   switch (needs) {
     case Needs::Always:
       return true;
@@ -38,8 +48,19 @@ bool needed(Needs needs, const ModelConfig& c) {
       return c.qk_norm != QkNorm::None;
     case Needs::QkvBias:
       return c.qkv_bias;
+    case Needs::KvProj:
+      return !c.mla();
+    case Needs::Mla:
+      return c.mla();
+    case Needs::MoeLayer:
+      return is_moe_layer(c, layer);
     case Needs::SharedExpert:
-      return c.shared_expert_intermediate_size > 0;
+      return is_moe_layer(c, layer) && c.shared_expert_intermediate_size > 0;
+    case Needs::SharedExpertGate:
+      return is_moe_layer(c, layer) && c.shared_expert_intermediate_size > 0 &&
+             c.shared_expert_gated;
+    case Needs::DenseLayer:
+      return !is_moe_layer(c, layer);
   }
   return false;
 }
@@ -49,8 +70,10 @@ std::string layer_name(int layer, std::string_view leaf) {
 }
 
 std::string layer_tensor_name(int layer, const LayerTensor& t, const ModelConfig& config) {
-  const bool mixtral = config.family == Family::Mixtral && t.mixtral_leaf;
-  return layer_name(layer, mixtral ? t.mixtral_leaf : t.leaf);
+  if (config.family == Family::Mixtral && t.mixtral_leaf) return layer_name(layer, t.mixtral_leaf);
+  if (config.family == Family::DeepseekV2 && t.deepseek_leaf)
+    return layer_name(layer, t.deepseek_leaf);
+  return layer_name(layer, t.leaf);
 }
 
 std::string experts_prefix(int layer, const ModelConfig& config) {
@@ -78,6 +101,8 @@ const char* gguf_architecture(Family family) {
       return "qwen3moe";
     case Family::Mixtral:
       return "llama";
+    case Family::DeepseekV2:
+      return "deepseek2";
   }
   return "?";
 }

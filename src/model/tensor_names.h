@@ -14,21 +14,41 @@
 namespace bhmoe::model::hf {
 
 // A dimension of a tensor, resolved against a config by size(): D, the query width H*hd, the
-// key/value width Hkv*hd, experts, the routed and shared expert widths, vocabulary, one, and the
-// q/k norm widths (the projection's for QkNorm::Full, hd for QkNorm::PerHead).
-enum class Size : uint8_t { D, Dq, Dkv, N, F, Fs, V, One, QNorm, KNorm };
+// key/value width Hkv*hd, experts, the routed and shared expert widths, vocabulary, one, the
+// q/k norm widths (the projection's for QkNorm::Full, hd for QkNorm::PerHead), the attention
+// output width H * value_head_dim (o_proj's input), and DeepSeek-V2's: the latent kv_lora_rank, the
+// kv_a projection kv_lora_rank + qk_rope_head_dim, the kv_b projection H * (qk_nope + v_head) and
+// the leading dense layers' width.
+enum class Size : uint8_t { D, Dq, Dkv, N, F, Fs, V, One, QNorm, KNorm, Do, KvLora, KvA, KvB, Fd };
 int64_t size(Size s, const ModelConfig& c);
 
-// Which configs hold a tensor.
-enum class Needs : uint8_t { Always, QkNorm, QkvBias, SharedExpert };
-bool needed(Needs needs, const ModelConfig& c);
+// Which configs (and layers) hold a tensor: every layer; the q/k norms, q/k/v biases; the separate
+// k/v projections (all but MLA) or MLA's latent ones; tensors of layers with experts (router,
+// shared expert) or of the leading dense layers (DeepSeek-V2's MLP); the shared expert's gate.
+enum class Needs : uint8_t {
+  Always,
+  QkNorm,
+  QkvBias,
+  KvProj,
+  Mla,
+  MoeLayer,
+  SharedExpert,
+  SharedExpertGate,
+  DenseLayer
+};
+bool needed(Needs needs, const ModelConfig& c, int layer);
+// Whether decoder layer `layer` has a router and experts (DeepSeek-V2's leading layers do not).
+inline bool is_moe_layer(const ModelConfig& c, int layer) {
+  return layer >= c.first_k_dense_replace;
+}
 
-// A per-layer tensor: "model.layers.<l>." + leaf (Mixtral: mixtral_leaf where it differs); a
-// vector of `rows` values when `vector`, else [rows, cols]. In a GGUF file: "blk.<l>." + gguf, a
-// vector also when rows is One (ggml ne {cols}).
+// A per-layer tensor: "model.layers.<l>." + leaf (Mixtral: mixtral_leaf, DeepSeek-V2:
+// deepseek_leaf where they differ); a vector of `rows` values when `vector`, else [rows, cols]. In
+// a GGUF file: "blk.<l>." + gguf, a vector also when rows is One (ggml ne {cols}).
 struct LayerTensor {
   const char* leaf;
-  const char* mixtral_leaf;  // nullptr: the same as leaf
+  const char* mixtral_leaf;   // nullptr: the same as leaf
+  const char* deepseek_leaf;  // nullptr: the same as leaf
   TensorView LayerWeights::*field;
   Size rows;
   Size cols;
@@ -37,38 +57,53 @@ struct LayerTensor {
   const char* gguf;
 };
 inline constexpr LayerTensor kLayerTensors[] = {
-    {"input_layernorm.weight", nullptr, &LayerWeights::input_norm, Size::D, Size::D, true,
+    {"input_layernorm.weight", nullptr, nullptr, &LayerWeights::input_norm, Size::D, Size::D, true,
      Needs::Always, "attn_norm.weight"},
-    {"self_attn.q_proj.weight", nullptr, &LayerWeights::q_proj, Size::Dq, Size::D, false,
+    {"self_attn.q_proj.weight", nullptr, nullptr, &LayerWeights::q_proj, Size::Dq, Size::D, false,
      Needs::Always, "attn_q.weight"},
-    {"self_attn.k_proj.weight", nullptr, &LayerWeights::k_proj, Size::Dkv, Size::D, false,
-     Needs::Always, "attn_k.weight"},
-    {"self_attn.v_proj.weight", nullptr, &LayerWeights::v_proj, Size::Dkv, Size::D, false,
-     Needs::Always, "attn_v.weight"},
-    {"self_attn.q_proj.bias", nullptr, &LayerWeights::q_bias, Size::Dq, Size::Dq, true,
+    {"self_attn.k_proj.weight", nullptr, nullptr, &LayerWeights::k_proj, Size::Dkv, Size::D, false,
+     Needs::KvProj, "attn_k.weight"},
+    {"self_attn.v_proj.weight", nullptr, nullptr, &LayerWeights::v_proj, Size::Dkv, Size::D, false,
+     Needs::KvProj, "attn_v.weight"},
+    {"self_attn.kv_a_proj_with_mqa.weight", nullptr, nullptr, &LayerWeights::kv_a_proj, Size::KvA,
+     Size::D, false, Needs::Mla, "attn_kv_a_mqa.weight"},
+    {"self_attn.kv_a_layernorm.weight", nullptr, nullptr, &LayerWeights::kv_a_norm, Size::KvLora,
+     Size::KvLora, true, Needs::Mla, "attn_kv_a_norm.weight"},
+    {"self_attn.kv_b_proj.weight", nullptr, nullptr, &LayerWeights::kv_b_proj, Size::KvB,
+     Size::KvLora, false, Needs::Mla, "attn_kv_b.weight"},
+    {"self_attn.q_proj.bias", nullptr, nullptr, &LayerWeights::q_bias, Size::Dq, Size::Dq, true,
      Needs::QkvBias, "attn_q.bias"},
-    {"self_attn.k_proj.bias", nullptr, &LayerWeights::k_bias, Size::Dkv, Size::Dkv, true,
+    {"self_attn.k_proj.bias", nullptr, nullptr, &LayerWeights::k_bias, Size::Dkv, Size::Dkv, true,
      Needs::QkvBias, "attn_k.bias"},
-    {"self_attn.v_proj.bias", nullptr, &LayerWeights::v_bias, Size::Dkv, Size::Dkv, true,
+    {"self_attn.v_proj.bias", nullptr, nullptr, &LayerWeights::v_bias, Size::Dkv, Size::Dkv, true,
      Needs::QkvBias, "attn_v.bias"},
-    {"self_attn.o_proj.weight", nullptr, &LayerWeights::o_proj, Size::D, Size::Dq, false,
+    {"self_attn.o_proj.weight", nullptr, nullptr, &LayerWeights::o_proj, Size::D, Size::Do, false,
      Needs::Always, "attn_output.weight"},
-    {"self_attn.q_norm.weight", nullptr, &LayerWeights::q_norm, Size::QNorm, Size::QNorm, true,
-     Needs::QkNorm, "attn_q_norm.weight"},
-    {"self_attn.k_norm.weight", nullptr, &LayerWeights::k_norm, Size::KNorm, Size::KNorm, true,
-     Needs::QkNorm, "attn_k_norm.weight"},
-    {"post_attention_layernorm.weight", nullptr, &LayerWeights::post_norm, Size::D, Size::D, true,
-     Needs::Always, "ffn_norm.weight"},
-    {"mlp.gate.weight", "block_sparse_moe.gate.weight", &LayerWeights::router, Size::N, Size::D,
-     false, Needs::Always, "ffn_gate_inp.weight"},
-    {"mlp.shared_expert.gate_proj.weight", nullptr, &LayerWeights::shared_gate_proj, Size::Fs,
-     Size::D, false, Needs::SharedExpert, "ffn_gate_shexp.weight"},
-    {"mlp.shared_expert.up_proj.weight", nullptr, &LayerWeights::shared_up_proj, Size::Fs, Size::D,
-     false, Needs::SharedExpert, "ffn_up_shexp.weight"},
-    {"mlp.shared_expert.down_proj.weight", nullptr, &LayerWeights::shared_down_proj, Size::D,
-     Size::Fs, false, Needs::SharedExpert, "ffn_down_shexp.weight"},
-    {"mlp.shared_expert_gate.weight", nullptr, &LayerWeights::shared_gate, Size::One, Size::D,
-     false, Needs::SharedExpert, "ffn_gate_inp_shexp.weight"},
+    {"self_attn.q_norm.weight", nullptr, nullptr, &LayerWeights::q_norm, Size::QNorm, Size::QNorm,
+     true, Needs::QkNorm, "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", nullptr, nullptr, &LayerWeights::k_norm, Size::KNorm, Size::KNorm,
+     true, Needs::QkNorm, "attn_k_norm.weight"},
+    {"post_attention_layernorm.weight", nullptr, nullptr, &LayerWeights::post_norm, Size::D,
+     Size::D, true, Needs::Always, "ffn_norm.weight"},
+    {"mlp.gate.weight", "block_sparse_moe.gate.weight", nullptr, &LayerWeights::router, Size::N,
+     Size::D, false, Needs::MoeLayer, "ffn_gate_inp.weight"},
+    {"mlp.shared_expert.gate_proj.weight", nullptr, "mlp.shared_experts.gate_proj.weight",
+     &LayerWeights::shared_gate_proj, Size::Fs, Size::D, false, Needs::SharedExpert,
+     "ffn_gate_shexp.weight"},
+    {"mlp.shared_expert.up_proj.weight", nullptr, "mlp.shared_experts.up_proj.weight",
+     &LayerWeights::shared_up_proj, Size::Fs, Size::D, false, Needs::SharedExpert,
+     "ffn_up_shexp.weight"},
+    {"mlp.shared_expert.down_proj.weight", nullptr, "mlp.shared_experts.down_proj.weight",
+     &LayerWeights::shared_down_proj, Size::D, Size::Fs, false, Needs::SharedExpert,
+     "ffn_down_shexp.weight"},
+    {"mlp.shared_expert_gate.weight", nullptr, nullptr, &LayerWeights::shared_gate, Size::One,
+     Size::D, false, Needs::SharedExpertGate, "ffn_gate_inp_shexp.weight"},
+    {"mlp.gate_proj.weight", nullptr, nullptr, &LayerWeights::mlp_gate, Size::Fd, Size::D, false,
+     Needs::DenseLayer, "ffn_gate.weight"},
+    {"mlp.up_proj.weight", nullptr, nullptr, &LayerWeights::mlp_up, Size::Fd, Size::D, false,
+     Needs::DenseLayer, "ffn_up.weight"},
+    {"mlp.down_proj.weight", nullptr, nullptr, &LayerWeights::mlp_down, Size::D, Size::Fd, false,
+     Needs::DenseLayer, "ffn_down.weight"},
 };
 
 // The HF name of a per-layer tensor in `config`'s family.
@@ -118,7 +153,8 @@ inline constexpr std::string_view kGgufFinalNorm = "output_norm.weight";  // ne 
 inline constexpr std::string_view kGgufLmHead = "output.weight";          // ne {D, V}; absent: tied
 std::string gguf_layer_name(int layer, std::string_view gguf);            // "blk.<l>.<gguf>"
 
-// llama.cpp's general.architecture of a family: "olmoe", "qwen2moe", "qwen3moe", "llama".
+// llama.cpp's general.architecture of a family: "olmoe", "qwen2moe", "qwen3moe", "llama",
+// "deepseek2".
 const char* gguf_architecture(Family family);
 
 }  // namespace bhmoe::model::hf

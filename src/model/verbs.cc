@@ -118,8 +118,8 @@ std::vector<WindowScore> score_windows(Session& session, std::span<const int32_t
     w.begin = begin;
     w.tokens = n;
     const int64_t selected_before = total_selected(session);
-    for (double lp : score_tokens(session, ids.subspan(static_cast<size_t>(begin),
-                                                       static_cast<size_t>(n)))) {
+    for (double lp :
+         score_tokens(session, ids.subspan(static_cast<size_t>(begin), static_cast<size_t>(n)))) {
       w.nll_sum -= lp;
     }
     w.predicted = n - 1;
@@ -163,7 +163,7 @@ std::map<int, std::vector<float>> collect_router_logits(Session& session,
     fail("collect_router_logits: window ", window, " is outside [1, ", session.max_tokens(),
          "] (the session's KV cache)");
   }
-  LogitCollector collector(session.model().config().num_layers);
+  LogitCollector collector(session.model().config().num_routed_layers());
   session.set_observer(&collector);
   try {
     for (size_t begin = 0; begin < ids.size(); begin += static_cast<size_t>(window)) {
@@ -219,12 +219,12 @@ Trace trace_routing(Session& session, std::span<const int32_t> ids, int64_t wind
   const ModelConfig& config = session.model().config();
   const size_t V = static_cast<size_t>(config.vocab_size);
   if (!logits.empty() && logits.size() < ids.size() * V) {
-    fail("trace: the logits buffer holds ", logits.size(), " floats; ", ids.size(),
-         " tokens need ", ids.size() * V);
+    fail("trace: the logits buffer holds ", logits.size(), " floats; ", ids.size(), " tokens need ",
+         ids.size() * V);
   }
   Trace trace;
   trace.num_tokens = static_cast<int64_t>(ids.size());
-  trace.num_layers = config.num_layers;
+  trace.num_layers = config.num_routed_layers();  // routing layers (engine.h)
   trace.max_k = session.router().max_count();
   trace.num_experts = config.num_experts;
   trace.tokens.assign(ids.begin(), ids.end());
@@ -232,7 +232,8 @@ Trace trace_routing(Session& session, std::span<const int32_t> ids, int64_t wind
   trace.ids.assign(rows * static_cast<size_t>(trace.max_k), -1);
   trace.weights.assign(rows * static_cast<size_t>(trace.max_k), 0.0f);
   trace.counts.assign(rows, 0);
-  if (keep_router_logits) trace.router_logits.assign(rows * static_cast<size_t>(trace.num_experts), 0.0f);
+  if (keep_router_logits)
+    trace.router_logits.assign(rows * static_cast<size_t>(trace.num_experts), 0.0f);
 
   TraceRecorder recorder(&trace);
   session.set_observer(&recorder);
@@ -259,11 +260,11 @@ std::unique_ptr<routing::Router> make_model_router(
     fail("router \"", routing::canonical_spec(spec), "\" needs a calibration (none was given)");
   }
   try {
-    calibration->check_covers_model(config.num_layers, calibration_source);
+    calibration->check_covers_model(config.num_routed_layers(), calibration_source);
   } catch (const Error& e) {
     fail("router \"", routing::canonical_spec(spec), "\": ", e.what());
   }
-  for (int layer = 0; layer < config.num_layers; ++layer) {
+  for (int layer = 0; layer < config.num_routed_layers(); ++layer) {
     if (spec.rule == routing::RuleKind::kEntropy && !calibration->has_entropy_quantiles(layer)) {
       try {
         calibration->entropy_quantiles(layer);
