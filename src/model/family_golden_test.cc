@@ -281,30 +281,7 @@ std::string deepseek_gguf_error(const std::string& name,
   const GgufFile g = GgufFile::open(family_gguf("deepseek-v2-tiny", "f32"));
   GgufWriter w;
   for (const std::string& key : g.keys()) {
-    if (edit(w, key)) continue;
-    const GgufValue& v = *g.find(key);
-    switch (v.type) {
-      case GgufValueType::String:
-        w.add_string(key, v.text);
-        break;
-      case GgufValueType::Uint32:
-        w.add_uint32(key, static_cast<uint32_t>(v.as_unsigned));
-        break;
-      case GgufValueType::Float32:
-        w.add_float32(key, static_cast<float>(v.as_double));
-        break;
-      case GgufValueType::Bool:
-        w.add_bool(key, v.as_unsigned != 0);
-        break;
-      default:
-        if (v.element_type == GgufValueType::String) {
-          w.add_string_array(key, v.strings);
-        } else {
-          std::vector<int32_t> ints;
-          for (int64_t x : g.get_int_array(key)) ints.push_back(static_cast<int32_t>(x));
-          w.add_int32_array(key, ints);
-        }
-    }
+    if (!edit(w, key)) w.add_copy(g, key);
   }
   for (const GgufTensor& t : g.tensors()) {
     w.add_tensor(t.name, static_cast<GgmlType>(t.type), t.ne,

@@ -329,34 +329,9 @@ fs::path variant(
   return out;
 }
 
-// Copies a key of any type the golden file uses.
+// Copies a key as the golden file holds it.
 void copy_key(GgufWriter& w, const GgufFile& g, const std::string& key) {
-  const GgufValue& v = *g.find(key);
-  switch (v.type) {
-    case GgufValueType::String:
-      w.add_string(key, v.text);
-      break;
-    case GgufValueType::Uint32:
-      w.add_uint32(key, static_cast<uint32_t>(v.as_unsigned));
-      break;
-    case GgufValueType::Float32:
-      w.add_float32(key, static_cast<float>(v.as_double));
-      break;
-    case GgufValueType::Bool:
-      w.add_bool(key, v.as_unsigned != 0);
-      break;
-    case GgufValueType::Array:
-      if (v.element_type == GgufValueType::String) {
-        w.add_string_array(key, v.strings);
-      } else {
-        std::vector<int32_t> ints;
-        for (int64_t x : g.get_int_array(key)) ints.push_back(static_cast<int32_t>(x));
-        w.add_int32_array(key, ints);
-      }
-      break;
-    default:
-      FAIL() << "key " << key << " of an unexpected type";
-  }
+  w.add_copy(g, key);
 }
 
 // Older converters wrote one tensor per expert (blk.<l>.ffn_gate.<e>.weight, ...) instead of the

@@ -25,14 +25,14 @@ struct TypeRow {
 // and minima, 128 bytes of nibbles per 256 elements; Q6_K = 128 bytes low nibbles, 64 bytes high
 // bits, 16 int8 scales, f16 d.
 constexpr TypeRow kTypes[] = {
-    {0, "F32", 1, 4},       {1, "F16", 1, 2},         {2, "Q4_0", 32, 18},     {3, "Q4_1", 32, 20},
-    {6, "Q5_0", 32, 22},    {7, "Q5_1", 32, 24},      {8, "Q8_0", 32, 34},     {9, "Q8_1", 32, 36},
-    {10, "Q2_K", 256, 84},  {11, "Q3_K", 256, 110},   {12, "Q4_K", 256, 144},  {13, "Q5_K", 256, 176},
-    {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292},   {16, "IQ2_XXS", 0, 0},   {17, "IQ2_XS", 0, 0},
-    {18, "IQ3_XXS", 0, 0},  {19, "IQ1_S", 0, 0},      {20, "IQ4_NL", 0, 0},    {21, "IQ3_S", 0, 0},
-    {22, "IQ2_S", 0, 0},    {23, "IQ4_XS", 0, 0},     {24, "I8", 1, 1},        {25, "I16", 1, 2},
-    {26, "I32", 1, 4},      {27, "I64", 1, 8},        {28, "F64", 1, 8},       {29, "IQ1_M", 0, 0},
-    {30, "BF16", 1, 2},     {34, "TQ1_0", 0, 0},      {35, "TQ2_0", 0, 0},     {39, "MXFP4", 0, 0},
+    {0, "F32", 1, 4},       {1, "F16", 1, 2},       {2, "Q4_0", 32, 18},    {3, "Q4_1", 32, 20},
+    {6, "Q5_0", 32, 22},    {7, "Q5_1", 32, 24},    {8, "Q8_0", 32, 34},    {9, "Q8_1", 32, 36},
+    {10, "Q2_K", 256, 84},  {11, "Q3_K", 256, 110}, {12, "Q4_K", 256, 144}, {13, "Q5_K", 256, 176},
+    {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292}, {16, "IQ2_XXS", 0, 0},  {17, "IQ2_XS", 0, 0},
+    {18, "IQ3_XXS", 0, 0},  {19, "IQ1_S", 0, 0},    {20, "IQ4_NL", 0, 0},   {21, "IQ3_S", 0, 0},
+    {22, "IQ2_S", 0, 0},    {23, "IQ4_XS", 0, 0},   {24, "I8", 1, 1},       {25, "I16", 1, 2},
+    {26, "I32", 1, 4},      {27, "I64", 1, 8},      {28, "F64", 1, 8},      {29, "IQ1_M", 0, 0},
+    {30, "BF16", 1, 2},     {34, "TQ1_0", 0, 0},    {35, "TQ2_0", 0, 0},    {39, "MXFP4", 0, 0},
 };
 
 const TypeRow* type_row(uint32_t type) {
@@ -178,19 +178,32 @@ std::string ggml_type_name(uint32_t type) {
 
 const char* gguf_value_type_name(GgufValueType type) {
   switch (type) {
-    case GgufValueType::Uint8: return "uint8";
-    case GgufValueType::Int8: return "int8";
-    case GgufValueType::Uint16: return "uint16";
-    case GgufValueType::Int16: return "int16";
-    case GgufValueType::Uint32: return "uint32";
-    case GgufValueType::Int32: return "int32";
-    case GgufValueType::Float32: return "float32";
-    case GgufValueType::Bool: return "bool";
-    case GgufValueType::String: return "string";
-    case GgufValueType::Array: return "array";
-    case GgufValueType::Uint64: return "uint64";
-    case GgufValueType::Int64: return "int64";
-    case GgufValueType::Float64: return "float64";
+    case GgufValueType::Uint8:
+      return "uint8";
+    case GgufValueType::Int8:
+      return "int8";
+    case GgufValueType::Uint16:
+      return "uint16";
+    case GgufValueType::Int16:
+      return "int16";
+    case GgufValueType::Uint32:
+      return "uint32";
+    case GgufValueType::Int32:
+      return "int32";
+    case GgufValueType::Float32:
+      return "float32";
+    case GgufValueType::Bool:
+      return "bool";
+    case GgufValueType::String:
+      return "string";
+    case GgufValueType::Array:
+      return "array";
+    case GgufValueType::Uint64:
+      return "uint64";
+    case GgufValueType::Int64:
+      return "int64";
+    case GgufValueType::Float64:
+      return "float64";
   }
   return "unknown";
 }
@@ -243,7 +256,8 @@ void GgufFile::parse_all() {
     need(8, what);
     const uint64_t len = c.take(8);
     if (!c.has(len)) {
-      fail_at(c.at() - 8, cat(what, " has length ", len, ", more than the ", c.left(), " bytes left"));
+      fail_at(c.at() - 8,
+              cat(what, " has length ", len, ", more than the ", c.left(), " bytes left"));
     }
     std::string s(reinterpret_cast<const char*>(c.here()), static_cast<size_t>(len));
     c.skip(len);
@@ -257,10 +271,12 @@ void GgufFile::parse_all() {
   need(4, "the version");
   version_ = static_cast<uint32_t>(c.take(4));
   if (version_ == 0x02000000u || version_ == 0x03000000u) {
-    fail(source_, ": a big-endian GGUF file; bhmoe reads little-endian GGUF (convert it on a "
-                  "little-endian machine)");
+    fail(source_,
+         ": a big-endian GGUF file; bhmoe reads little-endian GGUF (convert it on a "
+         "little-endian machine)");
   }
-  if (version_ == 1) fail(source_, ": GGUF version 1 is not supported (re-convert with a current llama.cpp)");
+  if (version_ == 1)
+    fail(source_, ": GGUF version 1 is not supported (re-convert with a current llama.cpp)");
   if (version_ != 2 && version_ != 3) {
     fail(source_, ": GGUF version ", version_, " is not supported (bhmoe reads versions 2 and 3)");
   }
@@ -298,7 +314,8 @@ void GgufFile::parse_all() {
       }
       v.element_type = static_cast<GgufValueType>(et);
       if (v.element_type == GgufValueType::Array) {
-        fail_at(c.at() - 12, cat("metadata key '", key, "' is an array of arrays, which no model uses"));
+        fail_at(c.at() - 12,
+                cat("metadata key '", key, "' is an array of arrays, which no model uses"));
       }
       if (v.element_type == GgufValueType::String) {
         // Every string takes at least its 8-byte length, so the count is bounded by the bytes left
@@ -321,7 +338,9 @@ void GgufFile::parse_all() {
         v.array_data = c.here();
         if (v.element_type == GgufValueType::Bool) {
           for (uint64_t i = 0; i < v.count; ++i) {
-            if (v.array_data[i] > 1) fail_at(c.at() + i, cat("metadata key '", key, "': bool value ", int(v.array_data[i])));
+            if (v.array_data[i] > 1)
+              fail_at(c.at() + i,
+                      cat("metadata key '", key, "': bool value ", int(v.array_data[i])));
           }
         }
         c.skip(v.count * width);
@@ -330,7 +349,8 @@ void GgufFile::parse_all() {
       const size_t width = scalar_size(v.type);
       need(width, cat("the value of metadata key '", key, "'"));
       if (!decode_scalar(v.type, c.here(), v)) {
-        fail_at(c.at(), cat("metadata key '", key, "': bool value ", int(*c.here()), " is neither 0 nor 1"));
+        fail_at(c.at(), cat("metadata key '", key, "': bool value ", int(*c.here()),
+                            " is neither 0 nor 1"));
       }
       c.skip(width);
     }
@@ -345,7 +365,8 @@ void GgufFile::parse_all() {
     }
     alignment_ = a->as_unsigned;
     if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0 || alignment_ > kMaxAlignment) {
-      fail(source_, ": general.alignment ", alignment_, " is not a power of two up to ", kMaxAlignment);
+      fail(source_, ": general.alignment ", alignment_, " is not a power of two up to ",
+           kMaxAlignment);
     }
   }
 
@@ -355,7 +376,8 @@ void GgufFile::parse_all() {
     const uint64_t info_at = c.at();
     info.name = read_string(cat("the name of tensor ", t));
     if (info.name.empty()) fail_at(info_at, cat("tensor ", t, " has an empty name"));
-    if (tensor_index_.count(info.name)) fail_at(info_at, cat("tensor '", info.name, "' appears twice"));
+    if (tensor_index_.count(info.name))
+      fail_at(info_at, cat("tensor '", info.name, "' appears twice"));
     need(4, cat("the dimensions of tensor '", info.name, "'"));
     const uint32_t dims = static_cast<uint32_t>(c.take(4));
     if (dims == 0 || dims > static_cast<uint32_t>(kMaxGgufDims)) {
@@ -389,7 +411,8 @@ void GgufFile::parse_all() {
                              layout->block_elements));
       }
       const uint64_t blocks = numel / static_cast<uint64_t>(layout->block_elements);
-      if (blocks > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(layout->block_bytes)) {
+      if (blocks >
+          std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(layout->block_bytes)) {
         fail_at(info_at, cat("tensor '", info.name, "' is impossibly large"));
       }
       info.nbytes = blocks * static_cast<uint64_t>(layout->block_bytes);
@@ -407,8 +430,10 @@ void GgufFile::parse_all() {
   for (GgufTensor& t : tensors_) {
     if (t.offset > data_size || t.nbytes > data_size - t.offset) {
       fail(source_, ": tensor '", t.name, "' (", ggml_type_name(t.type), ", ", t.nbytes,
-           " bytes at data offset ", t.offset, ") extends past the end of the file (the data region "
-           "holds ", data_size, " bytes): the file is truncated or corrupt");
+           " bytes at data offset ", t.offset,
+           ") extends past the end of the file (the data region "
+           "holds ",
+           data_size, " bytes): the file is truncated or corrupt");
     }
     t.data = base_ + data_offset_ + t.offset;
     by_offset.push_back(&t);
@@ -418,7 +443,8 @@ void GgufFile::parse_all() {
   for (size_t i = 1; i < by_offset.size(); ++i) {
     const GgufTensor& prev = *by_offset[i - 1];
     if (prev.offset + prev.nbytes > by_offset[i]->offset) {
-      fail(source_, ": tensors '", prev.name, "' and '", by_offset[i]->name, "' overlap in the data region");
+      fail(source_, ": tensors '", prev.name, "' and '", by_offset[i]->name,
+           "' overlap in the data region");
     }
   }
 }
@@ -508,7 +534,8 @@ std::vector<int64_t> GgufFile::get_int_array(std::string_view key) const {
   for (uint64_t i = 0; i < v.count; ++i) {
     GgufValue one;
     decode_scalar(v.element_type, v.array_data + i * width, one);
-    if (!one.is_negative && one.as_unsigned > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    if (!one.is_negative &&
+        one.as_unsigned > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
       fail(source_, ": metadata key '", key, "' element ", i, " does not fit in int64");
     }
     out.push_back(one.as_signed);
@@ -642,6 +669,38 @@ void GgufWriter::add_float32_array(const std::string& k, const std::vector<float
   }
 }
 
+void GgufWriter::add_copy(const GgufFile& from, const std::string& k) {
+  const GgufValue* v = from.find(k);
+  if (!v) fail(from.source(), ": no metadata key '", k, "' to copy");
+  key(k, v->type);
+  if (v->type == GgufValueType::String) {
+    put_string(kv_, v->text);
+  } else if (v->type == GgufValueType::Array) {
+    put(kv_, static_cast<uint32_t>(v->element_type), 4);
+    put(kv_, v->count, 8);
+    if (v->element_type == GgufValueType::String) {
+      for (const std::string& text : v->strings) put_string(kv_, text);
+    } else {
+      // Numeric elements are little-endian in both files: the stored bytes as they are.
+      kv_.append(reinterpret_cast<const char*>(v->array_data),
+                 v->count * scalar_size(v->element_type));
+    }
+  } else if (v->type == GgufValueType::Float32) {
+    const float f = static_cast<float>(v->as_double);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    put(kv_, bits, 4);
+  } else if (v->type == GgufValueType::Float64) {
+    uint64_t bits;
+    std::memcpy(&bits, &v->as_double, 8);
+    put(kv_, bits, 8);
+  } else {
+    // Integers and bools: the two's-complement bits, cut to the type's width by put().
+    put(kv_, v->is_negative ? static_cast<uint64_t>(v->as_signed) : v->as_unsigned,
+        scalar_size(v->type));
+  }
+}
+
 void GgufWriter::set_alignment(uint32_t alignment) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     fail("GGUF alignment ", alignment, " is not a power of two");
@@ -670,8 +729,8 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type, const std::v
                             std::string data) {
   const uint64_t nbytes = tensor_bytes(name, type, ne);
   if (nbytes != data.size()) {
-    fail("GGUF writer: tensor '", name, "': ", data.size(), " bytes do not match its type and shape (",
-         nbytes, ")");
+    fail("GGUF writer: tensor '", name, "': ", data.size(),
+         " bytes do not match its type and shape (", nbytes, ")");
   }
   tensors_.push_back({name, static_cast<uint32_t>(type), ne, nbytes, std::move(data), nullptr});
 }
@@ -687,8 +746,8 @@ std::string GgufWriter::data_of(const Pending& t) const {
   if (!t.produce) return t.data;
   std::string data = t.produce();
   if (data.size() != t.nbytes) {
-    fail("GGUF writer: tensor '", t.name, "': produced ", data.size(), " bytes, its type and shape take ",
-         t.nbytes);
+    fail("GGUF writer: tensor '", t.name, "': produced ", data.size(),
+         " bytes, its type and shape take ", t.nbytes);
   }
   return data;
 }

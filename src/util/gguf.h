@@ -9,9 +9,9 @@
 // Reading maps the file and validates everything it will index before anything is allocated from a
 // count in the file: counts and lengths against the bytes left (every element takes at least one
 // byte, so no count can allocate more than the file's size), value types, unique keys and tensor
-// names, dimensions (at most 4, none negative, no overflow), the alignment, and each tensor's offset
-// (aligned) and size (ggml type x shape) inside the data region, without overlaps. Tensors are
-// zero-copy views into the mapping. Errors name the file and the key or tensor at fault.
+// names, dimensions (at most 4, none negative, no overflow), the alignment, and each tensor's
+// offset (aligned) and size (ggml type x shape) inside the data region, without overlaps. Tensors
+// are zero-copy views into the mapping. Errors name the file and the key or tensor at fault.
 //
 // Only the container is read here: what the keys and tensors mean for a model is model/'s business.
 #pragma once
@@ -102,10 +102,10 @@ struct GgufValue {
 
 struct GgufTensor {
   std::string name;
-  uint32_t type = 0;           // a GgmlType number; may be one bhmoe has no layout for
-  std::vector<int64_t> ne;     // ne[0] varies fastest (a matrix [rows, cols] is ne = {cols, rows})
-  uint64_t offset = 0;         // from the start of the data region
-  uint64_t nbytes = 0;         // 0 when the type's layout is unknown
+  uint32_t type = 0;        // a GgmlType number; may be one bhmoe has no layout for
+  std::vector<int64_t> ne;  // ne[0] varies fastest (a matrix [rows, cols] is ne = {cols, rows})
+  uint64_t offset = 0;      // from the start of the data region
+  uint64_t nbytes = 0;      // 0 when the type's layout is unknown
   const uint8_t* data = nullptr;  // into the mapping
   int64_t numel() const;
 };
@@ -137,8 +137,8 @@ class GgufFile {
   const FileIdentity& identity() const { return file_.identity(); }  // when mapped (open() only)
 
   const std::vector<std::string>& keys() const { return key_order_; }  // in file order
-  const GgufValue* find(std::string_view key) const;                    // nullptr if absent
-  const std::vector<GgufTensor>& tensors() const { return tensors_; }   // in file order
+  const GgufValue* find(std::string_view key) const;                   // nullptr if absent
+  const std::vector<GgufTensor>& tensors() const { return tensors_; }  // in file order
   const GgufTensor* find_tensor(std::string_view name) const;          // nullptr if absent
 
   // Typed getters: the key must be present (else an error naming it and the file) and hold a value
@@ -190,6 +190,9 @@ class GgufWriter {
   void add_string_array(const std::string& key, const std::vector<std::string>& v);
   void add_int32_array(const std::string& key, const std::vector<int32_t>& v);
   void add_float32_array(const std::string& key, const std::vector<float>& v);
+  // `key` with its value exactly as `from` holds it, of any type (for rewriting a file with some
+  // keys changed). Throws bhmoe::Error when `from` has no such key.
+  void add_copy(const GgufFile& from, const std::string& key);
   // `data` must hold exactly the bytes the type and shape take.
   void add_tensor(const std::string& name, GgmlType type, const std::vector<int64_t>& ne,
                   std::string data);

@@ -100,6 +100,23 @@ TEST(Gguf, RoundTripsMetadataAndTensors) {
   EXPECT_EQ(g.find_tensor("absent"), nullptr);
 }
 
+// Copying every key of a file gives its metadata byte for byte, whatever the value types
+// (negative, 64-bit, float, bool, string and numeric arrays).
+TEST(Gguf, CopiedKeysReproduceTheMetadataExactly) {
+  GgufWriter original = sample_writer();
+  original.add_float32_array("x.floats", {-0.0f, 1e-30f, 3.5f});
+  const std::string bytes = original.bytes();
+  const GgufFile g = GgufFile::parse(bytes, "m.gguf");
+  GgufWriter copy;
+  for (const std::string& key : g.keys()) copy.add_copy(g, key);
+  for (const GgufTensor& t : g.tensors()) {
+    copy.add_tensor(t.name, static_cast<GgmlType>(t.type), t.ne,
+                    std::string(reinterpret_cast<const char*>(t.data), t.nbytes));
+  }
+  EXPECT_EQ(copy.bytes(), bytes);
+  EXPECT_THROW(copy.add_copy(g, "no.such.key"), Error);
+}
+
 TEST(Gguf, OpensAFileAndNamesItInErrors) {
   const auto dir = std::filesystem::path(::testing::TempDir());
   sample_writer().write(dir / "ok.gguf");
@@ -134,7 +151,8 @@ TEST(Gguf, HonoursAnotherAlignment) {
 TEST(Gguf, EveryTruncationIsAnErrorNotACrash) {
   const std::string bytes = sample_writer().bytes();
   for (size_t n = 0; n < bytes.size(); ++n) {
-    EXPECT_THROW(GgufFile::parse(bytes.substr(0, n), "m.gguf"), Error) << "prefix of " << n << " bytes";
+    EXPECT_THROW(GgufFile::parse(bytes.substr(0, n), "m.gguf"), Error)
+        << "prefix of " << n << " bytes";
   }
 }
 
@@ -261,14 +279,16 @@ TEST(Gguf, TypedGettersNameTheKeyAndTheTypeFound) {
   };
   EXPECT_EQ(message([&] { g.get_uint("olmoe.expert_count"); }),
             "m.gguf: metadata key 'olmoe.expert_count' is missing");
-  EXPECT_EQ(message([&] { g.get_uint("tokenizer.ggml.bos_token_id"); }),
-            "m.gguf: metadata key 'tokenizer.ggml.bos_token_id' is negative, not a non-negative integer");
+  EXPECT_EQ(
+      message([&] { g.get_uint("tokenizer.ggml.bos_token_id"); }),
+      "m.gguf: metadata key 'tokenizer.ggml.bos_token_id' is negative, not a non-negative integer");
   EXPECT_EQ(message([&] { g.get_uint("general.architecture"); }),
             "m.gguf: metadata key 'general.architecture' is string, not a non-negative integer");
   EXPECT_EQ(message([&] { g.get_string("olmoe.block_count"); }),
             "m.gguf: metadata key 'olmoe.block_count' is uint32, not string");
   EXPECT_EQ(message([&] { g.get_string_array("tokenizer.ggml.scores"); }),
-            "m.gguf: metadata key 'tokenizer.ggml.scores' is an array of float32, not an array of strings");
+            "m.gguf: metadata key 'tokenizer.ggml.scores' is an array of float32, not an array of "
+            "strings");
   EXPECT_EQ(message([&] { g.get_int_array("tokenizer.ggml.scores"); }),
             "m.gguf: metadata key 'tokenizer.ggml.scores' is not an array of integers");
   EXPECT_EQ(message([&] { g.get_bool_or("olmoe.block_count", false); }),
