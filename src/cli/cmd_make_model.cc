@@ -38,10 +38,7 @@ cli::CommandRegistration make_model_command{
                      "F 256), olmoe-1b-7b (6.92 B params); qwen2-moe-tiny, qwen1.5-moe-a2.7b, "
                      "qwen3-moe-tiny, qwen3-30b-a3b, mixtral-tiny, mixtral-8x7b, "
                      "deepseek-v2-tiny, deepseek-v2-tiny-yarn, deepseek-v2-lite")
-          ->check(CLI::IsMember({"tiny", "tiny256", "olmoe-1b-7b", "qwen2-moe-tiny",
-                                 "qwen1.5-moe-a2.7b", "qwen3-moe-tiny", "qwen3-30b-a3b",
-                                 "mixtral-tiny", "mixtral-8x7b", "deepseek-v2-tiny",
-                                 "deepseek-v2-tiny-yarn", "deepseek-v2-lite"}));
+          ->check(CLI::IsMember(model::preset_names()));
       app.add_option("--layers", args->layers, "Override the preset's number of layers")
           ->check(CLI::PositiveNumber);
       app.add_option("--dtype", args->dtype, "Weight dtype: bf16 (default), f16 or f32")

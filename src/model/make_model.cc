@@ -339,160 +339,98 @@ TokenizerIds scan_tokenizer(const std::string& text, const fs::path& path) {
   return ids;
 }
 
+// Every preset is a config.json as the hub spells it for the family: parse_config derives what the
+// family implies (q/k norm, biases, renormalisation, ...), so a preset and a downloaded config.json
+// of the same shape give the same ModelConfig. The tiny shapes: D 64, 2 layers, 4 heads (2
+// key/value heads where the family has GQA), 8 experts of width 32, V 1024.
+struct Preset {
+  const char* name;
+  const char* config_json;
+};
+constexpr Preset kPresets[] = {
+    {"tiny", R"({"model_type": "olmoe", "hidden_size": 64, "intermediate_size": 32,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "num_experts": 8,
+      "num_experts_per_tok": 2, "vocab_size": 1024})"},
+    // Whole 256-value blocks in every row (GGUF's K types).
+    {"tiny256", R"({"model_type": "olmoe", "hidden_size": 256, "intermediate_size": 256,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "num_experts": 8,
+      "num_experts_per_tok": 2, "vocab_size": 1024})"},
+    {"olmoe-1b-7b", R"({"model_type": "olmoe", "hidden_size": 2048, "intermediate_size": 1024,
+      "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
+      "num_experts": 64, "num_experts_per_tok": 8, "vocab_size": 50304})"},
+    {"qwen2-moe-tiny", R"({"model_type": "qwen2_moe", "hidden_size": 64,
+      "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts": 8,
+      "num_experts_per_tok": 4, "vocab_size": 1024})"},
+    {"qwen1.5-moe-a2.7b", R"({"model_type": "qwen2_moe", "hidden_size": 2048,
+      "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+      "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+      "num_experts": 60, "num_experts_per_tok": 4, "vocab_size": 151936, "rope_theta": 1000000.0,
+      "rms_norm_eps": 1e-06, "max_position_embeddings": 8192})"},
+    // heads x head_dim = 128 is not D, as in Qwen3-30B-A3B.
+    {"qwen3-moe-tiny", R"({"model_type": "qwen3_moe", "hidden_size": 64,
+      "moe_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "head_dim": 32, "num_experts": 8, "num_experts_per_tok": 2,
+      "norm_topk_prob": true, "vocab_size": 1024})"},
+    {"qwen3-30b-a3b", R"({"model_type": "qwen3_moe", "hidden_size": 2048,
+      "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
+      "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
+      "norm_topk_prob": true, "vocab_size": 151936, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06,
+      "max_position_embeddings": 40960})"},
+    {"mixtral-tiny", R"({"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 32,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+      "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 1024,
+      "rope_theta": 1000000.0})"},
+    {"mixtral-8x7b", R"({"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+      "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+      "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
+      "rope_theta": 1000000.0, "max_position_embeddings": 32768})"},
+    // DeepSeek-V2-Lite's structure in small: 27 layers, because llama.cpp reads q_proj (no
+    // q_lora_rank) only at that layer count, the first dense; routed_scaling_factor 2, not 1, so
+    // that a test sees it.
+    {"deepseek-v2-tiny", R"({"model_type": "deepseek_v2", "hidden_size": 64,
+      "intermediate_size": 96, "moe_intermediate_size": 32, "num_hidden_layers": 27,
+      "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 32,
+      "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "first_k_dense_replace": 1,
+      "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+      "routed_scaling_factor": 2.0, "vocab_size": 1024})"},
+    {"deepseek-v2-tiny-yarn", R"({"model_type": "deepseek_v2", "hidden_size": 64,
+      "intermediate_size": 96, "moe_intermediate_size": 32, "num_hidden_layers": 27,
+      "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 32,
+      "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16, "first_k_dense_replace": 1,
+      "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+      "routed_scaling_factor": 2.0, "vocab_size": 1024,
+      "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                       "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}})"},
+    {"deepseek-v2-lite", R"({"model_type": "deepseek_v2", "hidden_size": 2048,
+      "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+      "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512,
+      "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+      "first_k_dense_replace": 1, "n_routed_experts": 64, "num_experts_per_tok": 6,
+      "n_shared_experts": 2, "routed_scaling_factor": 1.0, "vocab_size": 102400,
+      "rms_norm_eps": 1e-06, "max_position_embeddings": 163840,
+      "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                       "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}})"},
+};
+
 }  // namespace
 
-namespace {
-
-// DeepSeek-V2-Lite's rope_scaling.
-YarnScaling deepseek_v2_lite_yarn() {
-  YarnScaling y;
-  y.factor = 40;
-  y.original_max_position_embeddings = 4096;
-  y.beta_fast = 32;
-  y.beta_slow = 1;
-  y.mscale = 0.707;
-  y.mscale_all_dim = 0.707;
-  return y;
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const Preset& p : kPresets) names.emplace_back(p.name);
+  return names;
 }
 
-}  // namespace
-
 ModelConfig preset_config(std::string_view preset) {
-  ModelConfig c;
-  c.head_dim = 0;  // D / heads unless a preset sets it
-  c.norm_topk_prob = false;
-  c.rope_theta = 10000.0;
-  c.rms_norm_eps = 1e-5f;
-  c.tie_word_embeddings = false;
-  c.max_position_embeddings = 4096;
-  // The tiny shapes of every family: D 64, 2 layers, 4 heads, 8 experts of width 32, V 1024.
-  auto tiny = [&](Family family) {
-    c.family = family;
-    c.hidden_size = 64;
-    c.intermediate_size = 32;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = family == Family::Olmoe ? 4 : 2;  // GQA where the family has it
-    c.num_experts = 8;
-    c.num_experts_per_tok = 2;
-    c.vocab_size = 1024;
-  };
-  if (preset == "tiny" || preset == "tiny256") {
-    tiny(Family::Olmoe);
-    if (preset == "tiny256") c.hidden_size = c.intermediate_size = 256;  // whole 256-value blocks
-  } else if (preset == "olmoe-1b-7b") {
-    c.hidden_size = 2048;
-    c.intermediate_size = 1024;
-    c.num_layers = 16;
-    c.num_heads = 16;
-    c.num_kv_heads = 16;
-    c.num_experts = 64;
-    c.num_experts_per_tok = 8;
-    c.vocab_size = 50304;
-  } else if (preset == "qwen2-moe-tiny") {
-    tiny(Family::Qwen2Moe);
-    c.num_experts_per_tok = 4;
-    c.shared_expert_intermediate_size = 64;
-  } else if (preset == "qwen1.5-moe-a2.7b") {
-    c.family = Family::Qwen2Moe;
-    c.hidden_size = 2048;
-    c.intermediate_size = 1408;
-    c.shared_expert_intermediate_size = 5632;
-    c.num_layers = 24;
-    c.num_heads = 16;
-    c.num_kv_heads = 16;
-    c.num_experts = 60;
-    c.num_experts_per_tok = 4;
-    c.vocab_size = 151936;
-    c.rope_theta = 1000000.0;
-    c.rms_norm_eps = 1e-6f;
-    c.max_position_embeddings = 8192;
-  } else if (preset == "qwen3-moe-tiny") {
-    tiny(Family::Qwen3Moe);
-    c.head_dim = 32;  // heads * head_dim = 128 != D, as in Qwen3-30B-A3B
-    c.norm_topk_prob = true;
-  } else if (preset == "qwen3-30b-a3b") {
-    c.family = Family::Qwen3Moe;
-    c.hidden_size = 2048;
-    c.intermediate_size = 768;
-    c.num_layers = 48;
-    c.num_heads = 32;
-    c.num_kv_heads = 4;
-    c.head_dim = 128;
-    c.num_experts = 128;
-    c.num_experts_per_tok = 8;
-    c.norm_topk_prob = true;
-    c.vocab_size = 151936;
-    c.rope_theta = 1000000.0;
-    c.rms_norm_eps = 1e-6f;
-    c.max_position_embeddings = 40960;
-  } else if (preset == "mixtral-tiny") {
-    tiny(Family::Mixtral);
-    c.rope_theta = 1000000.0;
-  } else if (preset == "mixtral-8x7b") {
-    c.family = Family::Mixtral;
-    c.hidden_size = 4096;
-    c.intermediate_size = 14336;
-    c.num_layers = 32;
-    c.num_heads = 32;
-    c.num_kv_heads = 8;
-    c.num_experts = 8;
-    c.num_experts_per_tok = 2;
-    c.vocab_size = 32000;
-    c.rope_theta = 1000000.0;
-    c.max_position_embeddings = 32768;
-  } else if (preset == "deepseek-v2-tiny" || preset == "deepseek-v2-tiny-yarn") {
-    // DeepSeek-V2-Lite's structure in small: 27 layers, because llama.cpp reads q_proj (no
-    // q_lora_rank) only at that layer count; the first dense.
-    tiny(Family::DeepseekV2);
-    c.num_layers = 27;
-    c.num_kv_heads = c.num_heads;
-    c.kv_lora_rank = 32;
-    c.qk_nope_head_dim = 16;
-    c.qk_rope_head_dim = 8;
-    c.v_head_dim = 16;
-    c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
-    c.first_k_dense_replace = 1;
-    c.dense_intermediate_size = 96;
-    c.shared_expert_intermediate_size = 2 * c.intermediate_size;  // n_shared_experts 2
-    c.routed_scaling_factor = 2.0;                                // not 1, so that a test sees it
-    if (preset == "deepseek-v2-tiny-yarn") c.yarn = deepseek_v2_lite_yarn();
-  } else if (preset == "deepseek-v2-lite") {
-    c.family = Family::DeepseekV2;
-    c.hidden_size = 2048;
-    c.intermediate_size = 1408;
-    c.dense_intermediate_size = 10944;
-    c.num_layers = 27;
-    c.num_heads = 16;
-    c.num_kv_heads = 16;
-    c.kv_lora_rank = 512;
-    c.qk_nope_head_dim = 128;
-    c.qk_rope_head_dim = 64;
-    c.v_head_dim = 128;
-    c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
-    c.first_k_dense_replace = 1;
-    c.num_experts = 64;
-    c.num_experts_per_tok = 6;
-    c.shared_expert_intermediate_size = 2 * c.intermediate_size;
-    c.routed_scaling_factor = 1.0;
-    c.vocab_size = 102400;
-    c.rms_norm_eps = 1e-6f;
-    c.max_position_embeddings = 163840;
-    c.yarn = deepseek_v2_lite_yarn();
-  } else {
-    fail("unknown preset \"", preset, "\" (expected ", kPresetNames, ")");
+  for (const Preset& p : kPresets) {
+    if (preset != p.name) continue;
+    ModelConfig c = parse_config(json::parse(p.config_json), cat("make-model preset ", p.name));
+    c.torch_dtype = "bfloat16";
+    return c;
   }
-  c.model_type = model_type_name(c.family);
-  if (c.head_dim == 0) c.head_dim = c.hidden_size / c.num_heads;
-  if (c.family == Family::Mixtral) c.norm_topk_prob = true;  // Mixtral always renormalises
-  c.qk_norm = c.family == Family::Olmoe      ? QkNorm::Full
-              : c.family == Family::Qwen3Moe ? QkNorm::PerHead
-                                             : QkNorm::None;
-  c.qkv_bias = c.family == Family::Qwen2Moe;
-  c.shared_expert_gated = c.family == Family::Qwen2Moe;
-  c.rope_interleaved = c.family == Family::DeepseekV2;
-  c.torch_dtype = "bfloat16";
-  return c;
+  std::string names;
+  for (const Preset& p : kPresets) names += (names.empty() ? "" : ", ") + std::string(p.name);
+  fail("unknown preset \"", preset, "\" (expected one of ", names, ")");
 }
 
 std::vector<TensorSpec> checkpoint_tensor_specs(const ModelConfig& config, kernels::DType dtype,

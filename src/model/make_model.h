@@ -20,7 +20,7 @@
 namespace bhmoe::model {
 
 struct MakeModelOptions {
-  std::string preset = "tiny";                  // one of kPresetNames
+  std::string preset = "tiny";                  // one of preset_names()
   std::optional<int> layers;                    // overrides the preset's num_hidden_layers
   kernels::DType dtype = kernels::DType::BF16;  // BF16, F16 or F32
   uint64_t seed = 0;
@@ -42,10 +42,9 @@ struct MakeModelOptions {
 //   "deepseek-v2-tiny" (DeepSeek-V2-Lite's structure: 27 layers, the first dense of width 96, MLA
 //   with kv_lora_rank 32, qk_nope 16, qk_rope 8, v_head 16, 2 shared experts, routed_scaling_factor
 //   2, no RoPE scaling), "deepseek-v2-tiny-yarn" (the same with Lite's YaRN), "deepseek-v2-lite".
-inline constexpr const char* kPresetNames =
-    "tiny, tiny256, olmoe-1b-7b, qwen2-moe-tiny, qwen1.5-moe-a2.7b, qwen3-moe-tiny, qwen3-30b-a3b, "
-    "mixtral-tiny, mixtral-8x7b, deepseek-v2-tiny, deepseek-v2-tiny-yarn or deepseek-v2-lite";
+// Each preset is a config.json of that shape, read by parse_config (throws for an unknown name).
 ModelConfig preset_config(std::string_view preset);
+std::vector<std::string> preset_names();  // in the order above
 
 // Every tensor of a checkpoint for `config`, in the order they are written.
 std::vector<TensorSpec> checkpoint_tensor_specs(const ModelConfig& config, kernels::DType dtype,
