@@ -24,17 +24,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
 
-cmake --build "$llama/build" --target llama -j "$(nproc)" > "$work/build.log"
-g++ -O2 -std=c++17 tools/llamacpp/reference_logits.cpp -I"$llama/include" -I"$llama/ggml/include" \
-  -L"$llama/build/bin" -lllama -Wl,-rpath,"$llama/build/bin" -o "$work/reference_logits"
-
-fnv() {
-  "$python" -c 'import sys
-h = 0xcbf29ce484222325
-for b in open(sys.argv[1], "rb").read():
-    h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-print("%016x" % h)' "$1"
-}
+source tools/llamacpp/common.sh
+build_reference_logits "$llama" "$work/reference_logits"
 
 ids="5 77 300 12 999 4 256 31 8 640 2 100"
 ids_json="[$(echo $ids | tr ' ' ',')]"
@@ -55,7 +46,7 @@ add() {  # name model source(hf|gguf type) reference router file-fnv mean_expert
 for model in qwen2-moe-tiny qwen3-moe-tiny mixtral-tiny deepseek-v2-tiny deepseek-v2-tiny-yarn; do
   dir="$work/$model"
   "$bhmoe" make-model --preset "$model" --dtype f32 --seed 7 "$dir" > /dev/null
-  hf_fnv=$(fnv "$dir/model.safetensors")
+  hf_fnv=$(fnv1a64 "$dir/model.safetensors")
   k=${forced[$model]}
   topk="topk:k=$k"
   [ "${renorm[$model]}" = true ] && topk="$topk,renorm=true"
@@ -73,7 +64,7 @@ for model in qwen2-moe-tiny qwen3-moe-tiny mixtral-tiny deepseek-v2-tiny deepsee
   for type in f32 bf16 q8_0; do
     file="$work/$model-$type.gguf"
     "$bhmoe" convert --model "$dir" --type "$type" --out "$file" > /dev/null
-    gguf_fnv=$(fnv "$file")
+    gguf_fnv=$(fnv1a64 "$file")
     for router in native "$topk"; do
       [ "$router" != native ] && [ "$type" != f32 ] && continue  # forced top-k: once per model
       args=()

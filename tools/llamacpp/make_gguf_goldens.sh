@@ -17,9 +17,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
 
-cmake --build "$llama/build" --target llama -j "$(nproc)" > "$work/build.log"
-g++ -O2 -std=c++17 tools/llamacpp/reference_logits.cpp -I"$llama/include" -I"$llama/ggml/include" \
-  -L"$llama/build/bin" -lllama -Wl,-rpath,"$llama/build/bin" -o "$work/reference_logits"
+source tools/llamacpp/common.sh
+build_reference_logits "$llama" "$work/reference_logits"
 
 # The models: the golden tiny-f32 checkpoint (D 64: 32-value blocks) and a seeded tiny256 one
 # (D and F 256: whole K-type super-blocks).
@@ -37,12 +36,7 @@ for model in tiny tiny256; do
     file="$work/$model-$type.gguf"
     "$bhmoe" convert --model "${source[$model]}" --type "$type" --out "$file" > /dev/null
     sha=$(sha256sum "$file" | cut -d' ' -f1)
-    # FNV-1a 64 of the file, which the tests recompute (they have no SHA-256).
-    fnv=$(/usr/bin/python3 -c 'import sys
-h = 0xcbf29ce484222325
-for b in open(sys.argv[1], "rb").read():
-    h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-print("%016x" % h)' "$file")
+    fnv=$(fnv1a64 "$file")
     for used in native 4; do
       [ "$used" = 4 ] && [ "$type" != f32 ] && continue  # forced top-k: once per model
       name="$model-$type-$used"
