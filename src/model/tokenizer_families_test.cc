@@ -4,6 +4,9 @@
 // - SentencePiece BPE: a model trained by sentencepiece, its ids from sentencepiece's encoder (the
 //   tokenizer.json path) and from llama.cpp's SPM tokenizer on the model's GGUF vocabulary (the
 //   GGUF path);
+// - DeepSeek-LLM/V2: a byte-level BPE with DeepSeek's tokenizer.json layout (six Split regexes in
+//   sequence), its ids from Hugging Face semantics in Python with Oniguruma and from llama.cpp's
+//   "deepseek-llm" pre-tokeniser on its GGUF vocabulary (the two agree on every case);
 // - Qwen2: a byte-level BPE with Qwen2's tokenizer.json layout, its ids from Hugging Face semantics
 //   computed in Python with Oniguruma, HF's regex engine (the tokenizer.json path), and from
 //   llama.cpp's "qwen2" pre-tokeniser on its GGUF vocabulary (the GGUF path).
@@ -40,6 +43,8 @@ const fs::path kSpmJson = kData / "spm-bpe.tokenizer.json";
 const fs::path kSpmGguf = kData / "spm-bpe.gguf";
 const fs::path kQwenJson = kData / "qwen2-bpe.tokenizer.json";
 const fs::path kQwenGguf = kData / "qwen2-bpe.gguf";
+const fs::path kDeepseekJson = kData / "deepseek-bpe.tokenizer.json";
+const fs::path kDeepseekGguf = kData / "deepseek-bpe.gguf";
 const fs::path kTinyTokenizer =
     fs::path(BHMOE_SHARED_DIR) / "golden" / "tiny-f32" / "tokenizer.json";
 
@@ -296,6 +301,54 @@ TEST(SentencePieceBpe, MetaspaceLayout) {
         {"type", "Metaspace"}, {"replacement", kMeta}, {"add_prefix_space", false}};
   });
   EXPECT_EQ(old_never->encode("Hello"), never->encode("Hello"));
+}
+
+// ---- DeepSeek-LLM / DeepSeek-V2 byte-level BPE ------------------------------------------------
+
+TEST(DeepseekBpe, TokenizerJsonAndGgufMatchHuggingFaceAndLlamaCpp) {
+  const json cases = read_json(kData / "deepseek-cases.json");
+  ASSERT_EQ(cases["format"], "bhmoe-tokenizer-cases/1");
+  ASSERT_GE(cases["cases"].size(), 80u);
+  const std::unique_ptr<Tokenizer> from_json = Tokenizer::load(kDeepseekJson);
+  const std::unique_ptr<Tokenizer> gguf = from_gguf(kDeepseekGguf);
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    // No normaliser: llama.cpp and Hugging Face agree on every case.
+    EXPECT_FALSE(c.contains("llamacpp_ids"));
+    EXPECT_EQ(from_json->encode(text), ids_of(c["ids"]));
+    EXPECT_EQ(gguf->encode(text), ids_of(c["ids"]));
+    EXPECT_EQ(gguf->decode(ids_of(c["ids"])), text);
+  }
+  EXPECT_EQ(gguf->vocab_size(), from_json->vocab_size());
+  for (const char* special :
+       {"<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"}) {
+    EXPECT_EQ(gguf->token_to_id(special), from_json->token_to_id(special)) << special;
+  }
+}
+
+// Each of the six regexes matters: the vocabulary has merges across every regex's boundaries (it
+// was trained on coarser pieces too), so a pre-tokeniser without any one of them tokenizes some
+// case differently. (This is the planted fault "drop one regex", made a test.)
+TEST(DeepseekBpe, EveryRegexOfTheSequenceIsNeeded) {
+  const json cases = read_json(kData / "deepseek-cases.json");
+  TempDir dir;
+  for (size_t drop = 0; drop < 6; ++drop) {
+    SCOPED_TRACE(cat("without regex ", drop));
+    const std::unique_ptr<Tokenizer> faulty = load_modified(dir, kDeepseekJson, [&](json& root) {
+      json& steps = root["pre_tokenizer"]["pretokenizers"];
+      ASSERT_EQ(steps.size(), 7u);
+      ASSERT_EQ(steps[drop]["type"], "Split");
+      steps.erase(steps.begin() + static_cast<std::ptrdiff_t>(drop));
+    });
+    int differ = 0;
+    for (const json& c : cases["cases"])
+      differ += faulty->encode(c["text"].get<std::string>()) != ids_of(c["ids"]);
+    EXPECT_GT(differ, 0);
+  }
+  // The GGUF reader writes the same six regexes as the tokenizer.json.
+  EXPECT_EQ(gguf_bytelevel_pre_tokenizer("deepseek-llm")->dump(),
+            read_json(kDeepseekJson)["pre_tokenizer"].dump());
 }
 
 // ---- Qwen2 byte-level BPE ----------------------------------------------------------------------
@@ -610,8 +663,9 @@ TEST(TokenizerFamiliesErrors, GgufVocabulariesNameTheKey) {
                 .find("edited.gguf: tokenizer.ggml.model = \"bert\""),
             std::string::npos);
   EXPECT_NE(error_of(kQwenGguf, "tokenizer.ggml.pre",
-                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "deepseek-llm"); })
-                .find("edited.gguf: tokenizer.ggml.pre = \"deepseek-llm\""),
+                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "deepseek-v3"); })
+                .find("edited.gguf: tokenizer.ggml.pre = \"deepseek-v3\": bhmoe knows the "
+                      "pre-tokenisers"),
             std::string::npos);
   // A "llama" vocabulary without its byte tokens: the byte fallback cannot work.
   const std::string no_bytes = error_of(kSpmGguf, "tokenizer.ggml.tokens", [](GgufWriter& w) {
