@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "model/gguf_checkpoint.h"
+#include "model/gguf_export.h"
 #include "model/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -349,6 +350,72 @@ TEST(DeepseekBpe, EveryRegexOfTheSequenceIsNeeded) {
   // The GGUF reader writes the same six regexes as the tokenizer.json.
   EXPECT_EQ(gguf_bytelevel_pre_tokenizer("deepseek-llm")->dump(),
             read_json(kDeepseekJson)["pre_tokenizer"].dump());
+}
+
+// ---- bhmoe convert: the tokenizer.json as tokenizer.ggml.* keys --------------------------------
+
+// The tokenizer.json written as GGUF keys by add_gguf_tokenizer (what `bhmoe convert` writes),
+// then read back as bhmoe reads a GGUF vocabulary.
+std::unique_ptr<Tokenizer> converted(const fs::path& tokenizer_json, std::string* model = nullptr,
+                                     std::string* pre = nullptr) {
+  const json tok = read_json(tokenizer_json);
+  const std::unique_ptr<Tokenizer> original = Tokenizer::load(tokenizer_json);
+  GgufWriter w;
+  add_gguf_tokenizer(w, tok, original->vocab_size(), ModelConfig{});
+  const GgufFile file = GgufFile::parse(w.bytes(), "converted.gguf");
+  if (model) *model = file.get_string("tokenizer.ggml.model");
+  if (pre) *pre = file.get_string("tokenizer.ggml.pre");
+  return Tokenizer::from_json(gguf_tokenizer_json(file), "converted.gguf");
+}
+
+TEST(ConvertTokenizer, SentencePieceLayoutAsLlamaWithScores) {
+  std::string model, pre;
+  const std::unique_ptr<Tokenizer> t = converted(kSpmJson, &model, &pre);
+  EXPECT_EQ(model, "llama");
+  EXPECT_EQ(pre, "default");
+  const json cases = read_json(kData / "spm-cases.json");
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    EXPECT_EQ(t->encode(text), ids_of(c["ids"]));
+  }
+  for (const json& c : cases["special_cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text + "\"");
+    EXPECT_EQ(t->encode(text), spm_gguf().encode(text));
+  }
+}
+
+TEST(ConvertTokenizer, ByteLevelLayoutsKeepTheirPreTokeniser) {
+  for (const auto& [file, cases_file, expected_pre] :
+       {std::tuple{kQwenJson, "qwen2-cases.json", "qwen2"},
+        std::tuple{kDeepseekJson, "deepseek-cases.json", "deepseek-llm"},
+        std::tuple{kTinyTokenizer, "", "olmo"}}) {
+    SCOPED_TRACE(file.string());
+    std::string model, pre;
+    const std::unique_ptr<Tokenizer> t = converted(file, &model, &pre);
+    EXPECT_EQ(model, "gpt2");
+    EXPECT_EQ(pre, expected_pre);
+    if (std::string(cases_file).empty()) continue;
+    // As the GGUF vocabulary llama.cpp tokenized (no NFC normaliser: llama.cpp's ids).
+    for (const json& c : read_json(kData / cases_file)["cases"]) {
+      const std::string text = c["text"];
+      SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+      EXPECT_EQ(t->encode(text), ids_of(c.value("llamacpp_ids", c["ids"])));
+    }
+  }
+}
+
+TEST(ConvertTokenizer, UnknownLayoutsAreErrors) {
+  json tok = read_json(kDeepseekJson);
+  tok["pre_tokenizer"]["pretokenizers"].erase(3);  // one regex fewer: no llama.cpp name for it
+  GgufWriter w;
+  expect_error([&] { add_gguf_tokenizer(w, tok, 2000, ModelConfig{}); },
+               {"GGUF export: the tokenizer's pre_tokenizer", "\"deepseek-llm\""});
+  json spm = read_json(kSpmJson);
+  spm["normalizer"] = {{"type", "NFC"}};
+  expect_error([&] { add_gguf_tokenizer(w, spm, 2000, ModelConfig{}); },
+               {"normalizer ({\"type\":\"NFC\"})", "SentencePiece's"});
 }
 
 // ---- Qwen2 byte-level BPE ----------------------------------------------------------------------
