@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+#include <utf8proc.h>
+
+#include <optional>
+
 #include "kernels/ops.h"
 #include "kernels/quant.h"
 #include "model/gguf_checkpoint.h"
@@ -86,6 +90,8 @@ json pre_tokenizer_steps(const json& pre) {
     if (type == "Split" && step.contains("pattern") && step["pattern"].contains("Regex")) {
       steps.push_back({type, step["pattern"]["Regex"], step.value("behavior", ""),
                        step.value("invert", false)});
+    } else if (type == "Digits") {
+      steps.push_back({type, step.value("individual_digits", false)});
     } else if (type == "ByteLevel") {
       steps.push_back({type, step.value("use_regex", true), step.value("add_prefix_space", true)});
     } else {
@@ -95,13 +101,85 @@ json pre_tokenizer_steps(const json& pre) {
   return steps;
 }
 
+// The bytes a byte-level (GPT-2) token string stands for; nullopt if a character is not one of
+// the 256 byte symbols.
+std::optional<std::string> bytelevel_bytes(const std::string& token) {
+  std::string bytes;
+  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(token.data());
+  utf8proc_ssize_t left = static_cast<utf8proc_ssize_t>(token.size());
+  while (left > 0) {
+    utf8proc_int32_t cp = 0;
+    const utf8proc_ssize_t n = utf8proc_iterate(p, left, &cp);
+    if (n <= 0) return std::nullopt;
+    p += n;
+    left -= n;
+    // GPT-2's map: 33-126, 161-172 and 174-255 stand for themselves, the other 68 bytes for
+    // 256, 257, ... in byte order.
+    auto printable = [](int b) {
+      return (b >= 33 && b <= 126) || (b >= 161 && b <= 255 && b != 173);
+    };
+    if (cp < 256 && printable(cp)) {
+      bytes.push_back(static_cast<char>(cp));
+      continue;
+    }
+    int index = cp - 256, b = 0;
+    for (; b < 256; ++b) {
+      if (!printable(b) && index-- == 0) break;
+    }
+    if (b == 256 || cp < 256) return std::nullopt;
+    bytes.push_back(static_cast<char>(b));
+  }
+  return bytes;
+}
+
+bool is_numeric(utf8proc_int32_t cp) {
+  const utf8proc_category_t c = utf8proc_category(cp);
+  return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
+// A vocabulary token (byte-level) holding two adjacent numeric characters, if any. Tokens that
+// are not whole UTF-8 characters are not looked into.
+std::optional<std::string> token_with_two_numerics(const json& vocab) {
+  for (const auto& [token, id] : vocab.items()) {
+    const std::optional<std::string> bytes = bytelevel_bytes(token);
+    if (!bytes) continue;
+    const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(bytes->data());
+    utf8proc_ssize_t left = static_cast<utf8proc_ssize_t>(bytes->size());
+    bool previous = false;
+    while (left > 0) {
+      utf8proc_int32_t cp = 0;
+      const utf8proc_ssize_t n = utf8proc_iterate(p, left, &cp);
+      if (n <= 0) break;
+      if (is_numeric(cp) && previous) return *bytes;
+      previous = is_numeric(cp);
+      p += n;
+      left -= n;
+    }
+  }
+  return std::nullopt;
+}
+
 // The tokenizer.ggml.pre of a byte-level tokenizer.json: the llama.cpp pre-tokeniser whose
-// tokenizer.json pre_tokenizer (gguf_bytelevel_pre_tokenizer) splits as this one does.
+// tokenizer.json pre_tokenizer (gguf_bytelevel_pre_tokenizer) splits as this one does. DeepSeek's
+// own tokenizer.json ends its Splits with Digits(individual_digits) where llama.cpp's
+// "deepseek-llm" splits \p{N}+: the same ids when no token holds two adjacent numeric characters
+// (DeepSeek's vocabulary has none), so that layout is "deepseek-llm" after that check.
 std::string bytelevel_pre_name(const json& tok) {
   const json steps = pre_tokenizer_steps(tok.value("pre_tokenizer", json()));
   for (const char* name : {"olmo", "qwen2", "deepseek-llm"}) {
     if (!steps.is_null() && steps == pre_tokenizer_steps(*gguf_bytelevel_pre_tokenizer(name)))
       return name;
+  }
+  json deepseek = pre_tokenizer_steps(*gguf_bytelevel_pre_tokenizer("deepseek-llm"));
+  deepseek[5] = {"Digits", true};
+  if (!steps.is_null() && steps == deepseek) {
+    if (const auto token = token_with_two_numerics(tok.at("model").at("vocab"))) {
+      fail("GGUF export: the tokenizer's vocab has the token \"", *token,
+           "\" of two numeric characters, which llama.cpp's \"deepseek-llm\" (\\p{N}+ where the "
+           "tokenizer.json has Digits with individual_digits) could produce and the tokenizer.json "
+           "never does");
+    }
+    return "deepseek-llm";
   }
   fail("GGUF export: the tokenizer's pre_tokenizer (", tok.value("pre_tokenizer", json()).dump(),
        ") is none of those llama.cpp's pre-tokenisers \"olmo\" (ByteLevel with the GPT-2 regex), "

@@ -339,7 +339,7 @@ TEST(DeepseekBpe, EveryRegexOfTheSequenceIsNeeded) {
     const std::unique_ptr<Tokenizer> faulty = load_modified(dir, kDeepseekJson, [&](json& root) {
       json& steps = root["pre_tokenizer"]["pretokenizers"];
       ASSERT_EQ(steps.size(), 7u);
-      ASSERT_EQ(steps[drop]["type"], "Split");
+      ASSERT_EQ(steps[drop]["type"], drop == 5 ? "Digits" : "Split");
       steps.erase(steps.begin() + static_cast<std::ptrdiff_t>(drop));
     });
     int differ = 0;
@@ -347,9 +347,16 @@ TEST(DeepseekBpe, EveryRegexOfTheSequenceIsNeeded) {
       differ += faulty->encode(c["text"].get<std::string>()) != ids_of(c["ids"]);
     EXPECT_GT(differ, 0);
   }
-  // The GGUF reader writes the same six regexes as the tokenizer.json.
-  EXPECT_EQ(gguf_bytelevel_pre_tokenizer("deepseek-llm")->dump(),
-            read_json(kDeepseekJson)["pre_tokenizer"].dump());
+  // The GGUF reader has the tokenizer.json's five Splits, then llama.cpp's \p{N}+ where the
+  // tokenizer.json has Digits(individual_digits) (the same ids: no token holds two digits).
+  const json from_gguf = *gguf_bytelevel_pre_tokenizer("deepseek-llm");
+  const json original = read_json(kDeepseekJson)["pre_tokenizer"];
+  ASSERT_EQ(from_gguf["pretokenizers"].size(), 7u);
+  for (size_t i : {0, 1, 2, 3, 4, 6}) {
+    EXPECT_EQ(from_gguf["pretokenizers"][i].dump(), original["pretokenizers"][i].dump()) << i;
+  }
+  EXPECT_EQ(from_gguf["pretokenizers"][5]["pattern"]["Regex"], "\\p{N}+");
+  EXPECT_EQ(original["pretokenizers"][5].dump(), R"({"individual_digits":true,"type":"Digits"})");
 }
 
 // ---- bhmoe convert: the tokenizer.json as tokenizer.ggml.* keys --------------------------------
@@ -412,6 +419,11 @@ TEST(ConvertTokenizer, UnknownLayoutsAreErrors) {
   GgufWriter w;
   expect_error([&] { add_gguf_tokenizer(w, tok, 2000, ModelConfig{}); },
                {"GGUF export: the tokenizer's pre_tokenizer", "\"deepseek-llm\""});
+  // DeepSeek's Digits layout with a token of two digits: llama.cpp's \p{N}+ would differ.
+  json digits = read_json(kDeepseekJson);
+  digits["model"]["vocab"]["42"] = 1458;
+  expect_error([&] { add_gguf_tokenizer(w, digits, 2000, ModelConfig{}); },
+               {"GGUF export: the tokenizer's vocab has the token \"42\" of two numeric"});
   json spm = read_json(kSpmJson);
   spm["normalizer"] = {{"type", "NFC"}};
   expect_error([&] { add_gguf_tokenizer(w, spm, 2000, ModelConfig{}); },

@@ -30,8 +30,9 @@ Byte-level BPE with the Qwen2 pre-tokeniser:
                            with the exact regex, byte map, BPE by merge rank). "ids" are the latter;
                            "llamacpp_ids" appear where llama.cpp differs, with the reason in "note".
 Byte-level BPE with the DeepSeek-LLM/V2 pre-tokeniser:
-  deepseek-bpe.tokenizer.json a byte-level BPE in DeepSeek's layout (no normaliser, six Split
-                           regexes in sequence + ByteLevel, added begin/end of sentence at ids 0, 1),
+  deepseek-bpe.tokenizer.json a byte-level BPE in DeepSeek's layout (no normaliser, five Split
+                           regexes and Digits(individual_digits) in sequence + ByteLevel, added
+                           begin/end of sentence at ids 0, 1), no token with two numeric characters,
                            trained on the DeepSeek pieces and on coarser pieces (COARSE_TRAINING_REGEX)
                            so that it has merges across every regex's boundaries;
   deepseek-bpe.gguf        its vocabulary as "gpt2" with tokenizer.ggml.pre "deepseek-llm";
@@ -87,6 +88,11 @@ DEEPSEEK_REGEXES = [
     "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
     "\\p{N}+",
 ]
+# DeepSeek's own tokenizer.json has the first five as Splits and, for the sixth, Hugging Face's
+# Digits pre-tokenizer with individual_digits (every numeric character a piece: a Split of \p{N});
+# llama.cpp's \p{N}+ gives the same ids wherever no token holds two numeric characters, as in
+# DeepSeek's vocabulary and in the one made here.
+DEEPSEEK_HF_SPLITS = DEEPSEEK_REGEXES[:5] + ["\\p{N}"]
 DEEPSEEK_ADDED = ["<\uff5cbegin\u2581of\u2581sentence\uff5c>",
                   "<\uff5cend\u2581of\u2581sentence\uff5c>"]
 
@@ -649,16 +655,29 @@ x86_64 v1.2.3 2.5e10 utf8 h264 mp3 x64 sha256
 COARSE_TRAINING_REGEX = r"\s?\S+\s*"
 
 
+def split_between_numerics(text):
+    pieces, start = [], 0
+    for i in range(1, len(text)):
+        if (unicodedata.category(text[i - 1])[0] == "N" and
+                unicodedata.category(text[i])[0] == "N"):
+            pieces.append(text[start:i])
+            start = i
+    pieces.append(text[start:])
+    return pieces
+
+
 def train_deepseek(work):
     train_path = os.path.join(work, "deepseek-train.txt")
     write_training_text(train_path)
     with open(train_path, encoding="utf-8") as f:
         text = f.read() + DEEPSEEK_EXTRA_TRAINING_TEXT * 200
     counts = {}
-    for piece in SequentialSplit(DEEPSEEK_REGEXES).split_isolated(text):
+    for piece in SequentialSplit(DEEPSEEK_HF_SPLITS).split_isolated(text):
         counts[piece] = counts.get(piece, 0) + 1
-    for piece in onig.Regex(COARSE_TRAINING_REGEX).split_isolated(text):
-        counts[piece] = counts.get(piece, 0) + 1
+    for coarse in onig.Regex(COARSE_TRAINING_REGEX).split_isolated(text):
+        # Cut between two numeric characters, so that no token holds two (as in DeepSeek's).
+        for piece in split_between_numerics(coarse):
+            counts[piece] = counts.get(piece, 0) + 1
     merges = train_tokenizer.train_bpe(counts, 1200)
     # DeepSeek's id layout: the added tokens first (begin/end of sentence are 0 and 1 in
     # DeepSeek-V2), then the 256 byte symbols in GPT-2's order, then the merges.
@@ -681,7 +700,7 @@ def train_deepseek(work):
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                   "use_regex": False}
     splits = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
-              for r in DEEPSEEK_REGEXES]
+              for r in DEEPSEEK_REGEXES[:5]] + [{"type": "Digits", "individual_digits": True}]
     return {
         "version": "1.0",
         "truncation": None,
@@ -710,6 +729,10 @@ def llamacpp_difference_note(text, nfc=True):
     notes = []
     if nfc and unicodedata.normalize("NFC", text) != text:
         notes.append("llama.cpp does not apply the NFC normaliser")
+    if not nfc and any(unicodedata.category(a)[0] == unicodedata.category(b)[0] == "N"
+                       for a, b in zip(text, text[1:])):
+        notes.append("llama.cpp's deepseek-llm splits \\p{N}+ where DeepSeek's tokenizer.json "
+                     "has Digits(individual_digits)")
     if any(c in text for c in "\u00a0\u2003\u3000\u0085\u180e\u200b"):
         notes.append("llama.cpp's std::wregex \\s is not Unicode White_Space (deepseek-llm)")
     if "\u017f" in text:
@@ -839,7 +862,7 @@ def make_deepseek(llama_cpp, exe, work, out, versions, sources):
     write_qwen2_gguf(llama_cpp, tokenizer, gguf_path, arch="deepseek2", pre="deepseek-llm",
                      eos=DEEPSEEK_ADDED[1], bos=DEEPSEEK_ADDED[0])
     texts = COMMON_TEXTS + DEEPSEEK_ONLY_TEXTS + [long_text()]
-    split = SequentialSplit(DEEPSEEK_REGEXES)
+    split = SequentialSplit(DEEPSEEK_HF_SPLITS)
     cases = []
     for text, ll in zip(texts, llamacpp_ids(exe, gguf_path, texts, work)):
         ids = hf_bytelevel_encode(tokenizer, text, split, nfc=False)
@@ -855,8 +878,9 @@ def make_deepseek(llama_cpp, exe, work, out, versions, sources):
         "training_text": {"licenses": sources, "extra": "EXTRA_TRAINING_TEXT x 20"},
         "tokenizer_json": "deepseek-bpe.tokenizer.json",
         "gguf": "deepseek-bpe.gguf",
-        "ids_from": "Hugging Face semantics in make_cases.py: added tokens, the six Oniguruma "
-                    "Splits of DeepSeek-LLM applied in sequence, GPT-2 byte map, BPE by merge rank",
+        "ids_from": "Hugging Face semantics in make_cases.py: added tokens, DeepSeek-LLM's five "
+                    "Oniguruma Splits and Digits(individual_digits) as a Split of \\p{N}, applied "
+                    "in sequence, GPT-2 byte map, BPE by merge rank",
         "llamacpp_ids_from": "llama.cpp llama_tokenize on deepseek-bpe.gguf (add_special false, "
                              "parse_special true); present only where it differs from ids",
         "cases": cases,
