@@ -734,7 +734,8 @@ def llamacpp_difference_note(text, nfc=True):
         notes.append("llama.cpp's deepseek-llm splits \\p{N}+ where DeepSeek's tokenizer.json "
                      "has Digits(individual_digits)")
     if any(c in text for c in "\u00a0\u2003\u3000\u0085\u180e\u200b"):
-        notes.append("llama.cpp's std::wregex \\s is not Unicode White_Space (deepseek-llm)")
+        notes.append("non-ASCII white space (llama.cpp runs these regexes with std::wregex, "
+                     "whose \\s may not be Unicode White_Space)")
     if "\u017f" in text:
         notes.append("llama.cpp spells (?i:'s) as '[sS], which misses U+017F (Unicode case "
                      "folding maps it to s)")
