@@ -359,6 +359,28 @@ TEST(DeepseekBpe, EveryRegexOfTheSequenceIsNeeded) {
   EXPECT_EQ(original["pretokenizers"][5].dump(), R"({"individual_digits":true,"type":"Digits"})");
 }
 
+// Digits: individual_digits cuts every numeric character off (a Split of \p{N}), without it runs
+// of them stay together (\p{N}+); shown with a token "42" added to the vocabulary.
+TEST(DeepseekBpe, DigitsPreTokenizer) {
+  TempDir dir;
+  auto with_42 = [&](bool individual) {
+    return load_modified(dir, kDeepseekJson, [&](json& root) {
+      root["model"]["vocab"]["42"] = 1458;
+      root["model"]["merges"].push_back("4 2");
+      root["pre_tokenizer"]["pretokenizers"][5]["individual_digits"] = individual;
+    });
+  };
+  const std::unique_ptr<Tokenizer> individual = with_42(true);
+  const std::unique_ptr<Tokenizer> runs = with_42(false);
+  EXPECT_EQ(individual->encode("x42"),
+            concat({individual->encode("x"), individual->encode("4"), individual->encode("2")}));
+  EXPECT_EQ(runs->encode("x42"), concat({runs->encode("x"), std::vector<int32_t>{1458}}));
+  // \p{N} beyond ASCII: Arabic-Indic digits and a Roman numeral are cut apart too.
+  EXPECT_EQ(individual->encode("\u0663\u0664\u216b"),
+            concat({individual->encode("\u0663"), individual->encode("\u0664"),
+                    individual->encode("\u216b")}));
+}
+
 // ---- bhmoe convert: the tokenizer.json as tokenizer.ggml.* keys --------------------------------
 
 // The tokenizer.json written as GGUF keys by add_gguf_tokenizer (what `bhmoe convert` writes),
