@@ -444,6 +444,33 @@ namespace {
 constexpr const char* kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// DeepSeek-LLM's (and DeepSeek-V2's) pre-tokeniser: Split regexes (behavior Isolated) applied in
+// order, each to every piece the ones before it made, then ByteLevel without its regex. llama.cpp's
+// pre-tokeniser "deepseek-llm" stands for it; the list is llama.cpp's
+// LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM (src/llama-vocab.cpp), which llama.cpp applies the same way
+// (each regex splits every piece of the one before, keeping matches and the text between them).
+// The characters are written as escapes here; the regexes are Oniguruma's, translated as any Split.
+const char* const kDeepseekLlmPatterns[] = {
+    "[\r\n]",
+    "\\s?[A-Za-z\u00B5\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u01BA\u01BC-\u01BF\u01C4-\u0293"
+    "\u0295-\u02AF\u0370-\u0373\u0376\u0377\u037B-\u037D\u037F\u0386\u0388-\u038A\u038C"
+    "\u038E-\u03A1\u03A3-\u03F5\u03F7-\u0481\u048A-\u052F\u0531-\u0556\u10A0-\u10C5\u13A0"
+    "-\u13F5\u13F8-\u13FD\u1C90-\u1CBA\u1CBD-\u1CBF\u1D00-\u1D2B\u1D6B-\u1D77\u1D79-"
+    "\u1D9A\u1E00-\u1F15\u1F18-\u1F1D\u1F20-\u1F45\u1F48-\u1F4D\u1F50-\u1F57\u1F59\u1F5B"
+    "\u1F5D\u1F5F-\u1F7D\u1F80-\u1FB4\u1FB6-\u1FBC\u1FBE\u1FC2-\u1FC4\u1FC6-\u1FCC\u1FD0-"
+    "\u1FD3\u1FD6-\u1FDB\u1FE0-\u1FEC\u1FF2-\u1FF4\u1FF6-\u1FFC\u2102\u2107\u210A-\u2113"
+    "\u2115\u2119-\u211D\u2124\u2126\u2128\u212A-\u212D\u212F-\u2134\u2139\u213C-\u213F"
+    "\u2145-\u2149\u214E\u2183\u2184\u2C00-\u2C7B\u2C7E-\u2CE4\u2CEB-\u2CEE\u2CF2\u2CF3"
+    "\uA640-\uA66D\uA680-\uA69B\uA722-\uA76F\uA771-\uA787\uA78B-\uA78E\uAB70-\uABBF\uFB00"
+    "-\uFB06\uFB13-\uFB17\uFF21-\uFF3A\uFF41-\uFF5A\U00010400-\U0001044F\U000104B0-"
+    "\U000104D3\U000104D8-\U000104FB\U00010C80-\U00010CB2\U00010CC0-\U00010CF2\U000118A0-"
+    "\U000118DF\U0001E900-\U0001E943]+",
+    "\\s?[!-/:-~\uFF01-\uFF0F\uFF1A-\uFF5E\u2018-\u201F\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+",
+    "\\p{N}+",
+};
+
 constexpr const char* kMetaSpace = "\u2581";  // ▁, SentencePiece's stand-in for a space
 
 // llama.cpp's token types.
@@ -597,6 +624,32 @@ json gguf_spm_tokenizer_json(const GgufFile& f) {
 
 }  // namespace
 
+std::optional<json> gguf_bytelevel_pre_tokenizer(const std::string& pre) {
+  json byte_level = {{"type", "ByteLevel"},
+                     {"add_prefix_space", false},
+                     {"trim_offsets", true},
+                     {"use_regex", true}};
+  if (pre == "olmo" || pre == "gpt-2" || pre == "default") return byte_level;
+  auto split = [](const char* pattern) {
+    return json{{"type", "Split"},
+                {"pattern", {{"Regex", pattern}}},
+                {"behavior", "Isolated"},
+                {"invert", false}};
+  };
+  byte_level["use_regex"] = false;
+  json steps = json::array();
+  if (pre == "qwen2") {
+    byte_level["trim_offsets"] = false;
+    steps.push_back(split(kQwen2Pattern));
+  } else if (pre == "deepseek-llm") {
+    for (const char* pattern : kDeepseekLlmPatterns) steps.push_back(split(pattern));
+  } else {
+    return std::nullopt;
+  }
+  steps.push_back(byte_level);
+  return json{{"type", "Sequence"}, {"pretokenizers", steps}};
+}
+
 json gguf_tokenizer_json(const GgufFile& f) {
   const std::string& model = f.get_string("tokenizer.ggml.model");
   if (model == "llama") return gguf_spm_tokenizer_json(f);
@@ -606,11 +659,11 @@ json gguf_tokenizer_json(const GgufFile& f) {
          "vocabularies from GGUF files");
   }
   const std::string pre = f.get_string_or_none("tokenizer.ggml.pre").value_or("default");
-  const bool qwen2 = pre == "qwen2";
-  if (pre != "olmo" && pre != "gpt-2" && pre != "default" && !qwen2) {
+  std::optional<json> pre_tokenizer = gguf_bytelevel_pre_tokenizer(pre);
+  if (!pre_tokenizer) {
     fail(f.source(), ": tokenizer.ggml.pre = \"", pre,
          "\": bhmoe knows the pre-tokenisers \"olmo\", \"gpt-2\" and \"default\" (the GPT-2 "
-         "regex) and \"qwen2\"");
+         "regex), \"qwen2\" and \"deepseek-llm\"");
   }
   const std::vector<std::string>& tokens = f.get_string_array("tokenizer.ggml.tokens");
   const std::vector<int64_t> types = token_types(f, tokens.size(), false, "");
@@ -628,30 +681,18 @@ json gguf_tokenizer_json(const GgufFile& f) {
   if (f.find("tokenizer.ggml.merges")) {
     for (const std::string& m : f.get_string_array("tokenizer.ggml.merges")) merges.push_back(m);
   }
-  json byte_level = {{"type", "ByteLevel"},
-                     {"add_prefix_space", false},
-                     {"trim_offsets", true},
-                     {"use_regex", true}};
-  json pre_tokenizer = byte_level;
-  if (qwen2) {
-    // Qwen2's tokenizer.json: its regex, then the byte map without a regex. Its NFC normaliser is
-    // left out, as llama.cpp leaves it out (as for "olmo"): GGUF files tokenize as llama.cpp
-    // tokenizes them, which differs from the tokenizer.json only on text that is not in NFC.
-    byte_level["use_regex"] = false;
-    byte_level["trim_offsets"] = false;
-    pre_tokenizer = {{"type", "Sequence"},
-                     {"pretokenizers",
-                      {{{"type", "Split"},
-                        {"pattern", {{"Regex", kQwen2Pattern}}},
-                        {"behavior", "Isolated"},
-                        {"invert", false}},
-                       byte_level}}};
-  }
+  // Qwen2's NFC normaliser is left out, as llama.cpp leaves it out: GGUF files tokenize as
+  // llama.cpp tokenizes them, which differs from the tokenizer.json only on text not in NFC.
+  // (DeepSeek's tokenizer.json has no normaliser.)
+  const json decoder = {{"type", "ByteLevel"},
+                        {"add_prefix_space", false},
+                        {"trim_offsets", true},
+                        {"use_regex", true}};
   return {{"version", "1.0"},
           {"added_tokens", added},
           {"normalizer", nullptr},
-          {"pre_tokenizer", pre_tokenizer},
-          {"decoder", byte_level},
+          {"pre_tokenizer", *pre_tokenizer},
+          {"decoder", decoder},
           {"model",
            {{"type", "BPE"},
             {"dropout", nullptr},

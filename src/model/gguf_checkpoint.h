@@ -81,4 +81,11 @@ ModelConfig gguf_model_config(const GgufFile& file);
 // errors naming the key and its value.
 nlohmann::json gguf_tokenizer_json(const GgufFile& file);
 
+// The tokenizer.json pre_tokenizer that a "gpt2" vocabulary's tokenizer.ggml.pre stands for:
+// "olmo", "gpt-2" and "default" ByteLevel with the GPT-2 regex; "qwen2" a Sequence of Qwen2's
+// Split regex and ByteLevel without regex; "deepseek-llm" a Sequence of DeepSeek-LLM's six Split
+// regexes (each applied to every piece of the one before) and ByteLevel without regex. nullopt for
+// any other name.
+std::optional<nlohmann::json> gguf_bytelevel_pre_tokenizer(const std::string& pre);
+
 }  // namespace bhmoe::model

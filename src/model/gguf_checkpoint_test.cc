@@ -477,10 +477,10 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
   }
   {
     const fs::path f = with_key("pre", "tokenizer.ggml.pre", [](GgufWriter& w) {
-      w.add_string("tokenizer.ggml.pre", "deepseek-llm");
+      w.add_string("tokenizer.ggml.pre", "deepseek-v3");
     });
     const std::string e = expect_error_of(f);
-    EXPECT_NE(e.find("tokenizer.ggml.pre = \"deepseek-llm\""), std::string::npos) << e;
+    EXPECT_NE(e.find("tokenizer.ggml.pre = \"deepseek-v3\""), std::string::npos) << e;
   }
 }
 

@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+#include <utf8proc.h>
+
+#include <optional>
+
 #include "kernels/ops.h"
 #include "kernels/quant.h"
 #include "model/gguf_checkpoint.h"
@@ -70,17 +74,168 @@ std::vector<int64_t> ne_of(const kernels::Matrix& m, bool vector) {
 
 }  // namespace
 
+namespace {
+
+// A pre_tokenizer reduced to what tokenizes: the list of steps, Splits by regex, behaviour and
+// invert, ByteLevel by use_regex and add_prefix_space (offsets and their trimming do not change
+// ids). Null for anything else.
+json pre_tokenizer_steps(const json& pre) {
+  json steps = json::array();
+  const json list = pre.is_object() && pre.value("type", "") == "Sequence"
+                        ? pre.value("pretokenizers", json::array())
+                        : json::array({pre});
+  for (const json& step : list) {
+    if (!step.is_object()) return nullptr;
+    const std::string type = step.value("type", "");
+    if (type == "Split" && step.contains("pattern") && step["pattern"].contains("Regex")) {
+      steps.push_back({type, step["pattern"]["Regex"], step.value("behavior", ""),
+                       step.value("invert", false)});
+    } else if (type == "Digits") {
+      steps.push_back({type, step.value("individual_digits", false)});
+    } else if (type == "ByteLevel") {
+      steps.push_back({type, step.value("use_regex", true), step.value("add_prefix_space", true)});
+    } else {
+      return nullptr;
+    }
+  }
+  return steps;
+}
+
+// The bytes a byte-level (GPT-2) token string stands for; nullopt if a character is not one of
+// the 256 byte symbols.
+std::optional<std::string> bytelevel_bytes(const std::string& token) {
+  std::string bytes;
+  const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(token.data());
+  utf8proc_ssize_t left = static_cast<utf8proc_ssize_t>(token.size());
+  while (left > 0) {
+    utf8proc_int32_t cp = 0;
+    const utf8proc_ssize_t n = utf8proc_iterate(p, left, &cp);
+    if (n <= 0) return std::nullopt;
+    p += n;
+    left -= n;
+    // GPT-2's map: 33-126, 161-172 and 174-255 stand for themselves, the other 68 bytes for
+    // 256, 257, ... in byte order.
+    auto printable = [](int b) {
+      return (b >= 33 && b <= 126) || (b >= 161 && b <= 255 && b != 173);
+    };
+    if (cp < 256 && printable(cp)) {
+      bytes.push_back(static_cast<char>(cp));
+      continue;
+    }
+    int index = cp - 256, b = 0;
+    for (; b < 256; ++b) {
+      if (!printable(b) && index-- == 0) break;
+    }
+    if (b == 256 || cp < 256) return std::nullopt;
+    bytes.push_back(static_cast<char>(b));
+  }
+  return bytes;
+}
+
+bool is_numeric(utf8proc_int32_t cp) {
+  const utf8proc_category_t c = utf8proc_category(cp);
+  return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
+// A vocabulary token (byte-level) holding two adjacent numeric characters, if any. Tokens that
+// are not whole UTF-8 characters are not looked into.
+std::optional<std::string> token_with_two_numerics(const json& vocab) {
+  for (const auto& [token, id] : vocab.items()) {
+    const std::optional<std::string> bytes = bytelevel_bytes(token);
+    if (!bytes) continue;
+    const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(bytes->data());
+    utf8proc_ssize_t left = static_cast<utf8proc_ssize_t>(bytes->size());
+    bool previous = false;
+    while (left > 0) {
+      utf8proc_int32_t cp = 0;
+      const utf8proc_ssize_t n = utf8proc_iterate(p, left, &cp);
+      if (n <= 0) break;
+      if (is_numeric(cp) && previous) return *bytes;
+      previous = is_numeric(cp);
+      p += n;
+      left -= n;
+    }
+  }
+  return std::nullopt;
+}
+
+// The tokenizer.ggml.pre of a byte-level tokenizer.json: the llama.cpp pre-tokeniser whose
+// tokenizer.json pre_tokenizer (gguf_bytelevel_pre_tokenizer) splits as this one does. DeepSeek's
+// own tokenizer.json ends its Splits with Digits(individual_digits) where llama.cpp's
+// "deepseek-llm" splits \p{N}+: the same ids when no token holds two adjacent numeric characters
+// (DeepSeek's vocabulary has none), so that layout is "deepseek-llm" after that check.
+std::string bytelevel_pre_name(const json& tok) {
+  const json steps = pre_tokenizer_steps(tok.value("pre_tokenizer", json()));
+  for (const char* name : {"olmo", "qwen2", "deepseek-llm"}) {
+    if (!steps.is_null() && steps == pre_tokenizer_steps(*gguf_bytelevel_pre_tokenizer(name)))
+      return name;
+  }
+  json deepseek = pre_tokenizer_steps(*gguf_bytelevel_pre_tokenizer("deepseek-llm"));
+  deepseek[5] = {"Digits", true};
+  if (!steps.is_null() && steps == deepseek) {
+    if (const auto token = token_with_two_numerics(tok.at("model").at("vocab"))) {
+      fail("GGUF export: the tokenizer's vocab has the token \"", *token,
+           "\" of two numeric characters, which llama.cpp's \"deepseek-llm\" (\\p{N}+ where the "
+           "tokenizer.json has Digits with individual_digits) could produce and the tokenizer.json "
+           "never does");
+    }
+    return "deepseek-llm";
+  }
+  fail("GGUF export: the tokenizer's pre_tokenizer (", tok.value("pre_tokenizer", json()).dump(),
+       ") is none of those llama.cpp's pre-tokenisers \"olmo\" (ByteLevel with the GPT-2 regex), "
+       "\"qwen2\" and \"deepseek-llm\" stand for");
+}
+
+// The SentencePiece-BPE (Mixtral/Llama) layout: normaliser [Prepend("▁")], Replace(" " -> "▁"),
+// no pre_tokenizer, BPE with byte_fallback.
+bool is_sentencepiece_layout(const json& tok) {
+  const json& model = tok.at("model");
+  return model.value("byte_fallback", false) && tok.value("pre_tokenizer", json()).is_null() &&
+         tok.value("normalizer", json()).is_object();
+}
+
+// Whether the normaliser is [Prepend("▁")] + Replace(" " -> "▁"): true with the Prepend, false
+// without; anything else is an error.
+bool sentencepiece_add_space_prefix(const json& normalizer) {
+  const std::string meta = "\u2581";
+  json list = normalizer.value("type", "") == "Sequence"
+                  ? normalizer.value("normalizers", json::array())
+                  : json::array({normalizer});
+  bool prepend = false;
+  if (!list.empty() && list[0].value("type", "") == "Prepend" &&
+      list[0].value("prepend", "") == meta) {
+    prepend = true;
+    list.erase(list.begin());
+  }
+  const json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", meta}};
+  if (list.size() != 1 || list[0] != replace) {
+    fail("GGUF export: a byte_fallback BPE tokenizer's normalizer (", normalizer.dump(),
+         ") is not SentencePiece's [Prepend(\"\u2581\")] + Replace(\" \" -> \"\u2581\"), which "
+         "llama.cpp's \"llama\" tokenizer does");
+  }
+  return prepend;
+}
+
+}  // namespace
+
+// Byte-level BPE: tokenizer.ggml.model "gpt2" with the merges and the pre-tokeniser's name.
+// SentencePiece BPE: tokenizer.ggml.model "llama" with scores and no merges. llama.cpp merges,
+// among adjacent symbols, the pair whose concatenation is a token of the highest score (leftmost
+// on ties), where the tokenizer.json merges the pair of lowest merge rank. The rule written here:
+// a token's score is -(the rank of the first merge that produces it), so higher score = earlier
+// merge; tokens no merge produces (single characters, bytes, added tokens) get
+// -(number of merges) - 1 and lower, below every merge result. This gives llama.cpp's encoding
+// the tokenizer.json's wherever the tokenizer.json's merges are those of its vocabulary's scores
+// (as for SentencePiece-trained models, whose converter orders merges by the merged piece's score).
+// Token types: byte tokens <0xXX> 6 (byte), the unk_token 2, special added tokens 3 (control),
+// other added tokens 4 (user-defined), the rest 1 (normal); padding ids 5 (unused).
 void add_gguf_tokenizer(GgufWriter& w, const json& tok, int vocab_size, const ModelConfig& c) {
   const json& model = tok.at("model");
   if (model.value("type", "") != "BPE")
     fail("GGUF export: the tokenizer's model is \"", model.value("type", ""), "\", not BPE");
-  const json& pre = tok.value("pre_tokenizer", json());
-  const bool gpt2_regex = pre.is_object() && pre.value("type", "") == "ByteLevel" &&
-                          pre.value("use_regex", true) && !pre.value("add_prefix_space", false);
-  if (!gpt2_regex) {
-    fail("GGUF export: the tokenizer's pre_tokenizer is not ByteLevel with the GPT-2 regex (",
-         pre.dump(), "); llama.cpp's \"olmo\" pre-tokeniser would split text differently");
-  }
+  const bool spm = is_sentencepiece_layout(tok);
+  const std::string pre = spm ? "" : bytelevel_pre_name(tok);
+  const bool add_space_prefix = spm && sentencepiece_add_space_prefix(tok.at("normalizer"));
   std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
   std::vector<int32_t> types(tokens.size(), 0);
   for (const auto& [text, id_json] : model.at("vocab").items()) {
@@ -89,14 +244,22 @@ void add_gguf_tokenizer(GgufWriter& w, const json& tok, int vocab_size, const Mo
       fail("GGUF export: token \"", text, "\" has id ", id, " outside the embedding's ", vocab_size,
            " rows");
     tokens[static_cast<size_t>(id)] = text;
-    types[static_cast<size_t>(id)] = 1;  // normal
+    const bool byte = spm && text.size() == 6 && text.rfind("<0x", 0) == 0 && text[5] == '>';
+    types[static_cast<size_t>(id)] = byte ? 6 : 1;  // byte : normal
+  }
+  if (spm && model.contains("unk_token") && model["unk_token"].is_string()) {
+    const std::string unk = model["unk_token"];
+    if (!model.at("vocab").contains(unk))
+      fail("GGUF export: the tokenizer's unk_token \"", unk, "\" is not in its vocab");
+    types[model["vocab"][unk].get<size_t>()] = 2;  // unknown
   }
   for (const json& a : tok.value("added_tokens", json::array())) {
     const int64_t id = a.at("id").get<int64_t>();
     if (id < 0 || id >= vocab_size)
       fail("GGUF export: added token id ", id, " outside the embedding's ", vocab_size, " rows");
     tokens[static_cast<size_t>(id)] = a.at("content").get<std::string>();
-    types[static_cast<size_t>(id)] = a.value("special", false) ? 3 : 4;  // control : user-defined
+    if (types[static_cast<size_t>(id)] != 2)
+      types[static_cast<size_t>(id)] = a.value("special", false) ? 3 : 4;  // control : user-def.
   }
   for (size_t id = 0; id < tokens.size(); ++id) {
     if (types[id] == 0) {
@@ -112,11 +275,38 @@ void add_gguf_tokenizer(GgufWriter& w, const json& tok, int vocab_size, const Mo
       merges.push_back(m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
     }
   }
-  w.add_string("tokenizer.ggml.model", "gpt2");
-  w.add_string("tokenizer.ggml.pre", "olmo");
-  w.add_string_array("tokenizer.ggml.tokens", tokens);
-  w.add_int32_array("tokenizer.ggml.token_type", types);
-  w.add_string_array("tokenizer.ggml.merges", merges);
+  if (spm) {
+    std::vector<float> scores(tokens.size(), 0.0f);
+    std::vector<bool> scored(tokens.size(), false);
+    for (size_t rank = 0; rank < merges.size(); ++rank) {
+      const size_t space = merges[rank].find(' ');
+      if (space == std::string::npos)
+        fail("GGUF export: the tokenizer's merges[", rank, "] \"", merges[rank],
+             "\" is not two tokens");
+      const std::string merged = merges[rank].substr(0, space) + merges[rank].substr(space + 1);
+      if (!model["vocab"].contains(merged))
+        fail("GGUF export: the tokenizer's merges[", rank, "] makes \"", merged,
+             "\", which is not in its vocab");
+      const size_t id = model["vocab"][merged].get<size_t>();
+      if (!scored[id]) scores[id] = -static_cast<float>(rank), scored[id] = true;
+    }
+    const float lowest = -static_cast<float>(merges.size()) - 1.0f;
+    for (size_t id = 0; id < tokens.size(); ++id) {
+      if (!scored[id]) scores[id] = lowest - static_cast<float>(id);
+    }
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_string("tokenizer.ggml.pre", "default");
+    w.add_string_array("tokenizer.ggml.tokens", tokens);
+    w.add_float32_array("tokenizer.ggml.scores", scores);
+    w.add_int32_array("tokenizer.ggml.token_type", types);
+    w.add_bool("tokenizer.ggml.add_space_prefix", add_space_prefix);
+  } else {
+    w.add_string("tokenizer.ggml.model", "gpt2");
+    w.add_string("tokenizer.ggml.pre", pre);
+    w.add_string_array("tokenizer.ggml.tokens", tokens);
+    w.add_int32_array("tokenizer.ggml.token_type", types);
+    w.add_string_array("tokenizer.ggml.merges", merges);
+  }
   if (c.bos_token_id)
     w.add_uint32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(*c.bos_token_id));
   if (c.eos_token_id)

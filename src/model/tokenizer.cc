@@ -12,7 +12,9 @@
 //      which prefixes a non-empty stretch; Replace of a literal string), then added tokens with
 //      `normalized: true` are matched in the normalised text;
 //   3. every remaining stretch goes through the pre-tokeniser steps:
-//      - byte-level: Split (regex or string) and ByteLevel (the GPT-2 regex when use_regex), last;
+//      - byte-level: Split (regex or string), Digits (a Split of \p{N}, or of \p{N}+ without
+//        individual_digits, behavior Isolated: Hugging Face's char::is_numeric is \p{N}) and
+//        ByteLevel (the GPT-2 regex when use_regex), last;
 //      - SentencePiece: none (the whole stretch is one piece: the Mixtral/Llama layout with a
 //        Prepend("▁") + Replace(" " -> "▁") normaliser), or Metaspace: spaces become the
 //        replacement character, which is prepended unless the stretch already starts with it, per
@@ -47,9 +49,9 @@
 //   - two vocabulary entries with one id: error;
 //   - model types other than BPE, BPE options that change the algorithm (dropout, subword
 //     prefixes/suffixes), byte_fallback other than false for byte-level and true for SentencePiece,
-//     normalisers other than the above, pre-tokenisers other than Split/ByteLevel (byte-level) or
-//     Metaspace (SentencePiece), decoders other than ByteLevel (byte-level) or Replace,
-//     ByteFallback, Fuse and Strip (SentencePiece): error.
+//     normalisers other than the above, pre-tokenisers other than Split/Digits/ByteLevel
+//     (byte-level) or Metaspace (SentencePiece), decoders other than ByteLevel (byte-level) or
+//     Replace, ByteFallback, Fuse and Strip (SentencePiece): error.
 // The post_processor, truncation and padding only matter when special tokens are added or batches
 // padded, which this tokenizer never does; they are accepted and ignored. fuse_unk only matters
 // when the unknown token is produced, which byte fallback with all 256 byte tokens never does. Text
@@ -1108,10 +1110,16 @@ void BpeTokenizer::load_pre_tokenizer(const json& pre, const std::string& field)
       bad(field + ".behavior", "\"" + behavior + "\" is not supported");
     }
     step.invert = flag("invert", false);
+  } else if (type == "Digits") {
+    // DeepSeek-LLM/V2's tokenizer.json: every numeric character its own piece.
+    const char* pattern = flag("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)";
+    step.regex = compile_regex(*oniguruma_to_pcre2(pattern, error), false, error, true);
+    if (!step.regex) bad(field, "cannot compile the Digits regex: " + error);
+    step.behavior = SplitBehavior::kIsolated;
   } else {
     bad(field + ".type", "\"" + type +
-                             "\" is not supported in a byte-level BPE (ByteLevel, Split or "
-                             "Sequence)");
+                             "\" is not supported in a byte-level BPE (ByteLevel, Split, Digits "
+                             "or Sequence)");
   }
   steps_.push_back(std::move(step));
   if (field == "pre_tokenizer" && steps_.back().type != PreTokenizerStep::Type::kByteLevel) {

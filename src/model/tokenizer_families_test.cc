@@ -4,6 +4,9 @@
 // - SentencePiece BPE: a model trained by sentencepiece, its ids from sentencepiece's encoder (the
 //   tokenizer.json path) and from llama.cpp's SPM tokenizer on the model's GGUF vocabulary (the
 //   GGUF path);
+// - DeepSeek-LLM/V2: a byte-level BPE with DeepSeek's tokenizer.json layout (six Split regexes in
+//   sequence), its ids from Hugging Face semantics in Python with Oniguruma and from llama.cpp's
+//   "deepseek-llm" pre-tokeniser on its GGUF vocabulary (the two agree on every case);
 // - Qwen2: a byte-level BPE with Qwen2's tokenizer.json layout, its ids from Hugging Face semantics
 //   computed in Python with Oniguruma, HF's regex engine (the tokenizer.json path), and from
 //   llama.cpp's "qwen2" pre-tokeniser on its GGUF vocabulary (the GGUF path).
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "model/gguf_checkpoint.h"
+#include "model/gguf_export.h"
 #include "model/tokenizer.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -40,6 +44,8 @@ const fs::path kSpmJson = kData / "spm-bpe.tokenizer.json";
 const fs::path kSpmGguf = kData / "spm-bpe.gguf";
 const fs::path kQwenJson = kData / "qwen2-bpe.tokenizer.json";
 const fs::path kQwenGguf = kData / "qwen2-bpe.gguf";
+const fs::path kDeepseekJson = kData / "deepseek-bpe.tokenizer.json";
+const fs::path kDeepseekGguf = kData / "deepseek-bpe.gguf";
 const fs::path kTinyTokenizer =
     fs::path(BHMOE_SHARED_DIR) / "golden" / "tiny-f32" / "tokenizer.json";
 
@@ -296,6 +302,154 @@ TEST(SentencePieceBpe, MetaspaceLayout) {
         {"type", "Metaspace"}, {"replacement", kMeta}, {"add_prefix_space", false}};
   });
   EXPECT_EQ(old_never->encode("Hello"), never->encode("Hello"));
+}
+
+// ---- DeepSeek-LLM / DeepSeek-V2 byte-level BPE ------------------------------------------------
+
+TEST(DeepseekBpe, TokenizerJsonAndGgufMatchHuggingFaceAndLlamaCpp) {
+  const json cases = read_json(kData / "deepseek-cases.json");
+  ASSERT_EQ(cases["format"], "bhmoe-tokenizer-cases/1");
+  ASSERT_GE(cases["cases"].size(), 80u);
+  const std::unique_ptr<Tokenizer> from_json = Tokenizer::load(kDeepseekJson);
+  const std::unique_ptr<Tokenizer> gguf = from_gguf(kDeepseekGguf);
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    // No normaliser: llama.cpp and Hugging Face agree on every case.
+    EXPECT_FALSE(c.contains("llamacpp_ids"));
+    EXPECT_EQ(from_json->encode(text), ids_of(c["ids"]));
+    EXPECT_EQ(gguf->encode(text), ids_of(c["ids"]));
+    EXPECT_EQ(gguf->decode(ids_of(c["ids"])), text);
+  }
+  EXPECT_EQ(gguf->vocab_size(), from_json->vocab_size());
+  for (const char* special :
+       {"<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"}) {
+    EXPECT_EQ(gguf->token_to_id(special), from_json->token_to_id(special)) << special;
+  }
+}
+
+// Each of the six regexes matters: the vocabulary has merges across every regex's boundaries (it
+// was trained on coarser pieces too), so a pre-tokeniser without any one of them tokenizes some
+// case differently. (This is the planted fault "drop one regex", made a test.)
+TEST(DeepseekBpe, EveryRegexOfTheSequenceIsNeeded) {
+  const json cases = read_json(kData / "deepseek-cases.json");
+  TempDir dir;
+  for (size_t drop = 0; drop < 6; ++drop) {
+    SCOPED_TRACE(cat("without regex ", drop));
+    const std::unique_ptr<Tokenizer> faulty = load_modified(dir, kDeepseekJson, [&](json& root) {
+      json& steps = root["pre_tokenizer"]["pretokenizers"];
+      ASSERT_EQ(steps.size(), 7u);
+      ASSERT_EQ(steps[drop]["type"], drop == 5 ? "Digits" : "Split");
+      steps.erase(steps.begin() + static_cast<std::ptrdiff_t>(drop));
+    });
+    int differ = 0;
+    for (const json& c : cases["cases"])
+      differ += faulty->encode(c["text"].get<std::string>()) != ids_of(c["ids"]);
+    EXPECT_GT(differ, 0);
+  }
+  // The GGUF reader has the tokenizer.json's five Splits, then llama.cpp's \p{N}+ where the
+  // tokenizer.json has Digits(individual_digits) (the same ids: no token holds two digits).
+  const json from_gguf = *gguf_bytelevel_pre_tokenizer("deepseek-llm");
+  const json original = read_json(kDeepseekJson)["pre_tokenizer"];
+  ASSERT_EQ(from_gguf["pretokenizers"].size(), 7u);
+  for (size_t i : {0, 1, 2, 3, 4, 6}) {
+    EXPECT_EQ(from_gguf["pretokenizers"][i].dump(), original["pretokenizers"][i].dump()) << i;
+  }
+  EXPECT_EQ(from_gguf["pretokenizers"][5]["pattern"]["Regex"], "\\p{N}+");
+  EXPECT_EQ(original["pretokenizers"][5].dump(), R"({"individual_digits":true,"type":"Digits"})");
+}
+
+// Digits: individual_digits cuts every numeric character off (a Split of \p{N}), without it runs
+// of them stay together (\p{N}+); shown with a token "42" added to the vocabulary.
+TEST(DeepseekBpe, DigitsPreTokenizer) {
+  TempDir dir;
+  auto with_42 = [&](bool individual) {
+    return load_modified(dir, kDeepseekJson, [&](json& root) {
+      root["model"]["vocab"]["42"] = 1458;
+      root["model"]["merges"].push_back("4 2");
+      root["pre_tokenizer"]["pretokenizers"][5]["individual_digits"] = individual;
+    });
+  };
+  const std::unique_ptr<Tokenizer> individual = with_42(true);
+  const std::unique_ptr<Tokenizer> runs = with_42(false);
+  EXPECT_EQ(individual->encode("x42"),
+            concat({individual->encode("x"), individual->encode("4"), individual->encode("2")}));
+  EXPECT_EQ(runs->encode("x42"), concat({runs->encode("x"), std::vector<int32_t>{1458}}));
+  // \p{N} beyond ASCII: Arabic-Indic digits and a Roman numeral are cut apart too.
+  EXPECT_EQ(individual->encode("\u0663\u0664\u216b"),
+            concat({individual->encode("\u0663"), individual->encode("\u0664"),
+                    individual->encode("\u216b")}));
+}
+
+// ---- bhmoe convert: the tokenizer.json as tokenizer.ggml.* keys --------------------------------
+
+// The tokenizer.json written as GGUF keys by add_gguf_tokenizer (what `bhmoe convert` writes),
+// then read back as bhmoe reads a GGUF vocabulary.
+std::unique_ptr<Tokenizer> converted(const fs::path& tokenizer_json, std::string* model = nullptr,
+                                     std::string* pre = nullptr) {
+  const json tok = read_json(tokenizer_json);
+  const std::unique_ptr<Tokenizer> original = Tokenizer::load(tokenizer_json);
+  GgufWriter w;
+  add_gguf_tokenizer(w, tok, original->vocab_size(), ModelConfig{});
+  const GgufFile file = GgufFile::parse(w.bytes(), "converted.gguf");
+  if (model) *model = file.get_string("tokenizer.ggml.model");
+  if (pre) *pre = file.get_string("tokenizer.ggml.pre");
+  return Tokenizer::from_json(gguf_tokenizer_json(file), "converted.gguf");
+}
+
+TEST(ConvertTokenizer, SentencePieceLayoutAsLlamaWithScores) {
+  std::string model, pre;
+  const std::unique_ptr<Tokenizer> t = converted(kSpmJson, &model, &pre);
+  EXPECT_EQ(model, "llama");
+  EXPECT_EQ(pre, "default");
+  const json cases = read_json(kData / "spm-cases.json");
+  for (const json& c : cases["cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+    EXPECT_EQ(t->encode(text), ids_of(c["ids"]));
+  }
+  for (const json& c : cases["special_cases"]) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: \"" + text + "\"");
+    EXPECT_EQ(t->encode(text), spm_gguf().encode(text));
+  }
+}
+
+TEST(ConvertTokenizer, ByteLevelLayoutsKeepTheirPreTokeniser) {
+  for (const auto& [file, cases_file, expected_pre] :
+       {std::tuple{kQwenJson, "qwen2-cases.json", "qwen2"},
+        std::tuple{kDeepseekJson, "deepseek-cases.json", "deepseek-llm"},
+        std::tuple{kTinyTokenizer, "", "olmo"}}) {
+    SCOPED_TRACE(file.string());
+    std::string model, pre;
+    const std::unique_ptr<Tokenizer> t = converted(file, &model, &pre);
+    EXPECT_EQ(model, "gpt2");
+    EXPECT_EQ(pre, expected_pre);
+    if (std::string(cases_file).empty()) continue;
+    // As the GGUF vocabulary llama.cpp tokenized (no NFC normaliser: llama.cpp's ids).
+    for (const json& c : read_json(kData / cases_file)["cases"]) {
+      const std::string text = c["text"];
+      SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
+      EXPECT_EQ(t->encode(text), ids_of(c.value("llamacpp_ids", c["ids"])));
+    }
+  }
+}
+
+TEST(ConvertTokenizer, UnknownLayoutsAreErrors) {
+  json tok = read_json(kDeepseekJson);
+  tok["pre_tokenizer"]["pretokenizers"].erase(3);  // one regex fewer: no llama.cpp name for it
+  GgufWriter w;
+  expect_error([&] { add_gguf_tokenizer(w, tok, 2000, ModelConfig{}); },
+               {"GGUF export: the tokenizer's pre_tokenizer", "\"deepseek-llm\""});
+  // DeepSeek's Digits layout with a token of two digits: llama.cpp's \p{N}+ would differ.
+  json digits = read_json(kDeepseekJson);
+  digits["model"]["vocab"]["42"] = 1458;
+  expect_error([&] { add_gguf_tokenizer(w, digits, 2000, ModelConfig{}); },
+               {"GGUF export: the tokenizer's vocab has the token \"42\" of two numeric"});
+  json spm = read_json(kSpmJson);
+  spm["normalizer"] = {{"type", "NFC"}};
+  expect_error([&] { add_gguf_tokenizer(w, spm, 2000, ModelConfig{}); },
+               {"normalizer ({\"type\":\"NFC\"})", "SentencePiece's"});
 }
 
 // ---- Qwen2 byte-level BPE ----------------------------------------------------------------------
@@ -610,8 +764,9 @@ TEST(TokenizerFamiliesErrors, GgufVocabulariesNameTheKey) {
                 .find("edited.gguf: tokenizer.ggml.model = \"bert\""),
             std::string::npos);
   EXPECT_NE(error_of(kQwenGguf, "tokenizer.ggml.pre",
-                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "deepseek-llm"); })
-                .find("edited.gguf: tokenizer.ggml.pre = \"deepseek-llm\""),
+                     [](GgufWriter& w) { w.add_string("tokenizer.ggml.pre", "deepseek-v3"); })
+                .find("edited.gguf: tokenizer.ggml.pre = \"deepseek-v3\": bhmoe knows the "
+                      "pre-tokenisers"),
             std::string::npos);
   // A "llama" vocabulary without its byte tokens: the byte fallback cannot work.
   const std::string no_bytes = error_of(kSpmGguf, "tokenizer.ggml.tokens", [](GgufWriter& w) {

@@ -3,6 +3,7 @@
 Mixtral/Llama (SentencePiece BPE) tokenizer families, from implementations independent of bhmoe.
 
   /usr/bin/python3 tools/tokenizer_cases/make_cases.py --llama-cpp LLAMA_CPP_DIR [--out DIR]
+      [--families spm,qwen2,deepseek]
 
 Run from the repository root. LLAMA_CPP_DIR is a llama.cpp checkout built with its `llama` library
 (build/bin/libllama.so); its gguf-py writes the GGUF files. Needs Debian's python3-sentencepiece,
@@ -28,6 +29,15 @@ Byte-level BPE with the Qwen2 pre-tokeniser:
                            Hugging Face semantics computed here (NFC, added tokens, Oniguruma split
                            with the exact regex, byte map, BPE by merge rank). "ids" are the latter;
                            "llamacpp_ids" appear where llama.cpp differs, with the reason in "note".
+Byte-level BPE with the DeepSeek-LLM/V2 pre-tokeniser:
+  deepseek-bpe.tokenizer.json a byte-level BPE in DeepSeek's layout (no normaliser, five Split
+                           regexes and Digits(individual_digits) in sequence + ByteLevel, added
+                           begin/end of sentence at ids 0, 1), no token with two numeric characters,
+                           trained on the DeepSeek pieces and on coarser pieces (COARSE_TRAINING_REGEX)
+                           so that it has merges across every regex's boundaries;
+  deepseek-bpe.gguf        its vocabulary as "gpt2" with tokenizer.ggml.pre "deepseek-llm";
+  deepseek-cases.json      as qwen2-cases.json (Hugging Face semantics: each Split applied by
+                           Oniguruma to every piece of the one before; llama.cpp's ids alongside).
 """
 
 import argparse
@@ -54,6 +64,37 @@ SPACE = "\u2581"  # ▁, SentencePiece's meta symbol for a space
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_ADDED = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# DeepSeek-LLM/V2's pre-tokeniser: Split regexes (behavior Isolated) applied one after another, each
+# to every piece of the one before, then ByteLevel without its regex. The list is llama.cpp's
+# LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM (src/llama-vocab.cpp, pre "deepseek-llm"), which copies
+# deepseek-llm-7b-base's tokenizer.json.
+DEEPSEEK_REGEXES = [
+    "[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293"
+    "\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c"
+    "\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5"
+    "\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+    "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59"
+    "\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc"
+    "\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107"
+    "\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee"
+    "\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e"
+    "\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f"
+    "\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2"
+    "\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+    "\\p{N}+",
+]
+# DeepSeek's own tokenizer.json has the first five as Splits and, for the sixth, Hugging Face's
+# Digits pre-tokenizer with individual_digits (every numeric character a piece: a Split of \p{N});
+# llama.cpp's \p{N}+ gives the same ids wherever no token holds two numeric characters, as in
+# DeepSeek's vocabulary and in the one made here.
+DEEPSEEK_HF_SPLITS = DEEPSEEK_REGEXES[:5] + ["\\p{N}"]
+DEEPSEEK_ADDED = ["<\uff5cbegin\u2581of\u2581sentence\uff5c>",
+                  "<\uff5cend\u2581of\u2581sentence\uff5c>"]
 
 # Hand-written training text beside the licenses: accented Latin, upper-case contractions, code,
 # numbers, so that the vocabularies have merges for what the cases exercise.
@@ -183,6 +224,39 @@ QWEN2_ONLY_TEXTS = [
     "<|im_start|><|im_end|>",
     "<|im_start broken marker|>",
     "<|endoftext|",
+]
+
+DEEPSEEK_ONLY_TEXTS = [
+    "Cafe\u0301 de\u0301ja\u0300 vu",  # no normaliser: the combining marks stay separate
+    "(word) \"quoted\" 'single' $var _under -dash",
+    "x.y.z a_b_c self.name os.path.join",
+    "end.\n\nNext:\r\n\r\n  \n\tx",
+    "spaces before newline   \nand after\n   x",
+    "a  \n\n  b",
+    "ends in spaces  ",
+    "ends in a tab\t",
+    "tab\t\tbetween",
+    "1314151 and 2.5e10, x86_64, v1.2.3",
+    "ⅫⅩ ٣٤٥ ۶۷ १२३",  # \p{N} beyond ASCII digits
+    "全角！（括号）：“引号”，句号。",
+    "Ｆｕｌｌｗｉｄｔｈ ＡＢＣ ａｂｃ",
+    "한국어 텍스트와 中文 混合",
+    "ひらがな カタカナ 漢字",  # kana (U+3040-U+30FF) lie in the CJK range U+0800-U+4E00
+    "Ωmega K-Kelvin ℃ ℕ",
+    "ǅ and ǈ letters, ĸ kra",
+    "\u180e\u180e mongolian vowel separator",
+    "x\u0085y next line",
+    "\u0915\u094d\u0937 हिन्दी ไทย العربية",
+    "<\uff5cbegin\u2581of\u2581sentence\uff5c>Hello",
+    "Hi<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "<\uff5cbegin\u2581of\u2581sentence\uff5c>User: 2+2?\n\nAssistant: 4<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "<\uff5cbegin\u2581of\u2581sentence broken",
+    "Ελληνικά, русский, café, crème.",
+    "中文¿中文🦙",
+    "¿12¿ ²³¿ ¹²³",
+    "✅  ",
+    "¿  ",
+    "🦙  ",
 ]
 
 # Texts with the SentencePiece control tokens written out: llama.cpp matches them (parse_special),
@@ -365,8 +439,9 @@ def write_spm_gguf(llama_cpp, sp, path):
     finish(w)
 
 
-def write_qwen2_gguf(llama_cpp, tokenizer, path):
-    gguf, w = gguf_writer(llama_cpp, path, "qwen2")
+def write_qwen2_gguf(llama_cpp, tokenizer, path, arch="qwen2", pre="qwen2", eos="<|endoftext|>",
+                     bos=None):
+    gguf, w = gguf_writer(llama_cpp, path, arch)
     model = tokenizer["model"]
     n = max(model["vocab"].values()) + 1
     for a in tokenizer["added_tokens"]:
@@ -379,14 +454,14 @@ def write_qwen2_gguf(llama_cpp, tokenizer, path):
         tokens[a["id"]] = a["content"]
         types[a["id"]] = gguf.TokenType.CONTROL
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list([t.encode("utf-8") for t in tokens])
     w.add_token_types(types)
     w.add_token_merges(model["merges"])
-    eos = model["vocab"].get("<|endoftext|>", tokens.index("<|endoftext|>"))
-    w.add_bos_token_id(eos)
-    w.add_eos_token_id(eos)
-    w.add_pad_token_id(eos)
+    eos_id = tokens.index(eos)
+    w.add_bos_token_id(tokens.index(bos) if bos else eos_id)
+    w.add_eos_token_id(eos_id)
+    w.add_pad_token_id(eos_id)
     w.add_add_bos_token(False)
     finish(w)
 
@@ -505,7 +580,7 @@ def train_qwen2(work):
     }
 
 
-def hf_bytelevel_encode(tokenizer, text, regex):
+def hf_bytelevel_encode(tokenizer, text, regex, nfc=True):
     """Hugging Face semantics for the Qwen2 layout, written out: added tokens (all special, not
     normalised) matched leftmost-longest in the raw text; NFC of each stretch between them; the
     Oniguruma Split; GPT-2's byte map; BPE merging the lowest-ranked adjacent pair, leftmost first."""
@@ -531,7 +606,7 @@ def hf_bytelevel_encode(tokenizer, text, regex):
 
     def stretch(s):
         if s:
-            for piece in regex.split_isolated(unicodedata.normalize("NFC", s)):
+            for piece in regex.split_isolated(unicodedata.normalize("NFC", s) if nfc else s):
                 bpe(piece)
 
     start = pos = 0
@@ -547,10 +622,120 @@ def hf_bytelevel_encode(tokenizer, text, regex):
     return ids
 
 
-def llamacpp_difference_note(text):
+class SequentialSplit:
+    """A Sequence of Split(behavior Isolated) pre-tokenizers as Hugging Face runs it: each regex
+    splits every piece the previous ones made, the piece being the whole subject (so $ is its end)."""
+
+    def __init__(self, patterns):
+        self.regexes = [onig.Regex(p) for p in patterns]
+
+    def split_isolated(self, text):
+        pieces = [text]
+        for regex in self.regexes:
+            pieces = [q for p in pieces for q in regex.split_isolated(p)]
+        return pieces
+
+
+# Text for the DeepSeek vocabulary only (the other vocabularies stay as they were made): CJK,
+# full-width punctuation, symbols before trailing spaces.
+DEEPSEEK_EXTRA_TRAINING_TEXT = """\
+中文文本，还有한국어。全角！（括号）：“引号”，句号。漢字とひらがな、カタカナ。
+Ｆｕｌｌｗｉｄｔｈ ＡＢＣ ａｂｃ ① ② ③ ⅫⅩ  
+fine ①  
+a ¿  
+x86_64 v1.2.3 2.5e10 utf8 h264 mp3 x64 sha256
+Ελληνικά και русский язык, café, crème, naïve, Zürich.
+中文¿中文🦙 ¿12¿ ²³¿ ¹²³  ¿  ✅  🦙  
+"""
+
+# A coarse split for training only: pieces that run across the DeepSeek regexes' boundaries
+# (a newline and the word after it, letters and digits, words and punctuation, symbols and the
+# spaces after them), so that the vocabulary has merges across every boundary and a pre-tokeniser
+# that misses one of the six regexes tokenizes some case differently.
+COARSE_TRAINING_REGEX = r"\s?\S+\s*"
+
+
+def split_between_numerics(text):
+    pieces, start = [], 0
+    for i in range(1, len(text)):
+        if (unicodedata.category(text[i - 1])[0] == "N" and
+                unicodedata.category(text[i])[0] == "N"):
+            pieces.append(text[start:i])
+            start = i
+    pieces.append(text[start:])
+    return pieces
+
+
+def train_deepseek(work):
+    train_path = os.path.join(work, "deepseek-train.txt")
+    write_training_text(train_path)
+    with open(train_path, encoding="utf-8") as f:
+        text = f.read() + DEEPSEEK_EXTRA_TRAINING_TEXT * 200
+    counts = {}
+    for piece in SequentialSplit(DEEPSEEK_HF_SPLITS).split_isolated(text):
+        counts[piece] = counts.get(piece, 0) + 1
+    for coarse in onig.Regex(COARSE_TRAINING_REGEX).split_isolated(text):
+        # Cut between two numeric characters, so that no token holds two (as in DeepSeek's).
+        for piece in split_between_numerics(coarse):
+            counts[piece] = counts.get(piece, 0) + 1
+    merges = train_tokenizer.train_bpe(counts, 1200)
+    # DeepSeek's id layout: the added tokens first (begin/end of sentence are 0 and 1 in
+    # DeepSeek-V2), then the 256 byte symbols in GPT-2's order, then the merges.
+    added = []
+    for t in DEEPSEEK_ADDED:
+        added.append({
+            "id": len(added),
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+            "special": True
+        })
+    vocab = {a["content"]: a["id"] for a in added}
+    for b in sorted(range(256), key=lambda b: ord(bhmoe_tok.BYTE_ENCODER[b])):
+        vocab[bhmoe_tok.BYTE_ENCODER[b]] = len(vocab)
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": False}
+    splits = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
+              for r in DEEPSEEK_REGEXES[:5]] + [{"type": "Digits", "individual_digits": True}]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": []},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": splits + [byte_level]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": vocab,
+            "merges": [a + " " + b for a, b in merges],
+        },
+    }
+
+
+def llamacpp_difference_note(text, nfc=True):
     notes = []
-    if unicodedata.normalize("NFC", text) != text:
+    if nfc and unicodedata.normalize("NFC", text) != text:
         notes.append("llama.cpp does not apply the NFC normaliser")
+    if not nfc and any(unicodedata.category(a)[0] == unicodedata.category(b)[0] == "N"
+                       for a, b in zip(text, text[1:])):
+        notes.append("llama.cpp's deepseek-llm splits \\p{N}+ where DeepSeek's tokenizer.json "
+                     "has Digits(individual_digits)")
+    if any(c in text for c in "\u00a0\u2003\u3000\u0085\u180e\u200b"):
+        notes.append("non-ASCII white space (llama.cpp runs these regexes with std::wregex, "
+                     "whose \\s may not be Unicode White_Space)")
     if "\u017f" in text:
         notes.append("llama.cpp spells (?i:'s) as '[sS], which misses U+017F (Unicode case "
                      "folding maps it to s)")
@@ -570,7 +755,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--llama-cpp", required=True, help="llama.cpp checkout with build/bin")
     parser.add_argument("--out", default="src/model/testdata/tokenizers")
+    parser.add_argument("--families", default="spm,qwen2,deepseek",
+                        help="comma-separated subset of spm,qwen2,deepseek to (re)make")
     args = parser.parse_args()
+    families = set(args.families.split(","))
     llama_cpp = os.path.abspath(args.llama_cpp)
     os.makedirs(args.out, exist_ok=True)
     commit = llamacpp_commit(llama_cpp)
@@ -582,78 +770,127 @@ def main():
         "unicodedata": unicodedata.unidata_version,
     }
 
+    out = args.out
     with tempfile.TemporaryDirectory() as work:
         exe = build_llamacpp_tool(llama_cpp, work)
         sources = write_training_text(os.path.join(work, "sources.txt"))
 
-        # SentencePiece BPE.
-        model_path = train_spm(work, args.out)
-        sp = spm.SentencePieceProcessor(model_file=model_path)
-        write_json(os.path.join(args.out, "spm-bpe.tokenizer.json"), sp_to_hf(sp))
-        spm_gguf = os.path.join(args.out, "spm-bpe.gguf")
-        write_spm_gguf(llama_cpp, sp, spm_gguf)
-        texts = COMMON_TEXTS + SPM_ONLY_TEXTS + [long_text()]
-        from_llamacpp = llamacpp_ids(exe, spm_gguf, texts + SPM_SPECIAL_TEXTS, work)
-        cases = []
-        for text, ll in zip(texts, from_llamacpp):
-            ids = sp.encode(text)
-            case = {"text": text, "ids": ids, "decoded": sp.decode(ids)}
-            if ll != ids:
-                case["llamacpp_ids"] = ll
-            cases.append(case)
-        special = [{"text": t, "llamacpp_ids": ll}
-                   for t, ll in zip(SPM_SPECIAL_TEXTS, from_llamacpp[len(texts):])]
-        write_json(os.path.join(args.out, "spm-cases.json"), {
-            "format": "bhmoe-tokenizer-cases/1",
-            "made_by": "tools/tokenizer_cases/make_cases.py",
-            "versions": versions,
-            "training_text": {"licenses": sources, "extra": "EXTRA_TRAINING_TEXT x 20"},
-            "tokenizer_json": "spm-bpe.tokenizer.json",
-            "gguf": "spm-bpe.gguf",
-            "ids_from": "sentencepiece SentencePieceProcessor.encode (spm-bpe.model), no BOS/EOS",
-            "decoded_from": "sentencepiece decode of ids",
-            "llamacpp_ids_from": "llama.cpp llama_tokenize on spm-bpe.gguf (add_special false, "
-                                 "parse_special true); present only where it differs from ids",
-            "cases": cases,
-            "special_cases": special,
-        })
-        differ = sum("llamacpp_ids" in c for c in cases)
-        print("spm: %d pieces, %d cases (%d where llama.cpp differs), %d special cases" %
-              (sp.get_piece_size(), len(cases), differ, len(special)))
+        if "spm" in families:
+            make_spm(llama_cpp, exe, work, out, versions, sources)
+        if "qwen2" in families:
+            make_qwen2(llama_cpp, exe, work, out, versions, sources)
+        if "deepseek" in families:
+            make_deepseek(llama_cpp, exe, work, out, versions, sources)
 
-        # Qwen2 byte-level BPE.
-        tokenizer = train_qwen2(work)
-        write_json(os.path.join(args.out, "qwen2-bpe.tokenizer.json"), tokenizer)
-        qwen_gguf = os.path.join(args.out, "qwen2-bpe.gguf")
-        write_qwen2_gguf(llama_cpp, tokenizer, qwen_gguf)
-        texts = COMMON_TEXTS + QWEN2_ONLY_TEXTS + [long_text()]
-        regex = onig.Regex(QWEN2_REGEX)
-        cases = []
-        for text, ll in zip(texts, llamacpp_ids(exe, qwen_gguf, texts, work)):
-            ids = hf_bytelevel_encode(tokenizer, text, regex)
-            case = {"text": text, "ids": ids}
-            if ll != ids:
-                case["llamacpp_ids"] = ll
-                case["note"] = llamacpp_difference_note(text)
-            cases.append(case)
-        write_json(os.path.join(args.out, "qwen2-cases.json"), {
-            "format": "bhmoe-tokenizer-cases/1",
-            "made_by": "tools/tokenizer_cases/make_cases.py",
-            "versions": versions,
-            "training_text": {"licenses": sources, "extra": "EXTRA_TRAINING_TEXT x 20"},
-            "tokenizer_json": "qwen2-bpe.tokenizer.json",
-            "gguf": "qwen2-bpe.gguf",
-            "ids_from": "Hugging Face semantics in make_cases.py: NFC, added tokens, Oniguruma "
-                        "Split with Qwen2's regex, GPT-2 byte map, BPE by merge rank",
-            "llamacpp_ids_from": "llama.cpp llama_tokenize on qwen2-bpe.gguf (add_special false, "
-                                 "parse_special true); present only where it differs from ids",
-            "cases": cases,
-        })
-        differ = [c for c in cases if "llamacpp_ids" in c]
-        print("qwen2: %d tokens, %d cases (%d where llama.cpp differs)" %
-              (len(tokenizer["model"]["vocab"]) + len(QWEN2_ADDED), len(cases), len(differ)))
-        for c in differ:
-            print("  llama.cpp differs on %r: %s" % (c["text"], c["note"]))
+
+def make_spm(llama_cpp, exe, work, out, versions, sources):
+    model_path = train_spm(work, out)
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    write_json(os.path.join(out, "spm-bpe.tokenizer.json"), sp_to_hf(sp))
+    spm_gguf = os.path.join(out, "spm-bpe.gguf")
+    write_spm_gguf(llama_cpp, sp, spm_gguf)
+    texts = COMMON_TEXTS + SPM_ONLY_TEXTS + [long_text()]
+    from_llamacpp = llamacpp_ids(exe, spm_gguf, texts + SPM_SPECIAL_TEXTS, work)
+    cases = []
+    for text, ll in zip(texts, from_llamacpp):
+        ids = sp.encode(text)
+        case = {"text": text, "ids": ids, "decoded": sp.decode(ids)}
+        if ll != ids:
+            case["llamacpp_ids"] = ll
+        cases.append(case)
+    special = [{"text": t, "llamacpp_ids": ll}
+               for t, ll in zip(SPM_SPECIAL_TEXTS, from_llamacpp[len(texts):])]
+    write_json(os.path.join(out, "spm-cases.json"), {
+        "format": "bhmoe-tokenizer-cases/1",
+        "made_by": "tools/tokenizer_cases/make_cases.py",
+        "versions": versions,
+        "training_text": {"licenses": sources, "extra": "EXTRA_TRAINING_TEXT x 20"},
+        "tokenizer_json": "spm-bpe.tokenizer.json",
+        "gguf": "spm-bpe.gguf",
+        "ids_from": "sentencepiece SentencePieceProcessor.encode (spm-bpe.model), no BOS/EOS",
+        "decoded_from": "sentencepiece decode of ids",
+        "llamacpp_ids_from": "llama.cpp llama_tokenize on spm-bpe.gguf (add_special false, "
+                             "parse_special true); present only where it differs from ids",
+        "cases": cases,
+        "special_cases": special,
+    })
+    differ = sum("llamacpp_ids" in c for c in cases)
+    print("spm: %d pieces, %d cases (%d where llama.cpp differs), %d special cases" %
+          (sp.get_piece_size(), len(cases), differ, len(special)))
+
+
+
+def make_qwen2(llama_cpp, exe, work, out, versions, sources):
+    tokenizer = train_qwen2(work)
+    write_json(os.path.join(out, "qwen2-bpe.tokenizer.json"), tokenizer)
+    qwen_gguf = os.path.join(out, "qwen2-bpe.gguf")
+    write_qwen2_gguf(llama_cpp, tokenizer, qwen_gguf)
+    texts = COMMON_TEXTS + QWEN2_ONLY_TEXTS + [long_text()]
+    regex = onig.Regex(QWEN2_REGEX)
+    cases = []
+    for text, ll in zip(texts, llamacpp_ids(exe, qwen_gguf, texts, work)):
+        ids = hf_bytelevel_encode(tokenizer, text, regex)
+        case = {"text": text, "ids": ids}
+        if ll != ids:
+            case["llamacpp_ids"] = ll
+            case["note"] = llamacpp_difference_note(text)
+        cases.append(case)
+    write_json(os.path.join(out, "qwen2-cases.json"), {
+        "format": "bhmoe-tokenizer-cases/1",
+        "made_by": "tools/tokenizer_cases/make_cases.py",
+        "versions": versions,
+        "training_text": {"licenses": sources, "extra": "EXTRA_TRAINING_TEXT x 20"},
+        "tokenizer_json": "qwen2-bpe.tokenizer.json",
+        "gguf": "qwen2-bpe.gguf",
+        "ids_from": "Hugging Face semantics in make_cases.py: NFC, added tokens, Oniguruma "
+                    "Split with Qwen2's regex, GPT-2 byte map, BPE by merge rank",
+        "llamacpp_ids_from": "llama.cpp llama_tokenize on qwen2-bpe.gguf (add_special false, "
+                             "parse_special true); present only where it differs from ids",
+        "cases": cases,
+    })
+    differ = [c for c in cases if "llamacpp_ids" in c]
+    print("qwen2: %d tokens, %d cases (%d where llama.cpp differs)" %
+          (len(tokenizer["model"]["vocab"]) + len(QWEN2_ADDED), len(cases), len(differ)))
+    for c in differ:
+        print("  llama.cpp differs on %r: %s" % (c["text"], c["note"]))
+
+
+
+def make_deepseek(llama_cpp, exe, work, out, versions, sources):
+    tokenizer = train_deepseek(work)
+    write_json(os.path.join(out, "deepseek-bpe.tokenizer.json"), tokenizer)
+    gguf_path = os.path.join(out, "deepseek-bpe.gguf")
+    write_qwen2_gguf(llama_cpp, tokenizer, gguf_path, arch="deepseek2", pre="deepseek-llm",
+                     eos=DEEPSEEK_ADDED[1], bos=DEEPSEEK_ADDED[0])
+    texts = COMMON_TEXTS + DEEPSEEK_ONLY_TEXTS + [long_text()]
+    split = SequentialSplit(DEEPSEEK_HF_SPLITS)
+    cases = []
+    for text, ll in zip(texts, llamacpp_ids(exe, gguf_path, texts, work)):
+        ids = hf_bytelevel_encode(tokenizer, text, split, nfc=False)
+        case = {"text": text, "ids": ids}
+        if ll != ids:
+            case["llamacpp_ids"] = ll
+            case["note"] = llamacpp_difference_note(text, nfc=False)
+        cases.append(case)
+    write_json(os.path.join(out, "deepseek-cases.json"), {
+        "format": "bhmoe-tokenizer-cases/1",
+        "made_by": "tools/tokenizer_cases/make_cases.py",
+        "versions": versions,
+        "training_text": {"licenses": sources, "extra": "EXTRA_TRAINING_TEXT x 20"},
+        "tokenizer_json": "deepseek-bpe.tokenizer.json",
+        "gguf": "deepseek-bpe.gguf",
+        "ids_from": "Hugging Face semantics in make_cases.py: added tokens, DeepSeek-LLM's five "
+                    "Oniguruma Splits and Digits(individual_digits) as a Split of \\p{N}, applied "
+                    "in sequence, GPT-2 byte map, BPE by merge rank",
+        "llamacpp_ids_from": "llama.cpp llama_tokenize on deepseek-bpe.gguf (add_special false, "
+                             "parse_special true); present only where it differs from ids",
+        "cases": cases,
+    })
+    differ = [c for c in cases if "llamacpp_ids" in c]
+    print("deepseek: %d tokens, %d cases (%d where llama.cpp differs)" %
+          (len(tokenizer["model"]["vocab"]), len(cases), len(differ)))
+    for c in differ:
+        print("  llama.cpp differs on %r: %s" % (c["text"], c["note"]))
 
 
 if __name__ == "__main__":
