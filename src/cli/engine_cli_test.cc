@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/engine_common.h"
 #include "util/npy.h"
 #include "util/npz.h"
 
@@ -389,8 +390,9 @@ void expect_route_matches_trace(const std::string& jsonl, const TraceArrays& t, 
 TEST(EngineCli, TraceWritesTheDocumentedArraysAndRoundTripsThroughRoute) {
   const fs::path dir = scratch_dir();
   const std::string ids = "1 306 465 278 659 310 283 338 17 940 5";
-  CliRun run = bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router topk:k=3 --router-logits --out '" +
-                     (dir / "t.npz").string() + "'");
+  CliRun run =
+      bhmoe("trace " + model_arg() + " --ids '" + ids +
+            "' --router topk:k=3 --router-logits --out '" + (dir / "t.npz").string() + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   const TraceArrays t = load_trace(dir / "t.npz");
   EXPECT_EQ(t.tokens.shape, (std::vector<int64_t>{11}));
@@ -410,13 +412,14 @@ TEST(EngineCli, TraceWritesTheDocumentedArraysAndRoundTripsThroughRoute) {
   }
   for (int layer = 0; layer < 2; ++layer) {
     const fs::path out = dir / ("route" + std::to_string(layer) + ".jsonl");
-    run = bhmoe("route --logits '" + (dir / "t.npz").string() + "' --layer " + std::to_string(layer) +
-                " --router topk:k=3 --out '" + out.string() + "'");
+    run = bhmoe("route --logits '" + (dir / "t.npz").string() + "' --layer " +
+                std::to_string(layer) + " --router topk:k=3 --out '" + out.string() + "'");
     ASSERT_EQ(run.status, 0) << run.err;
     expect_route_matches_trace(slurp(out), t, layer);
   }
-  expect_user_error(bhmoe("route --logits '" + (dir / "t.npz").string() + "' --layer 2 --router topk:k=3"),
-                    "--layer 2");
+  expect_user_error(
+      bhmoe("route --logits '" + (dir / "t.npz").string() + "' --layer 2 --router topk:k=3"),
+      "--layer 2");
 }
 
 // BH end to end on the engine's own data: a calibration fitted from a trace's router logits, then a
@@ -425,14 +428,18 @@ TEST(EngineCli, BhTraceAgreesWithRouteUnderACalibrationFittedFromATrace) {
   const fs::path dir = scratch_dir();
   const std::string ids = "1 306 465 278 659 310 283 338 17 940 5 77 12 600 431 9";
   const std::string logits_npz = (dir / "logits.npz").string();
-  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router-logits --out '" + logits_npz + "'").status, 0);
+  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router-logits --out '" +
+                  logits_npz + "'")
+                .status,
+            0);
   const std::string cal = (dir / "cal.json").string();
-  CliRun run = bhmoe("calibrate-logits --logits '" + logits_npz + "' --method ecdf --out '" + cal + "'");
+  CliRun run =
+      bhmoe("calibrate-logits --logits '" + logits_npz + "' --method ecdf --out '" + cal + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   EXPECT_NE(run.out.find("layer 1: 128 logits"), std::string::npos) << run.out;
   const std::string spec = "bh:alpha=0.3,max_k=6";
-  run = bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router " + spec + " --calibration '" + cal +
-              "' --out '" + (dir / "bh.npz").string() + "'");
+  run = bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router " + spec +
+              " --calibration '" + cal + "' --out '" + (dir / "bh.npz").string() + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   const TraceArrays bh = load_trace(dir / "bh.npz");
   EXPECT_EQ(bh.ids.shape[2], 6);
@@ -440,8 +447,9 @@ TEST(EngineCli, BhTraceAgreesWithRouteUnderACalibrationFittedFromATrace) {
   // Layer 1's router input depends on how layer 0 routed, so `route` is fed the router logits of
   // the BH run itself (`bhmoe logits --router-logits` under the same spec).
   const std::string rl = (dir / "bh_router.npy").string();
-  run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' --router " + spec + " --calibration '" + cal +
-              "' --out '" + (dir / "bh_logits.npy").string() + "' --router-logits '" + rl + "'");
+  run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' --router " + spec +
+              " --calibration '" + cal + "' --out '" + (dir / "bh_logits.npy").string() +
+              "' --router-logits '" + rl + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   EXPECT_EQ(read_npy(rl).shape, (std::vector<int64_t>{2, 16, 8}));
   int64_t adaptive = 0;
@@ -449,8 +457,8 @@ TEST(EngineCli, BhTraceAgreesWithRouteUnderACalibrationFittedFromATrace) {
   EXPECT_GT(adaptive, 0) << "BH chose the same count everywhere; the test would not see a mismatch";
   for (int layer = 0; layer < 2; ++layer) {
     const fs::path out = dir / ("bh" + std::to_string(layer) + ".jsonl");
-    run = bhmoe("route --logits '" + rl + "' --layer " + std::to_string(layer) + " --router " + spec +
-                " --calibration '" + cal + "' --out '" + out.string() + "'");
+    run = bhmoe("route --logits '" + rl + "' --layer " + std::to_string(layer) + " --router " +
+                spec + " --calibration '" + cal + "' --out '" + out.string() + "'");
     ASSERT_EQ(run.status, 0) << run.err;
     expect_route_matches_trace(slurp(out), bh, layer);
   }
@@ -459,13 +467,19 @@ TEST(EngineCli, BhTraceAgreesWithRouteUnderACalibrationFittedFromATrace) {
 TEST(EngineCli, LogitsWithRouterLogitsKeepTheVocabularyLogitsAndMatchTheTrace) {
   const fs::path dir = scratch_dir();
   const std::string ids = "1 306 465 278 659";
-  ASSERT_EQ(bhmoe("logits " + model_arg() + " --ids '" + ids + "' --out '" + (dir / "a.npy").string() + "'").status, 0);
-  CliRun run = bhmoe("logits " + model_arg() + " --ids '" + ids + "' --out '" + (dir / "b.npy").string() +
-                     "' --router-logits '" + (dir / "r.npy").string() + "'");
+  ASSERT_EQ(bhmoe("logits " + model_arg() + " --ids '" + ids + "' --out '" +
+                  (dir / "a.npy").string() + "'")
+                .status,
+            0);
+  CliRun run =
+      bhmoe("logits " + model_arg() + " --ids '" + ids + "' --out '" + (dir / "b.npy").string() +
+            "' --router-logits '" + (dir / "r.npy").string() + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   EXPECT_EQ(max_abs_diff(read_npy(dir / "a.npy"), read_npy(dir / "b.npy")), 0.0);
   ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '" + ids + "' --router-logits --out '" +
-                  (dir / "t.npz").string() + "'").status, 0);
+                  (dir / "t.npz").string() + "'")
+                .status,
+            0);
   const NpyArray layered = read_npy(dir / "r.npy");  // [L, T, N]
   const TraceArrays t = load_trace(dir / "t.npz");   // [T, L, N]
   ASSERT_EQ(layered.shape, (std::vector<int64_t>{2, 5, 8}));
@@ -479,23 +493,36 @@ TEST(EngineCli, LogitsWithRouterLogitsKeepTheVocabularyLogitsAndMatchTheTrace) {
 TEST(EngineCli, TraceWindowsRestartFromAnEmptyCache) {
   const fs::path dir = scratch_dir();
   // Tokens 4..7 traced in their own window equal the second window of a --window 4 trace.
-  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '1 306 465 278 659 310 283 338' --window 4 --router-logits --out '" +
-                  (dir / "w.npz").string() + "'").status, 0);
+  ASSERT_EQ(bhmoe("trace " + model_arg() +
+                  " --ids '1 306 465 278 659 310 283 338' --window 4 --router-logits --out '" +
+                  (dir / "w.npz").string() + "'")
+                .status,
+            0);
   ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '659 310 283 338' --router-logits --out '" +
-                  (dir / "s.npz").string() + "'").status, 0);
+                  (dir / "s.npz").string() + "'")
+                .status,
+            0);
   const TraceArrays w = load_trace(dir / "w.npz"), s = load_trace(dir / "s.npz");
   const size_t half = s.router_logits.data.size();
   ASSERT_EQ(w.router_logits.data.size(), 2 * half);
-  for (size_t i = 0; i < half; ++i) EXPECT_EQ(w.router_logits.data[half + i], s.router_logits.data[i]);
+  for (size_t i = 0; i < half; ++i)
+    EXPECT_EQ(w.router_logits.data[half + i], s.router_logits.data[i]);
 }
 
 TEST(EngineCli, TraceAndPlotTraceRefuseBadInput) {
   const fs::path dir = scratch_dir();
-  expect_user_error(bhmoe("trace " + model_arg() + " --out '" + (dir / "x.npz").string() + "'"), "--text-file or --ids");
-  expect_user_error(bhmoe("trace " + model_arg() + " --ids '1 99999' --out '" + (dir / "x.npz").string() + "'"), "99999");
-  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '1 2 3' --out '" + (dir / "n.npz").string() + "'").status, 0);
-  expect_user_error(bhmoe("route --logits '" + (dir / "n.npz").string() + "' --layer 0 --router topk:k=2"),
-                    "no router_logits");
+  expect_user_error(bhmoe("trace " + model_arg() + " --out '" + (dir / "x.npz").string() + "'"),
+                    "--text-file or --ids");
+  expect_user_error(
+      bhmoe("trace " + model_arg() + " --ids '1 99999' --out '" + (dir / "x.npz").string() + "'"),
+      "99999");
+  ASSERT_EQ(
+      bhmoe("trace " + model_arg() + " --ids '1 2 3' --out '" + (dir / "n.npz").string() + "'")
+          .status,
+      0);
+  expect_user_error(
+      bhmoe("route --logits '" + (dir / "n.npz").string() + "' --layer 0 --router topk:k=2"),
+      "no router_logits");
   std::ofstream(dir / "junk.npz") << "not a zip archive at all, just text";
   expect_user_error(bhmoe("plot-trace --trace '" + (dir / "junk.npz").string() + "' --out '" +
                           (dir / "p.png").string() + "'"),
@@ -504,10 +531,13 @@ TEST(EngineCli, TraceAndPlotTraceRefuseBadInput) {
 
 TEST(EngineCli, PlotTraceRendersPngAndSvgWithItsScript) {
   const fs::path dir = scratch_dir();
-  ASSERT_EQ(bhmoe("trace " + model_arg() + " --ids '1 306 465 278 659 310' --router topk:k=2 --out '" +
-                  (dir / "t.npz").string() + "'").status, 0);
-  CliRun run = bhmoe("plot-trace --trace '" + (dir / "t.npz").string() + "' --model '" + kGolden.string() +
-                     "' --out '" + (dir / "counts.png").string() + "'");
+  ASSERT_EQ(
+      bhmoe("trace " + model_arg() + " --ids '1 306 465 278 659 310' --router topk:k=2 --out '" +
+            (dir / "t.npz").string() + "'")
+          .status,
+      0);
+  CliRun run = bhmoe("plot-trace --trace '" + (dir / "t.npz").string() + "' --model '" +
+                     kGolden.string() + "' --out '" + (dir / "counts.png").string() + "'");
   ASSERT_EQ(run.status, 0) << run.err;
   EXPECT_GT(fs::file_size(dir / "counts.png"), 1000u);
   EXPECT_TRUE(fs::exists(dir / "counts.svg"));
@@ -537,20 +567,21 @@ TEST(EngineCli, CalibrateRuleReachesTheTargetAndPrintsTheSpecLast) {
     const double reported = std::stod(run.out.substr(at + 13));
     EXPECT_NEAR(reported, 3.0, 0.1) << run.out;
     // The printed spec gives that mean when the model is run with it.
-    run = bhmoe("score " + model_arg() + " --calibration '" + (kGolden / "calibration.json").string() +
-                "' --text-file '" + (dir / "text.txt").string() + "' --router '" + spec +
-                "' --max-length 32 --json");
+    run = bhmoe("score " + model_arg() + " --calibration '" +
+                (kGolden / "calibration.json").string() + "' --text-file '" +
+                (dir / "text.txt").string() + "' --router '" + spec + "' --max-length 32 --json");
     ASSERT_EQ(run.status, 0) << run.err;
     EXPECT_NEAR(nlohmann::json::parse(run.out)["mean_experts"].get<double>(), reported, 0.15);
   }
-  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
-                          "' --rule topk --target-mean-experts 3"),
+  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" +
+                          (dir / "text.txt").string() + "' --rule topk --target-mean-experts 3"),
                     "no parameter");
-  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
-                          "' --rule topp:p=0.5 --target-mean-experts 3"),
-                    "sets p itself");
-  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
-                          "' --rule topp --target-mean-experts 9"),
+  expect_user_error(
+      bhmoe("calibrate-rule " + model_arg() + " --text-file '" + (dir / "text.txt").string() +
+            "' --rule topp:p=0.5 --target-mean-experts 3"),
+      "sets p itself");
+  expect_user_error(bhmoe("calibrate-rule " + model_arg() + " --text-file '" +
+                          (dir / "text.txt").string() + "' --rule topp --target-mean-experts 9"),
                     "outside (0, 8]");
 }
 
@@ -580,6 +611,19 @@ TEST(EngineCli, BhmoeSimdCapsTheLevelAndAnUnknownValueIsIgnoredWithAWarning) {
   EXPECT_NE(run.err.find("BHMOE_SIMD=sse9 is not scalar, avx2, avx512 or avx512bf16; ignored"),
             std::string::npos)
       << run.err;
+}
+
+// Streamed text never ends inside a character, and holds back trailing U+FFFD, which a
+// SentencePiece byte-fallback tokenizer shows for a character whose bytes have not all arrived.
+TEST(EngineCli, StreamedTextHoldsBackIncompleteCharacters) {
+  EXPECT_EQ(cli::complete_utf8_prefix("ab\xC3"), 2u);
+  EXPECT_EQ(cli::complete_utf8_prefix("ab\xC3\xA9"), 4u);
+  EXPECT_EQ(cli::complete_utf8_prefix("ab\xE2\x82"), 2u);
+  EXPECT_EQ(cli::complete_utf8_prefix("abc\xEF\xBF\xBD\xEF\xBF\xBD"), 3u);
+  EXPECT_EQ(cli::complete_utf8_prefix("a\xEF\xBF\xBD"
+                                      "b"),
+            5u);
+  EXPECT_EQ(cli::complete_utf8_prefix(""), 0u);
 }
 
 }  // namespace

@@ -151,9 +151,14 @@ inline nlohmann::json routing_summary(const model::Session& session) {
 }
 
 // Length of the longest prefix of `text` that does not end inside a UTF-8 sequence, so streamed
-// output never splits a character.
+// output never splits a character. Trailing U+FFFD are held back too: a SentencePiece tokenizer's
+// byte-fallback tokens decode to one U+FFFD per byte until the character's last byte arrives, and
+// then to the character itself (a real U+FFFD is printed once anything follows it, or at the end).
 inline size_t complete_utf8_prefix(std::string_view text) {
+  constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
   size_t n = text.size();
+  while (n >= kReplacement.size() && text.substr(0, n).ends_with(kReplacement))
+    n -= kReplacement.size();
   size_t back = 0;
   while (back < 4 && back < n && (static_cast<unsigned char>(text[n - 1 - back]) & 0xC0) == 0x80)
     ++back;
