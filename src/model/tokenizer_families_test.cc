@@ -391,7 +391,8 @@ std::unique_ptr<Tokenizer> converted(const fs::path& tokenizer_json, std::string
   const std::unique_ptr<Tokenizer> original = Tokenizer::load(tokenizer_json);
   GgufWriter w;
   add_gguf_tokenizer(w, tok, original->vocab_size(), ModelConfig{});
-  const GgufFile file = GgufFile::parse(w.bytes(), "converted.gguf");
+  const std::string bytes = w.bytes();  // GgufFile::parse reads them in place: they must outlive it
+  const GgufFile file = GgufFile::parse(bytes, "converted.gguf");
   if (model) *model = file.get_string("tokenizer.ggml.model");
   if (pre) *pre = file.get_string("tokenizer.ggml.pre");
   return Tokenizer::from_json(gguf_tokenizer_json(file), "converted.gguf");

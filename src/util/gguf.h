@@ -125,6 +125,8 @@ class GgufFile {
   static GgufFile open(const std::filesystem::path& path);
   // Validates `bytes` (which must outlive the result); `source` names them in messages.
   static GgufFile parse(std::string_view bytes, std::string source);
+  // A temporary string would be freed while the result still points into it.
+  static GgufFile parse(std::string&& bytes, std::string source) = delete;
 
   GgufFile(GgufFile&&) = default;
   GgufFile& operator=(GgufFile&&) = default;

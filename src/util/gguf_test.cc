@@ -151,7 +151,7 @@ TEST(Gguf, HonoursAnotherAlignment) {
 TEST(Gguf, EveryTruncationIsAnErrorNotACrash) {
   const std::string bytes = sample_writer().bytes();
   for (size_t n = 0; n < bytes.size(); ++n) {
-    EXPECT_THROW(GgufFile::parse(bytes.substr(0, n), "m.gguf"), Error)
+    EXPECT_THROW(GgufFile::parse(std::string_view(bytes).substr(0, n), "m.gguf"), Error)
         << "prefix of " << n << " bytes";
   }
 }
