@@ -428,7 +428,9 @@ TEST(ConvertTokenizer, ByteLevelLayoutsKeepTheirPreTokeniser) {
     EXPECT_EQ(pre, expected_pre);
     if (std::string(cases_file).empty()) continue;
     // As the GGUF vocabulary llama.cpp tokenized (no NFC normaliser: llama.cpp's ids).
-    for (const json& c : read_json(kData / cases_file)["cases"]) {
+    const json cases =
+        read_json(kData / cases_file);  // a range-for over a temporary's member dangles
+    for (const json& c : cases["cases"]) {
       const std::string text = c["text"];
       SCOPED_TRACE("text: \"" + text.substr(0, 60) + "\"");
       EXPECT_EQ(t->encode(text), ids_of(c.value("llamacpp_ids", c["ids"])));
