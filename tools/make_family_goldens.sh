@@ -86,11 +86,7 @@ commit=$(git -C "$llama" rev-parse HEAD)
   echo "  \"made_by\": \"tools/make_family_goldens.sh\","
   echo "  \"models\": \"bhmoe make-model --preset MODEL --dtype f32 --seed 7; GGUF: bhmoe convert --type TYPE; calibration: moe_reference.py calibrate --shrink 0.5 over 96 ids of random.Random(11)\","
   echo "  \"cases\": ["
-  for i in "${!entries[@]}"; do
-    sep=","
-    [ "$i" = $((${#entries[@]} - 1)) ] && sep=""
-    echo "    ${entries[$i]}$sep"
-  done
+  print_cases "${entries[@]}"
   echo "  ]"
   echo "}"
 } > "$out/goldens.json"

@@ -2,6 +2,8 @@
 #
 # build_reference_logits LLAMA_CPP_DIR OUT_BINARY
 #   builds llama.cpp's `llama` library and tools/llamacpp/reference_logits.cpp against it.
+# print_cases ENTRY...
+#   prints each JSON entry on its own line, indented, comma-separated: the lines of a "cases" array.
 # fnv1a64 FILE
 #   prints the FNV-1a 64 of the file's bytes as 16 hex digits (the tests recompute it; they have no
 #   SHA-256).
@@ -19,4 +21,12 @@ h = 0xcbf29ce484222325
 for b in open(sys.argv[1], "rb").read():
     h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
 print("%016x" % h)' "$1"
+}
+
+print_cases() {
+  local i=0
+  for entry in "$@"; do
+    i=$((i + 1))
+    if [ "$i" -lt "$#" ]; then echo "    $entry,"; else echo "    $entry"; fi
+  done
 }

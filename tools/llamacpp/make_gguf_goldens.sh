@@ -59,11 +59,7 @@ commit=$(git -C "$llama" rev-parse HEAD)
   echo "  \"made_by\": \"tools/llamacpp/make_gguf_goldens.sh\","
   echo "  \"models\": {\"tiny\": \"bhmoe convert --model ../shared/golden/tiny-f32 --type TYPE\", \"tiny256\": \"bhmoe make-model --preset tiny256 --dtype f32 --seed 7, then bhmoe convert --type TYPE\"},"
   echo "  \"cases\": ["
-  for i in "${!entries[@]}"; do
-    sep=","
-    [ "$i" = $((${#entries[@]} - 1)) ] && sep=""
-    echo "    ${entries[$i]}$sep"
-  done
+  print_cases "${entries[@]}"
   echo "  ]"
   echo "}"
 } > "$out/goldens.json"
