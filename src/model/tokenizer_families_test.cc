@@ -29,6 +29,7 @@
 #include "model/gguf_checkpoint.h"
 #include "model/gguf_export.h"
 #include "model/tokenizer.h"
+#include "model/tokenizer_test_util.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/gguf.h"
@@ -38,6 +39,7 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using namespace tokenizer_test;  // read_json, nfc, TempDir, load_modified, expect_error
 
 const fs::path kData = fs::path(BHMOE_SOURCE_DIR) / "src" / "model" / "testdata" / "tokenizers";
 const fs::path kSpmJson = kData / "spm-bpe.tokenizer.json";
@@ -50,10 +52,6 @@ const fs::path kTinyTokenizer =
     fs::path(BHMOE_SHARED_DIR) / "golden" / "tiny-f32" / "tokenizer.json";
 
 const std::string kMeta = "\u2581";  // ▁
-
-json read_json(const fs::path& path) {
-  return json::parse(read_file(path));
-}
 
 std::unique_ptr<Tokenizer> from_gguf(const fs::path& path) {
   return Tokenizer::from_json(gguf_tokenizer_json(GgufFile::open(path)), path.string());
@@ -76,13 +74,6 @@ const Tokenizer& qwen_gguf() {
   return *tokenizer;
 }
 
-std::string nfc(const std::string& text) {
-  auto* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(text.c_str()));
-  std::string result(reinterpret_cast<const char*>(out));
-  std::free(out);
-  return result;
-}
-
 std::vector<int32_t> ids_of(const json& array) {
   return array.get<std::vector<int32_t>>();
 }
@@ -97,48 +88,6 @@ int32_t id(const Tokenizer& tokenizer, const std::string& token) {
   const std::optional<int32_t> found = tokenizer.token_to_id(token);
   EXPECT_TRUE(found.has_value()) << token;
   return found.value_or(-1);
-}
-
-// A scratch folder per test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / cat("bhmoe-tokenizer-families-test-", ::getpid(), "-",
-                                            info->test_suite_name(), "-", info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path write(const std::string& name, const std::string& contents) const {
-    fs::path file = path_ / name;
-    std::ofstream(file, std::ios::binary) << contents;
-    return file;
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-std::unique_ptr<Tokenizer> load_modified(const TempDir& dir, const fs::path& source,
-                                         const std::function<void(json&)>& modify) {
-  json root = read_json(source);
-  modify(root);
-  return Tokenizer::load(dir.write("tokenizer.json", root.dump()));
-}
-
-// Runs `body`, which must throw bhmoe::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& body, const std::vector<std::string>& parts) {
-  try {
-    body();
-    ADD_FAILURE() << "no error was thrown";
-  } catch (const Error& e) {
-    for (const auto& part : parts) {
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << part << "\"";
-    }
-  }
 }
 
 // ---- SentencePiece BPE (Mixtral / Llama layout) ------------------------------------------------

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "model/tokenizer_test_util.h"
 #include "util/error.h"
 #include "util/file.h"
 
@@ -19,6 +20,7 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using namespace tokenizer_test;  // read_json, nfc, TempDir, load_modified, expect_error
 
 const fs::path kShared = BHMOE_SHARED_DIR;
 const fs::path kOlmoeTokenizer = kShared / "olmoe" / "tokenizer.json";
@@ -28,60 +30,6 @@ const fs::path kTinyTokenizer = kShared / "golden" / "tiny-f32" / "tokenizer.jso
 const Tokenizer& olmoe() {
   static const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(kOlmoeTokenizer);
   return *tokenizer;
-}
-
-std::string nfc(const std::string& text) {
-  auto* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(text.c_str()));
-  EXPECT_NE(out, nullptr);
-  std::string result(reinterpret_cast<const char*>(out));
-  std::free(out);
-  return result;
-}
-
-// A scratch folder per test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / cat("bhmoe-tokenizer-test-", ::getpid(), "-",
-                                            info->test_suite_name(), "-", info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path write(const std::string& name, const std::string& contents) const {
-    fs::path file = path_ / name;
-    std::ofstream(file, std::ios::binary) << contents;
-    return file;
-  }
-
- private:
-  fs::path path_;
-};
-
-json read_json(const fs::path& path) {
-  return json::parse(read_file(path));
-}
-
-// Loads a modified copy of a tokenizer.json.
-std::unique_ptr<Tokenizer> load_modified(const TempDir& dir, const fs::path& source,
-                                         const std::function<void(json&)>& modify) {
-  json root = read_json(source);
-  modify(root);
-  return Tokenizer::load(dir.write("tokenizer.json", root.dump()));
-}
-
-// Runs `body`, which must throw bhmoe::Error whose message contains every one of `parts`.
-void expect_error(const std::function<void()>& body, const std::vector<std::string>& parts) {
-  try {
-    body();
-    ADD_FAILURE() << "no error was thrown";
-  } catch (const Error& e) {
-    for (const auto& part : parts) {
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << part << "\"";
-    }
-  }
 }
 
 std::vector<int32_t> ids_of(const json& array) {
