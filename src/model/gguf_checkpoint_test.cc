@@ -379,6 +379,14 @@ TEST(GgufModel, BrokenFilesAreClearErrors) {
     EXPECT_NE(e.find("general.architecture = \"qwen9\""), std::string::npos) << e;
   }
   {
+    // A llama file without experts is a dense model, not Mixtral.
+    const fs::path f = with_key("dense-llama", "general.architecture", [](GgufWriter& w) {
+      w.add_string("general.architecture", "llama");
+    });
+    const std::string e = expect_error_of(f);
+    EXPECT_NE(e.find("without llama.expert_count: a dense model"), std::string::npos) << e;
+  }
+  {
     const fs::path f = variant(
         "no-experts-key",
         [](GgufWriter& w, const GgufFile& g, const std::string& key) {
